@@ -1,0 +1,189 @@
+"""The HTTP filter API: what a filter author implements and what a filter sees.
+
+Theory of operation
+-------------------
+A filter is an object built once per configuration by its factory (see ``hookspecs``). Its
+methods are the phases of a stream; a filter overrides only the phases it cares about, and the
+chain compiled for a connection manager calls only overridden phases, so a filter that looks
+at request headers costs nothing per body chunk. Per-stream state belongs in
+``stream.filter_state`` (the filter object is shared by every stream of its listener).
+
+Request phases run in configuration order, response phases in reverse order. A phase pauses the
+stream simply by awaiting (``await trio.sleep(delay)`` is a fault delay). To answer locally, a
+request phase returns a ``LocalReply``; returning ``None`` continues the chain. Data phases
+return the bytes to pass on (possibly changed); framing is the codec's job, never a filter's.
+
+The last filter of a chain is *terminal* (the router): instead of phases it implements
+``TerminalFilter.serve``, which gets the filtered request and returns a ``Response`` whose body
+the connection manager streams back through the response phases.
+
+A filter that raises fails only its own stream: the client gets a 500 (or a reset if the
+response had started), the error is logged and counted, and the connection lives on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from trioproxy.http.headers import Headers
+from trioproxy.http.stream_info import StreamInfo
+
+if TYPE_CHECKING:
+    import trio
+
+    from trioproxy.stats import Scope
+    from trioproxy.upstream.cluster_manager import ClusterManager
+
+
+@attrs.frozen
+class LocalReply:
+    """An answer made by the proxy itself (Envoy's ``sendLocalReply``).
+
+    ``details`` is the response-code-details string; ``flag`` an Envoy response flag (``NR``,
+    ``UF`` …) recorded in the access log.
+    """
+
+    status: int
+    body: bytes = b""
+    headers: Sequence[tuple[str, str]] = ()
+    details: str = ""
+    flag: str = ""
+
+
+@attrs.define(eq=False)
+class Response:
+    """A response produced by a terminal filter.
+
+    ``headers`` holds ``:status`` first. ``body`` yields chunks (``None`` when there is none,
+    e.g. a HEAD request); ``trailers`` may be filled in by the producer before its body iterator
+    finishes. The connection manager closes ``body`` when the stream ends early.
+    """
+
+    headers: Headers
+    body: AsyncIterator[bytes] | None = None
+    trailers: Headers | None = None
+
+    @property
+    def status(self) -> int:
+        return int(self.headers.get(":status") or 0)
+
+
+@attrs.frozen
+class ConnectionInfo:
+    """The downstream connection a stream arrived on."""
+
+    remote_address: tuple[str, int]
+    local_address: tuple[str, int]
+    tls: bool = False
+    sni: str = ""
+    alpn: str = ""
+    connection_id: int = 0
+    peer_certificate: Mapping[str, Any] | None = None
+
+
+@attrs.define(eq=False)
+class HttpStream:
+    """One request/response exchange, as filters see it.
+
+    ``route`` is the route entry chosen for the current request headers (``None`` until routed,
+    or when nothing matched); a filter that changes headers the route depended on calls
+    ``clear_route_cache()`` and the next reader re-routes.
+    """
+
+    request_headers: Headers
+    info: StreamInfo
+    connection: ConnectionInfo
+    request_trailers: Headers | None = None
+    response_headers: Headers | None = None
+    response_trailers: Headers | None = None
+    filter_state: dict[str, Any] = attrs.field(factory=dict)
+    _route: Any = None
+    _routed: bool = False
+    _router: Callable[[Headers], Any] | None = None
+    cancel_scope: trio.CancelScope | None = None
+    end_stream: bool = False  # the request has no body
+
+    @property
+    def route(self) -> Any:
+        if not self._routed:
+            self._routed = True
+            self._route = self._router(self.request_headers) if self._router else None
+        return self._route
+
+    def clear_route_cache(self) -> None:
+        self._routed = False
+        self._route = None
+
+    def per_filter_config(self, name: str) -> Any:
+        """The most specific ``typed_per_filter_config`` for filter ``name`` (route, then
+        virtual host, then route configuration), already converted by the filter's factory."""
+        route = self.route
+        if route is None:
+            return None
+        getter = getattr(route, "per_filter_config", None)
+        return getter(name) if getter is not None else None
+
+
+class HttpFilter:
+    """Base class of HTTP filters. Override the phases you need; see the module docstring."""
+
+    async def on_request_headers(self, stream: HttpStream, headers: Headers) -> LocalReply | None:
+        return None
+
+    async def on_request_data(self, stream: HttpStream, data: bytes, end_stream: bool) -> bytes:
+        return data
+
+    async def on_request_trailers(self, stream: HttpStream, trailers: Headers) -> LocalReply | None:
+        return None
+
+    async def on_response_headers(self, stream: HttpStream, headers: Headers) -> None:
+        return None
+
+    async def on_response_data(self, stream: HttpStream, data: bytes, end_stream: bool) -> bytes:
+        return data
+
+    async def on_response_trailers(self, stream: HttpStream, trailers: Headers) -> None:
+        return None
+
+    def on_log(self, stream: HttpStream) -> None:
+        """Called once when the stream is over, whatever happened (no awaiting here)."""
+        return None
+
+
+class TerminalFilter:
+    """The last filter of a chain: turns the filtered request into a response."""
+
+    async def serve(self, stream: HttpStream, body: AsyncIterator[bytes] | None) -> Response | LocalReply:
+        raise NotImplementedError
+
+
+PHASES = (
+    "on_request_headers",
+    "on_request_data",
+    "on_request_trailers",
+    "on_response_headers",
+    "on_response_data",
+    "on_response_trailers",
+    "on_log",
+)
+
+
+def implemented_phases(filt: object) -> frozenset[str]:
+    """The phases ``filt`` overrides, i.e. the ones the compiled chain will call."""
+    cls = type(filt)
+    return frozenset(
+        p for p in PHASES if getattr(cls, p, None) is not getattr(HttpFilter, p) and hasattr(cls, p)
+    )
+
+
+@attrs.frozen
+class FactoryContext:
+    """What a factory may use when it builds a filter from config."""
+
+    stats: Scope  # the connection manager's scope, e.g. ``http.ingress_http.``
+    cluster_manager: ClusterManager
+    nursery: trio.Nursery | None = None  # for a filter's long-lived helpers (server lifetime)
+    node: Mapping[str, Any] = attrs.field(factory=dict)

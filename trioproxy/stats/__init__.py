@@ -1,0 +1,5 @@
+"""Stats with Envoy's names; see ``store`` for the model and ``render`` for output formats."""
+
+from trioproxy.stats.store import Counter, Gauge, Histogram, Scope, StatBlock, Store
+
+__all__ = ["Counter", "Gauge", "Histogram", "Scope", "StatBlock", "Store"]
