@@ -1,0 +1,302 @@
+"""Clusters and the cluster manager.
+
+Theory of operation: a ``Cluster`` owns one config, its stats (``cluster.<name>.``), its circuit
+breakers, its current host list (priority 0), a load balancer built over that list and one
+``Http1Pool`` per host, created on first use. ``set_hosts`` swaps the host list and balancer in
+one step (no await in between, so a request sees the old set or the new one, never a mix) and
+drains the pools of hosts that left. STATIC clusters get their hosts at construction; DNS
+clusters get them from a ``DnsResolver`` task.
+
+The ``ClusterManager`` holds the clusters by name. ``run`` owns a nursery with the DNS refresh
+tasks and one idle-connection sweep task; it resolves every DNS cluster once (Envoy's init
+manager: those clusters are "warming" meanwhile), then calls ``task_status.started()``. A name
+that does not resolve leaves its cluster empty; requests then get 503 UH, the server lives on.
+``add_or_update`` / ``remove`` are the hooks for dynamic config (xDS): a new or changed cluster
+warms (first resolution) before it replaces the old one, whose pools drain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.upstream import lb
+from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig
+from trioproxy.upstream.dns import DnsResolver
+from trioproxy.upstream.host import Host
+from trioproxy.upstream.pool import Http1Pool, PendingQueue
+from trioproxy.upstream.stats import ClusterStats
+
+SWEEP_INTERVAL = 5.0  # at most; shorter when an idle timeout is shorter
+
+
+@attrs.frozen
+class ClusterInfo:
+    """What the admin shows about a cluster besides its hosts."""
+
+    circuit_breakers: CircuitBreakerThresholds
+    added_via_api: bool = False
+
+
+class Cluster:
+    def __init__(self, config: ClusterConfig, store: Store, *, added_via_api: bool = False) -> None:
+        self.name = config.name
+        self.config = config
+        self.scope = store.scope(f"cluster.{config.name}.")
+        self.stats = ClusterStats(self.scope)
+        self.breakers = CircuitBreakers(config.circuit_breakers, self.scope)
+        self.info = ClusterInfo(config.circuit_breakers, added_via_api)
+        self.queue = PendingQueue()
+        self.hosts: list[Host] = []
+        self._pools: dict[Host, Http1Pool] = {}
+        self._lb = self._build_lb()
+        self.resolver: DnsResolver | None = None
+        if config.type == "STATIC":
+            self.set_hosts(
+                [
+                    Host(
+                        address=(e.address, e.port),
+                        hostname=e.hostname,
+                        weight=e.weight,
+                        healthy=e.healthy,
+                        locality=e.locality,
+                        priority=e.priority,
+                    )
+                    for e in config.primary_endpoints
+                ]
+            )
+        else:
+            self.resolver = DnsResolver(self)
+
+    # ---------------------------------------------------------------- per request
+
+    def choose_host(self, context: Any = None) -> Host | None:
+        """A host for the next request, or ``None`` (counts ``upstream_cx_none_healthy``)."""
+        balancer = self._lb
+        host = balancer.choose(context)
+        if host is None:
+            self.stats.upstream_cx_none_healthy.value += 1
+        elif balancer.panic:
+            self.stats.lb_healthy_panic.value += 1
+        return host
+
+    def pool(self, host: Host) -> Http1Pool:
+        pool = self._pools.get(host)
+        if pool is None:
+            pool = self._pools[host] = Http1Pool(
+                host, self.config, self.stats, self.breakers, self.queue
+            )
+        return pool
+
+    def try_start_request(self) -> bool:
+        """Take a ``max_requests`` slot; ``False`` (overflow, flag UO) when none is left."""
+        requests = self.breakers.requests
+        if requests.count < requests.limit:
+            requests.inc()
+            return True
+        self.stats.upstream_rq_pending_overflow.value += 1
+        return False
+
+    def finish_request(self) -> None:
+        self.breakers.requests.dec()
+
+    def try_start_retry(self) -> bool:
+        """Take a ``max_retries`` slot; ``False`` counts ``upstream_rq_retry_overflow``."""
+        retries = self.breakers.retries
+        if retries.count < retries.limit:
+            retries.inc()
+            return True
+        self.stats.upstream_rq_retry_overflow.value += 1
+        return False
+
+    def finish_retry(self) -> None:
+        self.breakers.retries.dec()
+
+    # ---------------------------------------------------------------- membership
+
+    def _build_lb(self) -> lb.LoadBalancer:
+        c = self.config
+        return lb.build(
+            c.lb_policy,
+            self.hosts,
+            choice_count=c.choice_count,
+            active_request_bias=c.active_request_bias,
+        )
+
+    def set_hosts(self, hosts: list[Host]) -> bool:
+        """Swap in a new host list; ``False`` (``update_no_rebuild``) when nothing changed."""
+        stats = self.stats
+        old = self.hosts
+        if len(old) == len(hosts) and all(a is b for a, b in zip(old, hosts, strict=True)):
+            stats.update_no_rebuild.value += 1
+            self._update_gauges()
+            return False
+        self.hosts = hosts
+        self._lb = self._build_lb()
+        stats.membership_change.value += 1
+        self._update_gauges()
+        kept = set(hosts)
+        for host in [h for h in self._pools if h not in kept]:
+            self._pools.pop(host).drain()
+        return True
+
+    def on_health_change(self) -> None:
+        """Rebuild the balancer after a host's ``healthy`` flag changed (health checking)."""
+        self._lb = self._build_lb()
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        s = self.stats
+        s.membership_total.value = len(self.hosts)
+        s.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        s.membership_degraded.value = 0
+        s.membership_excluded.value = 0
+        s.max_host_weight.value = max((h.weight for h in self.hosts), default=0)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def sweep(self, now: float) -> None:
+        for pool in list(self._pools.values()):
+            pool.sweep(now)
+
+    def drain(self) -> None:
+        for pool in self._pools.values():
+            pool.drain()
+
+    async def aclose(self) -> None:
+        self.drain()
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} {self.config.type} hosts={len(self.hosts)}>"
+
+
+class ClusterManagerStats(StatBlock):
+    active_clusters: Gauge
+    warming_clusters: Gauge
+    cluster_added: Counter
+    cluster_modified: Counter
+    cluster_removed: Counter
+    cluster_updated: Counter
+
+
+class ClusterManager:
+    def __init__(self, configs: Sequence[ClusterConfig], store: Store) -> None:
+        self.store = store
+        self.stats = ClusterManagerStats(store.scope("cluster_manager."))
+        self._clusters: dict[str, Cluster] = {}
+        self._dns_scopes: dict[str, trio.CancelScope] = {}
+        self._nursery: trio.Nursery | None = None
+        for config in configs:
+            self._clusters[config.name] = Cluster(config, store)
+            self.stats.cluster_added.value += 1
+        self.stats.warming_clusters.value = sum(
+            1 for c in self._clusters.values() if c.resolver is not None
+        )
+        self.stats.active_clusters.value = len(self._clusters) - self.stats.warming_clusters.value
+
+    @property
+    def clusters(self) -> Mapping[str, Cluster]:
+        return self._clusters
+
+    def get(self, name: str) -> Cluster | None:
+        return self._clusters.get(name)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Resolve every DNS cluster once, report ready, then keep them fresh; sweep idle pools."""
+        try:
+            async with trio.open_nursery() as nursery:
+                async with trio.open_nursery() as init:
+                    for cluster in list(self._clusters.values()):
+                        if cluster.resolver is not None:
+                            init.start_soon(self._start_dns, nursery, cluster)
+                self.stats.warming_clusters.value = 0
+                self.stats.active_clusters.value = len(self._clusters)
+                self._nursery = nursery
+                nursery.start_soon(self._sweep_loop)
+                task_status.started()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def _start_dns(self, nursery: trio.Nursery, cluster: Cluster) -> None:
+        await nursery.start(self._run_dns, cluster)
+
+    async def _run_dns(
+        self, cluster: Cluster, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert cluster.resolver is not None
+        with trio.CancelScope() as scope:
+            self._dns_scopes[cluster.name] = scope
+            try:
+                await cluster.resolver.run(task_status=task_status)
+            finally:
+                if self._dns_scopes.get(cluster.name) is scope:
+                    del self._dns_scopes[cluster.name]
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            timeouts = [
+                c.config.idle_timeout
+                for c in self._clusters.values()
+                if c.config.idle_timeout is not None
+            ]
+            interval = min([SWEEP_INTERVAL, *(t / 2 for t in timeouts)])
+            await trio.sleep(interval if interval > 0 and not math.isnan(interval) else 1.0)
+            now = trio.current_time()
+            for cluster in list(self._clusters.values()):
+                cluster.sweep(now)
+
+    async def add_or_update(self, config: ClusterConfig, *, added_via_api: bool = True) -> bool:
+        """Add or replace a cluster (after its first DNS resolution); ``False`` if unchanged."""
+        old = self._clusters.get(config.name)
+        if old is not None and old.config == config:
+            return False
+        # the old cluster's DNS task stops before the new one's stats change under it
+        old_scope = self._dns_scopes.pop(config.name, None)
+        if old_scope is not None:
+            old_scope.cancel()
+        cluster = Cluster(config, self.store, added_via_api=added_via_api)
+        if cluster.resolver is not None:
+            self.stats.warming_clusters.value += 1
+            try:
+                if self._nursery is not None:
+                    await self._nursery.start(self._run_dns, cluster)
+                else:
+                    await cluster.resolver.refresh()
+            finally:
+                self.stats.warming_clusters.value -= 1
+        if old is not None:
+            old.drain()
+            self.stats.cluster_modified.value += 1
+        else:
+            self.stats.cluster_added.value += 1
+        self._clusters[config.name] = cluster
+        self.stats.active_clusters.value = len(self._clusters)
+        return True
+
+    def remove(self, name: str) -> bool:
+        """Remove a cluster; its pools drain (requests in flight finish)."""
+        cluster = self._clusters.pop(name, None)
+        if cluster is None:
+            return False
+        scope = self._dns_scopes.pop(name, None)
+        if scope is not None:
+            scope.cancel()
+        cluster.drain()
+        self.stats.cluster_removed.value += 1
+        self.stats.active_clusters.value = len(self._clusters)
+        return True
+
+    async def aclose(self) -> None:
+        """Close every pool's connections."""
+        for cluster in self._clusters.values():
+            cluster.drain()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,363 @@
+"""``envoy.config.cluster.v3.Cluster`` → an immutable ``ClusterConfig``.
+
+Theory of operation: ``ClusterConfig.from_proto`` takes the canonical proto-JSON dict (snake_case
+names, durations as ``"5s"``, enums as names, integers possibly as strings, wrapper types either
+bare or as ``{"value": n}``) and checks what trioproxy acts on. Errors carry the field path
+relative to the dict handed in. Endpoints from ``load_assignment`` and from the older ``hosts``
+field become one flat tuple of ``EndpointConfig``; priorities are kept on each endpoint, but only
+priority 0 is used for load balancing for now. Fields we do not act on yet are kept raw
+(``typed_extension_protocol_options``, ``transport_socket``) and the whole dict is kept for
+``/config_dump``.
+
+Defaults follow trioproxy's edge defaults (DEFAULTS.md): connect timeout 5 s, upstream
+keep-alive idle 50 s (Envoy's is 1 h), 32 KiB per-connection buffers (Envoy: 1 MiB), circuit
+breakers 1024/1024/1024/3.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from trioproxy.errors import ConfigError
+
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
+UNSUPPORTED_TYPES = ("EDS", "ORIGINAL_DST")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
+UNHEALTHY_STATUSES = frozenset({"UNHEALTHY", "DRAINING", "TIMEOUT"})
+HEALTH_STATUSES = frozenset({"UNKNOWN", "HEALTHY", "DEGRADED"}) | UNHEALTHY_STATUSES
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_DNS_REFRESH_RATE = 5.0
+DEFAULT_IDLE_TIMEOUT = 50.0  # Envoy: 1 h; shorter than typical upstream keep-alive
+DEFAULT_BUFFER_LIMIT = 32 * 1024
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+_DURATION = re.compile(r"^(-?\d+(?:\.\d{0,9})?)s$")
+
+
+def duration(value: Any, path: str) -> float:
+    """A proto-JSON Duration (``"1.5s"`` or ``{"seconds": 1, "nanos": 5e8}``) in seconds."""
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m is None:
+            raise ConfigError(f"invalid duration {value!r}", path=path)
+        secs = float(m.group(1))
+    elif isinstance(value, Mapping):
+        try:
+            secs = int(value.get("seconds", 0)) + int(value.get("nanos", 0)) / 1e9
+        except (TypeError, ValueError):
+            raise ConfigError(f"invalid duration {value!r}", path=path) from None
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        secs = float(value)
+    else:
+        raise ConfigError(f"invalid duration {value!r}", path=path)
+    if secs < 0:
+        raise ConfigError(f"duration must be non-negative, got {value!r}", path=path)
+    return secs
+
+
+def uint(value: Any, path: str) -> int:
+    """A proto-JSON unsigned integer: a number, a decimal string, or a wrapper ``{"value": n}``."""
+    if isinstance(value, Mapping):
+        value = value.get("value", 0)
+    if isinstance(value, bool):
+        raise ConfigError(f"expected an unsigned integer, got {value!r}", path=path)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return int(value)
+    raise ConfigError(f"expected an unsigned integer, got {value!r}", path=path)
+
+
+def _enum(d: Mapping[str, Any], key: str, allowed: Sequence[str], default: str) -> str:
+    value = d.get(key, default)
+    if value not in allowed:
+        raise ConfigError(
+            f"unknown or unsupported value {value!r} (expected one of {', '.join(allowed)})",
+            path=key,
+        )
+    return str(value)
+
+
+@attrs.frozen
+class Locality:
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any]) -> Locality:
+        return cls(str(d.get("region", "")), str(d.get("zone", "")), str(d.get("sub_zone", "")))
+
+
+@attrs.frozen
+class EndpointConfig:
+    """One ``lb_endpoint``: an IP address (STATIC) or a name to resolve (DNS clusters)."""
+
+    address: str
+    port: int
+    weight: int = 1
+    hostname: str = ""
+    priority: int = 0
+    locality: Locality = Locality()
+    healthy: bool = True
+
+
+def _socket_address(d: Mapping[str, Any], path: str) -> tuple[str, int]:
+    """``core.v3.Address`` → (address, port); only TCP socket addresses are supported."""
+    if "socket_address" not in d:
+        kind = next(iter(d), "nothing")
+        raise ConfigError(f"address kind {kind!r} not supported yet", path=path)
+    sa = d["socket_address"]
+    spath = f"{path}.socket_address"
+    if sa.get("protocol", "TCP") != "TCP":
+        raise ConfigError("only TCP upstream addresses are supported", path=f"{spath}.protocol")
+    if "named_port" in sa:
+        raise ConfigError("named_port is not supported", path=f"{spath}.named_port")
+    address = sa.get("address", "")
+    if not address:
+        raise ConfigError("address is required", path=f"{spath}.address")
+    port = uint(sa.get("port_value", 0), f"{spath}.port_value")
+    if port > 65535:
+        raise ConfigError(f"port {port} out of range", path=f"{spath}.port_value")
+    return str(address), port
+
+
+def _endpoints(d: Mapping[str, Any]) -> list[EndpointConfig]:
+    out: list[EndpointConfig] = []
+    la = d.get("load_assignment") or {}
+    for i, loc in enumerate(la.get("endpoints", ())):
+        lpath = f"load_assignment.endpoints[{i}]"
+        locality = Locality.from_proto(loc.get("locality") or {})
+        priority = uint(loc.get("priority", 0), f"{lpath}.priority")
+        for j, lbe in enumerate(loc.get("lb_endpoints", ())):
+            epath = f"{lpath}.lb_endpoints[{j}]"
+            if "endpoint_name" in lbe:
+                raise ConfigError(
+                    "named endpoints are not supported", path=f"{epath}.endpoint_name"
+                )
+            ep = lbe.get("endpoint") or {}
+            address, port = _socket_address(ep.get("address") or {}, f"{epath}.endpoint.address")
+            weight = uint(lbe.get("load_balancing_weight", 1), f"{epath}.load_balancing_weight")
+            if weight < 1:
+                raise ConfigError(
+                    "weight must be at least 1", path=f"{epath}.load_balancing_weight"
+                )
+            status = lbe.get("health_status", "UNKNOWN")
+            if status not in HEALTH_STATUSES:
+                raise ConfigError(
+                    f"unknown health status {status!r}", path=f"{epath}.health_status"
+                )
+            out.append(
+                EndpointConfig(
+                    address=address,
+                    port=port,
+                    weight=weight,
+                    hostname=str(ep.get("hostname", "")),
+                    priority=priority,
+                    locality=locality,
+                    healthy=status not in UNHEALTHY_STATUSES,
+                )
+            )
+    for i, h in enumerate(d.get("hosts", ())):
+        address, port = _socket_address(h, f"hosts[{i}]")
+        out.append(EndpointConfig(address=address, port=port))
+    return out
+
+
+@attrs.frozen
+class CircuitBreakerThresholds:
+    """``circuit_breakers.thresholds`` for priority DEFAULT (HIGH is kept raw, unused)."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    track_remaining: bool = False
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any]) -> CircuitBreakerThresholds:
+        for i, t in enumerate(d.get("thresholds", ())):
+            prio = t.get("priority", "DEFAULT")
+            if prio not in ("DEFAULT", "HIGH"):
+                raise ConfigError(f"unknown priority {prio!r}", path=f"thresholds[{i}].priority")
+            if prio != "DEFAULT":
+                continue
+            p = f"thresholds[{i}]"
+            return cls(
+                max_connections=uint(t.get("max_connections", 1024), f"{p}.max_connections"),
+                max_pending_requests=uint(
+                    t.get("max_pending_requests", 1024), f"{p}.max_pending_requests"
+                ),
+                max_requests=uint(t.get("max_requests", 1024), f"{p}.max_requests"),
+                max_retries=uint(t.get("max_retries", 3), f"{p}.max_retries"),
+                track_remaining=bool(t.get("track_remaining", False)),
+            )
+        return cls()
+
+
+def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
+    """The effective ``common_http_protocol_options`` and whether HTTP/2 is asked for."""
+    common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
+    http2 = "http2_protocol_options" in d
+    tepo = d.get("typed_extension_protocol_options") or {}
+    opts = tepo.get(HTTP_PROTOCOL_OPTIONS)
+    if opts is not None:
+        common = opts.get("common_http_protocol_options") or common
+        explicit = opts.get("explicit_http_config") or {}
+        http2 = http2 or "http2_protocol_options" in explicit
+    return common, http2
+
+
+@attrs.frozen
+class ClusterConfig:
+    name: str
+    type: str = "STATIC"
+    lb_policy: str = "ROUND_ROBIN"
+    choice_count: int = 2  # LEAST_REQUEST
+    active_request_bias: float = 1.0  # LEAST_REQUEST, weighted
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    endpoints: tuple[EndpointConfig, ...] = ()
+    dns_refresh_rate: float = DEFAULT_DNS_REFRESH_RATE
+    respect_dns_ttl: bool = False  # parsed; not acted on yet
+    dns_lookup_family: str = "AUTO"
+    circuit_breakers: CircuitBreakerThresholds = CircuitBreakerThresholds()
+    per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None: never close idle connections
+    max_requests_per_connection: int = 0  # 0: unlimited
+    http2: bool = False  # asked for; the HTTP/2 pool comes later
+    typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
+    transport_socket: Mapping[str, Any] | None = None
+    tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config, not acted on yet
+    raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
+
+    @property
+    def primary_endpoints(self) -> tuple[EndpointConfig, ...]:
+        """Priority 0, the only priority load-balanced for now."""
+        return tuple(e for e in self.endpoints if e.priority == 0)
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any]) -> ClusterConfig:
+        name = d.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError("cluster name is required", path="name")
+        ctype = d.get("type", "STATIC")
+        if "cluster_type" in d:
+            raise ConfigError("custom cluster types are not supported yet", path="cluster_type")
+        if ctype in UNSUPPORTED_TYPES:
+            raise ConfigError(f"cluster type {ctype} not supported yet", path="type")
+        ctype = _enum(d, "type", CLUSTER_TYPES, "STATIC")
+        lb_policy = _enum(d, "lb_policy", LB_POLICIES, "ROUND_ROBIN")
+        lr = d.get("least_request_lb_config") or {}
+        choice_count = uint(lr.get("choice_count", 2), "least_request_lb_config.choice_count")
+        if choice_count < 2:
+            raise ConfigError(
+                "choice_count must be at least 2", path="least_request_lb_config.choice_count"
+            )
+        bias_raw = lr.get("active_request_bias") or {}
+        try:
+            bias = float(bias_raw.get("default_value", 1.0))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                "invalid active_request_bias", path="least_request_lb_config.active_request_bias"
+            ) from None
+
+        endpoints = _endpoints(d)
+        if ctype == "STATIC":
+            _check_ips(d, endpoints)
+        if ctype == "LOGICAL_DNS":
+            locs = (d.get("load_assignment") or {}).get("endpoints", ())
+            if len(endpoints) != 1 or len(locs) > 1:
+                raise ConfigError(
+                    "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a single"
+                    " lb_endpoint",
+                    path="load_assignment",
+                )
+
+        connect_timeout = DEFAULT_CONNECT_TIMEOUT
+        if "connect_timeout" in d:
+            connect_timeout = duration(d["connect_timeout"], "connect_timeout")
+            if connect_timeout <= 0:
+                raise ConfigError("connect_timeout must be greater than 0", path="connect_timeout")
+        refresh = DEFAULT_DNS_REFRESH_RATE
+        if "dns_refresh_rate" in d:
+            refresh = duration(d["dns_refresh_rate"], "dns_refresh_rate")
+            if refresh < 0.001:
+                raise ConfigError("dns_refresh_rate must be at least 1ms", path="dns_refresh_rate")
+
+        try:
+            breakers = CircuitBreakerThresholds.from_proto(d.get("circuit_breakers") or {})
+        except ConfigError as e:
+            raise e.at("circuit_breakers") from None
+
+        common, http2 = _http_options(d)
+        idle: float | None = DEFAULT_IDLE_TIMEOUT
+        if "idle_timeout" in common:
+            idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
+            idle = idle or None  # 0 disables, as in Envoy
+        max_rpc = 0
+        if "max_requests_per_connection" in common:
+            max_rpc = uint(
+                common["max_requests_per_connection"],
+                "common_http_protocol_options.max_requests_per_connection",
+            )
+        elif "max_requests_per_connection" in d:
+            max_rpc = uint(d["max_requests_per_connection"], "max_requests_per_connection")
+
+        buffer_limit = DEFAULT_BUFFER_LIMIT
+        if "per_connection_buffer_limit_bytes" in d:
+            buffer_limit = uint(
+                d["per_connection_buffer_limit_bytes"], "per_connection_buffer_limit_bytes"
+            )
+
+        ts = d.get("transport_socket")
+        tls = None
+        if ts is not None:
+            tls = ts.get("typed_config") or {}
+        return cls(
+            name=name,
+            type=ctype,
+            lb_policy=lb_policy,
+            choice_count=choice_count,
+            active_request_bias=bias,
+            connect_timeout=connect_timeout,
+            endpoints=tuple(endpoints),
+            dns_refresh_rate=refresh,
+            respect_dns_ttl=bool(d.get("respect_dns_ttl", False)),
+            dns_lookup_family=_enum(d, "dns_lookup_family", DNS_FAMILIES, "AUTO"),
+            circuit_breakers=breakers,
+            per_connection_buffer_limit_bytes=buffer_limit,
+            idle_timeout=idle,
+            max_requests_per_connection=max_rpc,
+            http2=http2,
+            typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
+            transport_socket=ts,
+            tls=tls,
+            raw=d,
+        )
+
+
+def _check_ips(d: Mapping[str, Any], endpoints: list[EndpointConfig]) -> None:
+    """STATIC clusters take IP addresses only (Envoy: "malformed IP address")."""
+    paths: list[str] = []
+    la = d.get("load_assignment") or {}
+    for i, loc in enumerate(la.get("endpoints", ())):
+        for j, _ in enumerate(loc.get("lb_endpoints", ())):
+            paths.append(
+                f"load_assignment.endpoints[{i}].lb_endpoints[{j}].endpoint.address"
+                ".socket_address.address"
+            )
+    paths.extend(f"hosts[{i}].socket_address.address" for i in range(len(d.get("hosts", ()))))
+    for ep, path in zip(endpoints, paths, strict=True):
+        try:
+            ipaddress.ip_address(ep.address)
+        except ValueError:
+            raise ConfigError(f"malformed IP address: {ep.address}", path=path) from None

@@ -1,0 +1,53 @@
+"""Upstream hosts: where to connect, how much weight, and per-host counters.
+
+Theory of operation: a ``Host`` is a stateful object (identity matters) that lives as long as its
+address stays in the cluster's membership, so its stats and its connection pool survive DNS
+refreshes that return the same address. Its stats are plain ints that the pool and the router
+bump in place; the admin's ``/clusters`` renders them.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from trioproxy.upstream.config import Locality
+
+HOST_STAT_NAMES = (
+    "cx_active",
+    "cx_connect_fail",
+    "cx_total",
+    "rq_active",
+    "rq_error",
+    "rq_success",
+    "rq_timeout",
+    "rq_total",
+)
+
+
+@attrs.define(eq=False)
+class Host:
+    address: tuple[str, int]
+    hostname: str = ""
+    weight: int = 1
+    healthy: bool = True
+    locality: Locality = attrs.field(factory=Locality)
+    priority: int = 0
+    cx_active: int = 0
+    cx_connect_fail: int = 0
+    cx_total: int = 0
+    rq_active: int = 0
+    rq_error: int = 0
+    rq_success: int = 0
+    rq_timeout: int = 0
+    rq_total: int = 0
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the per-host stats, by Envoy's names."""
+        return {name: getattr(self, name) for name in HOST_STAT_NAMES}
+
+    def __repr__(self) -> str:
+        health = "healthy" if self.healthy else "unhealthy"
+        return (
+            f"<Host {self.address[0]}:{self.address[1]} weight={self.weight} {health}"
+            f" rq_active={self.rq_active} cx_active={self.cx_active}>"
+        )

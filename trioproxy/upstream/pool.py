@@ -1,0 +1,345 @@
+"""The HTTP/1.1 connection pool for one (cluster, host).
+
+Theory of operation: a pool holds idle keep-alive connections in a LIFO stack (the most recently
+used one is the most likely to still be open upstream) and counts the connections it has lent
+out. ``acquire`` tries, in order:
+
+1. an idle connection: the newest that is neither past the idle timeout nor "noisy". A quiet
+   check is a non-blocking ``recv(MSG_PEEK)``: anything readable on an idle HTTP/1.1 connection
+   is either EOF (the upstream closed it) or garbage, so the connection is discarded. When the
+   newest idle connection has expired every older one has too, so they all go.
+2. otherwise the request becomes *pending* (Envoy counts ``upstream_rq_pending_total`` for it;
+   beyond ``max_pending_requests`` it overflows with ``UO``), and a new connection is opened if
+   the cluster's ``max_connections`` breaker allows. If not (``upstream_cx_overflow``), it waits
+   in the cluster's ``PendingQueue`` until a connection of this pool is released (handed over
+   directly) or a connection anywhere in the cluster closes (a slot is free; try again).
+
+``release(conn, reusable)`` returns a connection after a request: reusable ones go to a waiter
+or the idle stack unless ``max_requests_per_connection`` is reached; the rest are closed and
+their breaker slot is freed. Idle connections past the idle timeout are closed lazily by
+``acquire`` and by ``sweep``, which the cluster manager calls periodically from one task for all
+pools (no task per connection). Connecting is bounded by ``connect_timeout`` as a cancel-scope
+deadline; failures raise ``UpstreamError(flag="UF")``.
+
+The idle path of ``acquire`` does not checkpoint (it does no I/O); the caller writes to the
+connection right away, which does.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from trioproxy.errors import UpstreamError
+from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.host import Host
+from trioproxy.upstream.stats import ClusterStats
+
+if TYPE_CHECKING:
+    from trioproxy.upstream.config import ClusterConfig
+
+
+@attrs.define(eq=False)
+class UpstreamConnection:
+    """A connection lent to the router; ``codec`` is the router's slot for its parser state."""
+
+    stream: trio.SocketStream
+    host: Host
+    raw: socket.socket  # the same socket, for the synchronous quiet check and close
+    created: float
+    requests: int = 0
+    codec: Any = None
+    idle_since: float = 0.0
+    closed: bool = False
+
+    def is_quiet(self) -> bool:
+        """True when nothing is readable: no EOF, no stray bytes from the upstream."""
+        try:
+            data = self.raw.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        del data
+        return False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<UpstreamConnection {self.host.address[0]}:{self.host.address[1]} {state}" + (
+            f" requests={self.requests}>"
+        )
+
+
+class _Waiter:
+    __slots__ = ("conn", "event", "pool")
+
+    def __init__(self, pool: Http1Pool) -> None:
+        self.pool = pool
+        self.event = trio.Event()
+        self.conn: UpstreamConnection | None = None
+
+
+class PendingQueue:
+    """Requests of one cluster waiting for a connection (FIFO across the cluster's pools)."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: deque[_Waiter] = deque()
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def count(self, pool: Http1Pool) -> int:
+        return sum(1 for w in self._waiters if w.pool is pool)
+
+    async def wait(self, pool: Http1Pool) -> UpstreamConnection | None:
+        """Wait for a handed-over connection (returned) or a free slot (``None``)."""
+        w = _Waiter(pool)
+        self._waiters.append(w)
+        try:
+            await w.event.wait()
+        except BaseException:
+            if w.conn is not None:
+                pool.release(w.conn, True)
+            else:
+                try:
+                    self._waiters.remove(w)
+                except ValueError:
+                    self.slot_freed()  # we were woken for a slot we will not use: pass it on
+            raise
+        return w.conn
+
+    def hand_over(self, pool: Http1Pool, conn: UpstreamConnection) -> bool:
+        for w in self._waiters:
+            if w.pool is pool:
+                self._waiters.remove(w)
+                w.conn = conn
+                w.event.set()
+                return True
+        return False
+
+    def slot_freed(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().event.set()
+
+
+@attrs.frozen
+class PoolStatistics:
+    active: int
+    idle: int
+    pending: int
+
+
+class Http1Pool:
+    __slots__ = (
+        "_closed",
+        "_connect_timeout",
+        "_idle",
+        "_idle_timeout",
+        "_max_requests",
+        "_open",
+        "breakers",
+        "host",
+        "queue",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        host: Host,
+        config: ClusterConfig,
+        stats: ClusterStats,
+        breakers: CircuitBreakers,
+        queue: PendingQueue,
+    ) -> None:
+        self.host = host
+        self.stats = stats
+        self.breakers = breakers
+        self.queue = queue
+        self._connect_timeout = config.connect_timeout
+        self._idle_timeout = config.idle_timeout
+        self._max_requests = config.max_requests_per_connection
+        self._idle: deque[UpstreamConnection] = deque()
+        self._open = 0  # connections of this pool, idle or lent out
+        self._closed = False
+
+    # ---------------------------------------------------------------- acquire / release
+
+    async def acquire(self) -> UpstreamConnection:
+        """A connection to ``host``, ready for one request; raises ``UpstreamError`` (UF, UO)."""
+        if self._closed:
+            raise UpstreamError("connection pool closed", flag="UF")
+        conn = self._take_idle()
+        if conn is not None:
+            return conn
+        stats = self.stats
+        pending = self.breakers.pending
+        if not pending.can_create():
+            stats.upstream_rq_pending_overflow.value += 1
+            raise UpstreamError("pending requests overflow", flag="UO")
+        pending.inc()
+        stats.upstream_rq_pending_total.value += 1
+        stats.upstream_rq_pending_active.value += 1
+        try:
+            while True:
+                if self.breakers.connections.can_create():
+                    conn = await self._connect()
+                    conn.requests = 1
+                    return conn
+                stats.upstream_cx_overflow.value += 1
+                conn = await self.queue.wait(self)
+                if conn is not None:
+                    conn.requests += 1
+                    return conn
+                if self._closed:
+                    raise UpstreamError("connection pool closed", flag="UF")
+                conn = self._take_idle()
+                if conn is not None:
+                    return conn
+        finally:
+            pending.dec()
+            stats.upstream_rq_pending_active.value -= 1
+
+    def release(self, conn: UpstreamConnection, reusable: bool, *, remote: bool = False) -> None:
+        """Give ``conn`` back after a request. ``remote``: the upstream closed it (stats only)."""
+        if conn.closed:
+            return
+        if not reusable or self._closed:
+            self._destroy(conn, remote=remote)
+            return
+        if self._max_requests and conn.requests >= self._max_requests:
+            self.stats.upstream_cx_max_requests.value += 1
+            self._destroy(conn, remote=False)
+            return
+        if self.queue.hand_over(self, conn):
+            return
+        conn.idle_since = trio.current_time()
+        self._idle.append(conn)
+
+    def _take_idle(self) -> UpstreamConnection | None:
+        idle = self._idle
+        if not idle:
+            return None
+        timeout = self._idle_timeout
+        now = trio.current_time()
+        while idle:
+            conn = idle.pop()
+            if timeout is not None and now - conn.idle_since >= timeout:
+                self.stats.upstream_cx_idle_timeout.value += 1
+                self._destroy(conn, remote=False)
+                while idle:  # older ones expired too
+                    self.stats.upstream_cx_idle_timeout.value += 1
+                    self._destroy(idle.pop(), remote=False)
+                return None
+            if not conn.is_quiet():
+                self._destroy(conn, remote=True)
+                continue
+            conn.requests += 1
+            return conn
+        return None
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close idle connections past the idle timeout (oldest first) and noisy ones."""
+        timeout = self._idle_timeout
+        idle = self._idle
+        if now is None:
+            now = trio.current_time()
+        if timeout is not None:
+            while idle and now - idle[0].idle_since >= timeout:
+                self.stats.upstream_cx_idle_timeout.value += 1
+                self._destroy(idle.popleft(), remote=False)
+        for conn in [c for c in idle if not c.is_quiet()]:
+            idle.remove(conn)
+            self._destroy(conn, remote=True)
+
+    # ---------------------------------------------------------------- connect / destroy
+
+    async def _connect(self) -> UpstreamConnection:
+        stats = self.stats
+        host = self.host
+        self.breakers.connections.inc()
+        self._open += 1
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_http1_total.value += 1
+        stats.upstream_cx_active.value += 1
+        host.cx_total += 1
+        host.cx_active += 1
+        start = trio.current_time()
+        family = socket.AF_INET6 if ":" in host.address[0] else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        ok = False
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tsock = trio.socket.from_stdlib_socket(raw)
+            with trio.move_on_after(self._connect_timeout) as scope:
+                await tsock.connect(host.address)
+            if scope.cancelled_caught:
+                stats.upstream_cx_connect_timeout.value += 1
+                self._connect_failed()
+                raise UpstreamError(
+                    f"connect to {host.address[0]}:{host.address[1]} timed out", flag="UF"
+                )
+            ok = True
+        except OSError as e:
+            self._connect_failed()
+            raise UpstreamError(
+                f"connect to {host.address[0]}:{host.address[1]} failed: {e.strerror or e}",
+                flag="UF",
+            ) from None
+        finally:
+            if not ok:
+                raw.close()
+                self._undo_connect()
+        now = trio.current_time()
+        stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
+        return UpstreamConnection(stream=trio.SocketStream(tsock), host=host, raw=raw, created=now)
+
+    def _connect_failed(self) -> None:
+        self.stats.upstream_cx_connect_fail.value += 1
+        self.host.cx_connect_fail += 1
+
+    def _undo_connect(self) -> None:
+        self._open -= 1
+        self.stats.upstream_cx_active.value -= 1
+        self.host.cx_active -= 1
+        self.breakers.connections.dec()
+        self.queue.slot_freed()
+
+    def _destroy(self, conn: UpstreamConnection, *, remote: bool) -> None:
+        conn.closed = True
+        conn.stream.socket.close()  # trio's close, so a task blocked on it is woken
+        stats = self.stats
+        stats.upstream_cx_destroy.value += 1
+        if remote:
+            stats.upstream_cx_destroy_remote.value += 1
+        else:
+            stats.upstream_cx_destroy_local.value += 1
+        stats.upstream_cx_length_ms.record((trio.current_time() - conn.created) * 1000.0)
+        self._undo_connect()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def drain(self) -> None:
+        """Close idle connections now and lent-out ones when they come back."""
+        self._closed = True
+        while self._idle:
+            self._destroy(self._idle.pop(), remote=False)
+
+    async def aclose(self) -> None:
+        self.drain()
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> PoolStatistics:
+        idle = len(self._idle)
+        return PoolStatistics(active=self._open - idle, idle=idle, pending=self.queue.count(self))
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        addr = f"{self.host.address[0]}:{self.host.address[1]}"
+        closed = " closed" if self._closed else ""
+        return f"<Http1Pool {addr} active={s.active} idle={s.idle} pending={s.pending}{closed}>"
