@@ -37,6 +37,7 @@ class StreamInfo:
     upstream_transport_failure_reason: str = ""
     route_name: str = ""
     virtual_host_name: str = ""
+    last_downstream_rx: float | None = None  # monotonic: last byte of the request received
     first_upstream_tx: float | None = None  # monotonic
     first_upstream_rx: float | None = None
     last_upstream_rx: float | None = None
@@ -45,6 +46,7 @@ class StreamInfo:
     end_monotonic: float | None = None
     connection_id: int = 0
     attempt_count: int = 0
+    health_check: bool = False  # answered by/for a health check (not_health_check_filter)
     filter_state: dict[str, Any] = attrs.field(factory=dict)
 
     def flags_string(self) -> str:
