@@ -1,0 +1,218 @@
+"""ClusterConfig.from_proto: what is accepted, defaults, and errors with field paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from trioproxy.errors import ConfigError
+from trioproxy.upstream.config import ClusterConfig
+
+
+def cluster(**extra: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": "backend",
+        "type": "STATIC",
+        "load_assignment": {
+            "cluster_name": "backend",
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": 8080}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    d.update(extra)
+    return d
+
+
+def test_defaults_are_the_edge_defaults() -> None:
+    c = ClusterConfig.from_proto(cluster())
+    assert c.name == "backend"
+    assert c.type == "STATIC"
+    assert c.lb_policy == "ROUND_ROBIN"
+    assert c.connect_timeout == 5.0
+    assert c.dns_refresh_rate == 5.0
+    assert c.dns_lookup_family == "AUTO"
+    assert c.idle_timeout == 50.0
+    assert c.per_connection_buffer_limit_bytes == 32 * 1024
+    assert c.max_requests_per_connection == 0
+    cb = c.circuit_breakers
+    assert (cb.max_connections, cb.max_pending_requests, cb.max_requests, cb.max_retries) == (
+        1024,
+        1024,
+        1024,
+        3,
+    )
+    assert c.endpoints[0].address == "127.0.0.1"
+    assert c.endpoints[0].port == 8080
+    assert c.endpoints[0].weight == 1
+    assert not c.http2
+    assert c.tls is None
+    assert c.raw["name"] == "backend"
+
+
+def test_full_config() -> None:
+    d = cluster(
+        connect_timeout="0.250s",
+        lb_policy="LEAST_REQUEST",
+        least_request_lb_config={"choice_count": 3},
+        dns_refresh_rate="10s",
+        respect_dns_ttl=True,
+        dns_lookup_family="V4_ONLY",
+        circuit_breakers={
+            "thresholds": [
+                {"priority": "HIGH", "max_connections": 7},
+                {"max_connections": 10, "max_pending_requests": "20", "max_requests": 30},
+            ]
+        },
+        per_connection_buffer_limit_bytes={"value": 1024},
+        typed_extension_protocol_options={
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+                "common_http_protocol_options": {
+                    "idle_timeout": "30s",
+                    "max_requests_per_connection": 100,
+                },
+            }
+        },
+        transport_socket={"name": "envoy.transport_sockets.tls", "typed_config": {"sni": "x"}},
+    )
+    d["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = 5
+    d["load_assignment"]["endpoints"].append(
+        {
+            "priority": 1,
+            "locality": {"zone": "b"},
+            "lb_endpoints": [
+                {
+                    "endpoint": {
+                        "address": {"socket_address": {"address": "::1", "port_value": 81}}
+                    },
+                    "health_status": "UNHEALTHY",
+                }
+            ],
+        }
+    )
+    c = ClusterConfig.from_proto(d)
+    assert c.connect_timeout == 0.25
+    assert c.lb_policy == "LEAST_REQUEST"
+    assert c.choice_count == 3
+    assert c.dns_refresh_rate == 10.0
+    assert c.respect_dns_ttl
+    assert c.dns_lookup_family == "V4_ONLY"
+    assert c.circuit_breakers.max_connections == 10
+    assert c.circuit_breakers.max_pending_requests == 20
+    assert c.circuit_breakers.max_requests == 30
+    assert c.circuit_breakers.max_retries == 3
+    assert c.per_connection_buffer_limit_bytes == 1024
+    assert c.idle_timeout == 30.0
+    assert c.max_requests_per_connection == 100
+    assert c.http2
+    assert c.tls == {"sni": "x"}
+    assert c.endpoints[0].weight == 5
+    assert c.endpoints[1].priority == 1
+    assert c.endpoints[1].locality.zone == "b"
+    assert not c.endpoints[1].healthy
+    assert [e.address for e in c.primary_endpoints] == ["127.0.0.1"]
+
+
+def test_older_hosts_field() -> None:
+    d = {"name": "x", "hosts": [{"socket_address": {"address": "10.0.0.1", "port_value": 80}}]}
+    c = ClusterConfig.from_proto(d)
+    assert [(e.address, e.port) for e in c.endpoints] == [("10.0.0.1", 80)]
+
+
+def test_zero_idle_timeout_disables_it() -> None:
+    c = ClusterConfig.from_proto(cluster(common_http_protocol_options={"idle_timeout": "0s"}))
+    assert c.idle_timeout is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "reason"),
+    [
+        ({"type": "EDS"}, "type", "not supported yet"),
+        ({"type": "ORIGINAL_DST"}, "type", "not supported yet"),
+        ({"type": "BOGUS"}, "type", "unknown"),
+        ({"lb_policy": "RING_HASH"}, "lb_policy", "unsupported"),
+        ({"lb_policy": "MAGLEV"}, "lb_policy", "unsupported"),
+        ({"dns_lookup_family": "V5"}, "dns_lookup_family", "unknown"),
+        ({"connect_timeout": "soon"}, "connect_timeout", "invalid duration"),
+        ({"connect_timeout": "0s"}, "connect_timeout", "greater than 0"),
+        ({"name": ""}, "name", "required"),
+        (
+            {"circuit_breakers": {"thresholds": [{"max_connections": -1}]}},
+            "circuit_breakers.thresholds[0].max_connections",
+            "unsigned",
+        ),
+        (
+            {"least_request_lb_config": {"choice_count": 1}},
+            "least_request_lb_config.choice_count",
+            "at least 2",
+        ),
+        (
+            {"common_http_protocol_options": {"idle_timeout": 5j}},
+            "common_http_protocol_options.idle_timeout",
+            "invalid duration",
+        ),
+    ],
+)
+def test_errors_name_the_field(extra: dict[str, Any], path: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(cluster(**extra))
+    assert info.value.path == path
+    assert reason in info.value.reason
+
+
+def test_static_cluster_takes_ip_addresses_only() -> None:
+    d = cluster()
+    sa = d["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    sa["socket_address"]["address"] = "example.com"
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(d)
+    assert "malformed IP address" in info.value.reason
+    assert info.value.path == (
+        "load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address"
+    )
+    d["type"] = "STRICT_DNS"
+    assert ClusterConfig.from_proto(d).endpoints[0].address == "example.com"
+
+
+def test_bad_port_and_weight_paths() -> None:
+    d = cluster()
+    lbe = d["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+    lbe["endpoint"]["address"]["socket_address"]["port_value"] = 70000
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(d)
+    assert info.value.path.endswith("lb_endpoints[0].endpoint.address.socket_address.port_value")
+    lbe["endpoint"]["address"]["socket_address"]["port_value"] = 80
+    lbe["load_balancing_weight"] = 0
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(d)
+    assert info.value.path == "load_assignment.endpoints[0].lb_endpoints[0].load_balancing_weight"
+
+
+def test_logical_dns_needs_exactly_one_endpoint() -> None:
+    d = cluster(type="LOGICAL_DNS")
+    eps = d["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    eps.append(eps[0])
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(d)
+    assert info.value.path == "load_assignment"
+
+
+def test_error_prefix_with_at() -> None:
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(cluster(type="EDS"))
+    err = info.value.at("static_resources.clusters[2]")
+    assert err.path == "static_resources.clusters[2].type"
