@@ -174,10 +174,11 @@ class StartTimeFormat:
 # -- command table ---------------------------------------------------------------------------
 
 
-def _ms(a: float | None, b: float | None) -> int | None:
+def duration_ms(a: float | None, b: float | None) -> int | None:
     if a is None or b is None:
         return None
-    return math.floor((b - a) * 1000)
+    # Envoy truncates nanoseconds to milliseconds; the epsilon undoes float error (9.9999…→10).
+    return math.floor((b - a) * 1000 + 1e-6)
 
 
 def _without_port(addr: str) -> str:
@@ -238,10 +239,10 @@ _NOARG: dict[str, Getter] = {
         if i.response_flags
         else "-"
     ),
-    "DURATION": lambda i: _ms(i.start_monotonic, i.end_monotonic),
-    "REQUEST_DURATION": lambda i: _ms(i.start_monotonic, i.last_downstream_rx),
-    "RESPONSE_DURATION": lambda i: _ms(i.start_monotonic, i.first_upstream_rx),
-    "RESPONSE_TX_DURATION": lambda i: _ms(i.first_upstream_rx, i.last_downstream_tx),
+    "DURATION": lambda i: duration_ms(i.start_monotonic, i.end_monotonic),
+    "REQUEST_DURATION": lambda i: duration_ms(i.start_monotonic, i.last_downstream_rx),
+    "RESPONSE_DURATION": lambda i: duration_ms(i.start_monotonic, i.first_upstream_rx),
+    "RESPONSE_TX_DURATION": lambda i: duration_ms(i.first_upstream_rx, i.last_downstream_tx),
     "BYTES_RECEIVED": lambda i: i.bytes_received,
     "BYTES_SENT": lambda i: i.bytes_sent,
     "PROTOCOL": lambda i: i.protocol,
