@@ -10,8 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from tests.upstream.conftest import EchoServer, make_cluster
+from tests.upstream.conftest import EchoServer, cluster_dict, make_cluster
 from trioproxy.errors import UpstreamError
+from trioproxy.stats import Store
+from trioproxy.upstream.cluster_manager import Cluster
+from trioproxy.upstream.config import ClusterConfig
 from trioproxy.upstream.pool import UpstreamConnection
 
 
@@ -281,3 +284,21 @@ async def test_drained_pool_closes_connections_on_release(echo_server: EchoServe
     assert "closed" in repr(pool)
     with pytest.raises(UpstreamError):
         await pool.acquire()
+
+
+async def test_each_chosen_host_gets_a_connection_beyond_max_connections(
+    echo_server: EchoServer,
+) -> None:
+    d = cluster_dict(echo_server.port, circuit_breakers={"thresholds": [{"max_connections": 1}]})
+    eps = d["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    eps.append(eps[0])  # a second host (same address: a separate pool)
+    cluster = Cluster(ClusterConfig.from_proto(d), Store())
+    a, b = cluster.hosts
+    conn_a = await cluster.pool(a).acquire()
+    conn_b = await cluster.pool(b).acquire()
+    assert cluster.stats.upstream_cx_overflow.value == 1
+    assert cluster.stats.upstream_cx_active.value == 2
+    assert await roundtrip(conn_b) == b"ping"
+    cluster.pool(a).release(conn_a, False)
+    cluster.pool(b).release(conn_b, False)
+    assert cluster.stats.upstream_cx_active.value == 0

@@ -123,9 +123,16 @@ class PendingQueue:
                 return True
         return False
 
-    def slot_freed(self) -> None:
+    def slot_freed(self, empty_pool: Http1Pool | None = None) -> None:
+        """Wake the first waiter; and one of ``empty_pool``'s, which may now connect anyway."""
         if self._waiters:
             self._waiters.popleft().event.set()
+        if empty_pool is not None:
+            for w in self._waiters:
+                if w.pool is empty_pool:
+                    self._waiters.remove(w)
+                    w.event.set()
+                    break
 
 
 @attrs.frozen
@@ -187,20 +194,23 @@ class Http1Pool:
         stats.upstream_rq_pending_active.value += 1
         try:
             while True:
-                if self.breakers.connections.can_create():
-                    conn = await self._connect()
-                    conn.requests = 1
-                    return conn
-                stats.upstream_cx_overflow.value += 1
-                conn = await self.queue.wait(self)
-                if conn is not None:
-                    conn.requests += 1
-                    return conn
-                if self._closed:
-                    raise UpstreamError("connection pool closed", flag="UF")
-                conn = self._take_idle()
-                if conn is not None:
-                    return conn
+                if not self.breakers.connections.can_create():
+                    stats.upstream_cx_overflow.value += 1
+                    # Envoy still gives a host chosen by the balancer one connection
+                    if self._open:
+                        conn = await self.queue.wait(self)
+                        if conn is not None:
+                            conn.requests += 1
+                            return conn
+                        if self._closed:
+                            raise UpstreamError("connection pool closed", flag="UF")
+                        conn = self._take_idle()
+                        if conn is not None:
+                            return conn
+                        continue
+                conn = await self._connect()
+                conn.requests = 1
+                return conn
         finally:
             pending.dec()
             stats.upstream_rq_pending_active.value -= 1
@@ -308,7 +318,7 @@ class Http1Pool:
         self.stats.upstream_cx_active.value -= 1
         self.host.cx_active -= 1
         self.breakers.connections.dec()
-        self.queue.slot_freed()
+        self.queue.slot_freed(None if self._open else self)
 
     def _destroy(self, conn: UpstreamConnection, *, remote: bool) -> None:
         conn.closed = True
