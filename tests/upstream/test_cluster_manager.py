@@ -6,10 +6,11 @@ from typing import Any
 
 import trio
 
-from tests.upstream.conftest import EchoServer, cluster_dict
 from trioproxy.stats import Store
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig
+
+from .conftest import EchoServer, cluster_dict
 
 
 def config(port: int, name: str = "backend", **extra: Any) -> ClusterConfig:

@@ -8,12 +8,13 @@ from typing import Any
 import trio
 import trio.testing
 
-from tests.upstream.conftest import cluster_dict
 from trioproxy.stats import Store
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig, EndpointConfig
 from trioproxy.upstream.dns import next_hosts, select_addresses
 from trioproxy.upstream.host import Host
+
+from .conftest import cluster_dict
 
 V4 = socket.AF_INET
 V6 = socket.AF_INET6

@@ -10,12 +10,13 @@ import pytest
 import trio
 import trio.testing
 
-from tests.upstream.conftest import EchoServer, cluster_dict, make_cluster
 from trioproxy.errors import UpstreamError
 from trioproxy.stats import Store
 from trioproxy.upstream.cluster_manager import Cluster
 from trioproxy.upstream.config import ClusterConfig
 from trioproxy.upstream.pool import UpstreamConnection
+
+from .conftest import EchoServer, cluster_dict, make_cluster
 
 
 async def roundtrip(conn: UpstreamConnection, data: bytes = b"ping") -> bytes:
