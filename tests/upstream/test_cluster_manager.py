@@ -88,3 +88,14 @@ async def test_weighted_static_cluster_and_host_health() -> None:
     assert cluster.stats.membership_healthy.value == 1
     assert all(cluster.choose_host() is cluster.hosts[0] for _ in range(4))
     await cm.aclose()
+
+
+async def test_panic_mode_is_counted_per_pick() -> None:
+    cm = ClusterManager([config(80)], Store())
+    cluster = cm.get("backend")
+    assert cluster is not None
+    cluster.hosts[0].healthy = False
+    cluster.on_health_change()
+    assert cluster.choose_host() is cluster.hosts[0]  # panic: all hosts are used
+    assert cluster.stats.lb_healthy_panic.value == 1
+    assert cluster.stats.membership_healthy.value == 0

@@ -77,12 +77,11 @@ class Cluster:
     # ---------------------------------------------------------------- per request
 
     def choose_host(self, context: Any = None) -> Host | None:
-        """A host for the next request, or ``None`` (counts ``upstream_cx_none_healthy``)."""
+        """A host for the next request, or ``None``: the caller answers 503 UH and counts
+        ``upstream_cx_none_healthy``. Counts ``lb_healthy_panic`` for picks in panic mode."""
         balancer = self._lb
         host = balancer.choose(context)
-        if host is None:
-            self.stats.upstream_cx_none_healthy.value += 1
-        elif balancer.panic:
+        if balancer.panic and host is not None:
             self.stats.lb_healthy_panic.value += 1
         return host
 
@@ -95,24 +94,24 @@ class Cluster:
         return pool
 
     def try_start_request(self) -> bool:
-        """Take a ``max_requests`` slot; ``False`` (overflow, flag UO) when none is left."""
+        """Take a ``max_requests`` slot; ``False`` when none is left: the caller answers 503 UO
+        and counts ``upstream_rq_pending_overflow`` (Envoy's stat for this breaker too)."""
         requests = self.breakers.requests
         if requests.count < requests.limit:
             requests.inc()
             return True
-        self.stats.upstream_rq_pending_overflow.value += 1
         return False
 
     def finish_request(self) -> None:
         self.breakers.requests.dec()
 
     def try_start_retry(self) -> bool:
-        """Take a ``max_retries`` slot; ``False`` counts ``upstream_rq_retry_overflow``."""
+        """Take a ``max_retries`` slot; on ``False`` the caller counts
+        ``upstream_rq_retry_overflow`` and does not retry."""
         retries = self.breakers.retries
         if retries.count < retries.limit:
             retries.inc()
             return True
-        self.stats.upstream_rq_retry_overflow.value += 1
         return False
 
     def finish_retry(self) -> None:
