@@ -216,3 +216,29 @@ def test_error_prefix_with_at() -> None:
         ClusterConfig.from_proto(cluster(type="EDS"))
     err = info.value.at("static_resources.clusters[2]")
     assert err.path == "static_resources.clusters[2].type"
+
+
+def test_typed_load_balancing_policy() -> None:
+    lr = (
+        "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"
+    )
+    d = cluster(
+        load_balancing_policy={
+            "policies": [
+                {"typed_extension_config": {"name": "x", "typed_config": {"@type": "unknown"}}},
+                {
+                    "typed_extension_config": {
+                        "name": "envoy.load_balancing_policies.least_request",
+                        "typed_config": {"@type": lr, "choice_count": 4},
+                    }
+                },
+            ]
+        },
+        common_lb_config={"healthy_panic_threshold": {"value": 0}},
+    )
+    c = ClusterConfig.from_proto(d)
+    assert (c.lb_policy, c.choice_count, c.healthy_panic_threshold) == ("LEAST_REQUEST", 4, 0.0)
+    d["load_balancing_policy"]["policies"].pop()
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(d)
+    assert info.value.path == "load_balancing_policy.policies"

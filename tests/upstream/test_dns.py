@@ -105,7 +105,8 @@ async def test_refresh_keeps_hosts_and_counts_no_rebuild(
 async def test_unresolvable_name_leaves_cluster_empty(nursery: trio.Nursery) -> None:
     store = Store()
     bad = dns_config("does-not-exist.invalid", "STRICT_DNS")
-    cm = ClusterManager([bad], store)
+    not_idna = dns_config("a" * 70 + ".example", "LOGICAL_DNS")
+    cm = ClusterManager([bad, not_idna], store)
     await nursery.start(cm.run)
     cluster = cm.get(bad.name)
     assert cluster is not None
@@ -113,5 +114,8 @@ async def test_unresolvable_name_leaves_cluster_empty(nursery: trio.Nursery) -> 
     assert cluster.choose_host() is None
     assert cluster.stats.update_failure.value == 1
     assert cluster.stats.membership_total.value == 0
-    assert store.gauge("cluster_manager.active_clusters").value == 1
+    assert store.gauge("cluster_manager.active_clusters").value == 2
+    other = cm.get(not_idna.name)
+    assert other is not None and other.hosts == []
+    assert other.stats.update_failure.value == 1
     nursery.cancel_scope.cancel()

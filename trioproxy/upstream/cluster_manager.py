@@ -126,6 +126,7 @@ class Cluster:
             self.hosts,
             choice_count=c.choice_count,
             active_request_bias=c.active_request_bias,
+            panic_threshold=c.healthy_panic_threshold,
         )
 
     def set_hosts(self, hosts: list[Host]) -> bool:

@@ -204,6 +204,55 @@ class CircuitBreakerThresholds:
         return cls()
 
 
+_LB_TYPES = {
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin": (
+        "ROUND_ROBIN"
+    ),
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest": (
+        "LEAST_REQUEST"
+    ),
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random": "RANDOM",
+}
+
+
+def _least_request(lr: Mapping[str, Any], path: str) -> tuple[int, float]:
+    choice_count = uint(lr.get("choice_count", 2), f"{path}.choice_count")
+    if choice_count < 2:
+        raise ConfigError("choice_count must be at least 2", path=f"{path}.choice_count")
+    bias_raw = lr.get("active_request_bias") or {}
+    try:
+        bias = float(bias_raw.get("default_value", 1.0))
+    except (TypeError, ValueError, AttributeError):
+        raise ConfigError(
+            "invalid active_request_bias", path=f"{path}.active_request_bias"
+        ) from None
+    return choice_count, bias
+
+
+def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
+    """(policy, choice_count, active_request_bias) from ``lb_policy`` or, when present, the
+    typed ``load_balancing_policy`` (the first policy we support wins, as in Envoy)."""
+    if "load_balancing_policy" in d:
+        policies = (d["load_balancing_policy"] or {}).get("policies", ())
+        for i, p in enumerate(policies):
+            tec = p.get("typed_extension_config") or {}
+            typed = tec.get("typed_config") or {}
+            policy = _LB_TYPES.get(typed.get("@type", ""))
+            if policy is None:
+                continue
+            if policy == "LEAST_REQUEST":
+                path = f"load_balancing_policy.policies[{i}].typed_extension_config.typed_config"
+                return (policy, *_least_request(typed, path))
+            return policy, 2, 1.0
+        raise ConfigError(
+            "no supported policy (round_robin, least_request, random)",
+            path="load_balancing_policy.policies",
+        )
+    policy = _enum(d, "lb_policy", LB_POLICIES, "ROUND_ROBIN")
+    lr = d.get("least_request_lb_config") or {}
+    return (policy, *_least_request(lr, "least_request_lb_config"))
+
+
 def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
     """The effective ``common_http_protocol_options`` and whether HTTP/2 is asked for."""
     common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
@@ -224,6 +273,7 @@ class ClusterConfig:
     lb_policy: str = "ROUND_ROBIN"
     choice_count: int = 2  # LEAST_REQUEST
     active_request_bias: float = 1.0  # LEAST_REQUEST, weighted
+    healthy_panic_threshold: float = 50.0  # percent; 0 disables panic mode
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     endpoints: tuple[EndpointConfig, ...] = ()
     dns_refresh_rate: float = DEFAULT_DNS_REFRESH_RATE
@@ -255,20 +305,19 @@ class ClusterConfig:
         if ctype in UNSUPPORTED_TYPES:
             raise ConfigError(f"cluster type {ctype} not supported yet", path="type")
         ctype = _enum(d, "type", CLUSTER_TYPES, "STATIC")
-        lb_policy = _enum(d, "lb_policy", LB_POLICIES, "ROUND_ROBIN")
-        lr = d.get("least_request_lb_config") or {}
-        choice_count = uint(lr.get("choice_count", 2), "least_request_lb_config.choice_count")
-        if choice_count < 2:
-            raise ConfigError(
-                "choice_count must be at least 2", path="least_request_lb_config.choice_count"
-            )
-        bias_raw = lr.get("active_request_bias") or {}
-        try:
-            bias = float(bias_raw.get("default_value", 1.0))
-        except (TypeError, ValueError):
-            raise ConfigError(
-                "invalid active_request_bias", path="least_request_lb_config.active_request_bias"
-            ) from None
+        lb_policy, choice_count, bias = _lb_policy(d)
+        panic = 50.0
+        common_lb = d.get("common_lb_config") or {}
+        if "healthy_panic_threshold" in common_lb:
+            raw_panic = common_lb["healthy_panic_threshold"]
+            if isinstance(raw_panic, Mapping):
+                raw_panic = raw_panic.get("value", 0.0)
+            if not isinstance(raw_panic, int | float) or not 0.0 <= raw_panic <= 100.0:
+                raise ConfigError(
+                    "healthy_panic_threshold must be a percentage",
+                    path="common_lb_config.healthy_panic_threshold",
+                )
+            panic = float(raw_panic)
 
         endpoints = _endpoints(d)
         if ctype == "STATIC":
@@ -328,6 +377,7 @@ class ClusterConfig:
             lb_policy=lb_policy,
             choice_count=choice_count,
             active_request_bias=bias,
+            healthy_panic_threshold=panic,
             connect_timeout=connect_timeout,
             endpoints=tuple(endpoints),
             dns_refresh_rate=refresh,

@@ -63,7 +63,8 @@ _QUERY_FAMILY = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}
 
 
 async def resolve(name: str, port: int, family: str) -> list[str]:
-    """Resolve ``name``; raises ``OSError`` (``socket.gaierror``) when it does not resolve."""
+    """Resolve ``name``; raises ``OSError`` (``socket.gaierror``) when it does not resolve,
+    ``UnicodeError`` when the name is not a valid IDNA name."""
     infos = await trio.socket.getaddrinfo(
         name, port, _QUERY_FAMILY.get(family, 0), socket.SOCK_STREAM
     )
@@ -118,7 +119,7 @@ class DnsResolver:
             stats.update_attempt.value += 1
             try:
                 addresses = await resolve(ep.address, ep.port, self.family)
-            except OSError:
+            except (OSError, UnicodeError):  # gaierror; a name IDNA cannot encode
                 stats.update_failure.value += 1
                 continue
             stats.update_success.value += 1

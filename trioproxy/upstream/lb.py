@@ -152,15 +152,20 @@ def build(
     *,
     choice_count: int = 2,
     active_request_bias: float = 1.0,
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     rng: random.Random | None = None,
 ) -> LoadBalancer:
     """The balancer for a cluster's ``lb_policy`` over ``hosts``."""
     if policy == "ROUND_ROBIN":
-        return RoundRobin(hosts, rng=rng)
+        return RoundRobin(hosts, panic_threshold=panic_threshold, rng=rng)
     if policy == "LEAST_REQUEST":
         return LeastRequest(
-            hosts, choice_count=choice_count, active_request_bias=active_request_bias, rng=rng
+            hosts,
+            choice_count=choice_count,
+            active_request_bias=active_request_bias,
+            panic_threshold=panic_threshold,
+            rng=rng,
         )
     if policy == "RANDOM":
-        return RandomLB(hosts, rng=rng)
+        return RandomLB(hosts, panic_threshold=panic_threshold, rng=rng)
     raise ValueError(f"unknown lb_policy {policy!r}")
