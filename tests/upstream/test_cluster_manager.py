@@ -99,3 +99,53 @@ async def test_panic_mode_is_counted_per_pick() -> None:
     assert cluster.choose_host() is cluster.hosts[0]  # panic: all hosts are used
     assert cluster.stats.lb_healthy_panic.value == 1
     assert cluster.stats.membership_healthy.value == 0
+
+
+def test_stat_names_match_envoys() -> None:
+    """The names a real Envoy 1.40 shows for a fresh cluster with track_remaining."""
+    store = Store()
+    ClusterManager(
+        [config(80, circuit_breakers={"thresholds": [{"track_remaining": True}]})], store
+    )
+    names = {g.name for g in store.gauges()} | {c.name for c in store.counters()}
+    expected = {
+        f"cluster.backend.circuit_breakers.{prio}.{g}"
+        for prio in ("default", "high")
+        for g in ("cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open")
+    } | {
+        f"cluster.backend.circuit_breakers.default.remaining_{r}"
+        for r in ("cx", "cx_pools", "pending", "retries", "rq")
+    }
+    expected |= {
+        "cluster.backend." + n
+        for n in [
+            "lb_healthy_panic",
+            "max_host_weight",
+            "membership_change",
+            "membership_degraded",
+            "membership_excluded",
+            "membership_healthy",
+            "membership_total",
+            "update_attempt",
+            "update_empty",
+            "update_failure",
+            "update_no_rebuild",
+            "update_success",
+        ]
+    }
+    expected |= {
+        "cluster_manager." + n
+        for n in [
+            "active_clusters",
+            "cluster_added",
+            "cluster_modified",
+            "cluster_removed",
+            "cluster_updated",
+            "cluster_updated_via_merge",
+            "update_merge_cancelled",
+            "update_out_of_merge_window",
+            "warming_clusters",
+        ]
+    }
+    assert expected <= names
+    assert store.gauge("cluster.backend.circuit_breakers.default.remaining_rq").value == 1024

@@ -49,7 +49,10 @@ class CircuitBreakers:
         self.thresholds = thresholds
         cb_scope = scope.scope("circuit_breakers.default.")
         self.stats = s = CircuitBreakerStats(cb_scope)
+        CircuitBreakerStats(scope.scope("circuit_breakers.high."))  # HIGH is not used yet
         r = RemainingStats(cb_scope) if thresholds.track_remaining else None
+        if r is not None:
+            r.remaining_cx_pools.value = 2**64 - 1
         t = thresholds
         self.connections = _Resource(t.max_connections, s.cx_open, r.remaining_cx if r else None)
         self.pending = _Resource(

@@ -184,6 +184,9 @@ class ClusterManagerStats(StatBlock):
     cluster_modified: Counter
     cluster_removed: Counter
     cluster_updated: Counter
+    cluster_updated_via_merge: Counter
+    update_merge_cancelled: Counter
+    update_out_of_merge_window: Counter
 
 
 class ClusterManager:

@@ -92,3 +92,4 @@ class RemainingStats(StatBlock):
     remaining_pending: Gauge
     remaining_rq: Gauge
     remaining_retries: Gauge
+    remaining_cx_pools: Gauge  # max_connection_pools is unlimited: shown as 2^64 - 1
