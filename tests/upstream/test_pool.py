@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import Iterator
 
@@ -301,3 +302,31 @@ async def test_each_chosen_host_gets_a_connection_beyond_max_connections(
     cluster.pool(a).release(conn_a, False)
     cluster.pool(b).release(conn_b, False)
     assert cluster.stats.upstream_cx_active.value == 0
+
+
+async def test_idle_connection_with_stray_bytes_is_not_reused(nursery: trio.Nursery) -> None:
+    sent = trio.Event()
+
+    async def chatty(stream: trio.SocketStream) -> None:
+        await stream.receive_some(100)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nGARBAGE")
+        sent.set()
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), chatty, 0)
+    cluster = make_cluster(listeners[0].socket.getsockname()[1])
+    host = cluster.choose_host()
+    assert host is not None
+    pool = cluster.pool(host)
+    conn = await pool.acquire()
+    await conn.stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+    await sent.wait()
+    await trio.testing.wait_all_tasks_blocked()
+    pool.release(conn, True)  # the router read only the response; the rest is still queued
+    assert "idle=1" in repr(pool)
+    assert repr(conn).startswith("<UpstreamConnection 127.0.0.1:")
+    fresh = await pool.acquire()
+    assert fresh is not conn and conn.closed
+    assert cluster.stats.upstream_cx_destroy_remote.value == 1
+    pool.release(fresh, False)
+    nursery.cancel_scope.cancel()
