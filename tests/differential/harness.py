@@ -132,9 +132,20 @@ class RecordingUpstream:
         idx = min(len(self.requests) - 1, len(self.script) - 1)
         return self.script[idx]
 
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    async def listen(self) -> list[trio.SocketListener]:
+        """Bind 127.0.0.1:0 (sets ``port``); connections queue until ``serve`` runs."""
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         self.port = listeners[0].socket.getsockname()[1]
+        return listeners
+
+    async def serve(
+        self,
+        listeners: list[trio.SocketListener] | None = None,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if listeners is None:
+            listeners = await self.listen()
         task_status.started(self.port)
         await trio.serve_listeners(self._handle, listeners)
 
@@ -415,12 +426,21 @@ async def run_case(
 ) -> CaseResult:
     """Start an upstream and ``kind``, send ``requests`` in turn, and collect what happened."""
     upstream = RecordingUpstream(script=script)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(upstream.serve)
-        async with run_proxy(kind, template, upstream.port) as proxy:
+    listeners = await upstream.listen()
+    # The proxy starts outside the nursery so a start failure surfaces as itself, not wrapped
+    # in an exception group; the upstream's listen backlog holds connections meanwhile.
+    try:
+        async with (
+            run_proxy(kind, template, upstream.port) as proxy,
+            trio.open_nursery() as nursery,
+        ):
+            await nursery.start(upstream.serve, listeners)
             responses = [await send_raw(proxy.listener_port, raw) for raw in requests]
             stat_names = await get_stat_names(proxy.admin_port)
-        nursery.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    finally:
+        for listener in listeners:
+            await listener.aclose()
     return CaseResult(
         kind=kind,
         responses=tuple(responses),

@@ -98,7 +98,7 @@ def flags_short(flags: set[str]) -> str:
 class StartTimeFormat:
     """A compiled ``%START_TIME(...)%`` format: cached whole-second text + fractional parts."""
 
-    __slots__ = ("_cache", "_cache_sec", "_parts")
+    __slots__ = ("_cache", "_cache_sec", "_parts", "_split")
 
     def __init__(self, fmt: str) -> None:
         # parts: ("s", strftime chunk) | ("e", "") epoch seconds | ("f", digits)
@@ -148,27 +148,42 @@ class StartTimeFormat:
         self._parts = tuple(parts)
         self._cache_sec = -1
         self._cache: tuple[str, ...] = ()
+        self._split: tuple[str, int, str] | None = None
 
     def format(self, t: float) -> str:
-        ns = round(t * 1e6) * 1000  # a float epoch time holds microseconds, not nanoseconds
-        sec, frac = divmod(ns, 1_000_000_000)
+        us = round(t * 1e6)  # a float epoch time holds microseconds, not nanoseconds
+        sec, frac = divmod(us, 1_000_000)
         if sec != self._cache_sec:
-            tm = time.gmtime(sec)
-            self._cache = tuple(
-                time.strftime(str(arg), tm) if kind == "s" else str(sec) if kind == "e" else ""
-                for kind, arg in self._parts
-            )
-            self._cache_sec = sec
+            self._fill_cache(sec)
+        split = self._split
+        if split is not None:  # the common shape: text, one fraction, text
+            head, n, tail = split
+            return head + f"{frac:06d}000"[:n] + tail
         out = []
-        digits9 = ""
+        digits9 = f"{frac:06d}000"
         for (kind, arg), cached in zip(self._parts, self._cache, strict=True):
-            if kind == "f":
-                if not digits9:
-                    digits9 = f"{frac:09d}"
-                out.append(digits9[: int(arg)])
-            else:
-                out.append(cached)
+            out.append(digits9[: int(arg)] if kind == "f" else cached)
         return "".join(out)
+
+    def _fill_cache(self, sec: int) -> None:
+        tm = time.gmtime(sec)
+        self._cache = tuple(
+            time.strftime(str(arg), tm) if kind == "s" else str(sec) if kind == "e" else ""
+            for kind, arg in self._parts
+        )
+        self._cache_sec = sec
+        kinds = [kind for kind, _ in self._parts]
+        if kinds.count("f") == 1:
+            i = kinds.index("f")
+            self._split = (
+                "".join(self._cache[:i]),
+                int(self._parts[i][1]),
+                "".join(self._cache[i + 1 :]),
+            )
+        elif "f" not in kinds:
+            self._split = ("".join(self._cache), 0, "")
+        else:
+            self._split = None
 
 
 # -- command table ---------------------------------------------------------------------------
