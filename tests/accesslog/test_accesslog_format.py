@@ -279,3 +279,8 @@ def test_literal_text_round_trips_when_percent_is_escaped(text: str) -> None:
 def test_parser_never_crashes_on_junk(fmt: str) -> None:
     with contextlib.suppress(ConfigError):
         TextFormatter(fmt).format(proxied())
+
+
+def test_header_commands_need_a_name() -> None:
+    with pytest.raises(ConfigError, match="REQ requires parameters"):
+        TextFormatter("%REQ%")

@@ -207,7 +207,7 @@ def test_unknown_logger_type(kinds: Kind[Any]) -> None:
 
 
 def comparison(op: str, value: int) -> dict[str, Any]:
-    return {"comparison": {"op": op, "value": {"default_value": value, "runtime_key": "log.status"}}}
+    return {"comparison": {"op": op, "value": {"default_value": value, "runtime_key": "rk"}}}
 
 
 def test_status_code_filter_logs_only_matching(tmp_path: Path, kinds: Kind[Any]) -> None:

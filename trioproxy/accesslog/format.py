@@ -212,7 +212,7 @@ def _header_getter(
     which: Callable[[StreamInfo], Headers | None], args: str, command: str
 ) -> Callable[[StreamInfo], str | None]:
     if not args:
-        raise ConfigError(f"{command} requires a header name, as in %{command}(X-NAME)%")
+        raise ConfigError(f"{command} requires parameters")
     main, _, alt = args.partition("?")
     main = main.lower()
     alt = alt.lower()
