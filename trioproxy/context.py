@@ -1,0 +1,25 @@
+"""What builders need while turning canonical config into running objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from trioproxy.registry import Registry
+    from trioproxy.stats import Store
+    from trioproxy.upstream.cluster_manager import ClusterManager
+
+
+@attrs.frozen
+class BuildContext:
+    registry: Registry
+    store: Store
+    cluster_manager: ClusterManager
+    node: Mapping[str, Any] = attrs.field(factory=dict)
+    service_cluster: str = ""
+    service_node: str = ""
+    base_dir: str = "."  # relative DataSource filenames resolve here
+    h1_codec: str | None = None  # "httptools" | "h11" | None (best available)

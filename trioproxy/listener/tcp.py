@@ -1,0 +1,158 @@
+"""A TCP listener: the accept loop and each connection's life up to its terminal filter.
+
+``serve_listener`` binds, reports the bound port through ``task_status.started()``, and accepts
+until cancelled or drained; every connection is a task in the listener's handler nursery, so a
+listener cannot outlive its connections. A connection runs: limits check → TLS handshake (if the
+chain terminates TLS) → non-terminal network filters → the terminal filter.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+
+import trio
+
+from trioproxy.http.filter import ConnectionInfo
+from trioproxy.io import FastSocketStream
+from trioproxy.listener.config import ListenerConfig
+from trioproxy.network.filter import DownstreamConnection, Drain
+
+log = logging.getLogger(__name__)
+
+_connection_ids = itertools.count(1)
+TLS_HANDSHAKE_TIMEOUT = 10.0
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Listener:
+    """A running listener. ``drain`` stops new connections and tells live ones to finish."""
+
+    def __init__(self, config: ListenerConfig, sock: socket.socket) -> None:
+        self.config = config
+        self.sock = sock
+        self.drain = Drain()
+        self.active = 0
+        self.port: int = sock.getsockname()[1]
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.config.name} port={self.port} active={self.active}>"
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self.sock
+        stats = self.config.stats
+        try:
+            async with trio.open_nursery() as handlers:
+                task_status.started(self.port)
+                with trio.CancelScope() as accept_scope:
+                    handlers.start_soon(self._cancel_on_drain, accept_scope)
+                    while True:
+                        try:
+                            conn, addr = sock.accept()
+                        except BlockingIOError:
+                            await trio.lowlevel.wait_readable(sock)
+                            continue
+                        except OSError as exc:
+                            log.warning("accept failed on %s: %s", self.config.name, exc)
+                            await trio.sleep(0.01)
+                            continue
+                        if self.active >= self.config.max_connections:
+                            stats.downstream_cx_overflow.value += 1
+                            conn.close()
+                            continue
+                        handlers.start_soon(self._connection, conn, addr)
+                        await trio.lowlevel.checkpoint()
+                # Stopped accepting (drain): close the socket, let connections finish.
+                self._close_socket()
+        finally:
+            self._close_socket()
+
+    def _close_socket(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    async def _cancel_on_drain(self, scope: trio.CancelScope) -> None:
+        await self.drain.wait_draining()
+        scope.cancel()
+
+    async def _connection(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        cfg = self.config
+        stats = cfg.stats
+        stats.downstream_cx_total.value += 1
+        stats.downstream_cx_active.value += 1
+        self.active += 1
+        started = trio.current_time()
+        raw = FastSocketStream(sock)
+        raw.setsockopt_nodelay()
+        stream: trio.abc.Stream = raw
+        try:
+            local = raw.sockname()
+            chain = cfg.filter_chain
+            sni = alpn = ""
+            if chain.tls is not None:
+                ssl_stream = trio.SSLStream(raw, chain.tls, server_side=True)
+                tls_stats = cfg.tls_stats
+                assert tls_stats is not None
+                try:
+                    with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
+                        await ssl_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+                    tls_stats.connection_error.value += 1
+                    log.debug("TLS handshake failed from %s: %s", addr, exc)
+                    return
+                tls_stats.handshake.value += 1
+                obj = ssl_stream._ssl_object  # noqa: SLF001 - trio exposes no public accessor
+                sni = getattr(obj, "server_hostname", None) or ""
+                alpn = ssl_stream.selected_alpn_protocol() or ""
+                version = ssl_stream.version()
+                if version:
+                    cfg.scope.counter(f"ssl.versions.{version}").value += 1
+                cipher = ssl_stream.cipher()
+                if cipher:
+                    cfg.scope.counter(f"ssl.ciphers.{cipher[0]}").value += 1
+                stream = ssl_stream
+            info = ConnectionInfo(
+                remote_address=(addr[0], addr[1]),
+                local_address=local,
+                tls=chain.tls is not None,
+                sni=sni,
+                alpn=alpn,
+                connection_id=next(_connection_ids),
+            )
+            conn = DownstreamConnection(
+                stream=stream,
+                info=info,
+                listener_stats=cfg.scope,
+                drain=self.drain,
+                buffer_limit=cfg.buffer_limit,
+            )
+            for filt in chain.filters:
+                if not await filt.on_new_connection(conn):
+                    return
+            await chain.terminal.handle_connection(conn)
+        except Exception:
+            log.exception("connection from %s failed", addr)
+        finally:
+            self.active -= 1
+            stats.downstream_cx_active.value -= 1
+            stats.downstream_cx_destroy.value += 1
+            stats.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)
+            raw.close()

@@ -1,0 +1,72 @@
+"""The network (L4) filter API.
+
+A listener's filter chain is a list of network filters. Non-terminal filters see each new
+connection first and may refuse it (network RBAC, connection rate limits); the terminal filter
+— ``http_connection_manager`` or ``tcp_proxy`` — then owns the connection's byte stream until it
+ends. Like HTTP filters, a network filter object is built once per filter chain by its factory
+and shared by every connection on it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from trioproxy.http.filter import ConnectionInfo
+
+if TYPE_CHECKING:
+    from trioproxy.stats import Scope
+
+
+@attrs.define(eq=False)
+class Drain:
+    """A listener's (or the server's) drain signal, shared by its connections.
+
+    ``draining`` flips once; connection managers check it between requests (HTTP/1.1 answers
+    with ``Connection: close``, HTTP/2 sends GOAWAY) and ``wait_draining()`` wakes idle ones.
+    """
+
+    _event: trio.Event = attrs.field(factory=trio.Event)
+    #: Cancel scopes of connections idle between requests; a drain cancels them at once.
+    idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+
+    @property
+    def draining(self) -> bool:
+        return self._event.is_set()
+
+    def start(self) -> None:
+        self._event.set()
+        for scope in list(self.idle_scopes):
+            scope.cancel()
+
+    async def wait_draining(self) -> None:
+        await self._event.wait()
+
+
+@attrs.define(eq=False)
+class DownstreamConnection:
+    """One accepted connection, after its transport (TLS) handshake."""
+
+    stream: trio.abc.HalfCloseableStream | trio.abc.Stream
+    info: ConnectionInfo
+    listener_stats: Scope
+    drain: Drain
+    buffer_limit: int = 32 * 1024
+    filter_state: dict[str, Any] = attrs.field(factory=dict)
+
+
+class NetworkFilter:
+    """Base class of non-terminal network filters."""
+
+    async def on_new_connection(self, conn: DownstreamConnection) -> bool:
+        """Return False to close the connection (the filter counts its own stats)."""
+        return True
+
+
+class TerminalNetworkFilter:
+    """Owns a connection until it ends."""
+
+    async def handle_connection(self, conn: DownstreamConnection) -> None:
+        raise NotImplementedError
