@@ -65,6 +65,9 @@ class Response:
     headers: Headers
     body: AsyncIterator[bytes] | None = None
     trailers: Headers | None = None
+    #: Body bytes already in hand with the headers (sent in the same write); ``body`` yields
+    #: the rest. A small response read in one go has ``initial_body`` and ``body is None``.
+    initial_body: bytes = b""
 
     @property
     def status(self) -> int:

@@ -1,0 +1,323 @@
+"""The router: route entry → cluster → host → pooled connection → response.
+
+Per request: resolve the route (direct responses and redirects are answered here), pick the
+cluster and check its request circuit breaker, pick a host with the cluster's load balancer,
+take a connection from that host's pool, send the request, and hand the response back to the
+connection manager with its body as an async iterator. The route timeout (default 15 s) is one
+deadline covering the connect, the request and the whole response; hitting it before the
+response started answers 504 ``UT``.
+
+The upstream connection returns to the pool only when both messages completed and the upstream
+kept the connection alive; otherwise it is closed.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from trioproxy.errors import UpstreamError
+from trioproxy.http.filter import (
+    FactoryContext,
+    HttpStream,
+    LocalReply,
+    Response,
+    TerminalFilter,
+)
+from trioproxy.http import h1
+from trioproxy.http.headers import Headers
+from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
+from trioproxy.http.request_headers import strip_hop_by_hop
+from trioproxy.upstream.http1_client import Exchange
+
+from .config import RouterConfig
+
+_RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
+_REASONS = {
+    "UF": ("connection failure", "upstream_reset_before_response_started{connection_failure}"),
+    "UC": ("connection termination", "upstream_reset_before_response_started{connection_termination}"),
+    "UPE": ("protocol error", "upstream_reset_before_response_started{protocol_error}"),
+}
+
+
+def _reset_reply(err: UpstreamError) -> LocalReply:
+    if err.flag == "UO":
+        return OVERFLOW
+    if err.flag == "UT":
+        return UPSTREAM_TIMEOUT
+    reason, details = _REASONS.get(err.flag, ("remote reset", "upstream_reset_before_response_started{remote_reset}"))
+    body = _RESET_BODY + reason.encode()
+    if err.flag == "UF":
+        body += b", transport failure reason: " + err.reason.encode()
+    return LocalReply(503, body, details=details, flag=err.flag)
+
+
+class _CodeStats:
+    """The per-status counters of one cluster, cached by status code."""
+
+    __slots__ = ("scope", "by_code")
+
+    def __init__(self, scope: Any) -> None:
+        self.scope = scope
+        self.by_code: dict[int, tuple[Any, Any]] = {}
+
+    def count(self, status: int) -> None:
+        pair = self.by_code.get(status)
+        if pair is None:
+            pair = self.by_code[status] = (
+                self.scope.counter(f"upstream_rq_{status}"),
+                self.scope.counter(f"upstream_rq_{status // 100}xx"),
+            )
+        pair[0].value += 1
+        pair[1].value += 1
+
+
+class Router(TerminalFilter):
+    def __init__(self, config: RouterConfig, ctx: FactoryContext) -> None:
+        self.config = config
+        self.cm = ctx.cluster_manager
+        self._codes: dict[str, _CodeStats] = {}
+
+    async def serve(
+        self, stream: HttpStream, body: AsyncIterator[bytes] | None
+    ) -> Response | LocalReply:
+        route = stream.route
+        if route is None:
+            return NO_ROUTE
+        info = stream.info
+        headers = stream.request_headers
+        info.route_name = route.name
+        if route.direct_response is not None:
+            dr = route.direct_response
+            stream.filter_state["router.direct_response"] = True
+            return LocalReply(dr.status, dr.body, details="direct_response")
+        if route.redirect is not None:
+            rd = route.redirect
+            return LocalReply(
+                rd.response_code, b"", headers=(("location", rd.location(headers)),),
+                details="direct_response",
+            )
+        cluster_name = route.cluster_name(headers, random.getrandbits(63))
+        cluster = self.cm.get(cluster_name) if cluster_name else None
+        if cluster is None:
+            code = getattr(route, "cluster_not_found_response_code", 503)
+            return LocalReply(code, b"", details="cluster_not_found", flag="NC")
+        info.upstream_cluster = cluster.name
+        route.rewrite(headers)
+        route.apply_request_headers(headers, info)
+        timeout = route.timeout
+        if not self.config.suppress_envoy_headers:
+            if timeout:
+                headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
+        stats = cluster.stats
+        if not cluster.try_start_request():
+            stats.upstream_rq_pending_overflow.value += 1
+            info.response_flags.add("UO")
+            return OVERFLOW
+        host = cluster.choose_host(stream)
+        if host is None:
+            cluster.finish_request()
+            stats.upstream_cx_none_healthy.value += 1
+            return NO_HEALTHY_UPSTREAM
+        info.upstream_host = f"{host.address[0]}:{host.address[1]}"
+        deadline = trio.current_time() + timeout if timeout else math.inf
+        return await self._forward(stream, route, cluster, host, body, deadline)
+
+    async def _forward(
+        self,
+        stream: HttpStream,
+        route: Any,
+        cluster: Any,
+        host: Any,
+        body: AsyncIterator[bytes] | None,
+        deadline: float,
+    ) -> Response | LocalReply:
+        info = stream.info
+        stats = cluster.stats
+        headers = stream.request_headers
+        method = headers.get(":method") or "GET"
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        host.rq_total += 1
+        host.rq_active += 1
+        started = trio.current_time()
+        pool = cluster.pool(host)
+        conn = None
+        exchange: Exchange | None = None
+        done = False
+        try:
+            with trio.move_on_at(deadline) as scope:
+                conn = await pool.acquire()
+                exchange = Exchange(conn)
+                info.first_upstream_tx = trio.current_time()
+                if body is None:
+                    headers.remove("transfer-encoding")
+                    await exchange.send_request_head(method, headers)
+                    head, initial = await exchange.read_response_head()
+                else:
+                    head, initial = await self._send_body_and_read(
+                        exchange, method, headers, body, stream
+                    )
+            if scope.cancelled_caught:
+                stats.upstream_rq_timeout.value += 1
+                host.rq_timeout += 1
+                info.response_flags.add("UT")
+                self._finish(cluster, host, started, 504, False)
+                done = True
+                return UPSTREAM_TIMEOUT
+        except UpstreamError as err:
+            info.response_flags.add(err.flag)
+            info.upstream_transport_failure_reason = err.reason
+            if err.flag == "UC":
+                stats.upstream_rq_rx_reset.value += 1
+            self._finish(cluster, host, started, 503, False)
+            done = True
+            return _reset_reply(err)
+        except BaseException:
+            # Cancelled (client gone, stream timeout): account for the request and drop the
+            # half-used connection.
+            if not done:
+                self._finish(cluster, host, started, None, False)
+                done = True
+            raise
+        finally:
+            if done and conn is not None:
+                pool.release(conn, False)
+        assert exchange is not None and conn is not None
+        now = trio.current_time()
+        info.first_upstream_rx = now
+        stats.upstream_rq_time.record((now - started) * 1000)
+        resp_headers = Headers([(":status", str(head.status))])
+        resp_headers.items().extend(head.headers)
+        strip_hop_by_hop(resp_headers, keep_te_trailers=False)
+        if not self.config.suppress_envoy_headers:
+            resp_headers.add("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
+        route.apply_response_headers(resp_headers, info)
+        if exchange.complete:
+            self._finish(cluster, host, started, head.status, True)
+            stats.upstream_cx_rx_bytes_total.value += exchange.rx
+            stats.upstream_cx_tx_bytes_total.value += exchange.tx
+            pool.release(conn, exchange.reusable)
+            return Response(resp_headers, None, exchange.trailers, initial_body=initial)
+        resp = Response(resp_headers, None, None, initial_body=initial)
+        resp.body = _UpstreamBody(self, exchange, cluster, host, pool, started, head.status,
+                                  deadline, resp, stream)
+        return resp
+
+    async def _send_body_and_read(
+        self,
+        exchange: Exchange,
+        method: str,
+        headers: Headers,
+        body: AsyncIterator[bytes],
+        stream: HttpStream,
+    ) -> Any:
+        chunked = "content-length" not in headers
+        if chunked:
+            headers.set("transfer-encoding", "chunked")
+        await exchange.send_request_head(method, headers)
+        result: list[Any] = []
+        sent_all = False
+
+        async def pump() -> None:
+            nonlocal sent_all
+            async for chunk in body:
+                await exchange.send(h1.encode_chunk(chunk) if chunked else chunk)
+            if chunked:
+                trailers = stream.request_trailers
+                await exchange.send(h1.encode_last_chunk(list(trailers) if trailers else []))
+            sent_all = True
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump)
+            result.extend(await exchange.read_response_head())
+            if not sent_all:
+                # The upstream answered before the whole request was sent: stop sending and
+                # do not reuse the connection.
+                exchange.keep_alive = False
+                nursery.cancel_scope.cancel()
+        return result[0], result[1]
+
+    def _finish(
+        self, cluster: Any, host: Any, started: float, status: int | None, ok: bool
+    ) -> None:
+        stats = cluster.stats
+        stats.upstream_rq_active.value -= 1
+        host.rq_active -= 1
+        if ok and status is not None and status < 500:
+            host.rq_success += 1
+        else:
+            host.rq_error += 1
+        if status is not None:
+            stats.upstream_rq_completed.value += 1
+            codes = self._codes.get(cluster.name)
+            if codes is None or codes.scope is not cluster.scope:
+                codes = self._codes[cluster.name] = _CodeStats(cluster.scope)
+            codes.count(status)
+        cluster.finish_request()
+
+
+class _UpstreamBody:
+    """The rest of an upstream response body, as an async iterator.
+
+    A class rather than an async generator so that ``aclose()`` always settles the request
+    (stats, circuit breaker, the connection back to the pool or closed), even when the
+    connection manager never started iterating (the client went away first)."""
+
+    __slots__ = ("router", "exchange", "cluster", "host", "pool", "started", "status",
+                 "deadline", "resp", "stream", "_it", "_settled")
+
+    def __init__(self, router: Router, exchange: Exchange, cluster: Any, host: Any, pool: Any,
+                 started: float, status: int, deadline: float, resp: Response,
+                 stream: HttpStream) -> None:
+        self.router = router
+        self.exchange = exchange
+        self.cluster = cluster
+        self.host = host
+        self.pool = pool
+        self.started = started
+        self.status = status
+        self.deadline = deadline
+        self.resp = resp
+        self.stream = stream
+        self._it = exchange.iter_body(deadline)
+        self._settled = False
+
+    def __aiter__(self) -> _UpstreamBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._it.__anext__()
+        except StopAsyncIteration:
+            self.resp.trailers = self.exchange.trailers
+            self._settle(True)
+            raise
+        except UpstreamError as err:
+            self.stream.info.response_flags.add(err.flag)
+            if err.flag == "UT":
+                self.cluster.stats.upstream_rq_timeout.value += 1
+            else:
+                self.cluster.stats.upstream_rq_rx_reset.value += 1
+            self._settle(False)
+            raise
+
+    async def aclose(self) -> None:
+        await self._it.aclose()  # type: ignore[attr-defined]
+        self._settle(False)
+
+    def _settle(self, ok: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        ex = self.exchange
+        stats = self.cluster.stats
+        stats.upstream_cx_rx_bytes_total.value += ex.rx
+        stats.upstream_cx_tx_bytes_total.value += ex.tx
+        self.stream.info.last_upstream_rx = trio.current_time()
+        self.router._finish(self.cluster, self.host, self.started, self.status, ok)
+        self.pool.release(ex.conn, ok and ex.reusable)

@@ -1,0 +1,635 @@
+"""The HTTP connection manager for HTTP/1.1 downstream connections.
+
+Theory of operation
+-------------------
+One task serves one downstream connection, request after request (pipelined requests are parsed
+ahead but answered strictly in order). For each request:
+
+1. read the head under the connection's timeouts (idle before the first byte, then
+   ``request_headers_timeout``); a parse error answers ``ProtocolError.status_hint`` and closes;
+2. turn it into a ``Headers`` map with pseudo-headers, apply Envoy's header mutations and path
+   normalisation, create the ``HttpStream`` the filters see;
+3. run the request-header phases of the compiled chain, then the terminal filter (router) with
+   the request body as an async iterator passing through the request-data phases;
+4. run the response phases in reverse order while writing the response with HTTP/1.1 framing
+   (the upstream's Content-Length is kept when no filter rewrites the body, chunked otherwise);
+5. record stats, call log phases and access loggers.
+
+Everything a stream does happens inside its cancel scope: a stream timeout cancels whatever a
+filter was awaiting. A filter that raises fails only its stream (500, or a closed connection if
+the response had started), and is counted in ``http.<prefix>.downstream_rq_filter_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from trioproxy.errors import ProtocolError
+from trioproxy.http import h1
+from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
+from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.headers import Headers
+from trioproxy.http.local_reply import (
+    FILTER_ERROR,
+    HEADER_TIMEOUT,
+    NO_ROUTE,
+    STREAM_TIMEOUT,
+    http_date,
+    reply_headers,
+)
+from trioproxy.http.path import Outcome, normalize
+from trioproxy.http.request_headers import mutate_request_headers, mutate_response_headers
+from trioproxy.http.stream_info import StreamInfo
+from trioproxy.network.filter import DownstreamConnection
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+_NO_BODY_STATUS = frozenset((204, 304))
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class _Closed(Exception):
+    """The downstream closed (or reset) the connection."""
+
+
+class Http1Connection:
+    __slots__ = (
+        "conn",
+        "cfg",
+        "stats",
+        "lstats",
+        "parser",
+        "stream",
+        "rx",
+        "tx",
+        "_route_fn",
+        "_body_done",
+        "_continue_pending",
+        "_filter_error",
+        "_scheme",
+    )
+
+    def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
+        self.conn = conn
+        self.cfg = cfg
+        self.stats = cfg.stats
+        self.lstats = lstats
+        self.stream = conn.stream
+        self.parser = h1.make_server_parser(
+            cfg.h1_codec,
+            max_header_bytes=cfg.max_request_headers_bytes,
+            max_headers=cfg.max_headers_count,
+        )
+        self.rx = 0
+        self.tx = 0
+        self._body_done = True
+        self._continue_pending = False
+        self._scheme = "https" if conn.info.tls else "http"
+        route_config = cfg.route_config
+        getrandbits = random.getrandbits
+
+        def route_fn(headers: Headers) -> Any:
+            return route_config.route(headers, getrandbits(63))
+
+        self._route_fn = route_fn
+        self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
+
+    # -- I/O ------------------------------------------------------------------------------
+    async def _next_event(self) -> Any:
+        parser = self.parser
+        ev = parser.next_event()
+        while ev is h1.NEED_DATA:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _Closed() from exc
+            self.rx += len(data)
+            parser.feed(data)
+            if not data:
+                ev = parser.next_event()
+                if ev is h1.NEED_DATA:
+                    raise _Closed()
+                return ev
+            ev = parser.next_event()
+        return ev
+
+    async def _send(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise _Closed() from exc
+        self.tx += len(data)
+
+    # -- connection loop ------------------------------------------------------------------
+    async def run(self) -> None:
+        cfg = self.cfg
+        st = self.stats
+        st.downstream_cx_total.value += 1
+        st.downstream_cx_http1_total.value += 1
+        st.downstream_cx_active.value += 1
+        st.downstream_cx_http1_active.value += 1
+        if self.conn.info.tls:
+            st.downstream_cx_ssl_total.value += 1
+            st.downstream_cx_ssl_active.value += 1
+        started = trio.current_time()
+        drain = self.conn.drain
+        try:
+            while True:
+                head = await self._read_head()
+                if head is None:
+                    break
+                keep_alive = await self._serve_request(head)
+                if not keep_alive:
+                    st.downstream_cx_destroy_local.value += 1
+                    break
+                if drain.draining:
+                    st.downstream_cx_drain_close.value += 1
+                    break
+                self.parser.start_next_cycle()
+        except _Closed:
+            st.downstream_cx_destroy_remote.value += 1
+        finally:
+            st.downstream_cx_destroy.value += 1
+            st.downstream_cx_active.value -= 1
+            st.downstream_cx_http1_active.value -= 1
+            if self.conn.info.tls:
+                st.downstream_cx_ssl_active.value -= 1
+            st.downstream_cx_rx_bytes_total.value += self.rx
+            st.downstream_cx_tx_bytes_total.value += self.tx
+            st.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)
+
+    async def _read_head(self) -> h1.RequestHead | None:
+        """The next request head, or None when the connection should close quietly."""
+        cfg = self.cfg
+        parser = self.parser
+        ev = parser.next_event()
+        if ev is h1.NEED_DATA:
+            # Idle between requests: wait for the first byte (or the idle timeout / a drain).
+            with trio.CancelScope() as idle:
+                if cfg.idle_timeout is not None:
+                    idle.deadline = trio.current_time() + cfg.idle_timeout
+                self.conn.drain.idle_scopes.add(idle)
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                finally:
+                    self.conn.drain.idle_scopes.discard(idle)
+            if idle.cancelled_caught:
+                if not self.conn.drain.draining:
+                    self.stats.downstream_cx_idle_timeout.value += 1
+                return None
+            if not data:
+                return None
+            self.rx += len(data)
+            try:
+                parser.feed(data)
+            except ProtocolError as exc:
+                await self._protocol_error(exc)
+                return None
+            ev = None
+        try:
+            with trio.CancelScope() as scope:
+                if cfg.request_headers_timeout is not None:
+                    scope.deadline = trio.current_time() + cfg.request_headers_timeout
+                if ev is None or ev is h1.NEED_DATA:
+                    ev = await self._next_event()
+        except ProtocolError as exc:
+            await self._protocol_error(exc)
+            return None
+        except _Closed:
+            return None
+        if scope.cancelled_caught:
+            self.stats.downstream_rq_header_timeout.value += 1
+            await self._send_local_reply_raw(HEADER_TIMEOUT, False)
+            return None
+        if type(ev) is not h1.RequestHead:
+            return None  # PAUSED or a stray event after a closed message
+        return ev
+
+    async def _protocol_error(self, exc: ProtocolError) -> None:
+        self.stats.downstream_cx_protocol_error.value += 1
+        if exc.status_hint == 431:
+            self.stats.downstream_rq_too_large.value += 1
+        reply = LocalReply(exc.status_hint, b"Bad Request" if exc.status_hint == 400 else b"",
+                           details=exc.details)
+        await self._send_local_reply_raw(reply, False)
+
+    async def _send_local_reply_raw(self, reply: LocalReply, head_only: bool) -> None:
+        """Answer outside a stream (bad framing, header timeout) and close."""
+        now = time.time()
+        headers = reply_headers(reply, self.cfg.server_name, now)
+        headers.add("connection", "close")
+        data = _encode_head(headers) + (b"" if head_only else reply.body)
+        self._count_status(reply.status)
+        try:
+            await self._send(data)
+        except _Closed:
+            pass
+
+    def _count_status(self, status: int) -> None:
+        st = self.stats
+        ls = self.lstats
+        klass = status // 100
+        if klass == 2:
+            st.downstream_rq_2xx.value += 1
+            ls.downstream_rq_2xx.value += 1
+        elif klass == 4:
+            st.downstream_rq_4xx.value += 1
+            ls.downstream_rq_4xx.value += 1
+        elif klass == 5:
+            st.downstream_rq_5xx.value += 1
+            ls.downstream_rq_5xx.value += 1
+        elif klass == 3:
+            st.downstream_rq_3xx.value += 1
+            ls.downstream_rq_3xx.value += 1
+        else:
+            st.downstream_rq_1xx.value += 1
+            ls.downstream_rq_1xx.value += 1
+        st.downstream_rq_completed.value += 1
+        ls.downstream_rq_completed.value += 1
+
+    # -- one request ----------------------------------------------------------------------
+    async def _serve_request(self, head: h1.RequestHead) -> bool:
+        """Serve one request; return whether the connection may carry another."""
+        cfg = self.cfg
+        st = self.stats
+        conn_info = self.conn.info
+        t0 = trio.current_time()
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_active.value += 1
+        keep_alive = head.keep_alive
+        head_only = head.method == "HEAD"
+        info = StreamInfo(
+            start_time=time.time(),
+            start_monotonic=t0,
+            protocol="HTTP/1.0" if head.version == "1.0" else "HTTP/1.1",
+            downstream_remote_address=f"{conn_info.remote_address[0]}:{conn_info.remote_address[1]}",
+            downstream_local_address=f"{conn_info.local_address[0]}:{conn_info.local_address[1]}",
+            requested_server_name=conn_info.sni,
+            connection_id=conn_info.connection_id,
+        )
+        info.downstream_direct_remote_address = info.downstream_remote_address
+        self._body_done = head.content_length in (None, 0) and not head.chunked
+        self._continue_pending = head.expect_continue and not self._body_done
+        headers, reject = self._request_headers(head)
+        info.request_headers = headers
+        stream = HttpStream(request_headers=headers, info=info, connection=conn_info)
+        stream._router = self._route_fn
+        stream.end_stream = self._body_done
+        response_started = False
+        try:
+            with trio.CancelScope() as scope:
+                stream.cancel_scope = scope
+                if cfg.stream_idle_timeout is not None:
+                    scope.deadline = t0 + cfg.stream_idle_timeout
+                if reject is not None:
+                    result: Response | LocalReply = reject
+                    keep_alive = False
+                else:
+                    result = await self._decode(stream)
+                if type(result) is LocalReply:
+                    if result is NO_ROUTE:
+                        st.no_route.value += 1
+                    keep_alive = await self._write_local_reply(stream, result, head_only, keep_alive)
+                else:
+                    assert isinstance(result, Response)
+                    response_started = True
+                    keep_alive = await self._write_response(stream, result, head, keep_alive)
+            if scope.cancelled_caught:
+                st.downstream_rq_idle_timeout.value += 1
+                if not response_started and info.response_code == 0:
+                    await self._write_local_reply(stream, STREAM_TIMEOUT, head_only, False)
+                keep_alive = False
+        except _Closed:
+            info.response_flags.add("DC")
+            st.downstream_rq_rx_reset.value += 1
+            keep_alive = False
+            raise
+        except ProtocolError as exc:
+            # Broken request body framing: answer if we still can, then close.
+            st.downstream_cx_protocol_error.value += 1
+            if info.response_code == 0:
+                await self._write_local_reply(
+                    stream, LocalReply(exc.status_hint, b"", details=exc.details), head_only, False
+                )
+            keep_alive = False
+        except Exception:
+            log.exception("HTTP filter failed on %s %s", head.method, head.target)
+            self._filter_error.value += 1
+            if info.response_code == 0:
+                await self._write_local_reply(stream, FILTER_ERROR, head_only, False)
+            else:
+                info.response_flags.add("LR")
+            keep_alive = False
+        finally:
+            st.downstream_rq_active.value -= 1
+            info.end_monotonic = trio.current_time()
+            st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
+            self._log(stream)
+        if not self._body_done:
+            # The response finished before the request body: the rest of the connection's
+            # bytes cannot be trusted to be a new request.
+            st.downstream_rq_response_before_rq_complete.value += 1
+            keep_alive = False
+        return keep_alive
+
+    def _request_headers(self, head: h1.RequestHead) -> tuple[Headers, LocalReply | None]:
+        """Build the request's header map; a LocalReply when the request must be refused."""
+        cfg = self.cfg
+        target = head.target
+        authority = ""
+        reject: LocalReply | None = None
+        items: list[tuple[str, str]] = []
+        for name, value in head.headers:
+            if name == "host":
+                if authority:
+                    reject = LocalReply(400, b"", details="http1.multiple_host_headers")
+                authority = value
+            else:
+                items.append((name, value))
+        if target[:1] != "/":
+            if target == "*" and head.method == "OPTIONS":
+                pass
+            elif "://" in target:
+                # absolute-form: the authority in the target wins (RFC 9112 §3.2.2).
+                rest = target.split("://", 1)[1]
+                slash = rest.find("/")
+                authority = rest if slash < 0 else rest[:slash]
+                target = "/" if slash < 0 else rest[slash:]
+            else:
+                self.stats.downstream_rq_non_relative_path.value += 1
+                reject = LocalReply(404, b"", details="absolute_path_rejected")
+        if not authority:
+            if head.version == "1.0" and cfg.default_host_for_http_10:
+                authority = cfg.default_host_for_http_10
+            elif reject is None:
+                reject = LocalReply(400, b"", details="missing_host_header")
+        headers = Headers(
+            [
+                (":authority", authority),
+                (":path", target),
+                (":method", head.method),
+                (":scheme", self._scheme),
+            ]
+        )
+        headers.items().extend(items)
+        if reject is not None:
+            return headers, reject
+        if head.version == "1.0" and not cfg.accept_http_10:
+            return headers, LocalReply(426, b"Upgrade Required", details="low_version")
+        if cfg.headers_with_underscores_action == "REJECT_REQUEST" and any(
+            "_" in n for n, _ in items
+        ):
+            return headers, LocalReply(400, b"", details="unexpected_underscore")
+        if cfg.headers_with_underscores_action == "DROP_HEADER":
+            headers.items()[:] = [(n, v) for n, v in headers.items() if "_" not in n]
+        if head.upgrade:
+            # WebSocket and other upgrades come with the upgrade_configs support.
+            self.stats.downstream_rq_ws_on_non_ws_route.value += 1
+            return headers, LocalReply(403, b"", details="upgrade_failed")
+        mutate_request_headers(
+            headers,
+            remote_ip=self.conn.info.remote_address[0],
+            tls=self.conn.info.tls,
+            use_remote_address=cfg.use_remote_address,
+            skip_xff_append=cfg.skip_xff_append,
+            xff_num_trusted_hops=cfg.xff_num_trusted_hops,
+            generate_request_id=cfg.generate_request_id,
+            preserve_external_request_id=cfg.preserve_external_request_id,
+            via=cfg.via,
+        )
+        if target[:1] == "/" and (cfg.normalize_path or cfg.merge_slashes):
+            outcome, new = normalize(
+                target,
+                normalize_path=cfg.normalize_path,
+                merge_slashes=cfg.merge_slashes,
+                escaped_slashes=cfg.escaped_slashes,
+            )
+            if outcome is Outcome.REJECT:
+                return headers, LocalReply(400, b"", details="path_normalization_failed")
+            if outcome is Outcome.REDIRECT:
+                return headers, LocalReply(307, b"", headers=(("location", new),),
+                                           details="path_normalization_redirect")
+            if new != target:
+                headers.set(":path", new)
+        if cfg.strip_port_mode and ":" in authority and not authority.endswith("]"):
+            host, _, port = authority.rpartition(":")
+            if cfg.strip_port_mode == "any" or port == str(self.conn.info.local_address[1]):
+                headers.set(":authority", host)
+        return headers, None
+
+    async def _decode(self, stream: HttpStream) -> Response | LocalReply:
+        chain = self.cfg.chain
+        headers = stream.request_headers
+        for phase in chain.request_headers:
+            reply = await phase(stream, headers)
+            if reply is not None:
+                return reply  # type: ignore[no-any-return]
+        if stream.route is None and not _has_route_free_terminal(chain.terminal):
+            return NO_ROUTE
+        body: AsyncIterator[bytes] | None = None
+        if not self._body_done:
+            body = self._request_body(stream)
+            if chain.request_data or chain.request_trailers:
+                body = self._filtered_request_body(stream, body)
+        return await chain.terminal.serve(stream, body)
+
+    async def _request_body(self, stream: HttpStream) -> AsyncIterator[bytes]:
+        if self._continue_pending:
+            self._continue_pending = False
+            await self._send(_CONTINUE)
+        info = stream.info
+        while True:
+            ev = await self._next_event()
+            if type(ev) is h1.Data:
+                info.bytes_received += len(ev.data)
+                yield ev.data
+            elif type(ev) is h1.EndOfMessage:
+                self._body_done = True
+                if ev.trailers:
+                    stream.request_trailers = Headers(ev.trailers)
+                return
+            else:  # pragma: no cover - the parser's contract
+                raise ProtocolError(f"unexpected event {ev!r} in a request body")
+
+    async def _filtered_request_body(
+        self, stream: HttpStream, body: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        chain = self.cfg.chain
+        async for chunk in body:
+            for phase in chain.request_data:
+                chunk = await phase(stream, chunk, False)
+            if chunk:
+                yield chunk
+        last = b""
+        for phase in chain.request_data:
+            last = await phase(stream, last, True)
+        if last:
+            yield last
+        if stream.request_trailers is not None:
+            for tphase in chain.request_trailers:
+                await tphase(stream, stream.request_trailers)
+
+    # -- responses ------------------------------------------------------------------------
+    async def _write_local_reply(
+        self, stream: HttpStream, reply: LocalReply, head_only: bool, keep_alive: bool
+    ) -> bool:
+        cfg = self.cfg
+        info = stream.info
+        headers = reply_headers(reply, cfg.server_name, info.start_time)
+        if reply.flag:
+            info.response_flags.add(reply.flag)
+        info.response_code_details = reply.details or "via_local_reply"
+        route = stream._route if stream._routed else None
+        if route is not None and hasattr(route, "apply_response_headers"):
+            route.apply_response_headers(headers, info)
+        stream.response_headers = headers
+        for phase in cfg.chain.response_headers:
+            await phase(stream, headers)
+        if not self._body_done:
+            keep_alive = False
+        if not keep_alive:
+            headers.set("connection", "close")
+        body = b"" if head_only else reply.body
+        info.response_code = reply.status
+        info.response_headers = headers
+        info.bytes_sent = len(body)
+        self._count_status(reply.status)
+        await self._send(_encode_head(headers) + body)
+        return keep_alive
+
+    async def _write_response(
+        self, stream: HttpStream, resp: Response, head: h1.RequestHead, keep_alive: bool
+    ) -> bool:
+        cfg = self.cfg
+        chain = cfg.chain
+        info = stream.info
+        headers = resp.headers
+        stream.response_headers = headers
+        for phase in chain.response_headers:
+            await phase(stream, headers)
+        mutate_response_headers(
+            headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
+        )
+        status = int(headers.get(":status") or 502)
+        info.response_code = status
+        info.response_headers = headers
+        if cfg.always_set_request_id_in_response:
+            rid = stream.request_headers.get("x-request-id")
+            if rid:
+                headers.set("x-request-id", rid)
+        no_body = head.method == "HEAD" or status in _NO_BODY_STATUS or status < 200
+        data_phases = chain.response_data
+        body_iter = resp.body
+        initial = resp.initial_body
+        chunked = False
+        if not no_body:
+            if data_phases or "content-length" not in headers:
+                headers.remove("content-length")
+                if head.version == "1.1":
+                    headers.add("transfer-encoding", "chunked")
+                    chunked = True
+                else:
+                    keep_alive = False
+        if not keep_alive or self.conn.drain.draining:
+            headers.set("connection", "close")
+            keep_alive = False
+        elif head.version == "1.0":
+            headers.set("connection", "keep-alive")
+        self._count_status(status)
+        out = _encode_head(headers)
+        sent = 0
+        try:
+            if no_body:
+                await self._send(out)
+                if body_iter is not None:
+                    async for _ in body_iter:
+                        pass
+            elif not data_phases and not chunked:
+                if initial:
+                    out += initial
+                    sent += len(initial)
+                await self._send(out)
+                if body_iter is not None:
+                    async for chunk in body_iter:
+                        sent += len(chunk)
+                        await self._send(chunk)
+            else:
+                await self._send(out)
+                sent = await self._stream_body(stream, resp, chunked)
+        finally:
+            info.bytes_sent = sent
+            if body_iter is not None and hasattr(body_iter, "aclose"):
+                await body_iter.aclose()
+        return keep_alive
+
+    async def _stream_body(self, stream: HttpStream, resp: Response, chunked: bool) -> int:
+        chain = self.cfg.chain
+        data_phases = chain.response_data
+        sent = 0
+
+        async def emit(chunk: bytes) -> None:
+            nonlocal sent
+            if not chunk:
+                return
+            sent += len(chunk)
+            await self._send(h1.encode_chunk(chunk) if chunked else chunk)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            if resp.initial_body:
+                yield resp.initial_body
+            if resp.body is not None:
+                async for c in resp.body:
+                    yield c
+
+        async for chunk in pieces():
+            for phase in data_phases:
+                chunk = await phase(stream, chunk, False)
+            await emit(chunk)
+        last = b""
+        for phase in data_phases:
+            last = await phase(stream, last, True)
+        await emit(last)
+        trailers = resp.trailers
+        if trailers is not None:
+            stream.response_trailers = trailers
+            for tphase in chain.response_trailers:
+                await tphase(stream, trailers)
+        if chunked:
+            await self._send(h1.encode_last_chunk(list(trailers) if trailers else []))
+        return sent
+
+    def _log(self, stream: HttpStream) -> None:
+        for phase in self.cfg.chain.log:
+            try:
+                phase(stream)
+            except Exception:
+                log.exception("HTTP filter log phase failed")
+        for logger in self.cfg.access_loggers:
+            try:
+                logger.log(stream.info)
+            except Exception:
+                log.exception("access logger failed")
+
+
+def _has_route_free_terminal(terminal: object) -> bool:
+    """Terminal filters that answer without a route (not the router) say so."""
+    return bool(getattr(terminal, "serves_without_route", False))
+
+
+def _encode_head(headers: Headers) -> bytes:
+    status = int(headers.get(":status") or 0)
+    return h1.encode_response_head(status, "", list(headers.regular()))
+
+
+def local_date(now: float) -> str:  # re-exported for filters that build replies
+    return http_date(now)

@@ -1,0 +1,294 @@
+"""``HttpConnectionManager`` config → an immutable object with its compiled filter chain.
+
+The chain is compiled here, once per config: for each phase, the tuple of bound methods of the
+filters that implement it (request phases in order, response phases reversed). The connection
+manager loops over those tuples, so a phase nobody implements costs one empty loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from trioproxy.config.types import duration
+from trioproxy.context import BuildContext
+from trioproxy.errors import ConfigError
+from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
+from trioproxy.http.path import EscapedSlashes
+from trioproxy.http.routing import RouteConfiguration
+from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
+
+log = logging.getLogger(__name__)
+
+
+class HcmStats(StatBlock):
+    """``http.<stat_prefix>.*`` (Envoy's ALL_HTTP_CONN_MAN_STATS, the ones we drive)."""
+
+    downstream_cx_total: Counter
+    downstream_cx_ssl_total: Counter
+    downstream_cx_http1_total: Counter
+    downstream_cx_destroy: Counter
+    downstream_cx_destroy_remote: Counter
+    downstream_cx_destroy_local: Counter
+    downstream_cx_destroy_active_rq: Counter
+    downstream_cx_destroy_remote_active_rq: Counter
+    downstream_cx_destroy_local_active_rq: Counter
+    downstream_cx_protocol_error: Counter
+    downstream_cx_idle_timeout: Counter
+    downstream_cx_drain_close: Counter
+    downstream_cx_rx_bytes_total: Counter
+    downstream_cx_tx_bytes_total: Counter
+    downstream_cx_upgrades_total: Counter
+    downstream_cx_active: Gauge
+    downstream_cx_ssl_active: Gauge
+    downstream_cx_http1_active: Gauge
+    downstream_cx_rx_bytes_buffered: Gauge
+    downstream_cx_tx_bytes_buffered: Gauge
+    downstream_cx_length_ms: Histogram
+    downstream_rq_total: Counter
+    downstream_rq_http1_total: Counter
+    downstream_rq_1xx: Counter
+    downstream_rq_2xx: Counter
+    downstream_rq_3xx: Counter
+    downstream_rq_4xx: Counter
+    downstream_rq_5xx: Counter
+    downstream_rq_completed: Counter
+    downstream_rq_timeout: Counter
+    downstream_rq_header_timeout: Counter
+    downstream_rq_idle_timeout: Counter
+    downstream_rq_rx_reset: Counter
+    downstream_rq_tx_reset: Counter
+    downstream_rq_too_large: Counter
+    downstream_rq_non_relative_path: Counter
+    downstream_rq_response_before_rq_complete: Counter
+    downstream_rq_ws_on_non_ws_route: Counter
+    downstream_rq_active: Gauge
+    downstream_rq_time: Histogram
+    no_route: Counter
+    no_cluster: Counter
+    rq_direct_response: Counter
+    rq_redirect: Counter
+    rq_reset_after_downstream_response_started: Counter
+
+
+class ListenerHttpStats(StatBlock):
+    """``listener.<address>.http.<stat_prefix>.*``."""
+
+    downstream_rq_1xx: Counter
+    downstream_rq_2xx: Counter
+    downstream_rq_3xx: Counter
+    downstream_rq_4xx: Counter
+    downstream_rq_5xx: Counter
+    downstream_rq_completed: Counter
+
+
+_SERVER_HEADER = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
+_UNSUPPORTED = ("rds", "scoped_routes", "upgrade_configs", "http2_protocol_options", "http3_protocol_options")
+
+
+@attrs.frozen
+class FilterChain:
+    """The compiled HTTP filter chain of one connection manager."""
+
+    filters: tuple[object, ...]
+    names: tuple[str, ...]
+    terminal: TerminalFilter
+    request_headers: tuple[Callable[..., Any], ...]
+    request_data: tuple[Callable[..., Any], ...]
+    request_trailers: tuple[Callable[..., Any], ...]
+    response_headers: tuple[Callable[..., Any], ...]
+    response_data: tuple[Callable[..., Any], ...]
+    response_trailers: tuple[Callable[..., Any], ...]
+    log: tuple[Callable[..., Any], ...]
+
+
+def compile_chain(filters: list[tuple[str, object]]) -> FilterChain:
+    """Build the per-phase method tuples from the configured filter objects."""
+    *middle, (tname, terminal) = filters
+    if not isinstance(terminal, TerminalFilter):
+        raise ConfigError(
+            f"the last HTTP filter must be a terminal filter such as envoy.filters.http.router, "
+            f"not {tname}",
+            path=f"http_filters[{len(filters) - 1}]",
+        )
+    for i, (name, f) in enumerate(middle):
+        if isinstance(f, TerminalFilter):
+            raise ConfigError(
+                f"terminal filter named {name} of type {name} must be the last filter in a "
+                f"http filter chain.",
+                path=f"http_filters[{i}]",
+            )
+    objs = [f for _, f in middle]
+    phases = [(f, implemented_phases(f)) for f in objs]
+
+    def bound(phase: str, reverse: bool = False) -> tuple[Callable[..., Any], ...]:
+        seq = [getattr(f, phase) for f, ph in phases if phase in ph]
+        return tuple(reversed(seq)) if reverse else tuple(seq)
+
+    return FilterChain(
+        filters=tuple(objs),
+        names=tuple(n for n, _ in filters),
+        terminal=terminal,
+        request_headers=bound("on_request_headers"),
+        request_data=bound("on_request_data"),
+        request_trailers=bound("on_request_trailers"),
+        response_headers=bound("on_response_headers", reverse=True),
+        response_data=bound("on_response_data", reverse=True),
+        response_trailers=bound("on_response_trailers", reverse=True),
+        log=bound("on_log") + ((terminal.on_log,) if hasattr(terminal, "on_log") else ()),
+    )
+
+
+@attrs.frozen
+class HcmConfig:
+    stat_prefix: str
+    codec_type: str
+    route_config: RouteConfiguration
+    chain: FilterChain
+    stats: HcmStats
+    scope: Scope
+    access_loggers: tuple[Any, ...]
+    server_name: str = "envoy"
+    server_header_transformation: str = "OVERWRITE"
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = False
+    always_set_request_id_in_response: bool = False
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    skip_xff_append: bool = False
+    via: str = ""
+    idle_timeout: float | None = 3600.0
+    request_headers_timeout: float | None = 10.0
+    stream_idle_timeout: float | None = 300.0
+    request_timeout: float | None = 300.0
+    drain_timeout: float = 5.0
+    max_request_headers_bytes: int = 60 * 1024
+    max_headers_count: int = 100
+    normalize_path: bool = True
+    merge_slashes: bool = True
+    escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
+    strip_port_mode: str = ""  # "" | "matching" | "any"
+    accept_http_10: bool = False
+    default_host_for_http_10: str = ""
+    headers_with_underscores_action: str = "ALLOW"
+    h1_codec: str | None = None
+    canonical: Mapping[str, Any] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any], ctx: BuildContext) -> HcmConfig:
+        for name in _UNSUPPORTED:
+            if name in d:
+                raise ConfigError(f"{name} is not supported yet", path=name)
+        if "tracing" in d:
+            log.warning("http_connection_manager.tracing is not implemented yet; ignored")
+        stat_prefix = d.get("stat_prefix", "")
+        codec_type = d.get("codec_type", "AUTO")
+        if codec_type in ("HTTP2", "HTTP3"):
+            raise ConfigError(f"codec_type {codec_type} is not supported yet", path="codec_type")
+        scope = ctx.store.scope(f"http.{stat_prefix}.")
+        fctx = FactoryContext(stats=scope, cluster_manager=ctx.cluster_manager, node=ctx.node)
+        built: list[tuple[str, object]] = []
+        per_route: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
+        entries = d.get("http_filters", [])
+        if not entries:
+            raise ConfigError("at least one HTTP filter (the router) is required", path="http_filters")
+        for i, entry in enumerate(entries):
+            try:
+                factory, raw = ctx.registry.http_filters.lookup(entry)
+                config = factory.config_type(raw)
+                filt = factory.create(config, fctx)
+            except ConfigError as exc:
+                raise exc.at(f"http_filters[{i}]") from None
+            if not isinstance(filt, (HttpFilter, TerminalFilter)):
+                raise ConfigError(
+                    f"{factory.name}: factory returned {type(filt).__name__}, not an HttpFilter",
+                    path=f"http_filters[{i}]",
+                )
+            built.append((entry.get("name", factory.name), filt))
+            if factory.per_route_config_type is not None:
+                per_route[entry.get("name", factory.name)] = factory.per_route_config_type
+        chain = compile_chain(built)
+
+        def convert_per_filter(name: str, raw: Mapping[str, Any]) -> Any:
+            conv = per_route.get(name)
+            if conv is None:
+                return raw
+            body = {k: v for k, v in raw.items() if k != "@type"}
+            return conv(body)
+
+        if "route_config" not in d:
+            raise ConfigError("route_config is required (rds is not supported yet)", path="route_config")
+        try:
+            route_config = RouteConfiguration.from_proto(
+                d["route_config"], per_filter_config=convert_per_filter
+            )
+        except ConfigError as exc:
+            raise exc.at("route_config") from None
+
+        loggers = []
+        for i, entry in enumerate(d.get("access_log", [])):
+            try:
+                factory, raw = ctx.registry.access_loggers.lookup(entry)
+                loggers.append(factory.create(factory.config_type(raw), fctx))
+            except ConfigError as exc:
+                raise exc.at(f"access_log[{i}]") from None
+
+        common = d.get("common_http_protocol_options", {})
+        h1opts = d.get("http_protocol_options", {})
+        strip = ""
+        if d.get("strip_any_host_port"):
+            strip = "any"
+        elif d.get("strip_matching_host_port"):
+            strip = "matching"
+        server_hdr = d.get("server_header_transformation", "OVERWRITE")
+        if server_hdr not in _SERVER_HEADER:
+            raise ConfigError(f"invalid value {server_hdr!r}", path="server_header_transformation")
+        max_kb = d.get("max_request_headers_kb", 60)
+        return cls(
+            stat_prefix=stat_prefix,
+            codec_type=codec_type,
+            route_config=route_config,
+            chain=chain,
+            stats=HcmStats(scope),
+            scope=scope,
+            access_loggers=tuple(loggers),
+            server_name=d.get("server_name", "envoy"),
+            server_header_transformation=server_hdr,
+            generate_request_id=d.get("generate_request_id", True),
+            preserve_external_request_id=d.get("preserve_external_request_id", False),
+            always_set_request_id_in_response=d.get("always_set_request_id_in_response", False),
+            use_remote_address=d.get("use_remote_address", False),
+            xff_num_trusted_hops=int(d.get("xff_num_trusted_hops", 0)),
+            skip_xff_append=d.get("skip_xff_append", False),
+            via=d.get("via", ""),
+            idle_timeout=_timeout(common.get("idle_timeout"), 3600.0),
+            request_headers_timeout=_timeout(d.get("request_headers_timeout"), 10.0),
+            stream_idle_timeout=_timeout(d.get("stream_idle_timeout"), 300.0),
+            request_timeout=_timeout(d.get("request_timeout"), 300.0),
+            drain_timeout=duration(d.get("drain_timeout"), 5.0) or 5.0,
+            max_request_headers_bytes=int(max_kb) * 1024,
+            max_headers_count=int(common.get("max_headers_count", 100)),
+            normalize_path=d.get("normalize_path", True),
+            merge_slashes=d.get("merge_slashes", True),
+            escaped_slashes=EscapedSlashes(
+                d.get("path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT")
+                .replace("IMPLEMENTATION_SPECIFIC_DEFAULT", "UNESCAPE_AND_REDIRECT")
+            ),
+            strip_port_mode=strip,
+            accept_http_10=h1opts.get("accept_http_10", False),
+            default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),
+            headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),
+            h1_codec=ctx.h1_codec,
+            canonical=d,
+        )
+
+
+def _timeout(value: str | None, default: float) -> float | None:
+    """A duration where 0 means disabled (Envoy's convention for these timeouts)."""
+    if value is None:
+        return default
+    seconds = duration(value, default)
+    return None if not seconds else seconds

@@ -1,0 +1,134 @@
+"""One HTTP/1.1 exchange on a pooled upstream connection.
+
+``send_request`` writes the head (and a small body in the same write), ``read_response_head``
+returns the final response head plus whatever body bytes came with it, and ``iter_body``
+streams the rest. Whether the connection can go back to the pool is decided here, from the
+response's keep-alive and whether both messages were complete.
+
+Upstream failures are mapped to ``UpstreamError`` with Envoy's response flags: ``UC``
+(connection terminated before a response), ``UPE`` (the upstream broke the protocol).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from trioproxy.errors import ProtocolError, UpstreamError
+from trioproxy.http import h1
+from trioproxy.http.headers import Headers
+
+READ_SIZE = 65536
+
+
+class Exchange:
+    """The state of one request/response on an upstream connection."""
+
+    __slots__ = ("conn", "parser", "rx", "tx", "complete", "keep_alive", "trailers")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        parser = conn.codec
+        if parser is None:
+            parser = conn.codec = h1.make_client_parser()
+        else:
+            parser.start_next_cycle()
+        self.parser = parser
+        self.rx = 0
+        self.tx = 0
+        self.complete = False
+        self.keep_alive = False
+        self.trailers: Headers | None = None
+
+    async def send(self, data: bytes) -> None:
+        try:
+            await self.conn.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError("connection termination", flag="UC") from exc
+        self.tx += len(data)
+
+    async def send_request_head(self, method: str, headers: Headers, body: bytes = b"") -> None:
+        self.parser.expect(method)
+        items = []
+        authority = ""
+        path = "/"
+        for name, value in headers:
+            if name[0] == ":":
+                if name == ":authority":
+                    authority = value
+                elif name == ":path":
+                    path = value
+                continue
+            items.append((name, value))
+        items.insert(0, ("host", authority))
+        await self.send(h1.encode_request_head(method, path, items) + body)
+
+    async def _event(self) -> Any:
+        parser = self.parser
+        try:
+            ev = parser.next_event()
+            while ev is h1.NEED_DATA:
+                try:
+                    data = await self.conn.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise UpstreamError("connection termination", flag="UC") from exc
+                self.rx += len(data)
+                parser.feed(data)
+                ev = parser.next_event()
+                if not data and ev is h1.NEED_DATA:
+                    raise UpstreamError("connection termination", flag="UC")
+        except ProtocolError as exc:
+            raise UpstreamError(f"protocol error: {exc.reason}", flag="UPE") from exc
+        return ev
+
+    async def read_response_head(self) -> tuple[h1.ResponseHead, bytes]:
+        """The final (non-1xx) response head and the body bytes already received."""
+        while True:
+            ev = await self._event()
+            if type(ev) is h1.ResponseHead and ev.status >= 200:
+                break
+            if type(ev) is h1.ResponseHead and ev.status == 101:
+                break
+        head: h1.ResponseHead = ev
+        self.keep_alive = head.keep_alive
+        # Collect body bytes that are already parsed, without waiting for more.
+        parser = self.parser
+        chunks: list[bytes] = []
+        try:
+            while True:
+                nxt = parser.next_event()
+                if type(nxt) is h1.Data:
+                    chunks.append(nxt.data)
+                elif type(nxt) is h1.EndOfMessage:
+                    self._finish(nxt)
+                    break
+                else:
+                    break
+        except ProtocolError as exc:
+            raise UpstreamError(f"protocol error: {exc.reason}", flag="UPE") from exc
+        return head, b"".join(chunks)
+
+    def _finish(self, ev: h1.EndOfMessage) -> None:
+        self.complete = True
+        if ev.trailers:
+            self.trailers = Headers(ev.trailers)
+
+    async def iter_body(self, deadline: float) -> AsyncIterator[bytes]:
+        """The rest of the response body, each read bounded by ``deadline``."""
+        while not self.complete:
+            with trio.move_on_at(deadline) as scope:
+                ev = await self._event()
+            if scope.cancelled_caught:
+                raise UpstreamError("upstream request timeout", flag="UT")
+            if type(ev) is h1.Data:
+                yield ev.data
+            elif type(ev) is h1.EndOfMessage:
+                self._finish(ev)
+            else:  # pragma: no cover - parser contract
+                raise UpstreamError(f"unexpected event {ev!r}", flag="UPE")
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive
