@@ -1,0 +1,270 @@
+"""The server: one trio run whose root nursery owns every long-lived service.
+
+Start-up follows Envoy's order: build the registry of extensions, the cluster manager (its
+initial DNS resolution is the first init target), then listeners, then the admin endpoint; the
+server is LIVE once every listener is bound. ``Server.run`` takes ``task_status`` and reports
+the bound listener ports, so tests and callers wait for readiness without sleeping.
+
+Shutdown (SIGTERM, SIGINT, ``POST /quitquitquit``): every listener stops accepting and drains —
+idle keep-alive connections close at once, busy ones finish their current request (HTTP/1.1
+answers it with ``Connection: close``) — for at most ``drain_time`` seconds; then everything is
+cancelled and ``run`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from trioproxy import __version__
+from trioproxy.config import LoadedConfig
+from trioproxy.context import BuildContext
+from trioproxy.errors import ConfigError
+from trioproxy.listener.config import ListenerConfig
+from trioproxy.listener.tcp import Listener, bind_socket
+from trioproxy.registry import Registry, build_registry
+from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.upstream.cluster_manager import ClusterManager
+from trioproxy.upstream.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+# Bootstrap sections that are accepted but not acted on yet: say so rather than pretend.
+_NOT_YET = (
+    "dynamic_resources",
+    "layered_runtime",
+    "stats_sinks",
+    "tracing",
+    "overload_manager",
+    "cluster_manager",
+    "watchdogs",
+    "stats_config",
+)
+
+
+class ServerStats(StatBlock):
+    """``server.*``."""
+
+    live: Gauge
+    uptime: Gauge
+    concurrency: Gauge
+    state: Gauge
+    total_connections: Gauge
+    version: Gauge
+    memory_allocated: Gauge
+    memory_physical_size: Gauge
+    hot_restart_epoch: Gauge
+    days_until_first_cert_expiring: Gauge
+    envoy_bug_failures: Counter
+    debug_assertion_failures: Counter
+    dynamic_unknown_fields: Counter
+    static_unknown_fields: Counter
+
+
+@attrs.frozen
+class Options:
+    """Command-line options that shape the server (Envoy's names)."""
+
+    service_cluster: str = ""
+    service_node: str = ""
+    service_zone: str = ""
+    concurrency: int = 1
+    drain_time: float = 5.0
+    h1_codec: str | None = None
+    command_line: tuple[str, ...] = ()
+    config_path: str = ""
+
+
+@attrs.frozen
+class Built:
+    """Everything built from one config snapshot, before any socket is bound."""
+
+    registry: Registry
+    store: Store
+    cluster_manager: ClusterManager
+    listeners: tuple[ListenerConfig, ...]
+    node: Mapping[str, Any]
+    admin_address: tuple[str, int] | None
+
+
+def _node(loaded: LoadedConfig, options: Options) -> dict[str, Any]:
+    node = dict(loaded.canonical.get("node", {}))
+    if options.service_cluster:
+        node["cluster"] = options.service_cluster
+    if options.service_node:
+        node["id"] = options.service_node
+    if options.service_zone:
+        node.setdefault("locality", {})["zone"] = options.service_zone
+    return node
+
+
+def build(
+    loaded: LoadedConfig,
+    options: Options,
+    store: Store | None = None,
+    registry: Registry | None = None,
+) -> Built:
+    """Turn a loaded config into cluster manager and listener objects (no I/O).
+
+    Raises ``ConfigError`` located in the source file; this is also ``--mode validate``."""
+    boot = loaded.canonical
+    store = store or Store()
+    for name in _NOT_YET:
+        if name in boot:
+            log.warning("bootstrap field %r is not implemented yet and is ignored", name)
+    static = boot.get("static_resources", {})
+    if static.get("secrets"):
+        raise loaded.locate(ConfigError("static secrets are not supported yet",
+                                        path="static_resources.secrets"))
+    registry = registry or build_registry()
+    cluster_configs: list[ClusterConfig] = []
+    names: set[str] = set()
+    for i, raw in enumerate(static.get("clusters", [])):
+        try:
+            cfg = ClusterConfig.from_proto(raw)
+        except ConfigError as exc:
+            raise loaded.locate(exc.at(f"static_resources.clusters[{i}]")) from None
+        if cfg.name in names:
+            raise loaded.locate(ConfigError(
+                f"cluster manager: duplicate cluster '{cfg.name}'",
+                path=f"static_resources.clusters[{i}].name",
+            ))
+        names.add(cfg.name)
+        cluster_configs.append(cfg)
+    cm = ClusterManager(cluster_configs, store)
+    node = _node(loaded, options)
+    ctx = BuildContext(
+        registry=registry,
+        store=store,
+        cluster_manager=cm,
+        node=node,
+        service_cluster=str(node.get("cluster", "")),
+        service_node=str(node.get("id", "")),
+        base_dir=os.path.dirname(os.path.abspath(loaded.source)) if loaded.source else ".",
+        h1_codec=options.h1_codec,
+    )
+    listeners: list[ListenerConfig] = []
+    seen: dict[tuple[str, int], int] = {}
+    for i, raw in enumerate(static.get("listeners", [])):
+        try:
+            lc = ListenerConfig.from_proto(raw, ctx)
+        except ConfigError as exc:
+            raise loaded.locate(exc.at(f"static_resources.listeners[{i}]")) from None
+        if lc.address in seen and lc.address[1] != 0:
+            raise loaded.locate(ConfigError(
+                f"error adding listener '{lc.address[0]}:{lc.address[1]}': listener "
+                f"'{lc.name}' has duplicate address",
+                path=f"static_resources.listeners[{i}].address",
+            ))
+        seen[lc.address] = i
+        listeners.append(lc)
+    admin_address = None
+    admin = boot.get("admin")
+    if admin and "address" in admin:
+        sa = admin["address"].get("socket_address", {})
+        admin_address = (str(sa.get("address", "127.0.0.1")), int(sa.get("port_value", 0)))
+    return Built(registry, store, cm, tuple(listeners), node, admin_address)
+
+
+class Server:
+    """A running proxy. ``state`` follows Envoy's server states."""
+
+    def __init__(
+        self, loaded: LoadedConfig, options: Options, registry: Registry | None = None
+    ) -> None:
+        self.loaded = loaded
+        self.options = options
+        self.store = Store()
+        self.built = build(loaded, options, self.store, registry)
+        self.stats = ServerStats(self.store.scope("server."))
+        self.listeners: list[Listener] = []
+        self.state = "PRE_INITIALIZING"
+        self.started_wall = time.time()
+        self.loaded_at = time.time()
+        self.healthcheck_failed = False
+        self.admin_port: int | None = None
+        self._shutdown = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def cluster_manager(self) -> ClusterManager:
+        return self.built.cluster_manager
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Sequence[int]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        built = self.built
+        self.stats.concurrency.set(1)
+        self.stats.version.set(0)
+        self.stats.hot_restart_epoch.set(0)
+        async with trio.open_nursery() as root:
+            self._nursery = root
+            self.state = "INITIALIZING"
+            self.stats.state.set(2)
+            await root.start(built.cluster_manager.run)
+            if built.admin_address is not None:
+                from trioproxy.admin.server import serve_admin
+                from trioproxy.admin_backend import ServerAdminBackend
+
+                host, port = built.admin_address
+                self.admin_port = await root.start(serve_admin, ServerAdminBackend(self), host, port)
+            ports: list[int] = []
+            for lc in built.listeners:
+                try:
+                    sock = bind_socket(*lc.address)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot bind '{lc.address[0]}:{lc.address[1]}': {exc.strerror}",
+                        path=f"listener {lc.name}",
+                    ) from exc
+                listener = Listener(lc, sock)
+                self.listeners.append(listener)
+                ports.append(await root.start(listener.serve))
+            root.start_soon(self._housekeeping)
+            root.start_soon(self._signals)
+            self.state = "LIVE"
+            self.stats.state.set(0)
+            self.stats.live.set(1)
+            task_status.started(ports)
+            await self._shutdown.wait()
+            await self._drain()
+            root.cancel_scope.cancel()
+        await built.cluster_manager.aclose()
+
+    async def _drain(self) -> None:
+        self.state = "DRAINING"
+        self.stats.state.set(1)
+        self.stats.live.set(0)
+        log.info("draining listeners for up to %.1f s", self.options.drain_time)
+        for listener in self.listeners:
+            listener.drain.start()
+        with trio.move_on_after(self.options.drain_time):
+            while any(listener.active for listener in self.listeners):
+                await trio.sleep(0.02)
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                self.request_shutdown()
+                return
+
+    async def _housekeeping(self) -> None:
+        """Once a second: uptime, connection gauge, access-log flushes."""
+        from trioproxy.accesslog.loggers import flush_all
+
+        while True:
+            self.stats.uptime.set(int(time.time() - self.started_wall))
+            self.stats.total_connections.set(sum(lst.active for lst in self.listeners))
+            flush_all()
+            await trio.sleep(1.0)
