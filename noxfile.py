@@ -1,0 +1,51 @@
+"""Sessions: tests (over both HTTP/1 codecs), lint, typecheck, bench, examples.
+
+    nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
+    nox -s lint typecheck
+    nox -s bench            # prints figures against Envoy and a direct connection
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+PY = ["3.11"]
+
+
+@nox.session(python=PY)
+@nox.parametrize("codec", ["httptools", "h11"])
+def tests(session: nox.Session, codec: str) -> None:
+    """The test suite; TRIOPROXY_H1_CODEC picks the HTTP/1.1 parser for every proxy started."""
+    session.install("-e", ".[test]")
+    session.env["TRIOPROXY_H1_CODEC"] = codec
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=PY)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PY)
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".[test,dev]")
+    session.run("mypy", "trioproxy", "plugins")
+
+
+@nox.session(python=PY)
+def bench(session: nox.Session) -> None:
+    """Benchmarks print ratios against Envoy and a direct connection; they are not tests."""
+    session.install("-e", ".[test]")
+    session.run("python", "benchmarks/bench_http.py", *session.posargs)
+
+
+@nox.session(python=PY)
+def examples(session: nox.Session) -> None:
+    """Run the examples' end-to-end checks (the same ones the test suite runs)."""
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", "tests/examples", *session.posargs)

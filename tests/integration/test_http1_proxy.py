@@ -1,0 +1,235 @@
+"""The HTTP/1.1 data path end to end: client → trioproxy → backend, over real sockets."""
+
+from __future__ import annotations
+
+import re
+
+import trio
+
+from tests.support import Backend, Client, Reply, header, raw_exchange, simple_config, start_proxy
+
+
+async def _setup(nursery: trio.Nursery, backends: int = 1, **kw: object):  # type: ignore[no-untyped-def]
+    bs = [Backend(name=f"b{i}") for i in range(backends)]
+    for b in bs:
+        await nursery.start(b.serve)
+    proxy = await start_proxy(nursery, simple_config([b.port for b in bs], **kw))  # type: ignore[arg-type]
+    return bs, proxy
+
+
+async def test_get_is_proxied_with_envoy_headers(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/hello?x=1", [("connection", "keep-alive, x-drop"), ("x-drop", "1")])
+    assert resp.status_code == 200
+    assert body == b"b0"
+    assert header(resp, "server") == "envoy"
+    assert header(resp, "x-envoy-upstream-service-time") is not None
+    rec = backend.requests[0]
+    assert rec.target == "/hello?x=1"
+    assert rec.header("host") == "example.com"
+    assert rec.header("x-forwarded-proto") == "http"
+    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                        rec.header("x-request-id") or "")
+    assert rec.header("x-envoy-expected-rq-timeout-ms") == "15000"
+    assert rec.header("connection") is None  # hop-by-hop headers never cross
+    assert rec.header("keep-alive") is None
+    assert proxy.stat("cluster.backend.upstream_rq_total") == 1
+    assert proxy.stat("cluster.backend.upstream_rq_200") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 1
+    await client.aclose()
+
+
+async def test_keep_alive_reuses_one_upstream_connection(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    client = await Client.connect(proxy.port)
+    for _ in range(5):
+        resp, _ = await client.request("GET", "/")
+        assert resp.status_code == 200
+    assert backend.connections == 1
+    assert proxy.stat("cluster.backend.upstream_cx_total") == 1
+    assert proxy.stat("http.ingress_http.downstream_cx_total") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_total") == 5
+    await client.aclose()
+
+
+async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=r.target.encode(), delay=0.05 if r.target == "/1" else 0)
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    req = b"".join(
+        f"GET /{i} HTTP/1.1\r\nhost: a\r\n{'connection: close' if i == 3 else 'x: y'}\r\n\r\n".encode()
+        for i in (1, 2, 3)
+    )
+    out = await raw_exchange(proxy.port, req)
+    bodies = re.findall(rb"\r\n\r\n(/\d)", out)
+    assert bodies == [b"/1", b"/2", b"/3"]
+
+
+async def test_request_bodies_stream_both_framings(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=[r.body[:3], r.body[3:]], chunked=True)
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("POST", "/upload", body=b"hello world")
+    assert resp.status_code == 200 and body == b"hello world"
+    assert backend.requests[-1].header("content-length") == "11"
+    # chunked request with trailers
+    raw = (
+        b"POST /c HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\nte: trailers\r\n"
+        b"connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-check: 42\r\n\r\n"
+    )
+    out = await raw_exchange(proxy.port, raw)
+    assert out.startswith(b"HTTP/1.1 200")
+    rec = backend.requests[-1]
+    assert rec.body == b"hello world"
+    assert rec.header("transfer-encoding") == "chunked"
+    assert rec.trailers == [("x-check", "42")]
+    await client.aclose()
+
+
+async def test_expect_100_continue_is_answered_by_the_proxy(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(
+        b"PUT /x HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\nexpect: 100-continue\r\n\r\n"
+    )
+    first = await stream.receive_some(1024)
+    assert first.startswith(b"HTTP/1.1 100 Continue\r\n")
+    await stream.send_all(b"data")
+    rest = b""
+    while b"b0" not in rest:
+        rest += await stream.receive_some(1024)
+    assert rest.startswith(b"HTTP/1.1 200")
+    assert backend.requests[0].body == b"data"
+    assert backend.requests[0].header("expect") is None
+    await stream.aclose()
+
+
+async def test_no_route_is_404_with_flag_and_stat(nursery: trio.Nursery) -> None:
+    routes = """
+              - match: {prefix: "/service"}
+                route: {cluster: backend}"""
+    (backend,), proxy = await _setup(nursery, routes=routes)
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/other")
+    assert resp.status_code == 404 and body == b""
+    resp, _ = await client.request("GET", "/service/x")  # the connection lives on
+    assert resp.status_code == 200
+    assert proxy.stat("http.ingress_http.no_route") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_4xx") == 1
+    await client.aclose()
+
+
+async def test_upstream_down_is_503_uf(nursery: trio.Nursery) -> None:
+    sock = trio.socket.socket()
+    await sock.bind(("127.0.0.1", 0))
+    dead_port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    proxy = await start_proxy(nursery, simple_config([dead_port]))
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/")
+    assert resp.status_code == 503
+    assert body.startswith(b"upstream connect error or disconnect/reset before headers")
+    assert proxy.stat("cluster.backend.upstream_cx_connect_fail") == 1
+    await client.aclose()
+
+
+async def test_route_timeout_is_504(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    backend.handler = lambda r: Reply(delay=2.0)
+    await nursery.start(backend.serve)
+    routes = """
+              - match: {prefix: "/"}
+                route: {cluster: backend, timeout: 0.2s}"""
+    proxy = await start_proxy(nursery, simple_config([backend.port], routes=routes))
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/")
+    assert resp.status_code == 504 and body == b"upstream request timeout"
+    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 1
+    await client.aclose()
+
+
+async def test_oversized_headers_get_431_and_close(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    big = b"x-big: " + b"a" * (61 * 1024) + b"\r\n"
+    out = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nhost: a\r\n" + big + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431")
+    assert backend.requests == []
+    many = b"".join(f"x-h{i}: v\r\n".encode() for i in range(101))
+    out = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nhost: a\r\n" + many + b"\r\n")
+    assert out.startswith(b"HTTP/1.1 431")
+
+
+async def test_ambiguous_framing_is_400_and_closed(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    smuggle = (
+        b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nhost: a\r\n\r\n"
+    )
+    out = await raw_exchange(proxy.port, smuggle)
+    assert out.startswith(b"HTTP/1.1 400")
+    assert out.count(b"HTTP/1.1") == 1  # closed: the smuggled request is never served
+    assert backend.requests == []
+    assert proxy.stat("http.ingress_http.downstream_cx_protocol_error") == 1
+
+
+async def test_long_uri_is_414(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    out = await raw_exchange(proxy.port, b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\nhost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 414")
+
+
+async def test_use_remote_address_sets_xff_and_strips_envoy_headers(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery, hcm_extra="use_remote_address: true")
+    client = await Client.connect(proxy.port)
+    await client.request("GET", "/", [("x-forwarded-for", "1.2.3.4"), ("x-envoy-retry-on", "5xx")])
+    rec = backend.requests[0]
+    assert rec.header("x-forwarded-for") == "1.2.3.4, 127.0.0.1"
+    # 127.0.0.1 is an internal address: Envoy keeps x-envoy-* and marks the request internal.
+    assert rec.header("x-envoy-internal") == "true"
+    await client.aclose()
+
+
+async def test_path_is_normalised_before_routing(nursery: trio.Nursery) -> None:
+    routes = """
+              - match: {prefix: "/public"}
+                direct_response: {status: 200, body: {inline_string: public}}
+              - match: {prefix: "/"}
+                route: {cluster: backend}"""
+    (backend,), proxy = await _setup(nursery, routes=routes)
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/public/../admin//x")
+    assert resp.status_code == 200
+    assert backend.requests[0].target == "/admin/x"
+    resp, body = await client.request("GET", "/public/x")
+    assert body == b"public"
+    await client.aclose()
+
+
+async def test_round_robin_spreads_over_hosts(nursery: trio.Nursery) -> None:
+    backends, proxy = await _setup(nursery, backends=3)
+    client = await Client.connect(proxy.port)
+    seen = set()
+    for _ in range(3):
+        _, body = await client.request("GET", "/")
+        seen.add(body)
+    assert seen == {b"b0", b"b1", b"b2"}
+    assert proxy.stat("cluster.backend.membership_total") == 3
+    await client.aclose()
+
+
+async def test_large_response_streams_with_content_length(nursery: trio.Nursery) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=[payload[i : i + 65536] for i in range(0, len(payload), 65536)])
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/big")
+    assert resp.status_code == 200
+    assert header(resp, "content-length") == str(len(payload))
+    assert body == payload
+    await client.aclose()
