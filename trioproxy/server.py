@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from trioproxy import __version__
+from trioproxy.accesslog.loggers import flush_all, run_flusher
 from trioproxy.config import LoadedConfig
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
@@ -231,6 +232,7 @@ class Server:
                 self.listeners.append(listener)
                 ports.append(await root.start(listener.serve))
             root.start_soon(self._housekeeping)
+            await root.start(run_flusher)
             root.start_soon(self._signals)
             self.state = "LIVE"
             self.stats.state.set(0)
@@ -240,6 +242,7 @@ class Server:
             await self._drain()
             root.cancel_scope.cancel()
         await built.cluster_manager.aclose()
+        flush_all()
 
     async def _drain(self) -> None:
         self.state = "DRAINING"
@@ -260,11 +263,8 @@ class Server:
                 return
 
     async def _housekeeping(self) -> None:
-        """Once a second: uptime, connection gauge, access-log flushes."""
-        from trioproxy.accesslog.loggers import flush_all
-
+        """Once a second: uptime and the connection gauge."""
         while True:
             self.stats.uptime.set(int(time.time() - self.started_wall))
             self.stats.total_connections.set(sum(lst.active for lst in self.listeners))
-            flush_all()
             await trio.sleep(1.0)

@@ -278,6 +278,8 @@ class Http1Connection:
             connection_id=conn_info.connection_id,
         )
         info.downstream_direct_remote_address = info.downstream_remote_address
+        if head.content_length in (None, 0) and not head.chunked:
+            info.last_downstream_rx = t0
         self._body_done = head.content_length in (None, 0) and not head.chunked
         self._continue_pending = head.expect_continue and not self._body_done
         headers, reject = self._request_headers(head)
@@ -332,7 +334,9 @@ class Http1Connection:
             keep_alive = False
         finally:
             st.downstream_rq_active.value -= 1
-            info.end_monotonic = trio.current_time()
+            info.end_monotonic = info.last_downstream_tx = trio.current_time()
+            if info.first_downstream_tx is None and info.response_code:
+                info.first_downstream_tx = info.end_monotonic
             st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
             self._log(stream)
         if not self._body_done:
@@ -455,6 +459,7 @@ class Http1Connection:
                 yield ev.data
             elif type(ev) is h1.EndOfMessage:
                 self._body_done = True
+                info.last_downstream_rx = trio.current_time()
                 if ev.trailers:
                     stream.request_trailers = Headers(ev.trailers)
                 return
@@ -546,6 +551,7 @@ class Http1Connection:
         elif head.version == "1.0":
             headers.set("connection", "keep-alive")
         self._count_status(status)
+        info.first_downstream_tx = trio.current_time()
         out = _encode_head(headers)
         sent = 0
         try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from trioproxy.accesslog.loggers import build_access_log
 from trioproxy.config.types import duration
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
@@ -231,8 +232,7 @@ class HcmConfig:
         loggers = []
         for i, entry in enumerate(d.get("access_log", [])):
             try:
-                factory, raw = ctx.registry.access_loggers.lookup(entry)
-                loggers.append(factory.create(factory.config_type(raw), fctx))
+                loggers.append(build_access_log(entry, ctx.registry.access_loggers, fctx))
             except ConfigError as exc:
                 raise exc.at(f"access_log[{i}]") from None
 

@@ -35,6 +35,7 @@ import attrs
 import trio
 
 from trioproxy.errors import UpstreamError
+from trioproxy.io import FastSocketStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
 class UpstreamConnection:
     """A connection lent to the router; ``codec`` is the router's slot for its parser state."""
 
-    stream: trio.SocketStream
+    stream: FastSocketStream
     host: Host
     raw: socket.socket  # the same socket, for the synchronous quiet check and close
     created: float
@@ -307,7 +308,7 @@ class Http1Pool:
                 self._undo_connect()
         now = trio.current_time()
         stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
-        return UpstreamConnection(stream=trio.SocketStream(tsock), host=host, raw=raw, created=now)
+        return UpstreamConnection(stream=FastSocketStream(raw), host=host, raw=raw, created=now)
 
     def _connect_failed(self) -> None:
         self.stats.upstream_cx_connect_fail.value += 1
@@ -322,7 +323,7 @@ class Http1Pool:
 
     def _destroy(self, conn: UpstreamConnection, *, remote: bool) -> None:
         conn.closed = True
-        conn.stream.socket.close()  # trio's close, so a task blocked on it is woken
+        conn.stream.close()  # notifies trio first, so a task blocked on it is woken
         stats = self.stats
         stats.upstream_cx_destroy.value += 1
         if remote:
