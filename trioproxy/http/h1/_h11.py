@@ -1,0 +1,272 @@
+"""The pure-Python backend on h11 (used when httptools is missing, or on request).
+
+h11 is more lenient than DEFAULTS.md in the head grammar (bare LF, obs-fold, control
+characters, unknown methods), so every head is first checked on the raw bytes still in h11's
+receive buffer (``common.check_head_bytes``) and analysed by ``common.analyse`` exactly like
+the llhttp backend; h11 then does the framing (bodies, chunks, trailers, EOF).  We never send
+through h11: each cycle gets a fresh ``h11.Connection`` fed with the previous one's unparsed
+bytes, which also gives HTTP/1.0 keep-alive that h11 itself does not support.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import h11
+
+from trioproxy.errors import ProtocolError
+from trioproxy.http.h1 import common
+from trioproxy.http.h1.events import (
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    RequestHead,
+    ResponseHead,
+)
+
+_REQUEST_LINE: Final = re.compile(rb"([^ ]+) ([^ ]+) HTTP/([0-9]\.[0-9])")
+_STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?", re.S)
+_BIG = 1 << 40
+_EOF_MESSAGES = ("peer closed", "peer unexpectedly closed")
+
+
+def _decode(headers: Any) -> list[tuple[str, str]]:
+    return [(n.decode("ascii").lower(), v.decode("latin-1")) for n, v in headers]
+
+
+class _Base:
+    _role: Any = None
+
+    def __init__(
+        self, max_header_bytes: int = 60 * 1024, max_headers: int = 100, max_uri: int = 16 * 1024
+    ) -> None:
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._max_uri = max_uri
+        self._raw_limit = max_header_bytes + max_uri + 1024
+        self._conn = h11.Connection(self._role, max_incomplete_event_size=_BIG)
+        self._paused = False
+        self._upgraded = False
+        self._eof = False
+        self._head: Any = None  # the validated head of the current message
+        self._error: ProtocolError | None = None
+
+    def feed(self, data: bytes) -> None:
+        if self._eof:
+            return
+        if not data:
+            self._eof = True
+        self._conn.receive_data(data)
+
+    def start_next_cycle(self) -> None:
+        if self._upgraded:
+            return
+        self._renew(self._conn.trailing_data[0])
+        self._paused = False
+        self._head = None
+
+    def trailing_data(self) -> bytes:
+        return self._conn.trailing_data[0] if self._upgraded else b""
+
+    def _prescan(self) -> Any:
+        """Validate the head in h11's buffer: a head, NEED_DATA, or raise ProtocolError."""
+        buf = self._conn.trailing_data[0]
+        end = buf.find(b"\r\n\r\n")
+        line_end = buf.find(b"\r\n")
+        if end < 0:
+            if b"\n" in buf.replace(b"\r\n", b""):
+                common.check_head_bytes(buf[line_end + 2 :] if line_end >= 0 else b"")
+                raise common.error("bare LF")
+            if line_end < 0:
+                self._check_partial_start(buf)
+            if len(buf) > self._raw_limit:
+                raise common.too_large()
+            return NEED_DATA
+        start = buf[:line_end]
+        common.check_start_bytes(start)
+        head = self._parse_start(start)
+        headers = common.check_head_bytes(buf[line_end + 2 : end] if end > line_end else b"")
+        if len(headers) > self._max_headers:
+            raise common.too_many()
+        if sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes:
+            raise common.too_large()
+        made = self._make_head(head, headers)
+        # Hand h11 a canonical head carrying only the framing; it never sees our quirks.
+        framing = b"Host: x\r\n"
+        if made.chunked:
+            framing += b"Transfer-Encoding: chunked\r\n"
+        elif made.content_length is not None:
+            framing += b"Content-Length: %d\r\n" % made.content_length
+        self._renew(self._canonical_start(made) + framing + b"\r\n" + buf[end + 4 :])
+        return made
+
+    def _renew(self, data: bytes) -> None:
+        closed = self._conn.trailing_data[1]
+        self._conn = h11.Connection(self._role, max_incomplete_event_size=_BIG)
+        self._started()
+        if data:
+            self._conn.receive_data(data)
+        if closed:
+            self._conn.receive_data(b"")
+
+    def _started(self) -> None:
+        pass
+
+    def _canonical_start(self, head: Any) -> bytes:
+        raise NotImplementedError
+
+    def _check_partial_start(self, buf: bytes) -> None:
+        pass
+
+    def _parse_start(self, start: bytes) -> Any:
+        raise NotImplementedError
+
+    def _make_head(self, start: Any, headers: list[tuple[str, str]]) -> Any:
+        raise NotImplementedError
+
+    def _h11_event(self) -> Any:
+        try:
+            return self._conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            msg = str(exc)
+            if self._eof and msg.startswith(_EOF_MESSAGES):
+                return NEED_DATA
+            if "Transfer-Encoding" in msg:
+                raise common.error(msg, common.INVALID_TE, 501) from exc
+            raise common.error(msg) from exc
+
+
+class ServerParser(_Base):
+    """Parses requests (the downstream side)."""
+
+    _role = h11.SERVER
+
+    def _check_partial_start(self, buf: bytes) -> None:
+        parts = buf.split(b" ", 2)
+        if len(parts) >= 2 and len(parts[1]) > self._max_uri:
+            raise common.uri_too_long()
+
+    def _parse_start(self, start: bytes) -> Any:
+        m = _REQUEST_LINE.fullmatch(start)
+        method = start.split(b" ", 1)[0].decode("latin-1")
+        if method not in common.KNOWN_METHODS:
+            raise common.error(f"invalid method {method!r}")
+        parts = start.split(b" ")
+        if len(parts) > 1 and len(parts[1]) > self._max_uri:
+            raise common.uri_too_long()
+        if m is None:
+            raise common.error("malformed request line")
+        return method, m.group(2).decode("latin-1"), m.group(3).decode("ascii")
+
+    def _canonical_start(self, head: Any) -> bytes:
+        return b"POST / HTTP/1.1\r\n"
+
+    def _make_head(self, start: Any, headers: list[tuple[str, str]]) -> Any:
+        method, target, version = start
+        keep_alive, chunked, length, expect, upgrade = common.analyse(headers, version, True)
+        if method == "CONNECT":
+            upgrade = "CONNECT"
+        return RequestHead(
+            method, target, version, headers, keep_alive, chunked, length, expect, upgrade
+        )
+
+    def next_event(self) -> Any:
+        if self._paused:
+            return PAUSED
+        if self._error is not None:
+            raise self._error
+        try:
+            if self._head is None:
+                head = self._prescan()
+                if head is NEED_DATA:
+                    return NEED_DATA
+                self._head = head
+            ev = self._h11_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        t = type(ev)
+        if t is h11.Data:
+            return Data(bytes(ev.data))
+        if t is h11.Request:
+            return self._head
+        if t is h11.EndOfMessage:
+            self._paused = True
+            head = self._head
+            if head.upgrade is not None:
+                self._upgraded = True
+            return EndOfMessage(_decode(ev.headers))
+        if ev is h11.PAUSED:
+            return PAUSED
+        return NEED_DATA  # NEED_DATA or ConnectionClosed
+
+
+class ClientParser(_Base):
+    """Parses responses (upstream connections); call ``expect(method)`` before each one."""
+
+    _role = h11.CLIENT
+
+    def __init__(
+        self, max_header_bytes: int = 60 * 1024, max_headers: int = 100, max_uri: int = 16 * 1024
+    ) -> None:
+        super().__init__(max_header_bytes, max_headers, max_uri)
+        self._method = "GET"
+
+    def expect(self, method: str) -> None:
+        self._method = method
+        self._renew(self._conn.trailing_data[0])
+
+    def _canonical_start(self, head: Any) -> bytes:
+        return b"HTTP/1.1 %d X\r\n" % head.status
+
+    def _started(self) -> None:
+        conn = self._conn
+        conn.send(h11.Request(method=self._method, target="/", headers=[("Host", "upstream")]))
+        conn.send(h11.EndOfMessage())
+
+    def _parse_start(self, start: bytes) -> Any:
+        m = _STATUS_LINE.fullmatch(start)
+        if m is None:
+            raise common.error("malformed status line")
+        return int(m.group(2)), (m.group(3) or b"").decode("latin-1"), m.group(1).decode("ascii")
+
+    def _make_head(self, start: Any, headers: list[tuple[str, str]]) -> Any:
+        status, reason, version = start
+        keep_alive, chunked, length, _, _ = common.analyse(headers, version, False)
+        no_body = self._method == "HEAD" or status < 200 or status == 204 or status == 304
+        if not no_body and not chunked and length is None:
+            keep_alive = False
+        return ResponseHead(status, reason, version, headers, keep_alive, chunked, length)
+
+    def next_event(self) -> Any:
+        if self._paused:
+            return PAUSED
+        if self._error is not None:
+            raise self._error
+        try:
+            if self._head is None:
+                head = self._prescan()
+                if head is NEED_DATA:
+                    return NEED_DATA
+                self._head = head
+            ev = self._h11_event()
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+        t = type(ev)
+        if t is h11.Data:
+            return Data(bytes(ev.data))
+        if t is h11.InformationalResponse:
+            head = self._head
+            self._head = None
+            return head
+        if t is h11.Response:
+            return self._head
+        if t is h11.EndOfMessage:
+            self._paused = True
+            return EndOfMessage(_decode(ev.headers))
+        if ev is h11.PAUSED:
+            return PAUSED
+        return NEED_DATA

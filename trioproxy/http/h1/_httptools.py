@@ -1,0 +1,349 @@
+"""The llhttp backend (PyPI ``httptools``): the hot path.
+
+llhttp drives callbacks on this object while ``feed`` runs; the callbacks only append to an
+event deque, and ``next_event`` pops from it.  A message's EndOfMessage pauses the parser
+until ``start_next_cycle`` (llhttp may already have parsed pipelined successors; they wait in
+the deque).  Errors are deferred: events parsed before the bad byte are still delivered, then
+``next_event`` raises the ProtocolError.  Our own checks (limits, ``common.analyse``) raise
+``_Abort`` inside a callback, which llhttp turns into a callback error that ``feed`` unwraps.
+
+llhttp cannot be told that a response has no body (HEAD) through httptools, so a response to
+HEAD is parsed by feeding only its head bytes to a throw-away parser.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import httptools
+
+from trioproxy.errors import ProtocolError
+from trioproxy.http.h1 import common
+from trioproxy.http.h1.events import (
+    NEED_DATA,
+    PAUSED,
+    Data,
+    EndOfMessage,
+    RequestHead,
+    ResponseHead,
+)
+
+_HttpParserError = httptools.HttpParserError
+_CallbackError = httptools.HttpParserCallbackError
+_Upgrade = httptools.HttpParserUpgrade
+
+
+class _Abort(Exception):
+    pass
+
+
+def _map_llhttp(exc: Exception) -> ProtocolError:
+    msg = str(exc)
+    if "Transfer-Encoding" in msg:
+        if "Content-Length" in msg:
+            return common.error(msg, common.CL_AND_TE)
+        return common.error(msg, common.INVALID_TE, 501)
+    if "Content-Length" in msg:
+        return common.error(msg, common.INVALID_CL)
+    if "header value char" in msg:
+        return common.error(msg, common.INVALID_CHARACTERS)
+    return common.error(msg or "malformed HTTP/1.1 message")
+
+
+class _Base:
+    __slots__ = (
+        "_abort",
+        "_eof",
+        "_error",
+        "_events",
+        "_headers",
+        "_hsize",
+        "_in_head",
+        "_max_header_bytes",
+        "_max_headers",
+        "_max_uri",
+        "_p",
+        "_paused",
+        "_raw",
+        "_raw_limit",
+        "_trailers",
+        "_trailing",
+        "_upgraded",
+    )
+
+    _p: Any
+
+    def __init__(self, max_header_bytes: int, max_headers: int, max_uri: int) -> None:
+        self._events: deque[Any] = deque()
+        self._error: ProtocolError | None = None
+        self._abort: ProtocolError | None = None
+        self._paused = False
+        self._upgraded = False
+        self._trailing = b""
+        self._eof = False
+        self._in_head = False
+        self._raw = 0
+        self._headers: list[tuple[str, str]] = []
+        self._hsize = 0
+        self._trailers: list[tuple[str, str]] | None = None
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._max_uri = max_uri
+        self._raw_limit = max_header_bytes + max_uri + 1024
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self._abort = exc
+        raise _Abort()
+
+    # -- llhttp callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._hsize = 0
+        self._trailers = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if value and value[-1] in (32, 9):
+            value = value.rstrip(b" \t")
+        trailers = self._trailers
+        if trailers is not None:
+            trailers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+            return
+        headers = self._headers
+        self._hsize += len(name) + len(value)
+        if self._hsize > self._max_header_bytes:
+            self._fail(common.too_large())
+        if len(headers) >= self._max_headers:
+            self._fail(common.too_many())
+        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    # -- feeding --------------------------------------------------------------------------
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._p.feed_data(data)
+        except _Upgrade as exc:
+            self._upgraded = True
+            self._trailing = data[exc.args[0] :]
+            return
+        except _CallbackError as exc:
+            err = self._abort
+            if err is None:
+                err = common.error(f"callback failed: {exc.__context__!r}")
+            self._error = err
+            return
+        except _HttpParserError as exc:
+            self._error = _map_llhttp(exc)
+            return
+        if self._in_head:
+            self._raw += len(data)
+            if self._raw > self._raw_limit:
+                self._error = common.too_large()
+
+    def next_event(self) -> Any:
+        if self._paused:
+            return PAUSED
+        events = self._events
+        if events:
+            ev = events.popleft()
+            if type(ev) is EndOfMessage:
+                self._paused = True
+            return ev
+        if self._error is not None:
+            raise self._error
+        if self._upgraded:
+            return PAUSED
+        return NEED_DATA
+
+    def start_next_cycle(self) -> None:
+        self._paused = False
+
+    def trailing_data(self) -> bytes:
+        return self._trailing
+
+
+class ServerParser(_Base):
+    """Parses requests (the downstream side)."""
+
+    __slots__ = ("_url",)
+
+    def __init__(
+        self, max_header_bytes: int = 60 * 1024, max_headers: int = 100, max_uri: int = 16 * 1024
+    ) -> None:
+        super().__init__(max_header_bytes, max_headers, max_uri)
+        self._url = b""
+        self._p = httptools.HttpRequestParser(self)
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._hsize = 0
+        self._trailers = None
+        self._url = b""
+
+    def on_url(self, url: bytes) -> None:
+        url = self._url + url if self._url else url
+        self._url = url
+        if len(url) > self._max_uri:
+            self._fail(common.uri_too_long())
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        method = p.get_method().decode("ascii")
+        version = p.get_http_version()
+        headers = self._headers
+        try:
+            keep_alive, chunked, length, expect, upgrade = common.analyse(headers, version, True)
+        except ProtocolError as exc:
+            self._fail(exc)
+        if method == "CONNECT":
+            upgrade = "CONNECT"
+        self._events.append(
+            RequestHead(
+                method,
+                self._url.decode("latin-1"),
+                version,
+                headers,
+                keep_alive,
+                chunked,
+                length,
+                expect,
+                upgrade,
+            )
+        )
+        self._in_head = False
+        self._raw = 0
+        self._trailers = []
+
+    def on_message_complete(self) -> None:
+        self._events.append(EndOfMessage(self._trailers or []))
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._upgraded:
+            self._trailing += data
+            return
+        if not data:
+            self._eof = True
+            return
+        self._feed(data)
+
+
+class ClientParser(_Base):
+    """Parses responses (upstream connections); call ``expect(method)`` before each one."""
+
+    __slots__ = ("_buf", "_close_delimited", "_dead", "_head_only", "_interim", "_reason")
+
+    def __init__(
+        self, max_header_bytes: int = 60 * 1024, max_headers: int = 100, max_uri: int = 16 * 1024
+    ) -> None:
+        super().__init__(max_header_bytes, max_headers, max_uri)
+        self._reason = b""
+        self._head_only = False
+        self._buf = b""
+        self._close_delimited = False
+        self._interim = False
+        self._dead = False  # the llhttp parser was used for a HEAD response; make a new one
+        self._p = httptools.HttpResponseParser(self)
+
+    def expect(self, method: str) -> None:
+        self._head_only = method == "HEAD"
+        if self._dead and not self._head_only:
+            self._dead = False
+            self._p = httptools.HttpResponseParser(self)
+            buf, self._buf = self._buf, b""
+            if buf:
+                self._feed(buf)
+        elif self._head_only and self._buf:
+            self._feed_head_only(b"")
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._headers = []
+        self._hsize = 0
+        self._trailers = None
+        self._reason = b""
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        status = p.get_status_code()
+        version = p.get_http_version()
+        headers = self._headers
+        try:
+            keep_alive, chunked, length, _, _ = common.analyse(headers, version, False)
+        except ProtocolError as exc:
+            self._fail(exc)
+        no_body = self._head_only or status < 200 or status == 204 or status == 304
+        self._interim = 100 <= status < 200 and status != 101
+        self._close_delimited = not no_body and not chunked and length is None
+        if self._close_delimited:
+            keep_alive = False
+        self._events.append(
+            ResponseHead(
+                status,
+                self._reason.decode("latin-1"),
+                version,
+                headers,
+                keep_alive,
+                chunked,
+                length,
+            )
+        )
+        self._in_head = False
+        self._raw = 0
+        self._trailers = []
+
+    def on_message_complete(self) -> None:
+        if self._interim or self._head_only:
+            return
+        self._close_delimited = False
+        self._events.append(EndOfMessage(self._trailers or []))
+
+    def _feed_head_only(self, data: bytes) -> None:
+        buf = self._buf + data
+        while self._error is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self._raw_limit:
+                    self._error = common.too_large()
+                break
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            self._p = httptools.HttpResponseParser(self)
+            self._dead = True
+            n = len(self._events)
+            self._feed(head)
+            if self._error is not None or len(self._events) == n:
+                if self._error is None:
+                    self._error = common.error("malformed response head")
+                break
+            if not self._interim:
+                self._events.append(EndOfMessage([]))
+                self._head_only = False
+                break
+        self._buf = buf
+
+    def feed(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        if self._upgraded:
+            self._trailing += data
+            return
+        if not data:
+            self._eof = True
+            if self._close_delimited:
+                self._close_delimited = False
+                self._events.append(EndOfMessage([]))
+            return
+        if self._head_only:
+            self._feed_head_only(data)
+        elif self._dead:
+            self._buf += data
+        else:
+            self._feed(data)

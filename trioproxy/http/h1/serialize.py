@@ -1,0 +1,78 @@
+"""HTTP/1.1 serialisation shared by both parser backends.
+
+The last line of defence before bytes hit a socket: header names must be tokens and no name or
+value may contain CR, LF or NUL (an h2 peer can put anything in a header; relaying it raw would
+allow response splitting).  The check is one precompiled regex per header over the latin-1
+text, cheaper than per-character loops.
+"""
+
+from __future__ import annotations
+
+import re
+from http import HTTPStatus
+from typing import Final
+
+from trioproxy.errors import ProtocolError
+
+_TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
+_REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+Headers = list[tuple[str, str]] | tuple[tuple[str, str], ...]
+
+
+def _refuse(what: str) -> ProtocolError:
+    return ProtocolError(what, status_hint=502, close=True, details="http1.invalid_characters")
+
+
+def _encode_fields(lines: list[str], headers: Headers) -> None:
+    token = _TOKEN.fullmatch
+    bad = _BAD_VALUE.search
+    for name, value in headers:
+        if token(name) is None:
+            raise _refuse(f"invalid header name {name!r}")
+        if bad(value) is not None:
+            raise _refuse(f"invalid character in header {name!r}")
+        lines.append(f"{name}: {value}\r\n")
+
+
+def encode_request_head(method: str, target: str, headers: Headers) -> bytes:
+    """``METHOD target HTTP/1.1`` plus headers; refuses CR/LF/NUL and non-token names."""
+    if _TOKEN.fullmatch(method) is None:
+        raise _refuse(f"invalid method {method!r}")
+    if not target or any(c in target for c in " \r\n\x00"):
+        raise _refuse(f"invalid request target {target!r}")
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    _encode_fields(lines, headers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def encode_response_head(status: int, reason: str, headers: Headers, version: str = "1.1") -> bytes:
+    """``HTTP/<version> status reason`` plus headers; the reason defaults to the standard one."""
+    if not reason:
+        reason = _REASONS.get(status, "Unknown")
+    elif _BAD_VALUE.search(reason):
+        raise _refuse("invalid reason phrase")
+    lines = [f"HTTP/{version} {status} {reason}\r\n"]
+    _encode_fields(lines, headers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk; empty data encodes to nothing (an empty chunk would end the body)."""
+    if not data:
+        return b""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def encode_last_chunk(trailers: Headers) -> bytes:
+    """The terminating zero-length chunk with optional trailers."""
+    if not trailers:
+        return _LAST_CHUNK
+    lines = ["0\r\n"]
+    _encode_fields(lines, trailers)
+    lines.append("\r\n")
+    return "".join(lines).encode("latin-1")
