@@ -14,8 +14,10 @@ def run(parser: Any, chunks: list[bytes], eof: bool = True, cycle: bool = True) 
     """Feed ``chunks`` one by one, collecting events (Data merged); an error ends the list."""
     out: list[Any] = []
     heads: list[Any] = []
+    cycled = False
 
     def drain() -> bool:
+        nonlocal cycled
         while True:
             try:
                 ev = parser.next_event()
@@ -25,7 +27,8 @@ def run(parser: Any, chunks: list[bytes], eof: bool = True, cycle: bool = True) 
             if ev is h1.NEED_DATA:
                 return True
             if ev is h1.PAUSED:
-                if cycle and heads and getattr(heads[-1], "upgrade", None) is None:
+                if cycle and out and type(out[-1]) is h1.EndOfMessage and not cycled:
+                    cycled = True
                     parser.start_next_cycle()
                     continue
                 out.append("paused")
@@ -33,6 +36,7 @@ def run(parser: Any, chunks: list[bytes], eof: bool = True, cycle: bool = True) 
             if type(ev) is h1.Data and out and type(out[-1]) is h1.Data:
                 out[-1] = h1.Data(out[-1].data + ev.data)
             else:
+                cycled = False
                 out.append(ev)
                 if type(ev) is h1.RequestHead or type(ev) is h1.ResponseHead:
                     heads.append(ev)
@@ -47,7 +51,9 @@ def run(parser: Any, chunks: list[bytes], eof: bool = True, cycle: bool = True) 
     return out
 
 
-def parse_requests(codec: str, data: bytes, splits: list[int] | None = None, **kw: Any) -> list[Any]:
+def parse_requests(
+    codec: str, data: bytes, splits: list[int] | None = None, **kw: Any
+) -> list[Any]:
     return run(h1.make_server_parser(codec, **kw), split(data, splits))
 
 

@@ -134,23 +134,36 @@ def test_eof_mid_request_is_need_data(codec: str) -> None:
 
 # -- hygiene (DEFAULTS.md) ----------------------------------------------------------------
 BAD = [
-    pytest.param(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-                 400, id="cl-and-te"),
-    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                 400, id="te-and-cl"),
-    pytest.param(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
-                 id="te-on-http10"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        400,
+        id="cl-and-te",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        400,
+        id="te-and-cl",
+    ),
+    pytest.param(
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, id="te-on-http10"
+    ),
     pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501, id="te-gzip"),
-    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501,
-                 id="te-gzip-chunked"),
-    pytest.param(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400,
-                 id="cl-differs"),
-    pytest.param(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc", 400,
-                 id="cl-repeated"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501, id="te-gzip-chunked"
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400, id="cl-differs"
+    ),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        400,
+        id="cl-repeated",
+    ),
     pytest.param(b"POST / HTTP/1.1\r\nContent-Length: 3x\r\n\r\n", 400, id="cl-malformed"),
     pytest.param(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, id="cl-negative"),
-    pytest.param(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
-                 id="chunk-size"),
+    pytest.param(
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, id="chunk-size"
+    ),
     pytest.param(b"GET / HTTP/1.1\r\nA: b\r\n c\r\n\r\n", 400, id="obs-fold"),
     pytest.param(b"GET / HTTP/1.1\nA: b\n\n", 400, id="bare-lf"),
     pytest.param(b"GET / HTTP/1.1\r\nA: b\nB: c\r\n\r\n", 400, id="bare-lf-header"),
@@ -162,11 +175,18 @@ BAD = [
     pytest.param(b"GET / HTTP/2.0\r\n\r\n", 400, id="http2-version"),
     pytest.param(b"GET /" + b"a" * 17000 + b" HTTP/1.1\r\n\r\n", 414, id="uri-too-long"),
     pytest.param(b"GET /" + b"a" * 17000, 414, id="uri-too-long-incomplete"),
-    pytest.param(b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n",
-                 431, id="too-many-headers"),
-    pytest.param(b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: %s\r\n" % (i, b"v" * 1000)
-                                                  for i in range(70)) + b"\r\n",
-                 431, id="header-block-too-large"),
+    pytest.param(
+        b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n",
+        431,
+        id="too-many-headers",
+    ),
+    pytest.param(
+        b"GET / HTTP/1.1\r\n"
+        + b"".join(b"h%d: %s\r\n" % (i, b"v" * 1000) for i in range(70))
+        + b"\r\n",
+        431,
+        id="header-block-too-large",
+    ),
     pytest.param(b"GET / HTTP/1.1\r\nA: " + b"v" * 100000, 431, id="huge-unfinished-header"),
 ]
 
@@ -206,8 +226,9 @@ def test_header_limits_are_configurable(codec: str) -> None:
 
 
 # -- responses ------------------------------------------------------------------------------
-def responses(codec: str, methods: list[str], data: bytes, cuts: list[int] | None = None,
-              eof: bool = True) -> list[object]:
+def responses(
+    codec: str, methods: list[str], data: bytes, cuts: list[int] | None = None, eof: bool = True
+) -> list[object]:
     p = h1.make_client_parser(codec)
     out: list[object] = []
     chunks = split(data, cuts)
@@ -221,8 +242,10 @@ def responses(codec: str, methods: list[str], data: bytes, cuts: list[int] | Non
 
 
 def test_response_to_head_has_no_body(codec: str) -> None:
-    data = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    data = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    )
     p = h1.make_client_parser(codec)
     p.expect("HEAD")
     p.feed(data)
@@ -248,8 +271,11 @@ def test_continue_then_final_response(codec: str) -> None:
 
 @pytest.mark.parametrize("status", [204, 304])
 def test_bodyless_statuses(codec: str, status: int) -> None:
-    ev = responses(codec, ["GET", "GET"], b"HTTP/1.1 %d X\r\n\r\nHTTP/1.1 200 OK\r\n"
-                   b"Content-Length: 0\r\n\r\n" % status)
+    ev = responses(
+        codec,
+        ["GET", "GET"],
+        b"HTTP/1.1 %d X\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" % status,
+    )
     assert [type(e) for e in ev] == [h1.ResponseHead, h1.EndOfMessage] * 2
 
 
@@ -260,14 +286,19 @@ def test_close_delimited_body_ends_at_eof(codec: str) -> None:
 
 
 def test_chunked_response_with_trailers(codec: str) -> None:
-    data = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\n\r\n")
+    data = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n0\r\nGrpc-Status: 0\r\n\r\n"
+    )
     ev = responses(codec, ["GET"], data, list(range(len(data))))
     assert ev[0].chunked and ev[0].keep_alive
     assert ev[1:] == [h1.Data(b"abc"), h1.EndOfMessage([("grpc-status", "0")])]
 
 
 def test_response_cl_and_te_rejected(codec: str) -> None:
-    ev = responses(codec, ["GET"], b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n"
-                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    ev = responses(
+        codec,
+        ["GET"],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
     assert error_of(ev) == 400

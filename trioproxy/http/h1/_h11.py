@@ -61,6 +61,8 @@ class _Base:
         self._conn.receive_data(data)
 
     def start_next_cycle(self) -> None:
+        if self._head is not None and not self._head.keep_alive:
+            self._upgraded = True  # nothing follows a Connection: close message
         if self._upgraded:
             return
         self._renew(self._conn.trailing_data[0])
@@ -216,6 +218,8 @@ class ClientParser(_Base):
 
     def expect(self, method: str) -> None:
         self._method = method
+        if self._upgraded:
+            return
         self._renew(self._conn.trailing_data[0])
 
     def _canonical_start(self, head: Any) -> bytes:

@@ -34,6 +34,17 @@ _CallbackError = httptools.HttpParserCallbackError
 _Upgrade = httptools.HttpParserUpgrade
 
 
+def _new(cls: Any, proto: Any) -> Any:
+    """A parser that keeps parsing after a ``Connection: close`` message, like h11: whether
+    the connection lives on is the caller's decision from ``keep_alive``."""
+    p = cls(proto)
+    p.set_dangerous_leniencies(lenient_data_after_close=True)
+    return p
+
+
+_FINAL = object()  # queued after the EndOfMessage of a message that is not keep-alive
+
+
 class _Abort(Exception):
     pass
 
@@ -60,6 +71,7 @@ class _Base:
         "_headers",
         "_hsize",
         "_in_head",
+        "_keep_alive",
         "_max_header_bytes",
         "_max_headers",
         "_max_uri",
@@ -83,6 +95,7 @@ class _Base:
         self._trailing = b""
         self._eof = False
         self._in_head = False
+        self._keep_alive = True
         self._raw = 0
         self._headers: list[tuple[str, str]] = []
         self._hsize = 0
@@ -151,6 +164,9 @@ class _Base:
             ev = events.popleft()
             if type(ev) is EndOfMessage:
                 self._paused = True
+            elif ev is _FINAL:
+                self._upgraded = True  # nothing follows a Connection: close message
+                return PAUSED
             return ev
         if self._error is not None:
             raise self._error
@@ -175,7 +191,7 @@ class ServerParser(_Base):
     ) -> None:
         super().__init__(max_header_bytes, max_headers, max_uri)
         self._url = b""
-        self._p = httptools.HttpRequestParser(self)
+        self._p = _new(httptools.HttpRequestParser, self)
 
     def on_message_begin(self) -> None:
         self._in_head = True
@@ -214,12 +230,15 @@ class ServerParser(_Base):
                 upgrade,
             )
         )
+        self._keep_alive = keep_alive
         self._in_head = False
         self._raw = 0
         self._trailers = []
 
     def on_message_complete(self) -> None:
         self._events.append(EndOfMessage(self._trailers or []))
+        if not self._keep_alive:
+            self._events.append(_FINAL)
 
     def feed(self, data: bytes) -> None:
         if self._error is not None:
@@ -248,13 +267,13 @@ class ClientParser(_Base):
         self._close_delimited = False
         self._interim = False
         self._dead = False  # the llhttp parser was used for a HEAD response; make a new one
-        self._p = httptools.HttpResponseParser(self)
+        self._p = _new(httptools.HttpResponseParser, self)
 
     def expect(self, method: str) -> None:
         self._head_only = method == "HEAD"
         if self._dead and not self._head_only:
             self._dead = False
-            self._p = httptools.HttpResponseParser(self)
+            self._p = _new(httptools.HttpResponseParser, self)
             buf, self._buf = self._buf, b""
             if buf:
                 self._feed(buf)
@@ -296,6 +315,7 @@ class ClientParser(_Base):
                 length,
             )
         )
+        self._keep_alive = keep_alive
         self._in_head = False
         self._raw = 0
         self._trailers = []
@@ -305,6 +325,8 @@ class ClientParser(_Base):
             return
         self._close_delimited = False
         self._events.append(EndOfMessage(self._trailers or []))
+        if not self._keep_alive:
+            self._events.append(_FINAL)
 
     def _feed_head_only(self, data: bytes) -> None:
         buf = self._buf + data
@@ -315,7 +337,7 @@ class ClientParser(_Base):
                     self._error = common.too_large()
                 break
             head, buf = buf[: end + 4], buf[end + 4 :]
-            self._p = httptools.HttpResponseParser(self)
+            self._p = _new(httptools.HttpResponseParser, self)
             self._dead = True
             n = len(self._events)
             self._feed(head)
@@ -325,6 +347,8 @@ class ClientParser(_Base):
                 break
             if not self._interim:
                 self._events.append(EndOfMessage([]))
+                if not self._keep_alive:
+                    self._events.append(_FINAL)
                 self._head_only = False
                 break
         self._buf = buf
