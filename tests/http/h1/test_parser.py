@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from trioproxy.http import h1
@@ -13,11 +15,11 @@ pytestmark = pytest.mark.parametrize("codec", BACKENDS)
 GET = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-def heads(events: list[object]) -> list[object]:
+def heads(events: list[object]) -> list[Any]:
     return [e for e in events if type(e) is h1.RequestHead or type(e) is h1.ResponseHead]
 
 
-def error_of(events: list[object]) -> int | None:
+def error_of(events: list[Any]) -> int | None:
     last = events[-1] if events else None
     return last[1] if isinstance(last, tuple) else None
 
@@ -228,9 +230,9 @@ def test_header_limits_are_configurable(codec: str) -> None:
 # -- responses ------------------------------------------------------------------------------
 def responses(
     codec: str, methods: list[str], data: bytes, cuts: list[int] | None = None, eof: bool = True
-) -> list[object]:
+) -> list[Any]:
     p = h1.make_client_parser(codec)
-    out: list[object] = []
+    out: list[Any] = []
     chunks = split(data, cuts)
     for method in methods:
         p.expect(method)
