@@ -73,7 +73,8 @@ def request(draw: Any) -> bytes:
         pos = draw(st.integers(0, len(head) - 1))
         bad: bytes = draw(BAD_BYTES)
         head = head[:pos] + bad + head[pos:]
-    return line + head + b"\r\n" + body
+    out: bytes = line + head + b"\r\n" + body
+    return out
 
 
 @st.composite
