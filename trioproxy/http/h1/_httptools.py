@@ -42,6 +42,8 @@ def _new(cls: Any, proto: Any) -> Any:
     return p
 
 
+# Wire header name → lower-case str; bounded so hostile peers cannot grow it without limit.
+_NAMES: dict[bytes, str] = {}
 _FINAL = object()  # queued after the EndOfMessage of a message that is not keep-alive
 
 
@@ -129,7 +131,12 @@ class _Base:
             self._fail(common.too_large())
         if len(headers) >= self._max_headers:
             self._fail(common.too_many())
-        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        lname = _NAMES.get(name)
+        if lname is None:
+            lname = name.decode("latin-1").lower()
+            if len(_NAMES) < 4096:
+                _NAMES[name] = lname
+        headers.append((lname, value.decode("latin-1")))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
