@@ -280,5 +280,10 @@ async def test_mutations_by_post(admin: tuple[Backend, int]) -> None:
     status, _, body = await request(port, "POST", "/logging?level=debug")
     assert status == 200 and "trioproxy: debug" in body
     await request(port, "POST", "/logging?level=info")
+    assert (await request(port, "POST", "/logging?level=bogus"))[::2] == (
+        400,
+        "error: unknown logger level\n",
+    )
+    assert (await request(port, "POST", "/runtime_modify"))[0] == 400
     assert (await request(port, "POST", "/quitquitquit"))[0] == 200
     assert backend.shutdown

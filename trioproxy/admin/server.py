@@ -46,7 +46,7 @@ log = logging.getLogger("trioproxy.admin")
 TEXT = "text/plain; charset=UTF-8"
 JSON = "application/json"
 HTML = "text/html; charset=UTF-8"
-PROMETHEUS = "text/plain; version=0.0.4"
+PROMETHEUS = "text/plain; charset=UTF-8"  # what Envoy 1.40 sends
 
 Response = tuple[int, str, str]
 _LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
@@ -75,7 +75,7 @@ def _logging(params: Mapping[str, str]) -> Response:
     if params:
         level = params.get("level")
         if level is None or level.lower() not in _LEVELS:
-            return 404, TEXT, help_text()
+            return 400, TEXT, "error: unknown logger level\n"
         logging.getLogger("trioproxy").setLevel(_PY_LEVELS[level.lower()])
     root = logging.getLogger("trioproxy")
     names = sorted(
@@ -164,7 +164,9 @@ def handle(backend: AdminBackend, method: str, target: str) -> Response:
     if path == "/logging":
         return _logging(params)
     if path == "/runtime_modify":
-        return 200, TEXT, "OK\n"
+        if not params:
+            return 400, TEXT, "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+        return 503, TEXT, "No admin layer specified\n"  # trioproxy has no runtime layer
     if path == "/memory":
         return _memory()
     if path == "/certs":
