@@ -304,3 +304,27 @@ def test_response_cl_and_te_rejected(codec: str) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
     )
     assert error_of(ev) == 400
+
+
+def test_switching_protocols_response_keeps_trailing_bytes(codec: str) -> None:
+    p = h1.make_client_parser(codec)
+    p.expect("GET")
+    p.feed(
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nF"
+    )
+    assert p.next_event().status == 101
+    assert p.next_event() == h1.EndOfMessage([])
+    p.start_next_cycle()
+    assert p.next_event() is h1.PAUSED
+    p.feed(b"G")
+    assert p.trailing_data() == b"FG"
+
+
+def test_codec_selection(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIOPROXY_H1_CODEC", codec)
+    assert h1.resolve_codec() == codec
+    assert type(h1.make_server_parser()).__module__.endswith("_" + codec)
+    monkeypatch.delenv("TRIOPROXY_H1_CODEC")
+    assert h1.resolve_codec() == "httptools"
+    with pytest.raises(ValueError, match="unknown"):
+        h1.make_client_parser("picohttp")

@@ -52,8 +52,12 @@ class _Base:
         self._eof = False
         self._head: Any = None  # the validated head of the current message
         self._error: ProtocolError | None = None
+        self._tail: bytes | None = None  # bytes after a 101 response head
 
     def feed(self, data: bytes) -> None:
+        if self._tail is not None:
+            self._tail += data
+            return
         if self._eof:
             return
         if not data:
@@ -70,6 +74,8 @@ class _Base:
         self._head = None
 
     def trailing_data(self) -> bytes:
+        if self._tail is not None:
+            return self._tail
         return self._conn.trailing_data[0] if self._upgraded else b""
 
     def _prescan(self) -> Any:
@@ -95,6 +101,12 @@ class _Base:
         if sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes:
             raise common.too_large()
         made = self._make_head(head, headers)
+        if getattr(made, "status", 0) == 101:
+            # Switching protocols: h11 will not take a 101 it did not propose; the rest of
+            # the stream belongs to the new protocol.
+            self._tail = buf[end + 4 :]
+            self._upgraded = True
+            return made
         # Hand h11 a canonical head carrying only the framing; it never sees our quirks.
         framing = b"Host: x\r\n"
         if made.chunked:
@@ -255,6 +267,11 @@ class ClientParser(_Base):
                 if head is NEED_DATA:
                     return NEED_DATA
                 self._head = head
+                if self._tail is not None:
+                    return head
+            if self._tail is not None:
+                self._paused = True
+                return EndOfMessage([])
             ev = self._h11_event()
         except ProtocolError as exc:
             self._error = exc
