@@ -69,15 +69,14 @@ class HostView(Protocol):
 class ClusterView(Protocol):
     """An upstream cluster as ``/clusters`` shows it.
 
-    ``config.canonical`` is the cluster's canonical dict; ``info.added_via_api`` says whether it
-    came from CDS; ``info.circuit_breakers`` gives the default-priority thresholds as an object
-    with ``max_connections``, ``max_pending_requests``, ``max_requests`` and ``max_retries``.
+    ``hosts`` are ``HostView``s; ``info.added_via_api`` says whether it came from CDS;
+    ``info.circuit_breakers`` gives the default-priority thresholds as an object with
+    ``max_connections``, ``max_pending_requests``, ``max_requests`` and ``max_retries``.
+    ``trioproxy.upstream.cluster_manager.Cluster`` satisfies it as is.
     """
 
     @property
     def name(self) -> str: ...
-    @property
-    def config(self) -> Any: ...
     @property
     def hosts(self) -> Sequence[Any]: ...
     @property
