@@ -177,3 +177,21 @@ def test_sanitized_names_are_prometheus_safe(name: str) -> None:
     assert re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", sanitize(name))
     extracted, _tags = extract_tags(name)
     assert len(extracted) <= len(name)
+
+
+def test_json_without_histograms_and_with_buckets() -> None:
+    s = small_store()
+    assert render_json(s, StatsQuery.from_params({"filter": "zzz"})) == '{"stats":[]}'
+    s.histogram("http.ingress_http.downstream_rq_time").record(3)
+    out = render_json(
+        s, StatsQuery.from_params({"histogram_buckets": "cumulative", "type": "Histograms"})
+    )
+    assert out.startswith(
+        '{"stats":[{"histograms":[{"name":"http.ingress_http.downstream_rq_time","buckets":['
+        '{"upper_bound":0.5,"interval":0,"cumulative":0},'
+        '{"upper_bound":1,"interval":0,"cumulative":0},'
+        '{"upper_bound":5,"interval":1,"cumulative":1},'
+    )
+    assert '{"upper_bound":3e+05,"interval":1,"cumulative":1}' in out
+    assert '{"upper_bound":1800000,"interval":1,"cumulative":1}' in out
+    assert json.loads(out)["stats"][0]["histograms"][0]["buckets"][-1]["upper_bound"] == 3600000

@@ -146,11 +146,39 @@ def _json_number(v: float) -> Any:
     return int(v) if v == int(v) and abs(v) < 1e15 else v
 
 
+def _short(v: float) -> str:
+    """A JSON number as Envoy writes it: the shorter of fixed and exponent form (``3e+05``)."""
+    fixed = fmt_number(v)
+    mantissa, _, exp = f"{v:e}".partition("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    sci = f"{mantissa}e{exp}"
+    return sci if len(sci) < len(fixed) else fixed
+
+
+def _json_buckets(hists: Sequence[Histogram], mode: str) -> str:
+    out = []
+    for h in hists:
+        cum = h.bucket_counts(DEFAULT_BUCKETS)
+        if mode == "disjoint":
+            cum = [c - (cum[i - 1] if i else 0) for i, c in enumerate(cum)]
+        inter = _interval_bucket_counts(h, mode)
+        buckets = ",".join(
+            f'{{"upper_bound":{_short(b)},"interval":{i},"cumulative":{c}}}'
+            for b, i, c in zip(DEFAULT_BUCKETS, inter, cum, strict=True)
+        )
+        out.append(f'{{"name":{json.dumps(h.name)},"buckets":[{buckets}]}}')
+    return '{"histograms":[' + ",".join(out) + "]}"
+
+
 def render_json(store: Store, q: StatsQuery = StatsQuery()) -> str:
     """``GET /stats?format=json``."""
     scalars, hists = _selected(store, q)
     stats: list[Any] = [{"name": s.name, "value": s.value} for s in scalars]
-    if q.type in ("all", "histograms"):
+    if hists and q.histogram_buckets in ("cumulative", "disjoint"):
+        head = json.dumps({"stats": stats}, separators=(",", ":"))[:-2]
+        sep = "," if stats else ""
+        return head + sep + _json_buckets(hists, q.histogram_buckets) + "]}"
+    if hists:
         computed = []
         for h in hists:
             cum = h.quantiles(_QS)
@@ -160,9 +188,7 @@ def render_json(store: Store, q: StatsQuery = StatsQuery()) -> str:
                 for c, i in zip(cum, inter, strict=True)
             ]
             computed.append({"name": h.name, "values": values})
-        block: dict[str, Any] = {"supported_quantiles": list(SUPPORTED_QUANTILES)}
-        if computed:
-            block["computed_quantiles"] = computed
+        block = {"supported_quantiles": list(SUPPORTED_QUANTILES), "computed_quantiles": computed}
         stats.append({"histograms": block})
     return json.dumps({"stats": stats}, separators=(",", ":"))
 
