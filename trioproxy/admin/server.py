@@ -16,6 +16,8 @@ import re
 import resource
 import sys
 from collections.abc import Mapping
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -179,6 +181,7 @@ def _headers(content_type: str, length: int) -> list[tuple[str, str]]:
         ("content-type", content_type),
         ("cache-control", "no-cache, max-age=0"),
         ("x-content-type-options", "nosniff"),
+        ("date", formatdate(usegmt=True)),
         ("server", "envoy"),
         ("content-length", str(length)),
     ]
@@ -210,13 +213,14 @@ async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) ->
                     log.exception("admin handler failed for %s %s", method, target)
                     status, ctype, text = 500, TEXT, "internal error\n"
                 body = text.encode("utf-8")
-                if method == "HEAD":
-                    body = b""
-                await stream.send_all(
-                    conn.send(h11.Response(status_code=status, headers=_headers(ctype, len(body))))
-                    or b""
+                head = h11.Response(
+                    status_code=status,
+                    headers=_headers(ctype, len(body)),
+                    reason=HTTPStatus(status).phrase,
                 )
-                await stream.send_all(conn.send(h11.Data(data=body)) or b"")
+                await stream.send_all(conn.send(head) or b"")
+                if method != "HEAD":
+                    await stream.send_all(conn.send(h11.Data(data=body)) or b"")
                 await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
                 if conn.our_state is h11.MUST_CLOSE:
                     return
