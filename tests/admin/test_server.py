@@ -203,6 +203,11 @@ async def test_config_dump(admin: tuple[Backend, int]) -> None:
             "name": "service",
         },
     }
+    _, _, body = await request(port, "GET", "/config_dump?resource=static_clusters&name_regex=^x")
+    assert json.loads(body) == {"configs": []}
+    _, _, body = await request(port, "GET", "/config_dump?name_regex=serv")
+    dumps = json.loads(body)["configs"]
+    assert "static_clusters" in dumps[1] and "static_listeners" not in dumps[2]
     status, _, body = await request(port, "GET", "/config_dump?resource=foo")
     assert (status, body) == (404, "foo not found in config dump")
     _, _, body = await request(port, "GET", "/config_dump?include_eds")

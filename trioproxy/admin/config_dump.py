@@ -12,6 +12,7 @@ dump, or per element with ``resource``). Pure functions over dicts; the server s
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -148,15 +149,41 @@ def apply_mask(d: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _resource_name(element: Mapping[str, Any]) -> str | None:
+    if "name" in element:
+        return str(element["name"])
+    for key in ("cluster", "listener", "route_config", "endpoint_config", "secret"):
+        inner = element.get(key)
+        if isinstance(inner, Mapping):
+            return str(inner.get("name", inner.get("cluster_name", "")))
+    return None
+
+
+def _filter_names(dump: dict[str, Any], pattern: re.Pattern[str]) -> dict[str, Any]:
+    """``name_regex=``: keep only the resources whose name matches (search semantics)."""
+    out: dict[str, Any] = {}
+    for key, value in dump.items():
+        if key in RESOURCE_TYPES and isinstance(value, list):
+            kept = [e for e in value if pattern.search(_resource_name(e) or "") is not None]
+            if kept:
+                out[key] = kept
+        else:
+            out[key] = value
+    return out
+
+
 def build_config_dump(
     src: ConfigDumpSources,
     *,
     resource: str | None = None,
     mask: str | None = None,
     include_eds: bool = False,
+    name_regex: re.Pattern[str] | None = None,
 ) -> dict[str, Any]:
     """The body of ``/config_dump`` with its query parameters applied."""
     dumps = all_dumps(src, include_eds=include_eds or resource is not None)
+    if name_regex is not None:
+        dumps = [_filter_names(d, name_regex) for d in dumps]
     paths = [p for p in (mask or "").split(",") if p]
     if resource:
         if resource not in RESOURCE_TYPES:

@@ -133,9 +133,12 @@ def handle(backend: AdminBackend, method: str, target: str) -> Response:
                 resource=params.get("resource") or None,
                 mask=params.get("mask") or None,
                 include_eds="include_eds" in params,
+                name_regex=re.compile(params["name_regex"]) if params.get("name_regex") else None,
             )
         except ConfigDumpError as exc:
             return 404, TEXT, str(exc)
+        except re.error as exc:
+            return 400, TEXT, f"Error while parsing name_regex: {exc}"
         return 200, JSON, _dumps(body)
     if path == "/clusters":
         pattern = re.compile(params["filter"]) if params.get("filter") else None
