@@ -328,3 +328,11 @@ def test_codec_selection(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert h1.resolve_codec() == "httptools"
     with pytest.raises(ValueError, match="unknown"):
         h1.make_client_parser("picohttp")
+
+
+def test_upgrade_request_body_belongs_to_the_new_protocol(codec: str) -> None:
+    p = h1.make_server_parser(codec)
+    p.feed(b"GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: x\r\nContent-Length: 2\r\n\r\nab")
+    assert p.next_event().upgrade == "x"
+    assert p.next_event() == h1.EndOfMessage([])
+    assert p.trailing_data() == b"ab"

@@ -101,9 +101,9 @@ class _Base:
         if sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes:
             raise common.too_large()
         made = self._make_head(head, headers)
-        if getattr(made, "status", 0) == 101:
-            # Switching protocols: h11 will not take a 101 it did not propose; the rest of
-            # the stream belongs to the new protocol.
+        if getattr(made, "status", 0) == 101 or getattr(made, "upgrade", None) is not None:
+            # Switching protocols (or CONNECT): like llhttp, the message ends with its head
+            # and the rest of the stream belongs to the new protocol.
             self._tail = buf[end + 4 :]
             self._upgraded = True
             return made
@@ -197,6 +197,11 @@ class ServerParser(_Base):
                 if head is NEED_DATA:
                     return NEED_DATA
                 self._head = head
+                if self._tail is not None:
+                    return head
+            if self._tail is not None:
+                self._paused = True
+                return EndOfMessage([])
             ev = self._h11_event()
         except ProtocolError as exc:
             self._error = exc

@@ -340,7 +340,9 @@ class ClientParser(_Base):
         while self._error is None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > self._raw_limit:
+                if b"\n" in buf.replace(b"\r\n", b""):
+                    self._error = common.error("bare LF in response head")
+                elif len(buf) > self._raw_limit:
                     self._error = common.too_large()
                 break
             head, buf = buf[: end + 4], buf[end + 4 :]

@@ -143,7 +143,7 @@ def analyse(
         return keep_alive, chunked, length, expect, None
     toks = _tokens(conn)
     keep_alive = "close" not in toks and (version == "1.1" or "keep-alive" in toks)
-    if upgrade is not None and "upgrade" not in toks:
+    if not upgrade or "upgrade" not in toks:
         upgrade = None
     return keep_alive, chunked, length, expect, upgrade
 
