@@ -336,3 +336,13 @@ def test_upgrade_request_body_belongs_to_the_new_protocol(codec: str) -> None:
     assert p.next_event().upgrade == "x"
     assert p.next_event() == h1.EndOfMessage([])
     assert p.trailing_data() == b"ab"
+
+
+@pytest.mark.parametrize(
+    "trailer", [b"A: b\r\n c\r\n", b"A: b\nB: c\r\n", b"A: b\x01\r\n", b"A : b\r\n"]
+)
+def test_trailers_held_to_the_header_grammar(codec: str, trailer: bytes) -> None:
+    msg = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n"
+    msg += trailer + b"\r\n"
+    assert error_of(parse_requests(codec, msg)) == 400
+    assert error_of(parse_requests(codec, msg, list(range(len(msg))))) == 400

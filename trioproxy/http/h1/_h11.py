@@ -28,6 +28,7 @@ from trioproxy.http.h1.events import (
 
 _REQUEST_LINE: Final = re.compile(rb"([^ ]+) ([^ ]+) HTTP/([0-9]\.[0-9])")
 _STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?", re.S)
+_LAST_CHUNK: Final = re.compile(rb"0+(?:;[^\r\n]*)?\r\n")
 _BIG = 1 << 40
 _EOF_MESSAGES = ("peer closed", "peer unexpectedly closed")
 
@@ -140,7 +141,38 @@ class _Base:
     def _make_head(self, start: Any, headers: list[tuple[str, str]]) -> Any:
         raise NotImplementedError
 
+    def _check_trailers(self) -> None:
+        """Hold trailers to the head grammar; h11 folds obs-fold and takes bare LF there.
+
+        Peeks at h11's chunked reader (private state, read defensively): at a chunk boundary
+        a zero-size chunk line means the trailer block follows.
+        """
+        reader = getattr(self._conn, "_reader", None)
+        if getattr(reader, "_bytes_in_chunk", 1) != 0:
+            return
+        buf = self._conn.trailing_data[0]
+        discard = getattr(reader, "_bytes_to_discard", b"")
+        if discard:
+            if not buf.startswith(discard):
+                return
+            buf = buf[len(discard) :]
+        if not getattr(reader, "_reading_trailer", False):
+            m = _LAST_CHUNK.match(buf)
+            if m is None:
+                return
+            buf = buf[m.end() :]
+        if buf.startswith(b"\r\n"):
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if b"\n" in buf.replace(b"\r\n", b""):
+                raise common.error("bare LF in trailers")
+            return
+        common.check_head_bytes(buf[:end])
+
     def _h11_event(self) -> Any:
+        if self._head.chunked:
+            self._check_trailers()
         try:
             return self._conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -216,6 +248,9 @@ class ServerParser(_Base):
             head = self._head
             if head.upgrade is not None:
                 self._upgraded = True
+            if len(ev.headers) > self._max_headers:
+                self._error = common.too_many()
+                raise self._error
             return EndOfMessage(_decode(ev.headers))
         if ev is h11.PAUSED:
             return PAUSED
@@ -292,6 +327,9 @@ class ClientParser(_Base):
             return self._head
         if t is h11.EndOfMessage:
             self._paused = True
+            if len(ev.headers) > self._max_headers:
+                self._error = common.too_many()
+                raise self._error
             return EndOfMessage(_decode(ev.headers))
         if ev is h11.PAUSED:
             return PAUSED

@@ -123,6 +123,8 @@ class _Base:
             value = value.rstrip(b" \t")
         trailers = self._trailers
         if trailers is not None:
+            if len(trailers) >= self._max_headers:
+                self._fail(common.too_many())
             trailers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
             return
         headers = self._headers
