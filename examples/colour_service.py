@@ -1,6 +1,6 @@
 """A stand-in for Tetrate's color-app: answers every GET with a page in its colour.
 
-    python examples/colour_service.py blue 3001
+python examples/colour_service.py blue 3001
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def make_handler(colour: str) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = f"color-app-{colour}"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             body = PAGE.format(colour=colour, path=self.path).encode()
             self.send_response(200)
             self.send_header("content-type", "text/html; charset=utf-8")

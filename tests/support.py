@@ -104,7 +104,9 @@ class Backend:
                     headers.append(("content-length", str(sum(len(c) for c in chunks))))
                 if reply.close:
                     headers.append(("connection", "close"))
-                await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+                await stream.send_all(
+                    conn.send(h11.Response(status_code=reply.status, headers=headers))
+                )
                 for c in chunks:
                     await stream.send_all(conn.send(h11.Data(data=c)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
@@ -154,7 +156,9 @@ async def start_proxy(
     nursery: trio.Nursery, yaml_text: str, *, plugins: Sequence[object] = (), **options: Any
 ) -> Proxy:
     registry = build_registry(extra=plugins)
-    loaded = load_bootstrap(yaml_text=textwrap.dedent(yaml_text), opaque_types=registry.opaque_types())
+    loaded = load_bootstrap(
+        yaml_text=textwrap.dedent(yaml_text), opaque_types=registry.opaque_types()
+    )
     server = Server(loaded, Options(**options), registry)
     ports = await nursery.start(server.run)
     return Proxy(server, list(ports))
@@ -177,9 +181,12 @@ def simple_config(
                   socket_address: {{address: 127.0.0.1, port_value: {p}}}"""
         for p in upstream_ports
     )
-    routes = routes or """
+    routes = (
+        routes
+        or """
               - match: {prefix: "/"}
                 route: {cluster: backend}"""
+    )
     admin_block = (
         """
 admin:
@@ -225,8 +232,9 @@ static_resources:
 """
 
 
-async def raw_exchange(port: int, data: bytes, *, read_until_close: bool = True,
-                       timeout: float = 5.0) -> bytes:
+async def raw_exchange(
+    port: int, data: bytes, *, read_until_close: bool = True, timeout: float = 5.0
+) -> bytes:
     """Send raw bytes, return everything received until the peer closes (or timeout)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     out = b""
@@ -267,7 +275,9 @@ class Client:
         hdrs = [("host", "example.com"), *headers]
         if body is not None and not any(k.lower() == "content-length" for k, _ in hdrs):
             hdrs.append(("content-length", str(len(body))))
-        await self.stream.send_all(self.conn.send(h11.Request(method=method, target=target, headers=hdrs)))
+        await self.stream.send_all(
+            self.conn.send(h11.Request(method=method, target=target, headers=hdrs))
+        )
         if body:
             await self.stream.send_all(self.conn.send(h11.Data(data=body)))
         await self.stream.send_all(self.conn.send(h11.EndOfMessage()))

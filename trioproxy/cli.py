@@ -45,16 +45,22 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--service-zone", default="", help="local zone (node.locality.zone)")
     parser.add_argument("-l", "--log-level", default="info", choices=sorted(_LEVELS))
     parser.add_argument(
-        "--concurrency", type=int, default=1,
+        "--concurrency",
+        type=int,
+        default=1,
         help="worker processes (accepted; more than one arrives with the performance work)",
     )
     parser.add_argument(
-        "--drain-time-s", type=float, default=5.0,
+        "--drain-time-s",
+        type=float,
+        default=5.0,
         help="how long shutdown lets in-flight requests finish (default 5)",
     )
     parser.add_argument("--base-id", type=int, default=0, help="accepted for Envoy compatibility")
     parser.add_argument(
-        "--h1-codec", choices=("httptools", "h11"), default=None,
+        "--h1-codec",
+        choices=("httptools", "h11"),
+        default=None,
         help="HTTP/1.1 parser (default: httptools when installed)",
     )
 
@@ -73,7 +79,11 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list and args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
+    if (
+        args_list
+        and args_list[0].startswith("-")
+        and args_list[0] not in ("-h", "--help", "--version")
+    ):
         args_list.insert(0, "serve")  # `trioproxy -c envoy.yaml`, like `envoy -c envoy.yaml`
     args = make_parser().parse_args(args_list)
     logging.basicConfig(
@@ -120,8 +130,10 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     log = logging.getLogger("trioproxy")
     if args.concurrency != 1:
-        log.warning("--concurrency %d: worker processes are not implemented yet; running one",
-                    args.concurrency)
+        log.warning(
+            "--concurrency %d: worker processes are not implemented yet; running one",
+            args.concurrency,
+        )
     try:
         loaded, registry = _load(args.config_path, args.config_yaml)
         options = Options(

@@ -126,27 +126,3 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
     def sockname(self) -> tuple[str, int]:
         addr = self.socket.getsockname()
         return (addr[0], addr[1])
-
-
-async def connect_tcp(host: str, port: int) -> FastSocketStream:
-    """Connect to an IP address (no DNS here: clusters resolve names themselves)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        try:
-            sock.connect((host, port))
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(sock)
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
-        else:
-            await trio.lowlevel.checkpoint()
-    except BaseException:
-        trio.lowlevel.notify_closing(sock)
-        sock.close()
-        raise
-    stream = FastSocketStream(sock)
-    stream.setsockopt_nodelay()
-    return stream

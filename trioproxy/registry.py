@@ -122,7 +122,11 @@ class Registry:
     def opaque_types(self) -> frozenset[str]:
         """Every type URL some factory claims; the schema keeps those it does not know
         (a third-party filter's own config type) opaque for the factory to validate."""
-        kinds: tuple[Kind[Any], ...] = (self.http_filters, self.network_filters, self.access_loggers)
+        kinds: tuple[Kind[Any], ...] = (
+            self.http_filters,
+            self.network_filters,
+            self.access_loggers,
+        )
         return frozenset(url for kind in kinds for url in kind.by_type)
 
 

@@ -23,7 +23,6 @@ from typing import Any
 import attrs
 import trio
 
-from trioproxy import __version__
 from trioproxy.accesslog.loggers import flush_all, run_flusher
 from trioproxy.config import LoadedConfig
 from trioproxy.context import BuildContext
@@ -122,8 +121,9 @@ def build(
             log.warning("bootstrap field %r is not implemented yet and is ignored", name)
     static = boot.get("static_resources", {})
     if static.get("secrets"):
-        raise loaded.locate(ConfigError("static secrets are not supported yet",
-                                        path="static_resources.secrets"))
+        raise loaded.locate(
+            ConfigError("static secrets are not supported yet", path="static_resources.secrets")
+        )
     registry = registry or build_registry()
     cluster_configs: list[ClusterConfig] = []
     names: set[str] = set()
@@ -133,10 +133,12 @@ def build(
         except ConfigError as exc:
             raise loaded.locate(exc.at(f"static_resources.clusters[{i}]")) from None
         if cfg.name in names:
-            raise loaded.locate(ConfigError(
-                f"cluster manager: duplicate cluster '{cfg.name}'",
-                path=f"static_resources.clusters[{i}].name",
-            ))
+            raise loaded.locate(
+                ConfigError(
+                    f"cluster manager: duplicate cluster '{cfg.name}'",
+                    path=f"static_resources.clusters[{i}].name",
+                )
+            )
         names.add(cfg.name)
         cluster_configs.append(cfg)
     cm = ClusterManager(cluster_configs, store)
@@ -159,11 +161,13 @@ def build(
         except ConfigError as exc:
             raise loaded.locate(exc.at(f"static_resources.listeners[{i}]")) from None
         if lc.address in seen and lc.address[1] != 0:
-            raise loaded.locate(ConfigError(
-                f"error adding listener '{lc.address[0]}:{lc.address[1]}': listener "
-                f"'{lc.name}' has duplicate address",
-                path=f"static_resources.listeners[{i}].address",
-            ))
+            raise loaded.locate(
+                ConfigError(
+                    f"error adding listener '{lc.address[0]}:{lc.address[1]}': listener "
+                    f"'{lc.name}' has duplicate address",
+                    path=f"static_resources.listeners[{i}].address",
+                )
+            )
         seen[lc.address] = i
         listeners.append(lc)
     admin_address = None
@@ -218,7 +222,9 @@ class Server:
                 from trioproxy.admin_backend import ServerAdminBackend
 
                 host, port = built.admin_address
-                self.admin_port = await root.start(serve_admin, ServerAdminBackend(self), host, port)
+                self.admin_port = await root.start(
+                    serve_admin, ServerAdminBackend(self), host, port
+                )
             ports: list[int] = []
             for lc in built.listeners:
                 try:
@@ -252,8 +258,8 @@ class Server:
         for listener in self.listeners:
             listener.drain.start()
         with trio.move_on_after(self.options.drain_time):
-            while any(listener.active for listener in self.listeners):
-                await trio.sleep(0.02)
+            for listener in self.listeners:
+                await listener.wait_drained()
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

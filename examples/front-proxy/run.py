@@ -50,8 +50,11 @@ def main() -> int:
         path = f.name
     cmd = [sys.executable, "-m", "trioproxy", "serve", "-c", path, *args.trioproxy_args]
     proxy = subprocess.Popen(cmd)
-    print(f"trioproxy on https://127.0.0.1:{args.listen_port}/service "
-          f"(admin http://127.0.0.1:{args.admin_port}/)", flush=True)
+    print(
+        f"trioproxy on https://127.0.0.1:{args.listen_port}/service "
+        f"(admin http://127.0.0.1:{args.admin_port}/)",
+        flush=True,
+    )
 
     def stop(signum: int, frame: object) -> None:
         proxy.send_signal(signal.SIGTERM)

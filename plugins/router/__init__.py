@@ -30,4 +30,6 @@ def _config(raw: Mapping[str, Any]) -> RouterConfig:
 
 @hookimpl
 def trioproxy_http_filters() -> list[HttpFilterFactory]:
-    return [HttpFilterFactory(NAME, (TYPE_URL,), config_type=_config, create=_create, terminal=True)]
+    return [
+        HttpFilterFactory(NAME, (TYPE_URL,), config_type=_config, create=_create, terminal=True)
+    ]

@@ -21,6 +21,7 @@ from typing import Any
 import trio
 
 from trioproxy.errors import UpstreamError
+from trioproxy.http import h1
 from trioproxy.http.filter import (
     FactoryContext,
     HttpStream,
@@ -28,7 +29,6 @@ from trioproxy.http.filter import (
     Response,
     TerminalFilter,
 )
-from trioproxy.http import h1
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
 from trioproxy.http.request_headers import strip_hop_by_hop
@@ -39,7 +39,10 @@ from .config import RouterConfig
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 _REASONS = {
     "UF": ("connection failure", "upstream_reset_before_response_started{connection_failure}"),
-    "UC": ("connection termination", "upstream_reset_before_response_started{connection_termination}"),
+    "UC": (
+        "connection termination",
+        "upstream_reset_before_response_started{connection_termination}",
+    ),
     "UPE": ("protocol error", "upstream_reset_before_response_started{protocol_error}"),
 }
 
@@ -49,7 +52,9 @@ def _reset_reply(err: UpstreamError) -> LocalReply:
         return OVERFLOW
     if err.flag == "UT":
         return UPSTREAM_TIMEOUT
-    reason, details = _REASONS.get(err.flag, ("remote reset", "upstream_reset_before_response_started{remote_reset}"))
+    reason, details = _REASONS.get(
+        err.flag, ("remote reset", "upstream_reset_before_response_started{remote_reset}")
+    )
     body = _RESET_BODY + reason.encode()
     if err.flag == "UF":
         body += b", transport failure reason: " + err.reason.encode()
@@ -98,7 +103,9 @@ class Router(TerminalFilter):
         if route.redirect is not None:
             rd = route.redirect
             return LocalReply(
-                rd.response_code, b"", headers=(("location", rd.location(headers)),),
+                rd.response_code,
+                b"",
+                headers=(("location", rd.location(headers)),),
                 details="direct_response",
             )
         cluster_name = route.cluster_name(headers, random.getrandbits(63))
@@ -110,9 +117,8 @@ class Router(TerminalFilter):
         route.rewrite(headers)
         route.apply_request_headers(headers, info)
         timeout = route.timeout
-        if not self.config.suppress_envoy_headers:
-            if timeout:
-                headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
+        if timeout and not self.config.suppress_envoy_headers:
+            headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
         stats = cluster.stats
         if not cluster.try_start_request():
             stats.upstream_rq_pending_overflow.value += 1
@@ -204,8 +210,9 @@ class Router(TerminalFilter):
             pool.release(conn, exchange.reusable)
             return Response(resp_headers, None, exchange.trailers, initial_body=initial)
         resp = Response(resp_headers, None, None, initial_body=initial)
-        resp.body = _UpstreamBody(self, exchange, cluster, host, pool, started, head.status,
-                                  deadline, resp, stream)
+        resp.body = _UpstreamBody(
+            self, exchange, cluster, host, pool, started, head.status, deadline, resp, stream
+        )
         return resp
 
     async def _send_body_and_read(
@@ -268,12 +275,34 @@ class _UpstreamBody:
     (stats, circuit breaker, the connection back to the pool or closed), even when the
     connection manager never started iterating (the client went away first)."""
 
-    __slots__ = ("router", "exchange", "cluster", "host", "pool", "started", "status",
-                 "deadline", "resp", "stream", "_it", "_settled")
+    __slots__ = (
+        "router",
+        "exchange",
+        "cluster",
+        "host",
+        "pool",
+        "started",
+        "status",
+        "deadline",
+        "resp",
+        "stream",
+        "_it",
+        "_settled",
+    )
 
-    def __init__(self, router: Router, exchange: Exchange, cluster: Any, host: Any, pool: Any,
-                 started: float, status: int, deadline: float, resp: Response,
-                 stream: HttpStream) -> None:
+    def __init__(
+        self,
+        router: Router,
+        exchange: Exchange,
+        cluster: Any,
+        host: Any,
+        pool: Any,
+        started: float,
+        status: int,
+        deadline: float,
+        resp: Response,
+        stream: HttpStream,
+    ) -> None:
         self.router = router
         self.exchange = exchange
         self.cluster = cluster

@@ -48,9 +48,19 @@ def demo() -> Iterator[tuple[int, int]]:
     # three consecutive ports for the colour services
     base = max(base, 20000) + (listen % 1000) * 3
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "front-proxy" / "run.py"),
-         "--listen-port", str(listen), "--admin-port", str(admin), "--base-port", str(base)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "front-proxy" / "run.py"),
+            "--listen-port",
+            str(listen),
+            "--admin-port",
+            str(admin),
+            "--base-port",
+            str(base),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         _wait(admin)

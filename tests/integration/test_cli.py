@@ -74,7 +74,9 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "trioproxy", "serve", "-c", str(cfg), "--drain-time-s", "10"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_port(port)

@@ -20,7 +20,9 @@ async def _setup(nursery: trio.Nursery, backends: int = 1, **kw: object):  # typ
 async def test_get_is_proxied_with_envoy_headers(nursery: trio.Nursery) -> None:
     (backend,), proxy = await _setup(nursery)
     client = await Client.connect(proxy.port)
-    resp, body = await client.request("GET", "/hello?x=1", [("connection", "keep-alive, x-drop"), ("x-drop", "1")])
+    resp, body = await client.request(
+        "GET", "/hello?x=1", [("connection", "keep-alive, x-drop"), ("x-drop", "1")]
+    )
     assert resp.status_code == 200
     assert body == b"b0"
     assert header(resp, "server") == "envoy"
@@ -29,8 +31,10 @@ async def test_get_is_proxied_with_envoy_headers(nursery: trio.Nursery) -> None:
     assert rec.target == "/hello?x=1"
     assert rec.header("host") == "example.com"
     assert rec.header("x-forwarded-proto") == "http"
-    assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
-                        rec.header("x-request-id") or "")
+    assert re.fullmatch(
+        r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+        rec.header("x-request-id") or "",
+    )
     assert rec.header("x-envoy-expected-rq-timeout-ms") == "15000"
     assert rec.header("connection") is None  # hop-by-hop headers never cross
     assert rec.header("keep-alive") is None
@@ -178,7 +182,9 @@ async def test_ambiguous_framing_is_400_and_closed(nursery: trio.Nursery) -> Non
 
 async def test_long_uri_is_414(nursery: trio.Nursery) -> None:
     (backend,), proxy = await _setup(nursery)
-    out = await raw_exchange(proxy.port, b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\nhost: a\r\n\r\n")
+    out = await raw_exchange(
+        proxy.port, b"GET /" + b"a" * (17 * 1024) + b" HTTP/1.1\r\nhost: a\r\n\r\n"
+    )
     assert out.startswith(b"HTTP/1.1 414")
 
 
@@ -224,7 +230,9 @@ async def test_round_robin_spreads_over_hosts(nursery: trio.Nursery) -> None:
 async def test_large_response_streams_with_content_length(nursery: trio.Nursery) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
     backend = Backend()
-    backend.handler = lambda r: Reply(body=[payload[i : i + 65536] for i in range(0, len(payload), 65536)])
+    backend.handler = lambda r: Reply(
+        body=[payload[i : i + 65536] for i in range(0, len(payload), 65536)]
+    )
     await nursery.start(backend.serve)
     proxy = await start_proxy(nursery, simple_config([backend.port]))
     client = await Client.connect(proxy.port)

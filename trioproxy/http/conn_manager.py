@@ -129,7 +129,6 @@ class Http1Connection:
 
     # -- connection loop ------------------------------------------------------------------
     async def run(self) -> None:
-        cfg = self.cfg
         st = self.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1
@@ -218,8 +217,9 @@ class Http1Connection:
         self.stats.downstream_cx_protocol_error.value += 1
         if exc.status_hint == 431:
             self.stats.downstream_rq_too_large.value += 1
-        reply = LocalReply(exc.status_hint, b"Bad Request" if exc.status_hint == 400 else b"",
-                           details=exc.details)
+        reply = LocalReply(
+            exc.status_hint, b"Bad Request" if exc.status_hint == 400 else b"", details=exc.details
+        )
         await self._send_local_reply_raw(reply, False)
 
     async def _send_local_reply_raw(self, reply: LocalReply, head_only: bool) -> None:
@@ -301,7 +301,9 @@ class Http1Connection:
                 if type(result) is LocalReply:
                     if result is NO_ROUTE:
                         st.no_route.value += 1
-                    keep_alive = await self._write_local_reply(stream, result, head_only, keep_alive)
+                    keep_alive = await self._write_local_reply(
+                        stream, result, head_only, keep_alive
+                    )
                 else:
                     assert isinstance(result, Response)
                     response_started = True
@@ -421,8 +423,9 @@ class Http1Connection:
             if outcome is Outcome.REJECT:
                 return headers, LocalReply(400, b"", details="path_normalization_failed")
             if outcome is Outcome.REDIRECT:
-                return headers, LocalReply(307, b"", headers=(("location", new),),
-                                           details="path_normalization_redirect")
+                return headers, LocalReply(
+                    307, b"", headers=(("location", new),), details="path_normalization_redirect"
+                )
             if new != target:
                 headers.set(":path", new)
         if cfg.strip_port_mode and ":" in authority and not authority.endswith("]"):
@@ -537,14 +540,13 @@ class Http1Connection:
         body_iter = resp.body
         initial = resp.initial_body
         chunked = False
-        if not no_body:
-            if data_phases or "content-length" not in headers:
-                headers.remove("content-length")
-                if head.version == "1.1":
-                    headers.add("transfer-encoding", "chunked")
-                    chunked = True
-                else:
-                    keep_alive = False
+        if not no_body and (data_phases or "content-length" not in headers):
+            headers.remove("content-length")
+            if head.version == "1.1":
+                headers.add("transfer-encoding", "chunked")
+                chunked = True
+            else:
+                keep_alive = False
         if not keep_alive or self.conn.drain.draining:
             headers.set("connection", "close")
             keep_alive = False

@@ -87,7 +87,13 @@ class ListenerHttpStats(StatBlock):
 
 
 _SERVER_HEADER = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
-_UNSUPPORTED = ("rds", "scoped_routes", "upgrade_configs", "http2_protocol_options", "http3_protocol_options")
+_UNSUPPORTED = (
+    "rds",
+    "scoped_routes",
+    "upgrade_configs",
+    "http2_protocol_options",
+    "http3_protocol_options",
+)
 
 
 @attrs.frozen
@@ -195,7 +201,9 @@ class HcmConfig:
         per_route: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
         entries = d.get("http_filters", [])
         if not entries:
-            raise ConfigError("at least one HTTP filter (the router) is required", path="http_filters")
+            raise ConfigError(
+                "at least one HTTP filter (the router) is required", path="http_filters"
+            )
         for i, entry in enumerate(entries):
             try:
                 factory, raw = ctx.registry.http_filters.lookup(entry)
@@ -221,7 +229,9 @@ class HcmConfig:
             return conv(body)
 
         if "route_config" not in d:
-            raise ConfigError("route_config is required (rds is not supported yet)", path="route_config")
+            raise ConfigError(
+                "route_config is required (rds is not supported yet)", path="route_config"
+            )
         try:
             route_config = RouteConfiguration.from_proto(
                 d["route_config"], per_filter_config=convert_per_filter
@@ -274,8 +284,9 @@ class HcmConfig:
             normalize_path=d.get("normalize_path", True),
             merge_slashes=d.get("merge_slashes", True),
             escaped_slashes=EscapedSlashes(
-                d.get("path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT")
-                .replace("IMPLEMENTATION_SPECIFIC_DEFAULT", "UNESCAPE_AND_REDIRECT")
+                d.get("path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT").replace(
+                    "IMPLEMENTATION_SPECIFIC_DEFAULT", "UNESCAPE_AND_REDIRECT"
+                )
             ),
             strip_port_mode=strip,
             accept_http_10=h1opts.get("accept_http_10", False),
@@ -291,4 +302,4 @@ def _timeout(value: str | None, default: float) -> float | None:
     if value is None:
         return default
     seconds = duration(value, default)
-    return None if not seconds else seconds
+    return seconds or None

@@ -159,7 +159,9 @@ class HttpFilter:
 class TerminalFilter:
     """The last filter of a chain: turns the filtered request into a response."""
 
-    async def serve(self, stream: HttpStream, body: AsyncIterator[bytes] | None) -> Response | LocalReply:
+    async def serve(
+        self, stream: HttpStream, body: AsyncIterator[bytes] | None
+    ) -> Response | LocalReply:
         raise NotImplementedError
 
 

@@ -34,7 +34,7 @@ class Headers:
         return [v for k, v in self._items if k == name]
 
     def __contains__(self, name: object) -> bool:
-        for k, _ in self._items:
+        for k, _ in self._items:  # noqa: SIM110 - a plain loop is faster than any() here
             if k == name:
                 return True
         return False

@@ -13,11 +13,17 @@ from trioproxy.http.filter import LocalReply
 from trioproxy.http.headers import Headers
 
 NO_ROUTE = LocalReply(404, b"", details="route_not_found", flag="NR")
-NO_HEALTHY_UPSTREAM = LocalReply(503, b"no healthy upstream", details="no_healthy_upstream", flag="UH")
-UPSTREAM_TIMEOUT = LocalReply(504, b"upstream request timeout", details="upstream_response_timeout", flag="UT")
+NO_HEALTHY_UPSTREAM = LocalReply(
+    503, b"no healthy upstream", details="no_healthy_upstream", flag="UH"
+)
+UPSTREAM_TIMEOUT = LocalReply(
+    504, b"upstream request timeout", details="upstream_response_timeout", flag="UT"
+)
 OVERFLOW = LocalReply(
-    503, b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
-    details="upstream_reset_before_response_started{overflow}", flag="UO",
+    503,
+    b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
+    details="upstream_reset_before_response_started{overflow}",
+    flag="UO",
 )
 STREAM_TIMEOUT = LocalReply(408, b"stream timeout", details="stream_idle_timeout")
 HEADER_TIMEOUT = LocalReply(408, b"request header read timeout", details="request_header_timeout")
@@ -35,7 +41,9 @@ def http_date(now: float) -> str:
     return _date_cache[1]
 
 
-def reply_headers(reply: LocalReply, server_name: str, now: float, head_only: bool = False) -> Headers:
+def reply_headers(
+    reply: LocalReply, server_name: str, now: float, head_only: bool = False
+) -> Headers:
     h = Headers([(":status", str(reply.status))])
     items = h.items()
     if reply.body:

@@ -27,7 +27,10 @@ DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
 # Listener filters that are harmless no-ops while there is a single filter chain.
-_NOOP_LISTENER_FILTERS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
+_NOOP_LISTENER_FILTERS = (
+    "envoy.filters.listener.tls_inspector",
+    "envoy.filters.listener.http_inspector",
+)
 
 
 class ListenerStats(StatBlock):
@@ -82,7 +85,9 @@ class ListenerConfig:
             raise ConfigError("only socket_address listeners are supported", path="address")
         sa = addr["socket_address"]
         if sa.get("protocol", "TCP") != "TCP":
-            raise ConfigError("UDP listeners are not supported yet", path="address.socket_address.protocol")
+            raise ConfigError(
+                "UDP listeners are not supported yet", path="address.socket_address.protocol"
+            )
         try:
             host, port = socket_address(sa)
         except ConfigError as exc:
@@ -98,13 +103,16 @@ class ListenerConfig:
             chains.append(d["default_filter_chain"])
         if len(chains) != 1:
             raise ConfigError(
-                "exactly one filter chain is supported for now (filter-chain matching comes "
-                "later)" if chains else "a listener needs a filter chain",
+                "exactly one filter chain is supported for now (filter-chain matching comes later)"
+                if chains
+                else "a listener needs a filter chain",
                 path="filter_chains",
             )
         if chains[0].get("filter_chain_match"):
-            raise ConfigError("filter_chain_match is not supported yet",
-                              path="filter_chains[0].filter_chain_match")
+            raise ConfigError(
+                "filter_chain_match is not supported yet",
+                path="filter_chains[0].filter_chain_match",
+            )
         try:
             chain = _filter_chain(chains[0], ctx)
         except ConfigError as exc:

@@ -50,6 +50,7 @@ class Listener:
         self.sock = sock
         self.drain = Drain()
         self.active = 0
+        self._drained = trio.Event()
         self.port: int = sock.getsockname()[1]
 
     def __repr__(self) -> str:
@@ -83,6 +84,13 @@ class Listener:
                 self._close_socket()
         finally:
             self._close_socket()
+
+    async def wait_drained(self) -> None:
+        """Wait until a draining listener has no connection left."""
+        if self.active:
+            await self._drained.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     def _close_socket(self) -> None:
         if self.sock.fileno() != -1:
@@ -119,7 +127,7 @@ class Listener:
                     log.debug("TLS handshake failed from %s: %s", addr, exc)
                     return
                 tls_stats.handshake.value += 1
-                obj = ssl_stream._ssl_object  # noqa: SLF001 - trio exposes no public accessor
+                obj = ssl_stream._ssl_object
                 sni = getattr(obj, "server_hostname", None) or ""
                 alpn = ssl_stream.selected_alpn_protocol() or ""
                 version = ssl_stream.version()
@@ -152,6 +160,8 @@ class Listener:
             log.exception("connection from %s failed", addr)
         finally:
             self.active -= 1
+            if not self.active and self.drain.draining:
+                self._drained.set()
             stats.downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
             stats.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)

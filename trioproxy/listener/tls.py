@@ -69,14 +69,22 @@ def server_context(d: Mapping[str, Any], base_dir: str) -> ssl.SSLContext:
     ctx.options |= ssl.OP_NO_COMPRESSION
     params = common.get("tls_params", {})
     # Envoy's server defaults: TLS 1.2 to 1.3.
-    ctx.minimum_version = _VERSIONS.get(params.get("tls_minimum_protocol_version", "TLS_AUTO"))  or ssl.TLSVersion.TLSv1_2
-    ctx.maximum_version = _VERSIONS.get(params.get("tls_maximum_protocol_version", "TLS_AUTO")) or ssl.TLSVersion.TLSv1_3
+    ctx.minimum_version = (
+        _VERSIONS.get(params.get("tls_minimum_protocol_version", "TLS_AUTO"))
+        or ssl.TLSVersion.TLSv1_2
+    )
+    ctx.maximum_version = (
+        _VERSIONS.get(params.get("tls_maximum_protocol_version", "TLS_AUTO"))
+        or ssl.TLSVersion.TLSv1_3
+    )
     ciphers = params.get("cipher_suites")
     if ciphers:
         try:
             ctx.set_ciphers(":".join(c.strip("[]").replace("|", ":") for c in ciphers))
         except ssl.SSLError as exc:
-            raise ConfigError(f"invalid cipher suites: {exc}", path="common_tls_context.tls_params.cipher_suites") from exc
+            raise ConfigError(
+                f"invalid cipher suites: {exc}", path="common_tls_context.tls_params.cipher_suites"
+            ) from exc
     certs = common.get("tls_certificates", [])
     if not certs:
         raise ConfigError(

@@ -26,7 +26,8 @@ from trioproxy.http.h1.events import (
     ResponseHead,
 )
 
-_REQUEST_LINE: Final = re.compile(rb"([^ ]+) ([^ ]+) HTTP/([0-9]\.[0-9])")
+# As llhttp: runs of spaces between the parts, a target of visible ASCII only.
+_REQUEST_LINE: Final = re.compile(rb"([^ ]+) +([\x21-\x7e]+) +HTTP/([0-9]\.[0-9])")
 _STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?", re.S)
 _LAST_CHUNK: Final = re.compile(rb"0+(?:;[^\r\n]*)?\r\n")
 _BIG = 1 << 40
@@ -82,6 +83,10 @@ class _Base:
     def _prescan(self) -> Any:
         """Validate the head in h11's buffer: a head, NEED_DATA, or raise ProtocolError."""
         buf = self._conn.trailing_data[0]
+        if buf[:1] in (b"\r", b"\n"):
+            buf = buf.lstrip(b"\r\n")  # empty lines before a message are ignored, as llhttp does
+            if not buf:
+                return NEED_DATA
         end = buf.find(b"\r\n\r\n")
         line_end = buf.find(b"\r\n")
         if end < 0:
@@ -190,7 +195,7 @@ class ServerParser(_Base):
     _role = h11.SERVER
 
     def _check_partial_start(self, buf: bytes) -> None:
-        parts = buf.split(b" ", 2)
+        parts = buf.split(None, 2)
         if len(parts) >= 2 and len(parts[1]) > self._max_uri:
             raise common.uri_too_long()
 
@@ -199,7 +204,7 @@ class ServerParser(_Base):
         method = start.split(b" ", 1)[0].decode("latin-1")
         if method not in common.KNOWN_METHODS:
             raise common.error(f"invalid method {method!r}")
-        parts = start.split(b" ")
+        parts = start.split()
         if len(parts) > 1 and len(parts[1]) > self._max_uri:
             raise common.uri_too_long()
         if m is None:
