@@ -1,0 +1,529 @@
+"""Validate a raw config dict against Envoy's v3 schema and return its canonical proto-JSON form.
+
+The v3 API is loaded once from ``envoy_v3.pb`` (a FileDescriptorSet built by
+tools/build_descriptors.py) into a private ``DescriptorPool``. A hand-written walker goes over
+the raw dict guided by the message descriptors, so every error knows the exact field path:
+names are accepted as proto name or json_name and emitted as proto (snake_case) names; scalars
+are checked and normalised as proto-JSON prints them (int64/uint64 as strings, enums as names,
+durations like ``"0.250s"``, wrappers unwrapped, Struct/Value as plain JSON); ``Any`` is
+resolved through ``@type`` and walked recursively unless its URL is in ``opaque_types``.
+Scalars equal to their default are omitted unless the field tracks presence, as MessageToDict
+does. Then the protoc-gen-validate rules that reject configs in Envoy are enforced; they are
+read from the raw option bytes (extension 1071) and decoded as ``validate.*Rules`` messages of
+the same pool. Per-message tables are built lazily and cached.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from trioproxy.errors import ConfigError
+
+_PB = Path(__file__).with_name("envoy_v3.pb")
+_pool: descriptor_pool.DescriptorPool | None = None
+_DUR = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
+_INT_RANGE = {
+    FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1, "int32"),
+    FieldDescriptor.TYPE_SINT32: (-(2**31), 2**31 - 1, "int32"),
+    FieldDescriptor.TYPE_SFIXED32: (-(2**31), 2**31 - 1, "int32"),
+    FieldDescriptor.TYPE_UINT32: (0, 2**32 - 1, "uint32"),
+    FieldDescriptor.TYPE_FIXED32: (0, 2**32 - 1, "uint32"),
+    FieldDescriptor.TYPE_INT64: (-(2**63), 2**63 - 1, "int64"),
+    FieldDescriptor.TYPE_SINT64: (-(2**63), 2**63 - 1, "int64"),
+    FieldDescriptor.TYPE_SFIXED64: (-(2**63), 2**63 - 1, "int64"),
+    FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1, "uint64"),
+    FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1, "uint64"),
+}
+_AS_STRING = {"int64", "uint64"}
+_WRAPPERS = {
+    "google.protobuf." + n
+    for n in ["DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value", "BoolValue", "StringValue", "BytesValue"]
+}
+_JSON_ANY = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
+Locate = Callable[[str], "tuple[int, int] | None"]
+
+
+def pool() -> descriptor_pool.DescriptorPool:
+    """The private pool holding the Envoy v3 API (loaded on first use)."""
+    global _pool
+    if _pool is None:
+        fds = descriptor_pb2.FileDescriptorSet.FromString(_PB.read_bytes())
+        p = descriptor_pool.DescriptorPool()
+        for f in fds.file:
+            p.Add(f)
+        _pool = p
+    return _pool
+
+
+def _fail(reason: str, path: str) -> ConfigError:
+    return ConfigError(reason, path=path)
+
+
+# --- PGV rules -----------------------------------------------------------------------------
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    shift = result = 0
+    while True:
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, i
+        shift += 7
+
+
+def _ext_1071(options_bytes: bytes) -> bytes | int | None:
+    """The raw value of extension field 1071 in serialized options, if present."""
+    i, n = 0, len(options_bytes)
+    found: bytes | int | None = None
+    while i < n:
+        key, i = _varint(options_bytes, i)
+        num, wt = key >> 3, key & 7
+        if wt == 0:
+            v, i = _varint(options_bytes, i)
+            if num == 1071:
+                found = v
+        elif wt == 2:
+            ln, i = _varint(options_bytes, i)
+            if num == 1071:
+                found = options_bytes[i : i + ln]
+            i += ln
+        elif wt == 1:
+            i += 8
+        elif wt == 5:
+            i += 4
+        else:
+            break
+    return found
+
+
+_rules_cache: dict[str, Any] = {}
+
+
+def _field_rules(fd: FieldDescriptor) -> Any:
+    key = fd.full_name
+    if key in _rules_cache:
+        return _rules_cache[key]
+    rules = None
+    if fd.has_options:
+        raw = _ext_1071(fd.GetOptions().SerializeToString())
+        if isinstance(raw, bytes):
+            cls = message_factory.GetMessageClass(
+                pool().FindMessageTypeByName("validate.FieldRules")
+            )
+            rules = cls.FromString(raw)
+    _rules_cache[key] = rules
+    return rules
+
+
+def _oneof_required(od: Any) -> bool:
+    if not od.has_options:
+        return False
+    return _ext_1071(od.GetOptions().SerializeToString()) == 1
+
+
+def _dur_seconds(s: str) -> float:
+    m = _DUR.match(s)
+    assert m
+    v = int(m.group(2)) + int((m.group(3) or "0").ljust(9, "0")) / 1e9
+    return -v if m.group(1) else v
+
+
+def _num_rules(r: Any, v: float, path: str) -> None:
+    if r.HasField("const") and v != r.const:
+        raise _fail(f"value must equal {r.const}", path)
+    if r.HasField("lt") and not v < r.lt:
+        raise _fail(f"value must be less than {r.lt}", path)
+    if r.HasField("lte") and not v <= r.lte:
+        raise _fail(f"value must be less than or equal to {r.lte}", path)
+    if r.HasField("gt") and not v > r.gt:
+        raise _fail(f"value must be greater than {r.gt}", path)
+    if r.HasField("gte") and not v >= r.gte:
+        raise _fail(f"value must be greater than or equal to {r.gte}", path)
+    if len(r.__getattribute__("in")) and v not in r.__getattribute__("in"):
+        raise _fail(f"value must be in list {list(r.__getattribute__('in'))}", path)
+    if len(r.not_in) and v in r.not_in:
+        raise _fail(f"value must not be in list {list(r.not_in)}", path)
+
+
+def _check_value(rules: Any, value: Any, path: str) -> None:
+    """PGV rules of one (non-repeated) value, given in canonical form."""
+    kind = rules.WhichOneof("type")
+    if kind is None:
+        return
+    r = getattr(rules, kind)
+    if kind == "string":
+        n = len(value)
+        if r.HasField("min_len") and n < r.min_len:
+            raise _fail(f"value length must be at least {r.min_len} runes", path)
+        if r.HasField("max_len") and n > r.max_len:
+            raise _fail(f"value length must be at most {r.max_len} runes", path)
+        nb = len(value.encode("utf-8"))
+        if r.HasField("min_bytes") and nb < r.min_bytes:
+            raise _fail(f"value length must be at least {r.min_bytes} bytes", path)
+        if r.HasField("max_bytes") and nb > r.max_bytes:
+            raise _fail(f"value length must be at most {r.max_bytes} bytes", path)
+        if r.HasField("prefix") and not value.startswith(r.prefix):
+            raise _fail(f'value does not have prefix "{r.prefix}"', path)
+    elif kind in (
+        "uint32",
+        "uint64",
+        "int32",
+        "int64",
+        "sint32",
+        "sint64",
+        "fixed32",
+        "fixed64",
+        "sfixed32",
+        "sfixed64",
+        "double",
+        "float",
+    ):
+        _num_rules(r, float(value) if kind in ("double", "float") else int(value), path)
+    elif kind == "enum":
+        pass  # defined_only is enforced while converting (names only resolve if defined)
+    elif kind == "duration" and isinstance(value, str):
+        v = _dur_seconds(value)
+        for op, test, word in (
+            ("lt", lambda a, b: a < b, "less than"),
+            ("lte", lambda a, b: a <= b, "less than or equal to"),
+            ("gt", lambda a, b: a > b, "greater than"),
+            ("gte", lambda a, b: a >= b, "greater than or equal to"),
+        ):
+            if r.HasField(op):
+                lim = getattr(r, op)
+                limit = lim.seconds + lim.nanos / 1e9
+                if not test(v, limit):
+                    raise _fail(f"value must be {word} {_fmt_dur(lim.seconds, lim.nanos)}", path)
+    elif kind == "any" and isinstance(value, dict):
+        allowed = list(r.__getattribute__("in"))
+        if allowed and value.get("@type") not in allowed:
+            raise _fail(f"type URL must be in list {allowed}", path)
+    elif kind == "bytes":
+        if r.HasField("min_len") and len(base64.b64decode(value)) < r.min_len:
+            raise _fail(f"value length must be at least {r.min_len} bytes", path)
+
+
+def _fmt_dur(seconds: int, nanos: int) -> str:
+    if nanos == 0:
+        return f"{seconds}s"
+    frac = f"{nanos:09d}"
+    if nanos % 1_000_000 == 0:
+        frac = frac[:3]
+    elif nanos % 1000 == 0:
+        frac = frac[:6]
+    return f"{seconds}.{frac}s"
+
+
+def _required(rules: Any) -> bool:
+    kind = rules.WhichOneof("type") if rules is not None else None
+    if rules is not None and rules.HasField("message") and rules.message.required:
+        return True
+    if kind in ("duration", "timestamp", "any"):
+        return bool(getattr(rules, kind).required)
+    return False
+
+
+# --- the walker ----------------------------------------------------------------------------
+
+
+class _Msg:
+    """Per-message lookup table built once."""
+
+    __slots__ = ("by_name", "required", "oneofs_required", "checked")
+
+    def __init__(self, md: Descriptor) -> None:
+        self.by_name: dict[str, FieldDescriptor] = {}
+        for f in md.fields:
+            self.by_name[f.name] = f
+            self.by_name[f.json_name] = f
+        self.required = [
+            f for f in md.fields if f.containing_oneof is None and _required(_field_rules(f))
+        ]
+        self.oneofs_required = [o for o in md.oneofs if _oneof_required(o)]
+        self.checked = [
+            (f, r)
+            for f in md.fields
+            if (r := _field_rules(f)) is not None and not _only_required(r)
+        ]
+
+
+def _only_required(r: Any) -> bool:
+    return r.WhichOneof("type") is None
+
+
+_msgs: dict[str, _Msg] = {}
+
+
+def _table(md: Descriptor) -> _Msg:
+    t = _msgs.get(md.full_name)
+    if t is None:
+        t = _msgs[md.full_name] = _Msg(md)
+    return t
+
+
+class _Walker:
+    def __init__(self, opaque: Collection[str]) -> None:
+        self.opaque = opaque
+
+    def message(self, md: Descriptor, raw: Any, path: str) -> Any:
+        name = md.full_name
+        if name.startswith("google.protobuf."):
+            special = self.wkt(name, md, raw, path)
+            if special is not _NOT_WKT:
+                return special
+        if not isinstance(raw, Mapping):
+            raise _fail(f"expected an object for {name}", path)
+        if name == "google.protobuf.Any":
+            return self.any(raw, path)
+        table = _table(md)
+        out: dict[str, Any] = {}
+        for key, value in raw.items():
+            if not isinstance(key, str):
+                raise _fail(f"field names must be strings, got {key!r}", path)
+            fd = table.by_name.get(key)
+            sub = f"{path}.{key}" if path else key
+            if fd is None:
+                raise _fail(f"no such field in {name}", sub)
+            sub = f"{path}.{fd.name}" if path else fd.name
+            if fd.name in out:
+                raise _fail("field given twice (as proto and JSON name)", sub)
+            if value is None:
+                continue
+            conv = self.field(fd, value, sub)
+            if conv is not _OMIT:
+                out[fd.name] = conv
+        for o in md.oneofs:
+            present = [f.name for f in o.fields if f.name in out]
+            if len(present) > 1:
+                raise _fail(f"multiple values for oneof {o.name}: {', '.join(present)}", path)
+        for o in table.oneofs_required:
+            if not any(f.name in out for f in o.fields):
+                raise _fail(f"value is required (oneof {o.name})", path)
+        for fd in table.required:
+            if fd.name not in out:
+                raise _fail("value is required", f"{path}.{fd.name}" if path else fd.name)
+        for fd, rules in table.checked:
+            if fd.name in out:
+                self.rules(fd, rules, out[fd.name], f"{path}.{fd.name}" if path else fd.name)
+        return out
+
+    def rules(self, fd: FieldDescriptor, rules: Any, value: Any, path: str) -> None:
+        kind = rules.WhichOneof("type")
+        if kind == "repeated":
+            r = rules.repeated
+            if r.HasField("min_items") and len(value) < r.min_items:
+                raise _fail(f"value must contain at least {r.min_items} item(s)", path)
+            if r.HasField("max_items") and len(value) > r.max_items:
+                raise _fail(f"value must contain no more than {r.max_items} item(s)", path)
+            if r.HasField("items"):
+                for i, v in enumerate(value):
+                    if r.items.HasField("message") and r.items.message.skip:
+                        break
+                    _check_value(r.items, v, f"{path}[{i}]")
+        elif kind == "map":
+            r = rules.map
+            if r.HasField("min_pairs") and len(value) < r.min_pairs:
+                raise _fail(f"value must contain at least {r.min_pairs} pair(s)", path)
+        elif not fd.is_repeated:
+            _check_value(rules, value, path)
+
+    def field(self, fd: FieldDescriptor, value: Any, path: str) -> Any:
+        if fd.is_repeated:
+            mt = fd.message_type
+            if mt is not None and mt.GetOptions().map_entry:
+                if not isinstance(value, Mapping):
+                    raise _fail("expected an object (map)", path)
+                kf, vf = mt.fields_by_name["key"], mt.fields_by_name["value"]
+                out_map: dict[str, Any] = {}
+                for k, v in value.items():
+                    ks = str(k).lower() if isinstance(k, bool) else str(k)
+                    self.scalar(kf, ks if kf.type == FieldDescriptor.TYPE_STRING else k, path)
+                    cv = self.single(vf, v, f"{path}.{ks}")
+                    out_map[ks] = self.default_for(vf) if cv is _OMIT else cv
+                return out_map if out_map else _OMIT
+            if not isinstance(value, list):
+                raise _fail("expected a list", path)
+            items = []
+            for i, v in enumerate(value):
+                cv = self.single(fd, v, f"{path}[{i}]")
+                items.append(self.default_for(fd) if cv is _OMIT else cv)
+            return items if items else _OMIT
+        cv = self.single(fd, value, path)
+        if cv is _OMIT and (fd.containing_oneof is not None or fd.has_presence):
+            return self.default_for(fd)
+        return cv
+
+    def default_for(self, fd: FieldDescriptor) -> Any:
+        if fd.type == FieldDescriptor.TYPE_ENUM:
+            return fd.enum_type.values[0].name
+        if fd.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+            return ""
+        if fd.type == FieldDescriptor.TYPE_BOOL:
+            return False
+        if _INT_RANGE.get(fd.type, (0, 0, ""))[2] in _AS_STRING:
+            return "0"
+        return 0
+
+    def single(self, fd: FieldDescriptor, value: Any, path: str) -> Any:
+        if fd.type == FieldDescriptor.TYPE_MESSAGE or fd.type == FieldDescriptor.TYPE_GROUP:
+            return self.message(fd.message_type, value, path)
+        return self.scalar(fd, value, path)
+
+    def scalar(self, fd: FieldDescriptor, value: Any, path: str) -> Any:
+        t = fd.type
+        if t == FieldDescriptor.TYPE_STRING:
+            if not isinstance(value, str):
+                raise _fail("expected a string", path)
+            return value if value else _OMIT
+        if t == FieldDescriptor.TYPE_BOOL:
+            if not isinstance(value, bool):
+                raise _fail("expected a boolean", path)
+            return value if value else _OMIT
+        if t == FieldDescriptor.TYPE_ENUM:
+            et = fd.enum_type
+            if isinstance(value, str):
+                ev = et.values_by_name.get(value)
+                if ev is None:
+                    raise _fail(f"invalid enum value {value!r} for {et.full_name}", path)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                ev = et.values_by_number.get(value)
+                if ev is None:
+                    raise _fail(f"invalid enum value {value} for {et.full_name}", path)
+            else:
+                raise _fail(f"invalid enum value {value!r} for {et.full_name}", path)
+            return ev.name if ev.number != 0 else _OMIT
+        if t == FieldDescriptor.TYPE_BYTES:
+            if not isinstance(value, str):
+                raise _fail("expected a base64 string", path)
+            try:
+                base64.b64decode(value + "=" * (-len(value) % 4), altchars=None, validate=False)
+            except ValueError:
+                raise _fail("invalid base64", path) from None
+            return value if value else _OMIT
+        if t in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            if isinstance(value, bool):
+                raise _fail("expected a number", path)
+            if isinstance(value, str):
+                if value in ("NaN", "Infinity", "-Infinity"):
+                    return value
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise _fail("expected a number", path) from None
+            if not isinstance(value, (int, float)):
+                raise _fail("expected a number", path)
+            if isinstance(value, float) and math.isnan(value):
+                return "NaN"
+            return value if value else _OMIT
+        lo, hi, tname = _INT_RANGE[t]
+        if isinstance(value, bool):
+            raise _fail(f"invalid value for {tname}", path)
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise _fail(f"invalid value {value!r} for {tname}", path) from None
+        elif isinstance(value, float):
+            if not value.is_integer():
+                raise _fail(f"invalid value {value!r} for {tname}", path)
+            value = int(value)
+        elif not isinstance(value, int):
+            raise _fail(f"invalid value {value!r} for {tname}", path)
+        if not lo <= value <= hi:
+            raise _fail(f"value {value} out of range for {tname}", path)
+        if not value:
+            return _OMIT
+        return str(value) if tname in _AS_STRING else value
+
+    def wkt(self, name: str, md: Descriptor, raw: Any, path: str) -> Any:
+        if name == "google.protobuf.Duration":
+            if not isinstance(raw, str):
+                raise _fail('invalid duration: expected a string like "5s"', path)
+            m = _DUR.match(raw)
+            if not m:
+                raise _fail(f"invalid duration {raw!r}", path)
+            secs, frac = int(m.group(2)), (m.group(3) or "").ljust(9, "0")
+            if secs > 315_576_000_000:
+                raise _fail(f"invalid duration {raw!r}: out of range", path)
+            s = _fmt_dur(secs, int(frac))
+            return "-" + s if m.group(1) and (secs or int(frac)) else s
+        if name in _WRAPPERS:
+            return self.scalar(md.fields_by_name["value"], raw, path) if raw is not None else _OMIT
+        if name in _JSON_ANY:
+            if name == "google.protobuf.Struct" and not isinstance(raw, Mapping):
+                raise _fail("expected an object", path)
+            if name == "google.protobuf.ListValue" and not isinstance(raw, list):
+                raise _fail("expected a list", path)
+            return raw
+        if name == "google.protobuf.Timestamp" or name == "google.protobuf.FieldMask":
+            if not isinstance(raw, str):
+                raise _fail("expected a string", path)
+            return raw
+        return _NOT_WKT
+
+    def any(self, raw: Mapping[str, Any], path: str) -> Any:
+        url = raw.get("@type")
+        tpath = f"{path}.@type" if path else "@type"
+        if not isinstance(url, str) or not url:
+            raise _fail("Any without @type", tpath)
+        type_name = url.rsplit("/", 1)[-1]
+        try:
+            md = pool().FindMessageTypeByName(type_name)
+        except KeyError:
+            if url in self.opaque or type_name in self.opaque:
+                return dict(raw)
+            raise _fail(f"unknown type URL {url!r}", tpath) from None
+        if (
+            md.full_name in _JSON_ANY
+            or md.full_name in _WRAPPERS
+            or md.full_name
+            in (
+                "google.protobuf.Duration",
+                "google.protobuf.Timestamp",
+                "google.protobuf.FieldMask",
+            )
+        ):
+            return {"@type": url, "value": self.message(md, raw.get("value"), f"{path}.value")}
+        body = {k: v for k, v in raw.items() if k != "@type"}
+        out = self.message(md, body, path)
+        return {"@type": url, **out}
+
+
+_OMIT: Any = object()
+_NOT_WKT: Any = object()
+
+
+def canonicalize(
+    type_name: str,
+    raw: Mapping[str, Any],
+    *,
+    opaque_types: Collection[str] = (),
+    locate: Locate | None = None,
+) -> dict[str, Any]:
+    """Validate ``raw`` as message ``type_name``; return the canonical proto-JSON dict."""
+    try:
+        md = pool().FindMessageTypeByName(type_name)
+    except KeyError:
+        raise ConfigError(f"unknown message type {type_name}") from None
+    try:
+        out = _Walker(opaque_types).message(md, raw, "")
+    except ConfigError as exc:
+        if locate is not None and exc.line is None and exc.path:
+            where = locate(exc.path)
+            if where is not None:
+                raise ConfigError(
+                    exc.reason, path=exc.path, line=where[0], column=where[1], source=exc.source
+                ) from None
+        raise
+    assert isinstance(out, dict)
+    return out
