@@ -2,9 +2,7 @@
 
 Hypothesis builds valid and near-valid messages (framing header combinations, bad bytes in
 the head, bad chunk sizes, pipelining) and feeds them to both backends in the same random
-splits, bad trailers included.  Known gaps are not generated: repeated spaces in the request
-line (llhttp accepts, h11 rejects) and whitespace after a chunk size (llhttp rejects, h11
-accepts).
+splits, bad chunk lines and trailers included.
 """
 
 from __future__ import annotations
@@ -19,7 +17,11 @@ from trioproxy.http import h1
 from .helpers import run, split
 
 METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "FOO"])
-TARGETS = st.sampled_from(["/", "/a/b?c=d", "*", "/%20x", "http://h/p"])
+TARGETS = st.sampled_from(
+    ["/", "/a/b?c=d", "*", "/%20x", "http://h/p", "/<{|}>", "/a\tb", "/\xff", "/\x7f", "/#f"]
+)
+SPACES = st.sampled_from([" ", " ", "  "])
+LEADING = st.sampled_from([b"", b"", b"\r\n", b"\n"])
 NAMES = st.sampled_from(["host", "X-Thing", "accept", "Connection", "Expect", "upgrade", "a_b"])
 VALUES = st.sampled_from(
     [
@@ -55,7 +57,7 @@ def body_and_framing(draw: Any, version: str) -> tuple[list[tuple[str, str]], by
     if kind == "te-other":
         return [("Transfer-Encoding", draw(TE))], b"0\r\n\r\n"
     n = len(body)
-    size = draw(st.sampled_from([f"{n:x}", f"{n:X}", "zz", f"{n:x};e=1"]))
+    size = draw(st.sampled_from([f"{n:x}", f"{n:X}", "zz", f"{n:x};e=1", f"{n:x} ", f"0{n:x}"]))
     chunked = (size.encode() + b"\r\n" + body + b"\r\n") if body else b""
     trailer = draw(
         st.sampled_from(
@@ -76,7 +78,9 @@ def body_and_framing(draw: Any, version: str) -> tuple[list[tuple[str, str]], by
 @st.composite
 def request(draw: Any) -> bytes:
     version = draw(st.sampled_from(["1.1", "1.1", "1.0"]))
-    line = f"{draw(METHODS)} {draw(TARGETS)} HTTP/{version}\r\n".encode()
+    sp1, sp2 = draw(SPACES), draw(SPACES)
+    line = f"{draw(METHODS)}{sp1}{draw(TARGETS)}{sp2}HTTP/{version}\r\n".encode("latin-1")
+    line = draw(LEADING) + line
     headers = draw(st.lists(st.tuples(NAMES, VALUES), max_size=4))
     framing, body = draw(body_and_framing(version))
     headers += framing

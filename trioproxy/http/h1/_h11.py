@@ -30,6 +30,7 @@ from trioproxy.http.h1.events import (
 _REQUEST_LINE: Final = re.compile(rb"([^ ]+) +([\x21-\x7e]+) +HTTP/([0-9]\.[0-9])")
 _STATUS_LINE: Final = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (.*))?", re.S)
 _LAST_CHUNK: Final = re.compile(rb"0+(?:;[^\r\n]*)?\r\n")
+_CHUNK_LINE: Final = re.compile(rb"[0-9A-Fa-f]+(?:;[^\r\n]*)?")
 _BIG = 1 << 40
 _EOF_MESSAGES = ("peer closed", "peer unexpectedly closed")
 
@@ -147,7 +148,8 @@ class _Base:
         raise NotImplementedError
 
     def _check_trailers(self) -> None:
-        """Hold trailers to the head grammar; h11 folds obs-fold and takes bare LF there.
+        """Hold chunk lines and trailers to llhttp's grammar (h11 takes OWS after a chunk
+        size, folds obs-fold and takes bare LF in trailers).
 
         Peeks at h11's chunked reader (private state, read defensively): at a chunk boundary
         a zero-size chunk line means the trailer block follows.
@@ -162,6 +164,9 @@ class _Base:
                 return
             buf = buf[len(discard) :]
         if not getattr(reader, "_reading_trailer", False):
+            line_end = buf.find(b"\r\n")
+            if line_end >= 0 and _CHUNK_LINE.fullmatch(buf, 0, line_end) is None:
+                raise common.error("invalid chunk size line")  # h11 allows OWS; llhttp not
             m = _LAST_CHUNK.match(buf)
             if m is None:
                 return
