@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from trioproxy.errors import ProtocolError
 from trioproxy.http import h1
 
 from .helpers import BACKENDS, parse_requests, run, split
@@ -215,7 +216,7 @@ def test_hygiene_small_reads(codec: str, raw: bytes, status: int) -> None:
 def test_error_carries_details_and_close(codec: str) -> None:
     p = h1.make_server_parser(codec)
     p.feed(b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(101)) + b"\r\n")
-    with pytest.raises(h1.ProtocolError if hasattr(h1, "ProtocolError") else Exception) as info:
+    with pytest.raises(ProtocolError) as info:
         p.next_event()
     exc = info.value
     assert exc.status_hint == 431 and exc.close and exc.details.startswith("http1.")
