@@ -45,7 +45,17 @@ _INT_RANGE = {
 _AS_STRING = {"int64", "uint64"}
 _WRAPPERS = {
     "google.protobuf." + n
-    for n in ["DoubleValue", "FloatValue", "Int64Value", "UInt64Value", "Int32Value", "UInt32Value", "BoolValue", "StringValue", "BytesValue"]
+    for n in [
+        "DoubleValue",
+        "FloatValue",
+        "Int64Value",
+        "UInt64Value",
+        "Int32Value",
+        "UInt32Value",
+        "BoolValue",
+        "StringValue",
+        "BytesValue",
+    ]
 }
 _JSON_ANY = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue"}
 Locate = Callable[[str], "tuple[int, int] | None"]
@@ -164,9 +174,9 @@ def _check_value(rules: Any, value: Any, path: str) -> None:
     if kind == "string":
         n = len(value)
         if r.HasField("min_len") and n < r.min_len:
-            raise _fail(f"value length must be at least {r.min_len} runes", path)
+            raise _fail(f"value length must be at least {r.min_len} characters", path)
         if r.HasField("max_len") and n > r.max_len:
-            raise _fail(f"value length must be at most {r.max_len} runes", path)
+            raise _fail(f"value length must be at most {r.max_len} characters", path)
         nb = len(value.encode("utf-8"))
         if r.HasField("min_bytes") and nb < r.min_bytes:
             raise _fail(f"value length must be at least {r.min_bytes} bytes", path)
@@ -257,6 +267,20 @@ class _Msg:
         ]
 
 
+def _checks_default(fd: FieldDescriptor) -> bool:
+    return (
+        not fd.is_repeated
+        and fd.containing_oneof is None
+        and fd.type != FieldDescriptor.TYPE_MESSAGE
+        and not fd.has_presence
+    )
+
+
+def _is_map(fd: FieldDescriptor) -> bool:
+    mt = fd.message_type
+    return mt is not None and mt.GetOptions().map_entry
+
+
 def _only_required(r: Any) -> bool:
     return r.WhichOneof("type") is None
 
@@ -313,7 +337,13 @@ class _Walker:
             if fd.name not in out:
                 raise _fail("value is required", f"{path}.{fd.name}" if path else fd.name)
         for fd, rules in table.checked:
-            if fd.name in out:
+            if fd.name not in out and _checks_default(fd):
+                _check_value(rules, self.default_for(fd), f"{path}.{fd.name}" if path else fd.name)
+            elif fd.name not in out and fd.is_repeated:
+                self.rules(
+                    fd, rules, {} if _is_map(fd) else [], f"{path}.{fd.name}" if path else fd.name
+                )
+            elif fd.name in out:
                 self.rules(fd, rules, out[fd.name], f"{path}.{fd.name}" if path else fd.name)
         return out
 

@@ -93,7 +93,7 @@ def socket_address(d: Mapping[str, Any]) -> tuple[str, int]:
     """envoy.config.core.v3.SocketAddress → (address, port)."""
     addr = d.get("address")
     if not addr:
-        raise ConfigError("value length must be at least 1 runes", path="address")
+        raise ConfigError("value length must be at least 1 characters", path="address")
     if "named_port" in d:
         raise ConfigError("named ports are not supported", path="named_port")
     port = uint(d.get("port_value"), 0)

