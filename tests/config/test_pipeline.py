@@ -31,7 +31,7 @@ static_resources:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": HCM_URL
           stat_prefix: ingress
           http_filters:
           - name: envoy.filters.http.router
@@ -55,7 +55,11 @@ static_resources:
         - endpoint:
             address:
               socket_address: {address: 127.0.0.1, port_value: 8080}
-"""
+""".replace(
+    "HCM_URL",
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager",
+)
 
 BAD = [
     (

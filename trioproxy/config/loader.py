@@ -74,18 +74,18 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, source: str) -> tuple[Any
         for knode, _ in node.value:
             if knode.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = loader.construct_object(knode, deep=True)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(knode, deep=True)
             if key in seen:
                 m = knode.start_mark
                 raise ConfigError(
                     f"duplicate key {key!r}", line=m.line + 1, column=m.column + 1, source=source
                 )
             seen[key] = knode
-        loader.flatten_mapping(node)  # type: ignore[no-untyped-call]
+        loader.flatten_mapping(node)
         data: dict[Any, Any] = {}
         pos: dict[Any, _Pos] = {}
         for knode, vnode in node.value:
-            key = loader.construct_object(knode, deep=True)  # type: ignore[no-untyped-call]
+            key = loader.construct_object(knode, deep=True)
             if isinstance(key, (list, dict)):
                 raise ConfigError("mapping keys must be scalars", source=source)
             value, child = _convert(loader, vnode, source)
@@ -102,14 +102,14 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, source: str) -> tuple[Any
             m = item.start_mark
             ipos.append((m.line + 1, m.column + 1, child))
         return items, ipos
-    return loader.construct_object(node, deep=True), None  # type: ignore[no-untyped-call]
+    return loader.construct_object(node, deep=True), None
 
 
 def load_text(text: str, source: str = "<config-yaml>") -> Document:
     """Parse YAML or JSON ``text``; errors carry line/column of the offending spot."""
     loader = yaml.SafeLoader(text)
     try:
-        node = loader.get_single_node()  # type: ignore[no-untyped-call]
+        node = loader.get_single_node()
         if node is None:
             return Document({}, {}, source)
         data, pos = _convert(loader, node, source)
@@ -124,7 +124,7 @@ def load_text(text: str, source: str = "<config-yaml>") -> Document:
     except yaml.YAMLError as exc:
         raise ConfigError(f"unable to parse YAML: {exc}", source=source) from None
     finally:
-        loader.dispose()  # type: ignore[no-untyped-call]
+        loader.dispose()
     if data is None:
         data, pos = {}, {}
     return Document(data, pos, source)

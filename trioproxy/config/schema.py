@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import math
+import operator
 import re
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
@@ -204,10 +205,10 @@ def _check_value(rules: Any, value: Any, path: str) -> None:
     elif kind == "duration" and isinstance(value, str):
         v = _dur_seconds(value)
         for op, test, word in (
-            ("lt", lambda a, b: a < b, "less than"),
-            ("lte", lambda a, b: a <= b, "less than or equal to"),
-            ("gt", lambda a, b: a > b, "greater than"),
-            ("gte", lambda a, b: a >= b, "greater than or equal to"),
+            ("lt", operator.lt, "less than"),
+            ("lte", operator.le, "less than or equal to"),
+            ("gt", operator.gt, "greater than"),
+            ("gte", operator.ge, "greater than or equal to"),
         ):
             if r.HasField(op):
                 lim = getattr(r, op)
@@ -218,9 +219,8 @@ def _check_value(rules: Any, value: Any, path: str) -> None:
         allowed = list(r.__getattribute__("in"))
         if allowed and value.get("@type") not in allowed:
             raise _fail(f"type URL must be in list {allowed}", path)
-    elif kind == "bytes":
-        if r.HasField("min_len") and len(base64.b64decode(value)) < r.min_len:
-            raise _fail(f"value length must be at least {r.min_len} bytes", path)
+    elif kind == "bytes" and r.HasField("min_len") and len(base64.b64decode(value)) < r.min_len:
+        raise _fail(f"value length must be at least {r.min_len} bytes", path)
 
 
 def _fmt_dur(seconds: int, nanos: int) -> str:
