@@ -212,6 +212,15 @@ class Server:
         self.stats.concurrency.set(1)
         self.stats.version.set(0)
         self.stats.hot_restart_epoch.set(0)
+        try:
+            await self._run(task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await built.cluster_manager.aclose()
+                flush_all()
+
+    async def _run(self, task_status: trio.TaskStatus[Sequence[int]]) -> None:
+        built = self.built
         async with trio.open_nursery() as root:
             self._nursery = root
             self.state = "INITIALIZING"
@@ -247,8 +256,6 @@ class Server:
             await self._shutdown.wait()
             await self._drain()
             root.cancel_scope.cancel()
-        await built.cluster_manager.aclose()
-        flush_all()
 
     async def _drain(self) -> None:
         self.state = "DRAINING"

@@ -93,7 +93,7 @@ def test_three_requests_show_three_colours(demo: tuple[int, int]) -> None:
     for _ in range(3):
         r = _curl("-k", "-D", "-", f"https://127.0.0.1:{listen}/service")
         assert r.returncode == 0, r.stderr
-        head, _, body = r.stdout.partition("\r\n\r\n")
+        head, _, body = r.stdout.partition("\n\n")
         assert head.startswith("HTTP/1.1 200")
         assert "server: envoy" in head.lower()
         assert "x-envoy-upstream-service-time" in head.lower()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -99,11 +97,12 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             data += chunk
         assert data.startswith(b"HTTP/1.1 200")
         assert b"connection: close" in data.lower()
-        assert proc.wait(timeout=15) == 0
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+        conn.close()
+        client.close()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         upstream.close()
-        _ = textwrap
-        _ = os

@@ -281,8 +281,14 @@ class Http1Connection:
         if head.content_length in (None, 0) and not head.chunked:
             info.last_downstream_rx = t0
         self._body_done = head.content_length in (None, 0) and not head.chunked
+        if self._body_done:
+            # The parser has the (empty) message's end in hand already: consume it.
+            self.parser.next_event()
         self._continue_pending = head.expect_continue and not self._body_done
         headers, reject = self._request_headers(head)
+        if head.expect_continue:
+            # The proxy answers 100-continue itself (Envoy's default, proxy_100_continue off).
+            headers.remove("expect")
         info.request_headers = headers
         stream = HttpStream(request_headers=headers, info=info, connection=conn_info)
         stream._router = self._route_fn

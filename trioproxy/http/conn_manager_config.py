@@ -19,7 +19,7 @@ from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
 from trioproxy.http.path import EscapedSlashes
-from trioproxy.http.routing import RouteConfiguration
+from trioproxy.http.route_table import RouteConfiguration
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
 
 log = logging.getLogger(__name__)

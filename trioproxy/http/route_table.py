@@ -1,0 +1,595 @@
+"""Envoy's route table (``envoy.config.route.v3.RouteConfiguration``), sans-IO.
+
+Theory of operation
+-------------------
+``RouteConfiguration.route(headers, random_value)`` picks the virtual host from
+``:authority``, then the first route whose match accepts the request, and returns that
+``Route`` (or ``None``). Everything is compiled at config time: exact domains live in a dict,
+wildcard domains in lists sorted longest first, and each route's match is a tuple of small
+predicates over the path (without query) and headers.
+
+Virtual host selection follows Envoy: exact domain, then the longest ``*suffix`` wildcard, then
+the longest ``prefix*`` wildcard, then ``*``; case-insensitive; a port in the authority is part
+of the name unless ``ignore_port_in_host_matching`` is set.
+
+A ``Route`` carries what the router and the connection manager need: its action (cluster
+choice, direct response or redirect), the timeout, path and host rewrites, and the header
+mutations of route, virtual host and route configuration in Envoy's order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
+
+import attrs
+
+from trioproxy.config.types import data_source, duration, fractional_percent
+from trioproxy.errors import ConfigError
+from trioproxy.http.headers import Headers
+from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
+from trioproxy.http.stream_info import StreamInfo
+
+PerFilterConverter = Callable[[str, Mapping[str, Any]], Any]
+
+_REDIRECT_CODES = {
+    "MOVED_PERMANENTLY": 301,
+    "FOUND": 302,
+    "SEE_OTHER": 303,
+    "TEMPORARY_REDIRECT": 307,
+    "PERMANENT_REDIRECT": 308,
+}
+_NOT_FOUND_CODES = {"SERVICE_UNAVAILABLE": 503, "NOT_FOUND": 404, "INTERNAL_SERVER_ERROR": 500}
+_DEFAULT_TIMEOUT = 15.0
+
+
+# -- header mutations ------------------------------------------------------------------------
+
+
+@attrs.frozen
+class HeaderMutations:
+    """``*_headers_to_add`` / ``*_headers_to_remove`` of one level."""
+
+    add: tuple[tuple[str, str, str, bool], ...] = ()  # (name, value, append_action, keep_empty)
+    remove: tuple[str, ...] = ()
+    formatters: Mapping[str, Any] = attrs.field(factory=dict)  # value → compiled formatter
+
+    @classmethod
+    def from_proto(cls, adds: Sequence[Mapping[str, Any]], removes: Sequence[str],
+                   path: str) -> HeaderMutations:
+        from trioproxy.accesslog.format import TextFormatter
+
+        out = []
+        formatters: dict[str, Any] = {}
+        for i, opt in enumerate(adds):
+            hdr = opt.get("header", {})
+            name = str(hdr.get("key", "")).lower()
+            if not name:
+                raise ConfigError("header key must not be empty", path=f"{path}[{i}].header.key")
+            value = str(hdr.get("value", ""))
+            action = opt.get("append_action", "APPEND_IF_EXISTS_OR_ADD")
+            if "append" in opt:
+                app = opt["append"]
+                app = app.get("value", True) if isinstance(app, Mapping) else app
+                action = "APPEND_IF_EXISTS_OR_ADD" if app else "OVERWRITE_IF_EXISTS_OR_ADD"
+            if "%" in value and value not in formatters:
+                try:
+                    formatters[value] = TextFormatter(value)
+                except ConfigError as exc:
+                    raise exc.at(f"{path}[{i}].header.value") from None
+            out.append((name, value, action, bool(opt.get("keep_empty_value", False))))
+        return cls(tuple(out), tuple(str(r).lower() for r in removes), formatters)
+
+    def apply(self, headers: Headers, info: StreamInfo | None) -> None:
+        for name in self.remove:
+            headers.remove(name)
+        for name, value, action, keep_empty in self.add:
+            fmt = self.formatters.get(value)
+            if fmt is not None and info is not None:
+                value = fmt.format(info)
+                if value == "-":
+                    value = ""
+            if not value and not keep_empty:
+                continue
+            if action == "APPEND_IF_EXISTS_OR_ADD":
+                headers.add(name, value)
+            elif action == "ADD_IF_ABSENT":
+                if name not in headers:
+                    headers.add(name, value)
+            elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
+                headers.set(name, value)
+            elif action == "OVERWRITE_IF_EXISTS" and name in headers:
+                headers.set(name, value)
+
+    @property
+    def empty(self) -> bool:
+        return not self.add and not self.remove
+
+
+def _mutations(d: Mapping[str, Any], kind: str) -> HeaderMutations:
+    return HeaderMutations.from_proto(
+        d.get(f"{kind}_headers_to_add", ()), d.get(f"{kind}_headers_to_remove", ()),
+        f"{kind}_headers_to_add",
+    )
+
+
+def _per_filter(d: Mapping[str, Any], conv: PerFilterConverter | None) -> Mapping[str, Any]:
+    raw = d.get("typed_per_filter_config", {})
+    if not raw:
+        return {}
+    out = {}
+    for name, cfg in raw.items():
+        try:
+            out[name] = conv(name, cfg) if conv else cfg
+        except ConfigError as exc:
+            raise exc.at(f"typed_per_filter_config.{name}") from None
+    return out
+
+
+# -- actions ---------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DirectResponse:
+    status: int
+    body: bytes
+
+
+@attrs.frozen
+class Redirect:
+    response_code: int
+    scheme: str | None
+    host: str | None
+    port: int | None
+    path: str | None
+    prefix_rewrite: str | None
+    regex: tuple[re.Pattern[str], str] | None
+    strip_query: bool
+    matched_prefix: str | None  # for prefix_rewrite: the route's prefix
+
+    def location(self, headers: Headers) -> str:
+        orig_scheme = headers.get("x-forwarded-proto") or headers.get(":scheme") or "http"
+        scheme = self.scheme or orig_scheme
+        authority = headers.get(":authority") or ""
+        host, port = _split_authority(authority)
+        if self.host is not None:
+            host = self.host
+        if self.port is not None:
+            port = str(self.port) if self.port else ""
+        elif self.scheme and self.scheme != orig_scheme and port in ("80", "443"):
+            port = ""  # the default port of the old scheme goes with it
+        full = headers.get(":path") or "/"
+        q = full.find("?")
+        path, query = (full, "") if q < 0 else (full[:q], full[q:])
+        if self.path is not None:
+            new_q = self.path.find("?")
+            if new_q >= 0:
+                path, query = self.path[:new_q], self.path[new_q:]
+            else:
+                path = self.path
+        elif self.prefix_rewrite is not None and self.matched_prefix is not None:
+            path = self.prefix_rewrite + path[len(self.matched_prefix):]
+        elif self.regex is not None:
+            rx, sub = self.regex
+            path = rx.sub(sub, path)
+        if self.strip_query:
+            query = ""
+        if port and not ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
+            host = f"{host}:{port}"
+        return f"{scheme}://{host}{path}{query}"
+
+
+def _split_authority(authority: str) -> tuple[str, str]:
+    if authority.startswith("["):
+        end = authority.find("]")
+        host = authority[: end + 1]
+        rest = authority[end + 1:]
+        return host, rest[1:] if rest.startswith(":") else ""
+    host, sep, port = authority.rpartition(":")
+    if sep and port.isdigit():
+        return host, port
+    return authority, ""
+
+
+def _redirect(d: Mapping[str, Any], matched_prefix: str | None) -> Redirect:
+    scheme = d.get("scheme_redirect") or ("https" if d.get("https_redirect") else None)
+    regex = None
+    if "regex_rewrite" in d:
+        rr = d["regex_rewrite"]
+        regex = (compile_regex(rr.get("pattern", {}), "regex_rewrite.pattern"),
+                 _re2_substitution(rr.get("substitution", "")))
+    return Redirect(
+        response_code=_REDIRECT_CODES[d.get("response_code", "MOVED_PERMANENTLY")],
+        scheme=scheme,
+        host=d.get("host_redirect"),
+        port=int(d["port_redirect"]) if "port_redirect" in d else None,
+        path=d.get("path_redirect"),
+        prefix_rewrite=d.get("prefix_rewrite"),
+        regex=regex,
+        strip_query=bool(d.get("strip_query", False)),
+        matched_prefix=matched_prefix,
+    )
+
+
+def _re2_substitution(s: str) -> str:
+    r"""RE2 writes groups as ``\1``; Python's ``re.sub`` takes the same, but ``\g<1>`` is safer
+    before digits."""
+    return re.sub(r"\\(\d)", r"\\g<\1>", s)
+
+
+@attrs.frozen
+class WeightedCluster:
+    name: str
+    weight: int
+    request_mutations: HeaderMutations
+    response_mutations: HeaderMutations
+
+
+# -- the route -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    request_mutations: HeaderMutations
+    response_mutations: HeaderMutations
+    per_filter: Mapping[str, Any]
+
+
+@attrs.frozen(eq=False)
+class Route:
+    name: str
+    match_fn: Callable[[str, Headers], bool]
+    # action
+    cluster: str | None = None
+    cluster_header: str | None = None
+    weighted: tuple[WeightedCluster, ...] = ()
+    total_weight: int = 0
+    direct_response: DirectResponse | None = None
+    redirect: Redirect | None = None
+    timeout: float | None = _DEFAULT_TIMEOUT
+    idle_timeout: float | None = None
+    prefix: str | None = None  # the matched prefix, for prefix_rewrite
+    prefix_rewrite: str | None = None
+    regex_rewrite: tuple[re.Pattern[str], str] | None = None
+    host_rewrite_literal: str | None = None
+    host_rewrite_header: str | None = None
+    cluster_not_found_response_code: int = 503
+    decorator: str | None = None
+    retry_policy: Mapping[str, Any] | None = None
+    hash_policy: tuple[Mapping[str, Any], ...] = ()
+    request_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
+    response_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
+    per_filter: Mapping[str, Any] = attrs.field(factory=dict)
+    # set after the virtual host and route configuration are built
+    virtual_host: Any = None
+    config: Any = None
+
+    # -- what the router calls ----------------------------------------------------------
+    def cluster_name(self, headers: Headers, random_value: int = 0) -> str | None:
+        if self.cluster is not None:
+            return self.cluster
+        if self.cluster_header is not None:
+            return headers.get(self.cluster_header) or None
+        if self.weighted:
+            point = random_value % self.total_weight
+            for wc in self.weighted:
+                if point < wc.weight:
+                    return wc.name
+                point -= wc.weight
+            return self.weighted[-1].name
+        return None
+
+    def rewrite(self, headers: Headers) -> None:
+        """Apply path and host rewrites; keep the original path in x-envoy-original-path."""
+        if self.prefix_rewrite is not None or self.regex_rewrite is not None:
+            full = headers.get(":path") or "/"
+            q = full.find("?")
+            path, query = (full, "") if q < 0 else (full[:q], full[q:])
+            if self.prefix_rewrite is not None:
+                cut = len(self.prefix) if self.prefix is not None else len(path)
+                new = self.prefix_rewrite + path[cut:]
+            else:
+                assert self.regex_rewrite is not None
+                rx, sub = self.regex_rewrite
+                new = rx.sub(sub, path)
+            if new != path:
+                headers.set("x-envoy-original-path", full)
+                headers.set(":path", new + query)
+        if self.host_rewrite_literal is not None:
+            headers.set(":authority", self.host_rewrite_literal)
+        elif self.host_rewrite_header is not None:
+            value = headers.get(self.host_rewrite_header)
+            if value:
+                headers.set(":authority", value)
+
+    def _weighted_for(self, info: StreamInfo | None) -> WeightedCluster | None:
+        if not self.weighted or info is None:
+            return None
+        for wc in self.weighted:
+            if wc.name == info.upstream_cluster:
+                return wc
+        return None
+
+    def apply_request_headers(self, headers: Headers, info: StreamInfo | None) -> None:
+        """Route-level first, then virtual host, then route configuration (so the less
+        specific level wins), unless most_specific_header_mutations_wins reverses it."""
+        wc = self._weighted_for(info)
+        levels = [
+            wc.request_mutations if wc else None,
+            self.request_mutations,
+            self.virtual_host.request_mutations if self.virtual_host else None,
+            self.config.request_mutations if self.config else None,
+        ]
+        if self.config is not None and self.config.most_specific_wins:
+            levels.reverse()
+        for m in levels:
+            if m is not None and not m.empty:
+                m.apply(headers, info)
+
+    def apply_response_headers(self, headers: Headers, info: StreamInfo | None) -> None:
+        wc = self._weighted_for(info)
+        levels = [
+            wc.response_mutations if wc else None,
+            self.response_mutations,
+            self.virtual_host.response_mutations if self.virtual_host else None,
+            self.config.response_mutations if self.config else None,
+        ]
+        if self.config is not None and self.config.most_specific_wins:
+            levels.reverse()
+        for m in levels:
+            if m is not None and not m.empty:
+                m.apply(headers, info)
+
+    def per_filter_config(self, name: str) -> Any:
+        if name in self.per_filter:
+            return self.per_filter[name]
+        if self.virtual_host is not None and name in self.virtual_host.per_filter:
+            return self.virtual_host.per_filter[name]
+        if self.config is not None:
+            return self.config.per_filter.get(name)
+        return None
+
+
+def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool], str | None]:
+    """The match predicate over (path without query, headers) and the literal prefix."""
+    case = m.get("case_sensitive", True)
+    if isinstance(case, Mapping):
+        case = case.get("value", True)
+    preds: list[Callable[[str, Headers], bool]] = []
+    prefix: str | None = None
+    if "prefix" in m:
+        prefix = str(m["prefix"])
+        p = prefix if case else prefix.lower()
+        preds.append((lambda path, h: path.startswith(p)) if case
+                     else (lambda path, h: path.lower().startswith(p)))
+    elif "path" in m:
+        exact = str(m["path"])
+        e = exact if case else exact.lower()
+        prefix = exact
+        preds.append((lambda path, h: path == e) if case else (lambda path, h: path.lower() == e))
+    elif "safe_regex" in m:
+        rx = compile_regex(m["safe_regex"], "safe_regex")
+        preds.append(lambda path, h: rx.fullmatch(path) is not None)
+    elif "path_separated_prefix" in m:
+        psp = str(m["path_separated_prefix"])
+        if psp.endswith("/") or "?" in psp or "#" in psp:
+            raise ConfigError("path_separated_prefix must not end with '/' or contain ? or #",
+                              path="path_separated_prefix")
+        prefix = psp
+        q = psp if case else psp.lower()
+
+        def sep(path: str, h: Headers) -> bool:
+            pp = path if case else path.lower()
+            return pp == q or pp.startswith(q + "/")
+
+        preds.append(sep)
+    elif "connect_matcher" in m:
+        preds.append(lambda path, h: h.get(":method") == "CONNECT")
+    elif "path_match_policy" in m:
+        raise ConfigError("path_match_policy is not supported yet", path="path_match_policy")
+    else:
+        raise ConfigError("a route match needs prefix, path, safe_regex or path_separated_prefix")
+    for i, hm in enumerate(m.get("headers", ())):
+        try:
+            hp = header_matcher(hm)
+        except ConfigError as exc:
+            raise exc.at(f"headers[{i}]") from None
+        preds.append(lambda path, h, hp=hp: hp(h))  # type: ignore[misc]
+    qps = [query_parameter_matcher(q) for q in m.get("query_parameters", ())]
+    if qps:
+
+        def query_ok(path: str, h: Headers) -> bool:
+            full = h.get(":path") or ""
+            q = full.find("?")
+            params = dict(parse_qsl(full[q + 1:], keep_blank_values=True)) if q >= 0 else {}
+            return all(qp(params) for qp in qps)
+
+        preds.append(query_ok)
+    if "grpc" in m:
+        preds.append(lambda path, h: (h.get("content-type") or "").startswith("application/grpc"))
+    if "runtime_fraction" in m:
+        fraction = fractional_percent(m["runtime_fraction"].get("default_value"), 0.0)
+        # No runtime layer yet: the default value decides, on the request's random value.
+        preds.append(lambda path, h: (hash(h.get("x-request-id")) % 1_000_000) < fraction * 1e6)
+    if len(preds) == 1:
+        return preds[0], prefix
+    ps = tuple(preds)
+    return (lambda path, h: all(p(path, h) for p in ps)), prefix
+
+
+def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str) -> Route:
+    match_fn, prefix = _compile_match(d.get("match", {}))
+    common: dict[str, Any] = {
+        "name": d.get("name", ""),
+        "match_fn": match_fn,
+        "prefix": prefix if "prefix" in d.get("match", {}) else None,
+        "decorator": d.get("decorator", {}).get("operation"),
+        "request_mutations": _mutations(d, "request"),
+        "response_mutations": _mutations(d, "response"),
+        "per_filter": _per_filter(d, conv),
+    }
+    if "direct_response" in d:
+        dr = d["direct_response"]
+        body = data_source(dr.get("body"), base_dir) if dr.get("body") else b""
+        return Route(direct_response=DirectResponse(int(dr.get("status", 200)), body), **common)
+    if "redirect" in d:
+        try:
+            rd = _redirect(d["redirect"], common["prefix"])
+        except ConfigError as exc:
+            raise exc.at("redirect") from None
+        return Route(redirect=rd, **common)
+    if "route" not in d:
+        raise ConfigError("a route needs route, redirect or direct_response")
+    a = d["route"]
+    for unsupported in ("request_mirror_policies", "internal_redirect_policy", "upgrade_configs"):
+        if a.get(unsupported):
+            raise ConfigError(f"{unsupported} is not supported yet", path=f"route.{unsupported}")
+    kw: dict[str, Any] = {}
+    if "cluster" in a:
+        kw["cluster"] = a["cluster"]
+    elif "cluster_header" in a:
+        kw["cluster_header"] = str(a["cluster_header"]).lower()
+    elif "weighted_clusters" in a:
+        wcs = []
+        for i, c in enumerate(a["weighted_clusters"].get("clusters", [])):
+            w = c.get("weight", 0)
+            w = int(w.get("value", 0) if isinstance(w, Mapping) else w)
+            wcs.append(WeightedCluster(c["name"], w, _mutations(c, "request"),
+                                       _mutations(c, "response")))
+        total = sum(wc.weight for wc in wcs)
+        if total <= 0:
+            raise ConfigError("weighted clusters need a positive total weight",
+                              path="route.weighted_clusters")
+        kw["weighted"] = tuple(wcs)
+        kw["total_weight"] = total
+    else:
+        raise ConfigError("a route action needs cluster, cluster_header or weighted_clusters",
+                          path="route")
+    kw["timeout"] = duration(a.get("timeout"), _DEFAULT_TIMEOUT) or None
+    kw["idle_timeout"] = duration(a.get("idle_timeout"), None)
+    kw["prefix_rewrite"] = a.get("prefix_rewrite")
+    if "regex_rewrite" in a:
+        rr = a["regex_rewrite"]
+        kw["regex_rewrite"] = (compile_regex(rr.get("pattern", {}), "route.regex_rewrite.pattern"),
+                               _re2_substitution(rr.get("substitution", "")))
+    kw["host_rewrite_literal"] = a.get("host_rewrite_literal")
+    kw["host_rewrite_header"] = (a.get("host_rewrite_header") or "").lower() or None
+    kw["cluster_not_found_response_code"] = _NOT_FOUND_CODES.get(
+        a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503)
+    kw["retry_policy"] = a.get("retry_policy")
+    kw["hash_policy"] = tuple(a.get("hash_policy", ()))
+    return Route(**kw, **common)
+
+
+@attrs.frozen(eq=False)
+class RouteConfiguration:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    exact: Mapping[str, VirtualHost]
+    suffixes: tuple[tuple[str, VirtualHost], ...]  # longest first
+    prefixes: tuple[tuple[str, VirtualHost], ...]  # longest first
+    default: VirtualHost | None
+    request_mutations: HeaderMutations
+    response_mutations: HeaderMutations
+    per_filter: Mapping[str, Any]
+    most_specific_wins: bool
+    ignore_port: bool
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any], *, per_filter_config: PerFilterConverter | None = None,
+                   base_dir: str = ".") -> RouteConfiguration:
+        vhosts: list[VirtualHost] = []
+        exact: dict[str, VirtualHost] = {}
+        suffixes: list[tuple[str, VirtualHost]] = []
+        prefixes: list[tuple[str, VirtualHost]] = []
+        default: VirtualHost | None = None
+        seen: set[str] = set()
+        for i, vd in enumerate(d.get("virtual_hosts", [])):
+            path = f"virtual_hosts[{i}]"
+            routes = []
+            for j, rd in enumerate(vd.get("routes", [])):
+                try:
+                    routes.append(_route(rd, per_filter_config, base_dir))
+                except ConfigError as exc:
+                    raise exc.at(f"{path}.routes[{j}]") from None
+            try:
+                vh = VirtualHost(
+                    name=vd.get("name", ""),
+                    domains=tuple(vd.get("domains", ())),
+                    routes=tuple(routes),
+                    request_mutations=_mutations(vd, "request"),
+                    response_mutations=_mutations(vd, "response"),
+                    per_filter=_per_filter(vd, per_filter_config),
+                )
+            except ConfigError as exc:
+                raise exc.at(path) from None
+            for k, domain in enumerate(vh.domains):
+                dom = domain.lower()
+                if dom in seen:
+                    raise ConfigError(
+                        f"Only unique values for domains are permitted. Duplicate entry of "
+                        f"domain {dom} in route {d.get('name', '')}",
+                        path=f"{path}.domains[{k}]",
+                    )
+                seen.add(dom)
+                if dom == "*":
+                    default = vh
+                elif dom.startswith("*"):
+                    suffixes.append((dom[1:], vh))
+                elif dom.endswith("*"):
+                    prefixes.append((dom[:-1], vh))
+                else:
+                    exact[dom] = vh
+            vhosts.append(vh)
+        suffixes.sort(key=lambda t: -len(t[0]))
+        prefixes.sort(key=lambda t: -len(t[0]))
+        config = cls(
+            name=d.get("name", ""),
+            virtual_hosts=tuple(vhosts),
+            exact=exact,
+            suffixes=tuple(suffixes),
+            prefixes=tuple(prefixes),
+            default=default,
+            request_mutations=_mutations(d, "request"),
+            response_mutations=_mutations(d, "response"),
+            per_filter=_per_filter(d, per_filter_config),
+            most_specific_wins=bool(d.get("most_specific_header_mutations_wins", False)),
+            ignore_port=bool(d.get("ignore_port_in_host_matching", False)),
+        )
+        for vh in vhosts:
+            for r in vh.routes:
+                object.__setattr__(r, "virtual_host", vh)
+                object.__setattr__(r, "config", config)
+        return config
+
+    def find_virtual_host(self, headers: Headers) -> VirtualHost | None:
+        host = (headers.get(":authority") or "").lower()
+        if self.ignore_port:
+            host = _split_authority(host)[0]
+        vh = self.exact.get(host)
+        if vh is not None:
+            return vh
+        for suffix, vh in self.suffixes:
+            if host.endswith(suffix) and len(host) > len(suffix):
+                return vh
+        for prefix, vh in self.prefixes:
+            if host.startswith(prefix) and len(host) > len(prefix):
+                return vh
+        return self.default
+
+    def route(self, headers: Headers, random_value: int = 0) -> Route | None:
+        vh = self.find_virtual_host(headers)
+        if vh is None:
+            return None
+        full = headers.get(":path") or "/"
+        q = full.find("?")
+        path = full if q < 0 else full[:q]
+        for r in vh.routes:
+            if r.match_fn(path, headers):
+                return r
+        return None
