@@ -18,6 +18,7 @@ import yaml
 
 from trioproxy.errors import ConfigError
 
+_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when available
 _Pos = tuple[int, int, Any]  # line, column, child position tree (dict, list or None)
 _SEG = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -68,7 +69,7 @@ class Document:
         return found
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, source: str) -> tuple[Any, Any]:
+def _convert(loader: Any, node: yaml.Node, source: str) -> tuple[Any, Any]:
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, yaml.Node] = {}
         for knode, _ in node.value:
@@ -107,7 +108,7 @@ def _convert(loader: yaml.SafeLoader, node: yaml.Node, source: str) -> tuple[Any
 
 def load_text(text: str, source: str = "<config-yaml>") -> Document:
     """Parse YAML or JSON ``text``; errors carry line/column of the offending spot."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
