@@ -269,3 +269,46 @@ def test_envoy_agrees(case: int, tmp_path: Path) -> None:
     except ConfigError:
         ours = False
     assert ours == (proc.returncode == 0), proc.stderr.decode()[-500:]
+
+
+RICH = BASE + textwrap.dedent("""\
+    per_connection_buffer_limit_bytes: 32768
+    max_requests_per_connection: 0
+    common_lb_config: {healthy_panic_threshold: {value: 50.5}}
+    dns_refresh_rate: 1.5s
+    circuit_breakers:
+      thresholds: [{priority: HIGH, max_connections: 10, track_remaining: true}]
+    outlier_detection: {consecutive_5xx: 3, interval: 0.000001s, base_ejection_time: 30s}
+    health_checks:
+    - timeout: 1s
+      interval: 2s
+      unhealthy_threshold: 2
+      healthy_threshold: 1
+      http_health_check: {path: /hc, expected_statuses: [{start: 200, end: "300"}]}
+node: {id: n, cluster: c, metadata: {a: [1, "x", null, true], b: {c: 2.5}}}
+stats_flush_interval: 5.500s
+layered_runtime:
+  layers:
+  - name: static
+    static_layer: {k: 1}
+""")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [*(Path(p).read_text() for p in DEMOS), RICH],
+    ids=[*map(os.path.basename, DEMOS), "rich"],
+)
+def test_canonical_matches_protobuf_message_to_dict(text: str) -> None:
+    from google.protobuf import json_format, message_factory
+
+    from trioproxy.config.schema import pool
+
+    loaded = load_bootstrap(yaml_text=text)
+    p = pool()
+    cls = message_factory.GetMessageClass(
+        p.FindMessageTypeByName("envoy.config.bootstrap.v3.Bootstrap")
+    )
+    msg = json_format.ParseDict(loaded.document.data, cls(), descriptor_pool=p)
+    ref = json_format.MessageToDict(msg, preserving_proto_field_name=True, descriptor_pool=p)
+    assert loaded.canonical == ref
