@@ -243,6 +243,17 @@ EXTRA = [
     BASE.replace('domains: ["*"]', "domains: []"),
     BASE.replace("route: {cluster: c0}", "name: no_action"),  # oneof action is required
     BASE.replace("- name: c0\n", "- name: c0\n    typo_field: 1\n"),
+    BASE.replace("- name: c0", "- name: 123"),  # numbers are not strings
+    BASE.replace("lb_policy: ROUND_ROBIN", 'lb_policy: ROUND_ROBIN\n    respect_dns_ttl: "true"'),
+    BASE.replace("connect_timeout: 5s", "connect_timeout: 5s\n    connectTimeout: 4s"),
+    BASE.replace("ROUND_ROBIN", "ROUND_ROBIN\n    per_connection_buffer_limit_bytes: {value: 5}"),
+    BASE.replace("ROUND_ROBIN", 'ROUND_ROBIN\n    max_requests_per_connection: " 5"'),
+    BASE.replace("ROUND_ROBIN", "1"),
+    BASE.replace("ROUND_ROBIN", "99"),
+    BASE.replace("connect_timeout: 5s", "connect_timeout: 5"),
+    BASE.replace("connect_timeout: 5s", "connect_timeout: 5.0000000001s"),
+    BASE.replace('{prefix: "/"}', '{prefix: "/", path: "/x"}'),
+    BASE.replace("port_value: 8080", "port_value: -1"),
 ]
 # Not in the differential set: Envoy 1.40's --mode validate accepts a mapping with a duplicate
 # key; we reject it (test_duplicate_keys_and_anchors), as a config with one is almost surely

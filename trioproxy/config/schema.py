@@ -319,13 +319,14 @@ class _Walker:
             if fd is None:
                 raise _fail(f"no such field in {name}", sub)
             sub = f"{path}.{fd.name}" if path else fd.name
-            if fd.name in out:
-                raise _fail("field given twice (as proto and JSON name)", sub)
             if value is None:
+                out.pop(fd.name, None)
                 continue
             conv = self.field(fd, value, sub)
             if conv is not _OMIT:
-                out[fd.name] = conv
+                out[fd.name] = conv  # a later spelling of the same field wins, as in Envoy
+            else:
+                out.pop(fd.name, None)
         for o in md.oneofs:
             present = [f.name for f in o.fields if f.name in out]
             if len(present) > 1:
@@ -416,6 +417,8 @@ class _Walker:
                 raise _fail("expected a string", path)
             return value if value else _OMIT
         if t == FieldDescriptor.TYPE_BOOL:
+            if isinstance(value, str) and value in ("true", "false"):
+                value = value == "true"  # Envoy's YAML loader accepts quoted booleans
             if not isinstance(value, bool):
                 raise _fail("expected a boolean", path)
             return value if value else _OMIT
@@ -459,8 +462,10 @@ class _Walker:
         if isinstance(value, bool):
             raise _fail(f"invalid value for {tname}", path)
         if isinstance(value, str):
+            if value != value.strip() or "_" in value:
+                raise _fail(f"invalid value {value!r} for {tname}", path)
             try:
-                value = int(value.strip())
+                value = int(value)
             except ValueError:
                 raise _fail(f"invalid value {value!r} for {tname}", path) from None
         elif isinstance(value, float):
@@ -488,6 +493,8 @@ class _Walker:
             s = _fmt_dur(secs, int(frac))
             return "-" + s if m.group(1) and (secs or int(frac)) else s
         if name in _WRAPPERS:
+            if isinstance(raw, Mapping) and set(raw) <= {"value"}:
+                raw = raw.get("value")  # Envoy also takes the wrapper message spelt out
             return self.scalar(md.fields_by_name["value"], raw, path) if raw is not None else _OMIT
         if name in _JSON_ANY:
             if name == "google.protobuf.Struct" and not isinstance(raw, Mapping):
