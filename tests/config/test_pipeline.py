@@ -323,3 +323,47 @@ def test_canonical_matches_protobuf_message_to_dict(text: str) -> None:
     msg = json_format.ParseDict(loaded.document.data, cls(), descriptor_pool=p)
     ref = json_format.MessageToDict(msg, preserving_proto_field_name=True, descriptor_pool=p)
     assert loaded.canonical == ref
+
+
+_keys = st.from_regex(r"[a-z][a-z_]{0,6}", fullmatch=True)
+_trees = st.recursive(
+    st.integers(0, 9) | st.booleans(),
+    lambda kids: (
+        st.lists(kids, min_size=1, max_size=3)
+        | st.dictionaries(_keys, kids, min_size=1, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+def _paths(tree: object, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            p = f"{prefix}.{k}" if prefix else k
+            out += [p, *_paths(v, p)]
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            p = f"{prefix}[{i}]"
+            out += [p, *_paths(v, p)]
+    return out
+
+
+@given(st.dictionaries(_keys, _trees, min_size=1, max_size=3), st.booleans())
+def test_every_key_and_item_is_located(tree: dict[str, object], flow: bool) -> None:
+    import json
+
+    import yaml
+
+    text = json.dumps(tree, indent=1) if flow else yaml.safe_dump(tree, sort_keys=False)
+    doc = load_text(text)
+    assert doc.data == tree
+    lines = text.splitlines()
+    for path in _paths(tree):
+        where = doc.locate(path)
+        assert where is not None
+        line, col = where
+        last = path.rsplit(".", 1)[-1]
+        if not last.endswith("]"):
+            rest = lines[line - 1][col - 1 :]
+            assert rest.startswith((last, f'"{last}"')), (path, rest)

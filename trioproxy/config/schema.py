@@ -172,6 +172,8 @@ def _check_value(rules: Any, value: Any, path: str) -> None:
     if kind is None:
         return
     r = getattr(rules, kind)
+    if not value and getattr(r, "ignore_empty", False):
+        return
     if kind == "string":
         n = len(value)
         if r.HasField("min_len") and n < r.min_len:
