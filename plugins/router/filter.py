@@ -62,34 +62,47 @@ def _reset_reply(err: UpstreamError) -> LocalReply:
 
 
 class _CodeStats:
-    """The per-status counters of one cluster, cached by status code."""
+    """The per-status counters of one cluster, cached by (status, internal).
+
+    Like Envoy, each response counts under ``upstream_rq_<code>``/``_<class>xx`` and again
+    under ``external.`` or ``internal.`` (``x-envoy-internal: true``)."""
 
     __slots__ = ("scope", "by_code")
 
     def __init__(self, scope: Any) -> None:
         self.scope = scope
-        self.by_code: dict[int, tuple[Any, Any]] = {}
+        self.by_code: dict[tuple[int, bool], tuple[Any, ...]] = {}
 
-    def count(self, status: int) -> None:
-        pair = self.by_code.get(status)
-        if pair is None:
-            pair = self.by_code[status] = (
-                self.scope.counter(f"upstream_rq_{status}"),
-                self.scope.counter(f"upstream_rq_{status // 100}xx"),
+    def count(self, status: int, internal: bool) -> None:
+        key = (status, internal)
+        counters = self.by_code.get(key)
+        if counters is None:
+            scope = self.scope
+            origin = "internal." if internal else "external."
+            counters = self.by_code[key] = (
+                scope.counter(f"upstream_rq_{status}"),
+                scope.counter(f"upstream_rq_{status // 100}xx"),
+                scope.counter(f"{origin}upstream_rq_{status}"),
+                scope.counter(f"{origin}upstream_rq_{status // 100}xx"),
+                scope.counter(f"{origin}upstream_rq_completed"),
             )
-        pair[0].value += 1
-        pair[1].value += 1
+        for c in counters:
+            c.value += 1
 
 
 class Router(TerminalFilter):
     def __init__(self, config: RouterConfig, ctx: FactoryContext) -> None:
         self.config = config
         self.cm = ctx.cluster_manager
+        self.rq_total = ctx.stats.counter("rq_total")
+        self.rq_direct_response = ctx.stats.counter("rq_direct_response")
+        self.rq_redirect = ctx.stats.counter("rq_redirect")
         self._codes: dict[str, _CodeStats] = {}
 
     async def serve(
         self, stream: HttpStream, body: AsyncIterator[bytes] | None
     ) -> Response | LocalReply:
+        self.rq_total.value += 1
         route = stream.route
         if route is None:
             return NO_ROUTE
@@ -98,10 +111,11 @@ class Router(TerminalFilter):
         info.route_name = route.name
         if route.direct_response is not None:
             dr = route.direct_response
-            stream.filter_state["router.direct_response"] = True
+            self.rq_direct_response.value += 1
             return LocalReply(dr.status, dr.body, details="direct_response")
         if route.redirect is not None:
             rd = route.redirect
+            self.rq_redirect.value += 1
             return LocalReply(
                 rd.response_code,
                 b"",
@@ -146,11 +160,13 @@ class Router(TerminalFilter):
         stats = cluster.stats
         headers = stream.request_headers
         method = headers.get(":method") or "GET"
+        internal = headers.get("x-envoy-internal") == "true"
         stats.upstream_rq_total.value += 1
         stats.upstream_rq_active.value += 1
         host.rq_total += 1
         host.rq_active += 1
         started = trio.current_time()
+        info.attempt_count += 1
         pool = cluster.pool(host)
         conn = None
         exchange: Exchange | None = None
@@ -172,7 +188,7 @@ class Router(TerminalFilter):
                 stats.upstream_rq_timeout.value += 1
                 host.rq_timeout += 1
                 info.response_flags.add("UT")
-                self._finish(cluster, host, started, 504, False)
+                self._finish(cluster, host, started, 504, False, internal)
                 done = True
                 return UPSTREAM_TIMEOUT
         except UpstreamError as err:
@@ -180,14 +196,14 @@ class Router(TerminalFilter):
             info.upstream_transport_failure_reason = err.reason
             if err.flag == "UC":
                 stats.upstream_rq_rx_reset.value += 1
-            self._finish(cluster, host, started, 503, False)
+            self._finish(cluster, host, started, 503, False, internal)
             done = True
             return _reset_reply(err)
         except BaseException:
             # Cancelled (client gone, stream timeout): account for the request and drop the
             # half-used connection.
             if not done:
-                self._finish(cluster, host, started, None, False)
+                self._finish(cluster, host, started, None, False, internal)
                 done = True
             raise
         finally:
@@ -196,6 +212,7 @@ class Router(TerminalFilter):
         assert exchange is not None and conn is not None
         now = trio.current_time()
         info.first_upstream_rx = now
+        info.response_code_details = "via_upstream"
         stats.upstream_rq_time.record((now - started) * 1000)
         resp_headers = Headers([(":status", str(head.status))])
         resp_headers.items().extend(head.headers)
@@ -204,7 +221,7 @@ class Router(TerminalFilter):
             resp_headers.add("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
         route.apply_response_headers(resp_headers, info)
         if exchange.complete:
-            self._finish(cluster, host, started, head.status, True)
+            self._finish(cluster, host, started, head.status, True, internal)
             stats.upstream_cx_rx_bytes_total.value += exchange.rx
             stats.upstream_cx_tx_bytes_total.value += exchange.tx
             pool.release(conn, exchange.reusable)
@@ -250,7 +267,13 @@ class Router(TerminalFilter):
         return result[0], result[1]
 
     def _finish(
-        self, cluster: Any, host: Any, started: float, status: int | None, ok: bool
+        self,
+        cluster: Any,
+        host: Any,
+        started: float,
+        status: int | None,
+        ok: bool,
+        internal: bool = False,
     ) -> None:
         stats = cluster.stats
         stats.upstream_rq_active.value -= 1
@@ -264,7 +287,7 @@ class Router(TerminalFilter):
             codes = self._codes.get(cluster.name)
             if codes is None or codes.scope is not cluster.scope:
                 codes = self._codes[cluster.name] = _CodeStats(cluster.scope)
-            codes.count(status)
+            codes.count(status, internal)
         cluster.finish_request()
 
 
@@ -348,5 +371,12 @@ class _UpstreamBody:
         stats.upstream_cx_rx_bytes_total.value += ex.rx
         stats.upstream_cx_tx_bytes_total.value += ex.tx
         self.stream.info.last_upstream_rx = trio.current_time()
-        self.router._finish(self.cluster, self.host, self.started, self.status, ok)
+        self.router._finish(
+            self.cluster,
+            self.host,
+            self.started,
+            self.status,
+            ok,
+            self.stream.request_headers.get("x-envoy-internal") == "true",
+        )
         self.pool.release(ex.conn, ok and ex.reusable)

@@ -31,6 +31,25 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _free_run(n: int) -> int:
+    """A port p such that p … p+n-1 are all free right now."""
+    for _ in range(200):
+        (start,) = _free_ports(1)
+        socks = []
+        try:
+            for p in range(start, start + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return start
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
 def _wait(port: int, deadline: float = 30.0) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -44,9 +63,8 @@ def _wait(port: int, deadline: float = 30.0) -> None:
 
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, int]]:
-    listen, admin, base = _free_ports(3)
-    # three consecutive ports for the colour services
-    base = max(base, 20000) + (listen % 1000) * 3
+    listen, admin = _free_ports(2)
+    base = _free_run(3)  # the colour services take three consecutive ports
     proc = subprocess.Popen(
         [
             sys.executable,

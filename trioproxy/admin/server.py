@@ -25,6 +25,7 @@ import h11
 import trio
 
 from trioproxy.admin.backend import AdminBackend
+from trioproxy.stats import Counter, Gauge, StatBlock
 from trioproxy.admin.config_dump import ConfigDumpError, build_config_dump
 from trioproxy.admin.views import (
     MUTATING,
@@ -190,8 +191,39 @@ def _headers(content_type: str, length: int) -> list[tuple[str, str]]:
     ]
 
 
+class AdminStats(StatBlock):
+    """``http.admin.*``: the admin endpoint counts its own traffic, as Envoy's does."""
+
+    downstream_cx_total: Counter
+    downstream_cx_http1_total: Counter
+    downstream_cx_active: Gauge
+    downstream_rq_total: Counter
+    downstream_rq_http1_total: Counter
+    downstream_rq_active: Gauge
+    downstream_rq_completed: Counter
+
+
+class AdminListenerStats(StatBlock):
+    """``listener.admin.*`` and ``listener.admin.main_thread.*``."""
+
+    downstream_cx_total: Counter
+    downstream_cx_active: Gauge
+
+
 async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
+    store = backend.stats
+    st = AdminStats(store.scope("http.admin."))
+    listener_stats = (
+        AdminListenerStats(store.scope("listener.admin.")),
+        AdminListenerStats(store.scope("listener.admin.main_thread.")),
+    )
+    for ls in listener_stats:
+        ls.downstream_cx_total.value += 1
+        ls.downstream_cx_active.value += 1
+    st.downstream_cx_total.value += 1
+    st.downstream_cx_http1_total.value += 1
+    st.downstream_cx_active.value += 1
     try:
         while True:
             event = conn.next_event()
@@ -208,6 +240,9 @@ async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) ->
                         break
                     elif not isinstance(ev, h11.Data):
                         return
+                st.downstream_rq_total.value += 1
+                st.downstream_rq_http1_total.value += 1
+                st.downstream_rq_active.value += 1
                 method = event.method.decode("ascii", "replace")
                 target = event.target.decode("latin-1")
                 try:
@@ -225,6 +260,9 @@ async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) ->
                 if method != "HEAD":
                     await stream.send_all(conn.send(h11.Data(data=body)) or b"")
                 await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+                st.downstream_rq_active.value -= 1
+                st.downstream_rq_completed.value += 1
+                store.counter(f"http.admin.downstream_rq_{status // 100}xx").value += 1
                 if conn.our_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()
@@ -233,6 +271,9 @@ async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) ->
     except (h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         return
     finally:
+        st.downstream_cx_active.value -= 1
+        for ls in listener_stats:
+            ls.downstream_cx_active.value -= 1
         await stream.aclose()
 
 

@@ -447,8 +447,6 @@ class Http1Connection:
             reply = await phase(stream, headers)
             if reply is not None:
                 return reply  # type: ignore[no-any-return]
-        if stream.route is None and not _has_route_free_terminal(chain.terminal):
-            return NO_ROUTE
         body: AsyncIterator[bytes] | None = None
         if not self._body_done:
             body = self._request_body(stream)
@@ -534,6 +532,7 @@ class Http1Connection:
         mutate_response_headers(
             headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
         )
+        headers.set("date", http_date(info.start_time))  # Envoy's date provider always sets it
         status = int(headers.get(":status") or 502)
         info.response_code = status
         info.response_headers = headers
@@ -633,11 +632,6 @@ class Http1Connection:
                 logger.log(stream.info)
             except Exception:
                 log.exception("access logger failed")
-
-
-def _has_route_free_terminal(terminal: object) -> bool:
-    """Terminal filters that answer without a route (not the router) say so."""
-    return bool(getattr(terminal, "serves_without_route", False))
 
 
 def _encode_head(headers: Headers) -> bytes:

@@ -47,6 +47,13 @@ class ListenerStats(StatBlock):
     downstream_cx_length_ms: Histogram
 
 
+class WorkerListenerStats(StatBlock):
+    """``listener.<address>.worker_<n>.*`` (one worker per process for now)."""
+
+    downstream_cx_total: Counter
+    downstream_cx_active: Gauge
+
+
 class TlsStats(StatBlock):
     """``listener.<address>.ssl.*``."""
 
@@ -74,6 +81,7 @@ class ListenerConfig:
     buffer_limit: int
     scope: Scope
     stats: ListenerStats
+    worker_stats: WorkerListenerStats
     tls_stats: TlsStats | None
     max_connections: int
     canonical: Mapping[str, Any]
@@ -128,6 +136,7 @@ class ListenerConfig:
             buffer_limit=int(d.get("per_connection_buffer_limit_bytes", 32 * 1024)),
             scope=scope,
             stats=ListenerStats(scope),
+            worker_stats=WorkerListenerStats(scope.scope("worker_0.")),
             tls_stats=TlsStats(scope.scope("ssl.")) if chain.tls is not None else None,
             max_connections=10_000,
             canonical=d,

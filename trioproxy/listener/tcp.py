@@ -104,8 +104,11 @@ class Listener:
     async def _connection(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         cfg = self.config
         stats = cfg.stats
+        wstats = cfg.worker_stats
         stats.downstream_cx_total.value += 1
         stats.downstream_cx_active.value += 1
+        wstats.downstream_cx_total.value += 1
+        wstats.downstream_cx_active.value += 1
         self.active += 1
         started = trio.current_time()
         raw = FastSocketStream(sock)
@@ -163,6 +166,7 @@ class Listener:
             if not self.active and self.drain.draining:
                 self._drained.set()
             stats.downstream_cx_active.value -= 1
+            wstats.downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
             stats.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)
             raw.close()
