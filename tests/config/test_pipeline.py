@@ -367,3 +367,24 @@ def test_every_key_and_item_is_located(tree: dict[str, object], flow: bool) -> N
         if not last.endswith("]"):
             rest = lines[line - 1][col - 1 :]
             assert rest.startswith((last, f'"{last}"')), (path, rest)
+
+
+def test_config_yaml_merge_replaces_oneof_member_and_scalars(tmp_path: Path) -> None:
+    p = tmp_path / "envoy.yaml"
+    p.write_text(BASE)
+    extra = textwrap.dedent("""\
+        static_resources:
+          clusters:
+          - name: c1
+            type: STATIC
+        admin:
+          address: {socket_address: {address: 127.0.0.1, port_value: 9901}}
+        node: {id: a}
+        """)
+    first = load_bootstrap(path=str(p), yaml_text=extra)
+    assert first.canonical["admin"]["address"]["socket_address"]["port_value"] == 9901
+    over = "admin: {address: {pipe: {path: /tmp/admin.sock}}}\nnode: {id: b, cluster: x}\n"
+    p.write_text(BASE + extra.split("\n", 4)[4])
+    merged = load_bootstrap(path=str(p), yaml_text=over).canonical
+    assert merged["admin"]["address"] == {"pipe": {"path": "/tmp/admin.sock"}}
+    assert merged["node"] == {"id": "b", "cluster": "x"}

@@ -15,12 +15,20 @@ from typing import Any
 import attrs
 
 from trioproxy.config.loader import Document, load_file, load_text
-from trioproxy.config.schema import canonicalize
+from trioproxy.config.schema import canonicalize, merge
 from trioproxy.errors import ConfigError
 
 BOOTSTRAP = "envoy.config.bootstrap.v3.Bootstrap"
 
-__all__ = ["BOOTSTRAP", "Document", "LoadedConfig", "canonicalize", "load_bootstrap", "located"]
+__all__ = [
+    "BOOTSTRAP",
+    "Document",
+    "LoadedConfig",
+    "canonicalize",
+    "load_bootstrap",
+    "located",
+    "merge",
+]
 
 
 @attrs.frozen
@@ -45,20 +53,6 @@ def located(err: ConfigError, doc: Document) -> ConfigError:
         column=where[1] if where else None,
         source=err.source or doc.source,
     )
-
-
-def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """MergeFrom over canonical dicts: dicts merge, lists append, scalars overwrite."""
-    out = dict(base)
-    for k, v in over.items():
-        old = out.get(k)
-        if isinstance(old, dict) and isinstance(v, dict) and old.get("@type") == v.get("@type"):
-            out[k] = merge(old, v)
-        elif isinstance(old, list) and isinstance(v, list):
-            out[k] = old + v
-        else:
-            out[k] = v
-    return out
 
 
 def _check(doc: Document, opaque_types: Collection[str]) -> dict[str, Any]:
@@ -89,7 +83,7 @@ def load_bootstrap(
     parts = [_check(d, opaque_types) for d in docs]
     if len(parts) == 1:
         return LoadedConfig(parts[0], docs[0], docs[0].source if path else "")
-    merged = merge(parts[0], parts[1])
+    merged = merge(BOOTSTRAP, parts[0], parts[1])
     try:
         canonical = canonicalize(BOOTSTRAP, merged, opaque_types=opaque_types)
     except ConfigError as exc:

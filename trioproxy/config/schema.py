@@ -566,3 +566,54 @@ def canonicalize(
         raise
     assert isinstance(out, dict)
     return out
+
+
+def merge(type_name: str, base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """protobuf MergeFrom over two canonical dicts of message ``type_name``.
+
+    Singular messages merge field by field, repeated fields append, map entries and scalars
+    are replaced, and setting one member of a oneof clears the others.
+    """
+    return _merge(pool().FindMessageTypeByName(type_name), base, over)
+
+
+def _merge(md: Descriptor, base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        fd = md.fields_by_name.get(key)
+        if fd is None:  # "@type" of an Any, or an opaque body
+            out[key] = value
+            continue
+        if fd.containing_oneof is not None:
+            for other in fd.containing_oneof.fields:
+                if other.name != key:
+                    out.pop(other.name, None)
+        old = out.get(key)
+        if old is None:
+            out[key] = value
+        elif fd.is_repeated and not _is_map(fd):
+            out[key] = [*old, *value]
+        elif _is_map(fd):
+            out[key] = {**old, **value}
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE and isinstance(old, dict):
+            out[key] = _merge_message(fd.message_type, old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_message(md: Descriptor, old: dict[str, Any], value: Any) -> Any:
+    name = md.full_name
+    if name == "google.protobuf.Any":
+        if old.get("@type") != value.get("@type"):
+            return value
+        try:
+            inner = pool().FindMessageTypeByName(str(value["@type"]).rsplit("/", 1)[-1])
+        except KeyError:
+            return {**old, **value}
+        return _merge(inner, old, value)
+    if name == "google.protobuf.Struct":
+        return {**old, **value}
+    if name.startswith("google.protobuf."):
+        return value
+    return _merge(md, old, value)
