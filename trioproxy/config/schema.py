@@ -9,27 +9,25 @@ durations like ``"0.250s"``, wrappers unwrapped, Struct/Value as plain JSON); ``
 resolved through ``@type`` and walked recursively unless its URL is in ``opaque_types``.
 Scalars equal to their default are omitted unless the field tracks presence, as MessageToDict
 does. Then the protoc-gen-validate rules that reject configs in Envoy are enforced; they are
-read from the raw option bytes (extension 1071) and decoded as ``validate.*Rules`` messages of
-the same pool. Per-message tables are built lazily and cached.
+read by pgv.py. Per-message tables are built lazily and cached.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-import operator
 import re
 from collections.abc import Callable, Collection, Mapping
-from pathlib import Path
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from trioproxy.config import pgv
+from trioproxy.config.descriptors import pool
 from trioproxy.errors import ConfigError
 
-_PB = Path(__file__).with_name("envoy_v3.pb")
-_pool: descriptor_pool.DescriptorPool | None = None
+__all__ = ["Locate", "canonicalize", "merge", "pool"]
+
 _DUR = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
 _INT_RANGE = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1, "int32"),
@@ -62,187 +60,8 @@ _JSON_ANY = {"google.protobuf.Struct", "google.protobuf.Value", "google.protobuf
 Locate = Callable[[str], "tuple[int, int] | None"]
 
 
-def pool() -> descriptor_pool.DescriptorPool:
-    """The private pool holding the Envoy v3 API (loaded on first use)."""
-    global _pool
-    if _pool is None:
-        fds = descriptor_pb2.FileDescriptorSet.FromString(_PB.read_bytes())
-        p = descriptor_pool.DescriptorPool()
-        for f in fds.file:
-            p.Add(f)
-        _pool = p
-    return _pool
-
-
 def _fail(reason: str, path: str) -> ConfigError:
     return ConfigError(reason, path=path)
-
-
-# --- PGV rules -----------------------------------------------------------------------------
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-
-
-def _ext_1071(options_bytes: bytes) -> bytes | int | None:
-    """The raw value of extension field 1071 in serialized options, if present."""
-    i, n = 0, len(options_bytes)
-    found: bytes | int | None = None
-    while i < n:
-        key, i = _varint(options_bytes, i)
-        num, wt = key >> 3, key & 7
-        if wt == 0:
-            v, i = _varint(options_bytes, i)
-            if num == 1071:
-                found = v
-        elif wt == 2:
-            ln, i = _varint(options_bytes, i)
-            if num == 1071:
-                found = options_bytes[i : i + ln]
-            i += ln
-        elif wt == 1:
-            i += 8
-        elif wt == 5:
-            i += 4
-        else:
-            break
-    return found
-
-
-_rules_cache: dict[str, Any] = {}
-
-
-def _field_rules(fd: FieldDescriptor) -> Any:
-    key = fd.full_name
-    if key in _rules_cache:
-        return _rules_cache[key]
-    rules = None
-    if fd.has_options:
-        raw = _ext_1071(fd.GetOptions().SerializeToString())
-        if isinstance(raw, bytes):
-            cls = message_factory.GetMessageClass(
-                pool().FindMessageTypeByName("validate.FieldRules")
-            )
-            rules = cls.FromString(raw)
-    _rules_cache[key] = rules
-    return rules
-
-
-def _oneof_required(od: Any) -> bool:
-    if not od.has_options:
-        return False
-    return _ext_1071(od.GetOptions().SerializeToString()) == 1
-
-
-def _dur_seconds(s: str) -> float:
-    m = _DUR.match(s)
-    assert m
-    v = int(m.group(2)) + int((m.group(3) or "0").ljust(9, "0")) / 1e9
-    return -v if m.group(1) else v
-
-
-def _num_rules(r: Any, v: float, path: str) -> None:
-    if r.HasField("const") and v != r.const:
-        raise _fail(f"value must equal {r.const}", path)
-    if r.HasField("lt") and not v < r.lt:
-        raise _fail(f"value must be less than {r.lt}", path)
-    if r.HasField("lte") and not v <= r.lte:
-        raise _fail(f"value must be less than or equal to {r.lte}", path)
-    if r.HasField("gt") and not v > r.gt:
-        raise _fail(f"value must be greater than {r.gt}", path)
-    if r.HasField("gte") and not v >= r.gte:
-        raise _fail(f"value must be greater than or equal to {r.gte}", path)
-    if len(r.__getattribute__("in")) and v not in r.__getattribute__("in"):
-        raise _fail(f"value must be in list {list(r.__getattribute__('in'))}", path)
-    if len(r.not_in) and v in r.not_in:
-        raise _fail(f"value must not be in list {list(r.not_in)}", path)
-
-
-def _check_value(rules: Any, value: Any, path: str) -> None:
-    """PGV rules of one (non-repeated) value, given in canonical form."""
-    kind = rules.WhichOneof("type")
-    if kind is None:
-        return
-    r = getattr(rules, kind)
-    if not value and getattr(r, "ignore_empty", False):
-        return
-    if kind == "string":
-        n = len(value)
-        if r.HasField("min_len") and n < r.min_len:
-            raise _fail(f"value length must be at least {r.min_len} characters", path)
-        if r.HasField("max_len") and n > r.max_len:
-            raise _fail(f"value length must be at most {r.max_len} characters", path)
-        nb = len(value.encode("utf-8"))
-        if r.HasField("min_bytes") and nb < r.min_bytes:
-            raise _fail(f"value length must be at least {r.min_bytes} bytes", path)
-        if r.HasField("max_bytes") and nb > r.max_bytes:
-            raise _fail(f"value length must be at most {r.max_bytes} bytes", path)
-        if r.HasField("prefix") and not value.startswith(r.prefix):
-            raise _fail(f'value does not have prefix "{r.prefix}"', path)
-    elif kind in (
-        "uint32",
-        "uint64",
-        "int32",
-        "int64",
-        "sint32",
-        "sint64",
-        "fixed32",
-        "fixed64",
-        "sfixed32",
-        "sfixed64",
-        "double",
-        "float",
-    ):
-        _num_rules(r, float(value) if kind in ("double", "float") else int(value), path)
-    elif kind == "enum":
-        pass  # defined_only is enforced while converting (names only resolve if defined)
-    elif kind == "duration" and isinstance(value, str):
-        v = _dur_seconds(value)
-        for op, test, word in (
-            ("lt", operator.lt, "less than"),
-            ("lte", operator.le, "less than or equal to"),
-            ("gt", operator.gt, "greater than"),
-            ("gte", operator.ge, "greater than or equal to"),
-        ):
-            if r.HasField(op):
-                lim = getattr(r, op)
-                limit = lim.seconds + lim.nanos / 1e9
-                if not test(v, limit):
-                    raise _fail(f"value must be {word} {_fmt_dur(lim.seconds, lim.nanos)}", path)
-    elif kind == "any" and isinstance(value, dict):
-        allowed = list(r.__getattribute__("in"))
-        if allowed and value.get("@type") not in allowed:
-            raise _fail(f"type URL must be in list {allowed}", path)
-    elif kind == "bytes" and r.HasField("min_len") and len(base64.b64decode(value)) < r.min_len:
-        raise _fail(f"value length must be at least {r.min_len} bytes", path)
-
-
-def _fmt_dur(seconds: int, nanos: int) -> str:
-    if nanos == 0:
-        return f"{seconds}s"
-    frac = f"{nanos:09d}"
-    if nanos % 1_000_000 == 0:
-        frac = frac[:3]
-    elif nanos % 1000 == 0:
-        frac = frac[:6]
-    return f"{seconds}.{frac}s"
-
-
-def _required(rules: Any) -> bool:
-    kind = rules.WhichOneof("type") if rules is not None else None
-    if rules is not None and rules.HasField("message") and rules.message.required:
-        return True
-    if kind in ("duration", "timestamp", "any"):
-        return bool(getattr(rules, kind).required)
-    return False
 
 
 # --- the walker ----------------------------------------------------------------------------
@@ -259,13 +78,13 @@ class _Msg:
             self.by_name[f.name] = f
             self.by_name[f.json_name] = f
         self.required = [
-            f for f in md.fields if f.containing_oneof is None and _required(_field_rules(f))
+            f for f in md.fields if f.containing_oneof is None and pgv.required(pgv.field_rules(f))
         ]
-        self.oneofs_required = [o for o in md.oneofs if _oneof_required(o)]
+        self.oneofs_required = [o for o in md.oneofs if pgv.oneof_required(o)]
         self.checked = [
             (f, r)
             for f in md.fields
-            if (r := _field_rules(f)) is not None and not _only_required(r)
+            if (r := pgv.field_rules(f)) is not None and not _only_required(r)
         ]
 
 
@@ -341,7 +160,8 @@ class _Walker:
                 raise _fail("value is required", f"{path}.{fd.name}" if path else fd.name)
         for fd, rules in table.checked:
             if fd.name not in out and _checks_default(fd):
-                _check_value(rules, self.default_for(fd), f"{path}.{fd.name}" if path else fd.name)
+                sub = f"{path}.{fd.name}" if path else fd.name
+                pgv.check_value(rules, self.default_for(fd), sub)
             elif fd.name not in out and fd.is_repeated:
                 self.rules(
                     fd, rules, {} if _is_map(fd) else [], f"{path}.{fd.name}" if path else fd.name
@@ -362,13 +182,13 @@ class _Walker:
                 for i, v in enumerate(value):
                     if r.items.HasField("message") and r.items.message.skip:
                         break
-                    _check_value(r.items, v, f"{path}[{i}]")
+                    pgv.check_value(r.items, v, f"{path}[{i}]")
         elif kind == "map":
             r = rules.map
             if r.HasField("min_pairs") and len(value) < r.min_pairs:
                 raise _fail(f"value must contain at least {r.min_pairs} pair(s)", path)
         elif not fd.is_repeated:
-            _check_value(rules, value, path)
+            pgv.check_value(rules, value, path)
 
     def field(self, fd: FieldDescriptor, value: Any, path: str) -> Any:
         if fd.is_repeated:
@@ -492,7 +312,7 @@ class _Walker:
             secs, frac = int(m.group(2)), (m.group(3) or "").ljust(9, "0")
             if secs > 315_576_000_000:
                 raise _fail(f"invalid duration {raw!r}: out of range", path)
-            s = _fmt_dur(secs, int(frac))
+            s = pgv.fmt_dur(secs, int(frac))
             return "-" + s if m.group(1) and (secs or int(frac)) else s
         if name in _WRAPPERS:
             if isinstance(raw, Mapping) and set(raw) <= {"value"}:
