@@ -29,6 +29,10 @@ ROOTS = (
     "envoy.service.discovery.v3",
     "envoy.type",
     "envoy.data",
+    "envoy.watchdog",
+    "envoy.service",
+    "xds.type.matcher",
+    "xds.core",
     "xds.type.v3",
     "udpa.type.v1",
 )
