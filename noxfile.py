@@ -1,8 +1,8 @@
 """Sessions: tests (over both HTTP/1 codecs), lint, typecheck, bench, examples.
 
-    nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
-    nox -s lint typecheck
-    nox -s bench            # prints figures against Envoy and a direct connection
+nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
+nox -s lint typecheck
+nox -s bench            # prints figures against Envoy and a direct connection
 """
 
 from __future__ import annotations

@@ -164,6 +164,12 @@ async def start_proxy(
     return Proxy(server, list(ports))
 
 
+HCM_TYPE = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
+
+
 def simple_config(
     upstream_ports: Sequence[int],
     *,
@@ -205,7 +211,7 @@ static_resources:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": {HCM_TYPE}
           stat_prefix: ingress_http
 {textwrap.indent(textwrap.dedent(hcm_extra), " " * 10)}
           http_filters:

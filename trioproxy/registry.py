@@ -59,8 +59,10 @@ class AccessLoggerFactory(Factory[Any]):
 
 
 class _Named(Protocol):
-    name: str
-    type_urls: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+    @property
+    def type_urls(self) -> tuple[str, ...]: ...
 
 
 F = TypeVar("F", bound=_Named)

@@ -509,8 +509,7 @@ def compare(
         return {
             n
             for n in names
-            if not n.startswith("http.admin.")
-            and any(fnmatch.fnmatchcase(n, p) for p in patterns)
+            if not n.startswith("http.admin.") and any(fnmatch.fnmatchcase(n, p) for p in patterns)
         }
 
     es, ts = allowed(envoy.stat_names), allowed(trioproxy.stat_names)

@@ -25,7 +25,6 @@ import h11
 import trio
 
 from trioproxy.admin.backend import AdminBackend
-from trioproxy.stats import Counter, Gauge, StatBlock
 from trioproxy.admin.config_dump import ConfigDumpError, build_config_dump
 from trioproxy.admin.views import (
     MUTATING,
@@ -36,6 +35,7 @@ from trioproxy.admin.views import (
     listeners_json,
     listeners_text,
 )
+from trioproxy.stats import Counter, Gauge, StatBlock
 from trioproxy.stats.render import (
     QueryError,
     StatsQuery,

@@ -27,32 +27,34 @@ def compile_regex(d: Mapping[str, Any], path: str = "regex") -> re.Pattern[str]:
         raise ConfigError(f"invalid regex '{pattern}': {exc}", path=path) from None
 
 
+def _contains(value: str, want: str) -> bool:
+    return want in value
+
+
+_STRING_TESTS: dict[str, Callable[[str, str], bool]] = {
+    "exact": str.__eq__,
+    "prefix": str.startswith,
+    "suffix": str.endswith,
+    "contains": _contains,
+}
+
+
 def string_matcher(d: Mapping[str, Any]) -> Predicate:
     ignore_case = bool(d.get("ignore_case", False))
-    for kind in ("exact", "prefix", "suffix", "contains"):
-        if kind in d:
-            want = str(d[kind])
-            if ignore_case:
-                want = want.lower()
-            if kind == "exact":
-                return (lambda v: v.lower() == want) if ignore_case else (lambda v: v == want)
-            if kind == "prefix":
-                return (
-                    (lambda v: v.lower().startswith(want))
-                    if ignore_case
-                    else (lambda v: v.startswith(want))
-                )
-            if kind == "suffix":
-                return (
-                    (lambda v: v.lower().endswith(want))
-                    if ignore_case
-                    else (lambda v: v.endswith(want))
-                )
-            return (lambda v: want in v.lower()) if ignore_case else (lambda v: want in v)
     if "safe_regex" in d:
         rx = compile_regex(d["safe_regex"], "safe_regex")
         return lambda v: rx.fullmatch(v) is not None
-    raise ConfigError("a StringMatcher needs one of exact, prefix, suffix, contains, safe_regex")
+    kind = next((k for k in ("exact", "prefix", "suffix", "contains") if k in d), None)
+    if kind is None:
+        raise ConfigError(
+            "a StringMatcher needs one of exact, prefix, suffix, contains, safe_regex"
+        )
+    want = str(d[kind])
+    test = _STRING_TESTS[kind]
+    if ignore_case:
+        lowered = want.lower()
+        return lambda v: test(v.lower(), lowered)
+    return lambda v: test(v, want)
 
 
 def header_matcher(d: Mapping[str, Any]) -> Callable[[Headers], bool]:

@@ -57,8 +57,9 @@ class HeaderMutations:
     formatters: Mapping[str, Any] = attrs.field(factory=dict)  # value → compiled formatter
 
     @classmethod
-    def from_proto(cls, adds: Sequence[Mapping[str, Any]], removes: Sequence[str],
-                   path: str) -> HeaderMutations:
+    def from_proto(
+        cls, adds: Sequence[Mapping[str, Any]], removes: Sequence[str], path: str
+    ) -> HeaderMutations:
         from trioproxy.accesslog.format import TextFormatter
 
         out = []
@@ -98,9 +99,9 @@ class HeaderMutations:
             elif action == "ADD_IF_ABSENT":
                 if name not in headers:
                     headers.add(name, value)
-            elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
-                headers.set(name, value)
-            elif action == "OVERWRITE_IF_EXISTS" and name in headers:
+            elif action == "OVERWRITE_IF_EXISTS_OR_ADD" or (
+                action == "OVERWRITE_IF_EXISTS" and name in headers
+            ):
                 headers.set(name, value)
 
     @property
@@ -110,7 +111,8 @@ class HeaderMutations:
 
 def _mutations(d: Mapping[str, Any], kind: str) -> HeaderMutations:
     return HeaderMutations.from_proto(
-        d.get(f"{kind}_headers_to_add", ()), d.get(f"{kind}_headers_to_remove", ()),
+        d.get(f"{kind}_headers_to_add", ()),
+        d.get(f"{kind}_headers_to_remove", ()),
         f"{kind}_headers_to_add",
     )
 
@@ -170,13 +172,15 @@ class Redirect:
             else:
                 path = self.path
         elif self.prefix_rewrite is not None and self.matched_prefix is not None:
-            path = self.prefix_rewrite + path[len(self.matched_prefix):]
+            path = self.prefix_rewrite + path[len(self.matched_prefix) :]
         elif self.regex is not None:
             rx, sub = self.regex
             path = rx.sub(sub, path)
         if self.strip_query:
             query = ""
-        if port and not ((scheme == "http" and port == "80") or (scheme == "https" and port == "443")):
+        if port and not (
+            (scheme == "http" and port == "80") or (scheme == "https" and port == "443")
+        ):
             host = f"{host}:{port}"
         return f"{scheme}://{host}{path}{query}"
 
@@ -185,7 +189,7 @@ def _split_authority(authority: str) -> tuple[str, str]:
     if authority.startswith("["):
         end = authority.find("]")
         host = authority[: end + 1]
-        rest = authority[end + 1:]
+        rest = authority[end + 1 :]
         return host, rest[1:] if rest.startswith(":") else ""
     host, sep, port = authority.rpartition(":")
     if sep and port.isdigit():
@@ -198,8 +202,10 @@ def _redirect(d: Mapping[str, Any], matched_prefix: str | None) -> Redirect:
     regex = None
     if "regex_rewrite" in d:
         rr = d["regex_rewrite"]
-        regex = (compile_regex(rr.get("pattern", {}), "regex_rewrite.pattern"),
-                 _re2_substitution(rr.get("substitution", "")))
+        regex = (
+            compile_regex(rr.get("pattern", {}), "regex_rewrite.pattern"),
+            _re2_substitution(rr.get("substitution", "")),
+        )
     return Redirect(
         response_code=_REDIRECT_CODES[d.get("response_code", "MOVED_PERMANENTLY")],
         scheme=scheme,
@@ -365,8 +371,11 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
     if "prefix" in m:
         prefix = str(m["prefix"])
         p = prefix if case else prefix.lower()
-        preds.append((lambda path, h: path.startswith(p)) if case
-                     else (lambda path, h: path.lower().startswith(p)))
+        preds.append(
+            (lambda path, h: path.startswith(p))
+            if case
+            else (lambda path, h: path.lower().startswith(p))
+        )
     elif "path" in m:
         exact = str(m["path"])
         e = exact if case else exact.lower()
@@ -378,8 +387,10 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
     elif "path_separated_prefix" in m:
         psp = str(m["path_separated_prefix"])
         if psp.endswith("/") or "?" in psp or "#" in psp:
-            raise ConfigError("path_separated_prefix must not end with '/' or contain ? or #",
-                              path="path_separated_prefix")
+            raise ConfigError(
+                "path_separated_prefix must not end with '/' or contain ? or #",
+                path="path_separated_prefix",
+            )
         prefix = psp
         q = psp if case else psp.lower()
 
@@ -406,7 +417,7 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
         def query_ok(path: str, h: Headers) -> bool:
             full = h.get(":path") or ""
             q = full.find("?")
-            params = dict(parse_qsl(full[q + 1:], keep_blank_values=True)) if q >= 0 else {}
+            params = dict(parse_qsl(full[q + 1 :], keep_blank_values=True)) if q >= 0 else {}
             return all(qp(params) for qp in qps)
 
         preds.append(query_ok)
@@ -456,31 +467,37 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
         kw["cluster_header"] = str(a["cluster_header"]).lower()
     elif "weighted_clusters" in a:
         wcs = []
-        for i, c in enumerate(a["weighted_clusters"].get("clusters", [])):
+        for c in a["weighted_clusters"].get("clusters", []):
             w = c.get("weight", 0)
             w = int(w.get("value", 0) if isinstance(w, Mapping) else w)
-            wcs.append(WeightedCluster(c["name"], w, _mutations(c, "request"),
-                                       _mutations(c, "response")))
+            wcs.append(
+                WeightedCluster(c["name"], w, _mutations(c, "request"), _mutations(c, "response"))
+            )
         total = sum(wc.weight for wc in wcs)
         if total <= 0:
-            raise ConfigError("weighted clusters need a positive total weight",
-                              path="route.weighted_clusters")
+            raise ConfigError(
+                "weighted clusters need a positive total weight", path="route.weighted_clusters"
+            )
         kw["weighted"] = tuple(wcs)
         kw["total_weight"] = total
     else:
-        raise ConfigError("a route action needs cluster, cluster_header or weighted_clusters",
-                          path="route")
+        raise ConfigError(
+            "a route action needs cluster, cluster_header or weighted_clusters", path="route"
+        )
     kw["timeout"] = duration(a.get("timeout"), _DEFAULT_TIMEOUT) or None
     kw["idle_timeout"] = duration(a.get("idle_timeout"), None)
     kw["prefix_rewrite"] = a.get("prefix_rewrite")
     if "regex_rewrite" in a:
         rr = a["regex_rewrite"]
-        kw["regex_rewrite"] = (compile_regex(rr.get("pattern", {}), "route.regex_rewrite.pattern"),
-                               _re2_substitution(rr.get("substitution", "")))
+        kw["regex_rewrite"] = (
+            compile_regex(rr.get("pattern", {}), "route.regex_rewrite.pattern"),
+            _re2_substitution(rr.get("substitution", "")),
+        )
     kw["host_rewrite_literal"] = a.get("host_rewrite_literal")
     kw["host_rewrite_header"] = (a.get("host_rewrite_header") or "").lower() or None
     kw["cluster_not_found_response_code"] = _NOT_FOUND_CODES.get(
-        a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503)
+        a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503
+    )
     kw["retry_policy"] = a.get("retry_policy")
     kw["hash_policy"] = tuple(a.get("hash_policy", ()))
     return Route(**kw, **common)
@@ -501,8 +518,13 @@ class RouteConfiguration:
     ignore_port: bool
 
     @classmethod
-    def from_proto(cls, d: Mapping[str, Any], *, per_filter_config: PerFilterConverter | None = None,
-                   base_dir: str = ".") -> RouteConfiguration:
+    def from_proto(
+        cls,
+        d: Mapping[str, Any],
+        *,
+        per_filter_config: PerFilterConverter | None = None,
+        base_dir: str = ".",
+    ) -> RouteConfiguration:
         vhosts: list[VirtualHost] = []
         exact: dict[str, VirtualHost] = {}
         suffixes: list[tuple[str, VirtualHost]] = []

@@ -204,7 +204,7 @@ class Store:
         """Forget the stats of a removed cluster or listener."""
         for table in (self._counters, self._gauges, self._histograms):
             for name in [n for n in table if n.startswith(prefix)]:
-                del table[name]  # type: ignore[attr-defined]
+                del table[name]
 
 
 class Scope:
