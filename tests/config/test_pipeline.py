@@ -366,7 +366,7 @@ def test_every_key_and_item_is_located(tree: dict[str, object], flow: bool) -> N
         last = path.rsplit(".", 1)[-1]
         if not last.endswith("]"):
             rest = lines[line - 1][col - 1 :]
-            assert rest.startswith((last, f'"{last}"')), (path, rest)
+            assert rest.startswith((last, f'"{last}"', f"'{last}'")), (path, rest)
 
 
 def test_config_yaml_merge_replaces_oneof_member_and_scalars(tmp_path: Path) -> None:
