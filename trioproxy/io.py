@@ -68,6 +68,16 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             await self._maybe_checkpoint()
             return data
 
+    async def receive_some_after_wait(self, max_bytes: int | None = None) -> bytes:
+        """Like ``receive_some`` when the caller expects to wait (a response to a request
+        just sent, the next request on a keep-alive connection): skip the recv() that would
+        only say EAGAIN and go straight to waiting."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        self._ops = 0
+        await trio.lowlevel.wait_readable(self.socket)
+        return await self.receive_some(max_bytes)
+
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")

@@ -47,6 +47,16 @@ _REASONS = {
 }
 
 
+#: How many reused connections a bodiless request may find closed before giving up.
+STALE_RETRIES = 4
+
+
+def _stale(err: UpstreamError, conn: Any, exchange: Exchange) -> bool:
+    """The upstream closed a pooled connection before sending anything back: its keep-alive
+    timeout raced our reuse. Only bodiless requests on reused connections are retried."""
+    return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
+
+
 def _reset_reply(err: UpstreamError) -> LocalReply:
     if err.flag == "UO":
         return OVERFLOW
@@ -172,14 +182,28 @@ class Router(TerminalFilter):
         exchange: Exchange | None = None
         done = False
         try:
-            with trio.move_on_at(deadline) as scope:
+            with trio.CancelScope(deadline=deadline) as scope:
                 conn = await pool.acquire()
                 exchange = Exchange(conn)
                 info.first_upstream_tx = trio.current_time()
                 if body is None:
                     headers.remove("transfer-encoding")
-                    await exchange.send_request_head(method, headers)
-                    head, initial = await exchange.read_response_head()
+                    for _ in range(STALE_RETRIES):
+                        try:
+                            await exchange.send_request_head(method, headers)
+                            head, initial = await exchange.read_response_head()
+                            break
+                        except UpstreamError as err:
+                            if not _stale(err, conn, exchange):
+                                raise
+                        # A reused keep-alive connection the upstream had closed before our
+                        # request reached it: nothing was processed, so try another one.
+                        pool.release(conn, False)
+                        conn = None
+                        conn = await pool.acquire()
+                        exchange = Exchange(conn)
+                    else:
+                        raise UpstreamError("connection termination", flag="UC")
                 else:
                     head, initial = await self._send_body_and_read(
                         exchange, method, headers, body, stream

@@ -205,7 +205,7 @@ async def test_path_is_normalised_before_routing(nursery: trio.Nursery) -> None:
                 direct_response: {status: 200, body: {inline_string: public}}
               - match: {prefix: "/"}
                 route: {cluster: backend}"""
-    (backend,), proxy = await _setup(nursery, routes=routes)
+    (backend,), proxy = await _setup(nursery, routes=routes, hcm_extra="merge_slashes: true")
     client = await Client.connect(proxy.port)
     resp, body = await client.request("GET", "/public/../admin//x")
     assert resp.status_code == 200
@@ -240,4 +240,29 @@ async def test_large_response_streams_with_content_length(nursery: trio.Nursery)
     assert resp.status_code == 200
     assert header(resp, "content-length") == str(len(payload))
     assert body == payload
+    await client.aclose()
+
+
+async def test_upstream_closing_keep_alive_silently_is_retried_on_a_new_connection(
+    nursery: trio.Nursery,
+) -> None:
+    """An upstream that closes after each response without saying so: the pooled connection
+    is dead when reused at once; the bodiless request goes out again on a fresh one."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def one_shot(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, one_shot, listeners)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await Client.connect(proxy.port)
+    for _ in range(3):
+        resp, body = await client.request("GET", "/")
+        assert (resp.status_code, body) == (200, b"ok")
+    assert proxy.stat("cluster.backend.upstream_rq_200") == 3
     await client.aclose()

@@ -15,7 +15,7 @@ from trioproxy.errors import UpstreamError
 from trioproxy.stats import Store
 from trioproxy.upstream.cluster_manager import Cluster
 from trioproxy.upstream.config import ClusterConfig
-from trioproxy.upstream.pool import UpstreamConnection
+from trioproxy.upstream.pool import QUIET_CHECK_AFTER, UpstreamConnection
 
 from .conftest import EchoServer, cluster_dict, make_cluster
 
@@ -62,6 +62,7 @@ async def test_idle_connection_closed_by_upstream_is_not_reused(echo_server: Ech
     assert await roundtrip(conn) == b"ping"
     pool.release(conn, True)
     await echo_server.closed.wait()
+    await trio.sleep(QUIET_CHECK_AFTER)  # a connection idle only a moment is not peeked at
     fresh = await pool.acquire()
     assert fresh is not conn
     assert conn.closed
@@ -323,6 +324,7 @@ async def test_idle_connection_with_stray_bytes_is_not_reused(nursery: trio.Nurs
     await sent.wait()
     await trio.testing.wait_all_tasks_blocked()
     pool.release(conn, True)  # the router read only the response; the rest is still queued
+    await trio.sleep(QUIET_CHECK_AFTER)
     assert "idle=1" in repr(pool)
     assert repr(conn).startswith("<UpstreamConnection 127.0.0.1:")
     fresh = await pool.acquire()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -51,6 +52,8 @@ from trioproxy.network.filter import DownstreamConnection
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+# Only these can change under normalisation: %-escapes, dot segments, // and backslashes.
+_NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
 _NO_BODY_STATUS = frozenset((204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -74,6 +77,9 @@ class Http1Connection:
         "_continue_pending",
         "_filter_error",
         "_scheme",
+        "_receive_after_wait",
+        "_remote",
+        "_local",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -92,6 +98,12 @@ class Http1Connection:
         self._body_done = True
         self._continue_pending = False
         self._scheme = "https" if conn.info.tls else "http"
+        self._receive_after_wait = getattr(
+            self.stream, "receive_some_after_wait", self.stream.receive_some
+        )
+        remote, local = conn.info.remote_address, conn.info.local_address
+        self._remote = f"{remote[0]}:{remote[1]}"
+        self._local = f"{local[0]}:{local[1]}"
         route_config = cfg.route_config
         getrandbits = random.getrandbits
 
@@ -166,52 +178,55 @@ class Http1Connection:
 
     async def _read_head(self) -> h1.RequestHead | None:
         """The next request head, or None when the connection should close quietly."""
-        cfg = self.cfg
         parser = self.parser
-        ev = parser.next_event()
-        if ev is h1.NEED_DATA:
-            # Idle between requests: wait for the first byte (or the idle timeout / a drain).
-            with trio.CancelScope() as idle:
-                if cfg.idle_timeout is not None:
-                    idle.deadline = trio.current_time() + cfg.idle_timeout
-                self.conn.drain.idle_scopes.add(idle)
-                try:
-                    data = await self.stream.receive_some(READ_SIZE)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return None
-                finally:
-                    self.conn.drain.idle_scopes.discard(idle)
-            if idle.cancelled_caught:
-                if not self.conn.drain.draining:
-                    self.stats.downstream_cx_idle_timeout.value += 1
-                return None
-            if not data:
-                return None
-            self.rx += len(data)
-            try:
-                parser.feed(data)
-            except ProtocolError as exc:
-                await self._protocol_error(exc)
-                return None
-            ev = None
         try:
-            with trio.CancelScope() as scope:
-                if cfg.request_headers_timeout is not None:
-                    scope.deadline = trio.current_time() + cfg.request_headers_timeout
-                if ev is None or ev is h1.NEED_DATA:
+            ev = parser.next_event()
+            if ev is h1.NEED_DATA:
+                data = await self._wait_first_bytes()
+                if not data:
+                    return None
+                parser.feed(data)
+                ev = parser.next_event()
+            if ev is h1.NEED_DATA:
+                # A partial head: the rest must come within request_headers_timeout.
+                timeout = self.cfg.request_headers_timeout
+                with trio.CancelScope() as scope:
+                    if timeout is not None:
+                        scope.deadline = trio.current_time() + timeout
                     ev = await self._next_event()
+                if scope.cancelled_caught:
+                    self.stats.downstream_rq_header_timeout.value += 1
+                    await self._send_local_reply_raw(HEADER_TIMEOUT, False)
+                    return None
         except ProtocolError as exc:
             await self._protocol_error(exc)
             return None
         except _Closed:
             return None
-        if scope.cancelled_caught:
-            self.stats.downstream_rq_header_timeout.value += 1
-            await self._send_local_reply_raw(HEADER_TIMEOUT, False)
-            return None
         if type(ev) is not h1.RequestHead:
-            return None  # PAUSED or a stray event after a closed message
+            return None  # PAUSED after a message that closes the connection
         return ev
+
+    async def _wait_first_bytes(self) -> bytes | None:
+        """Idle between requests: the first bytes of the next one, or None on close, idle
+        timeout or drain."""
+        drain = self.conn.drain
+        with trio.CancelScope() as idle:
+            if self.cfg.idle_timeout is not None:
+                idle.deadline = trio.current_time() + self.cfg.idle_timeout
+            drain.idle_scopes.add(idle)
+            try:
+                data = await self._receive_after_wait(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            finally:
+                drain.idle_scopes.discard(idle)
+        if idle.cancelled_caught:
+            if not drain.draining:
+                self.stats.downstream_cx_idle_timeout.value += 1
+            return None
+        self.rx += len(data)
+        return data
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
@@ -272,8 +287,8 @@ class Http1Connection:
             start_time=time.time(),
             start_monotonic=t0,
             protocol="HTTP/1.0" if head.version == "1.0" else "HTTP/1.1",
-            downstream_remote_address=f"{conn_info.remote_address[0]}:{conn_info.remote_address[1]}",
-            downstream_local_address=f"{conn_info.local_address[0]}:{conn_info.local_address[1]}",
+            downstream_remote_address=self._remote,
+            downstream_local_address=self._local,
             requested_server_name=conn_info.sni,
             connection_id=conn_info.connection_id,
         )
@@ -419,7 +434,11 @@ class Http1Connection:
             preserve_external_request_id=cfg.preserve_external_request_id,
             via=cfg.via,
         )
-        if target[:1] == "/" and (cfg.normalize_path or cfg.merge_slashes):
+        if (
+            target[:1] == "/"
+            and (cfg.normalize_path or cfg.merge_slashes)
+            and _NEEDS_NORMALIZING.search(target) is not None
+        ):
             outcome, new = normalize(
                 target,
                 normalize_path=cfg.normalize_path,

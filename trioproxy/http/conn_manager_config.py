@@ -175,7 +175,7 @@ class HcmConfig:
     max_request_headers_bytes: int = 60 * 1024
     max_headers_count: int = 100
     normalize_path: bool = True
-    merge_slashes: bool = True
+    merge_slashes: bool = False
     escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
     strip_port_mode: str = ""  # "" | "matching" | "any"
     accept_http_10: bool = False
@@ -282,7 +282,8 @@ class HcmConfig:
             max_request_headers_bytes=int(max_kb) * 1024,
             max_headers_count=int(common.get("max_headers_count", 100)),
             normalize_path=d.get("normalize_path", True),
-            merge_slashes=d.get("merge_slashes", True),
+            # A plain proto3 bool: absent and false are the same, so Envoy's default stands.
+            merge_slashes=d.get("merge_slashes", False),
             escaped_slashes=EscapedSlashes(
                 d.get("path_with_escaped_slashes_action", "UNESCAPE_AND_REDIRECT").replace(
                     "IMPLEMENTATION_SPECIFIC_DEFAULT", "UNESCAPE_AND_REDIRECT"

@@ -69,9 +69,11 @@ class Exchange:
         parser = self.parser
         try:
             ev = parser.next_event()
+            stream = self.conn.stream
+            receive = getattr(stream, "receive_some_after_wait", stream.receive_some)
             while ev is h1.NEED_DATA:
                 try:
-                    data = await self.conn.stream.receive_some(READ_SIZE)
+                    data = await receive(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                     raise UpstreamError("connection termination", flag="UC") from exc
                 self.rx += len(data)

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
     from trioproxy.upstream.config import ClusterConfig
 
 
+#: Idle time (seconds) after which a pooled connection is checked for EOF before reuse.
+QUIET_CHECK_AFTER = 0.5
+
+
 @attrs.define(eq=False)
 class UpstreamConnection:
     """A connection lent to the router; ``codec`` is the router's slot for its parser state."""
@@ -247,7 +251,9 @@ class Http1Pool:
                     self.stats.upstream_cx_idle_timeout.value += 1
                     self._destroy(idle.pop(), remote=False)
                 return None
-            if not conn.is_quiet():
+            # The peek costs a syscall; a connection released moments ago cannot have hit an
+            # upstream's keep-alive idle timeout (seconds), so under load it is skipped.
+            if now - conn.idle_since >= QUIET_CHECK_AFTER and not conn.is_quiet():
                 self._destroy(conn, remote=True)
                 continue
             conn.requests += 1
