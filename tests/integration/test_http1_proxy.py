@@ -63,7 +63,8 @@ async def test_pipelined_requests_are_answered_in_order(nursery: trio.Nursery) -
     await nursery.start(backend.serve)
     proxy = await start_proxy(nursery, simple_config([backend.port]))
     req = b"".join(
-        f"GET /{i} HTTP/1.1\r\nhost: a\r\n{'connection: close' if i == 3 else 'x: y'}\r\n\r\n".encode()
+        (f"GET /{i} HTTP/1.1\r\nhost: a\r\n" + ("connection: close" if i == 3 else "x: y")).encode()
+        + b"\r\n\r\n"
         for i in (1, 2, 3)
     )
     out = await raw_exchange(proxy.port, req)

@@ -226,7 +226,7 @@ class Http1Connection:
                 self.stats.downstream_cx_idle_timeout.value += 1
             return None
         self.rx += len(data)
-        return data
+        return bytes(data)
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
