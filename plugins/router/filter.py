@@ -32,6 +32,7 @@ from trioproxy.http.filter import (
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
 from trioproxy.http.request_headers import strip_hop_by_hop
+from trioproxy.http.stream_info import now as _now
 from trioproxy.upstream.http1_client import Exchange
 
 from .config import RouterConfig
@@ -175,7 +176,7 @@ class Router(TerminalFilter):
         stats.upstream_rq_active.value += 1
         host.rq_total += 1
         host.rq_active += 1
-        started = trio.current_time()
+        started = _now()
         info.attempt_count += 1
         pool = cluster.pool(host)
         conn = None
@@ -185,7 +186,7 @@ class Router(TerminalFilter):
             with trio.CancelScope(deadline=deadline) as scope:
                 conn = await pool.acquire()
                 exchange = Exchange(conn)
-                info.first_upstream_tx = trio.current_time()
+                info.first_upstream_tx = _now()
                 if body is None:
                     headers.remove("transfer-encoding")
                     for _ in range(STALE_RETRIES):
@@ -234,7 +235,7 @@ class Router(TerminalFilter):
             if done and conn is not None:
                 pool.release(conn, False)
         assert exchange is not None and conn is not None
-        now = trio.current_time()
+        now = _now()
         info.first_upstream_rx = now
         info.response_code_details = "via_upstream"
         stats.upstream_rq_time.record((now - started) * 1000)
@@ -394,7 +395,7 @@ class _UpstreamBody:
         stats = self.cluster.stats
         stats.upstream_cx_rx_bytes_total.value += ex.rx
         stats.upstream_cx_tx_bytes_total.value += ex.tx
-        self.stream.info.last_upstream_rx = trio.current_time()
+        self.stream.info.last_upstream_rx = _now()
         self.router._finish(
             self.cluster,
             self.host,

@@ -23,6 +23,7 @@ the response had started), and is counted in ``http.<prefix>.downstream_rq_filte
 from __future__ import annotations
 
 import logging
+import math
 import random
 import re
 import time
@@ -47,6 +48,7 @@ from trioproxy.http.local_reply import (
 from trioproxy.http.path import Outcome, normalize
 from trioproxy.http.request_headers import mutate_request_headers, mutate_response_headers
 from trioproxy.http.stream_info import StreamInfo
+from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
 
 log = logging.getLogger(__name__)
@@ -149,7 +151,7 @@ class Http1Connection:
         if self.conn.info.tls:
             st.downstream_cx_ssl_total.value += 1
             st.downstream_cx_ssl_active.value += 1
-        started = trio.current_time()
+        started = _now()
         drain = self.conn.drain
         try:
             while True:
@@ -174,7 +176,7 @@ class Http1Connection:
                 st.downstream_cx_ssl_active.value -= 1
             st.downstream_cx_rx_bytes_total.value += self.rx
             st.downstream_cx_tx_bytes_total.value += self.tx
-            st.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)
+            st.downstream_cx_length_ms.record((_now() - started) * 1000)
 
     async def _read_head(self) -> h1.RequestHead | None:
         """The next request head, or None when the connection should close quietly."""
@@ -190,9 +192,8 @@ class Http1Connection:
             if ev is h1.NEED_DATA:
                 # A partial head: the rest must come within request_headers_timeout.
                 timeout = self.cfg.request_headers_timeout
-                with trio.CancelScope() as scope:
-                    if timeout is not None:
-                        scope.deadline = trio.current_time() + timeout
+                deadline = math.inf if timeout is None else trio.current_time() + timeout
+                with trio.CancelScope(deadline=deadline) as scope:
                     ev = await self._next_event()
                 if scope.cancelled_caught:
                     self.stats.downstream_rq_header_timeout.value += 1
@@ -211,9 +212,9 @@ class Http1Connection:
         """Idle between requests: the first bytes of the next one, or None on close, idle
         timeout or drain."""
         drain = self.conn.drain
-        with trio.CancelScope() as idle:
-            if self.cfg.idle_timeout is not None:
-                idle.deadline = trio.current_time() + self.cfg.idle_timeout
+        timeout = self.cfg.idle_timeout
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        with trio.CancelScope(deadline=deadline) as idle:
             drain.idle_scopes.add(idle)
             try:
                 data = await self._receive_after_wait(READ_SIZE)
@@ -277,7 +278,7 @@ class Http1Connection:
         cfg = self.cfg
         st = self.stats
         conn_info = self.conn.info
-        t0 = trio.current_time()
+        t0 = _now()
         st.downstream_rq_total.value += 1
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.value += 1
@@ -310,10 +311,11 @@ class Http1Connection:
         stream.end_stream = self._body_done
         response_started = False
         try:
-            with trio.CancelScope() as scope:
+            deadline = math.inf
+            if cfg.stream_idle_timeout is not None:
+                deadline = trio.current_time() + cfg.stream_idle_timeout
+            with trio.CancelScope(deadline=deadline) as scope:
                 stream.cancel_scope = scope
-                if cfg.stream_idle_timeout is not None:
-                    scope.deadline = t0 + cfg.stream_idle_timeout
                 if reject is not None:
                     result: Response | LocalReply = reject
                     keep_alive = False
@@ -357,7 +359,7 @@ class Http1Connection:
             keep_alive = False
         finally:
             st.downstream_rq_active.value -= 1
-            info.end_monotonic = info.last_downstream_tx = trio.current_time()
+            info.end_monotonic = info.last_downstream_tx = _now()
             if info.first_downstream_tx is None and info.response_code:
                 info.first_downstream_tx = info.end_monotonic
             st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
@@ -485,7 +487,7 @@ class Http1Connection:
                 yield ev.data
             elif type(ev) is h1.EndOfMessage:
                 self._body_done = True
-                info.last_downstream_rx = trio.current_time()
+                info.last_downstream_rx = _now()
                 if ev.trailers:
                     stream.request_trailers = Headers(ev.trailers)
                 return
@@ -577,7 +579,7 @@ class Http1Connection:
         elif head.version == "1.0":
             headers.set("connection", "keep-alive")
         self._count_status(status)
-        info.first_downstream_tx = trio.current_time()
+        info.first_downstream_tx = _now()
         out = _encode_head(headers)
         sent = 0
         try:

@@ -16,6 +16,7 @@ import ssl
 import trio
 
 from trioproxy.http.filter import ConnectionInfo
+from trioproxy.http.stream_info import now
 from trioproxy.io import FastSocketStream
 from trioproxy.listener.config import ListenerConfig
 from trioproxy.network.filter import DownstreamConnection, Drain
@@ -110,7 +111,7 @@ class Listener:
         wstats.downstream_cx_total.value += 1
         wstats.downstream_cx_active.value += 1
         self.active += 1
-        started = trio.current_time()
+        started = now()
         raw = FastSocketStream(sock)
         raw.setsockopt_nodelay()
         stream: trio.abc.Stream = raw
@@ -168,5 +169,5 @@ class Listener:
             stats.downstream_cx_active.value -= 1
             wstats.downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
-            stats.downstream_cx_length_ms.record((trio.current_time() - started) * 1000)
+            stats.downstream_cx_length_ms.record((now() - started) * 1000)
             raw.close()

@@ -15,6 +15,7 @@ from typing import Final
 from trioproxy.errors import ProtocolError
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKENS: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+)*")
 _BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -27,14 +28,30 @@ def _refuse(what: str) -> ProtocolError:
 
 
 def _encode_fields(lines: list[str], headers: Headers) -> None:
-    token = _TOKEN.fullmatch
-    bad = _BAD_VALUE.search
+    """Append the header lines, checked in bulk: one regex over all names, and a count of CR
+    and LF over the whole block (each line has exactly one of each)."""
+    if not headers:
+        return
+    block = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    n = len(headers)
+    if (
+        _TOKENS.fullmatch("\n".join([name for name, _ in headers])) is None
+        or block.count("\r") != n
+        or block.count("\n") != n
+        or "\x00" in block
+    ):
+        _find_invalid(headers)
+    lines.append(block)
+
+
+def _find_invalid(headers: Headers) -> None:
+    """The slow path: say which header is bad."""
     for name, value in headers:
-        if token(name) is None:
+        if _TOKEN.fullmatch(name) is None:
             raise _refuse(f"invalid header name {name!r}")
-        if bad(value) is not None:
+        if _BAD_VALUE.search(value) is not None:
             raise _refuse(f"invalid character in header {name!r}")
-        lines.append(f"{name}: {value}\r\n")
+    raise _refuse("invalid header block")  # pragma: no cover - a check above fires first
 
 
 def encode_request_head(method: str, target: str, headers: Headers) -> bytes:
