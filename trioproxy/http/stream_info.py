@@ -2,8 +2,8 @@
 
 Mirrors Envoy's ``StreamInfo``: timings (monotonic seconds from ``now()``, i.e.
 ``time.perf_counter``, cheaper than ``trio.current_time()`` and never mixed with trio
-deadlines, plus a wall-clock start), response code and flags, byte counts, upstream host and cluster, and the
-details string that explains a local reply (``route_not_found``, ``upstream_reset_before…``).
+deadlines, plus a wall-clock start), response code and flags, byte counts, upstream host and
+cluster, and the details string that explains a local reply (``route_not_found`` …).
 """
 
 from __future__ import annotations
