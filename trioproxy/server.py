@@ -33,6 +33,7 @@ from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig
+from trioproxy.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class Server:
             self._nursery = root
             self.state = "INITIALIZING"
             self.stats.state.set(2)
+            await root.start(Watchdog().run)
             await root.start(built.cluster_manager.run)
             if built.admin_address is not None:
                 from trioproxy.admin.server import serve_admin

@@ -20,6 +20,7 @@ from typing import Any
 
 import trio
 
+from trioproxy import watchdog
 from trioproxy.errors import UpstreamError
 from trioproxy.http import h1
 from trioproxy.http.filter import (
@@ -179,49 +180,50 @@ class Router(TerminalFilter):
         started = _now()
         info.attempt_count += 1
         pool = cluster.pool(host)
+        dog = watchdog.current()
         conn = None
         exchange: Exchange | None = None
         done = False
         try:
-            with trio.CancelScope(deadline=deadline) as scope:
-                conn = await pool.acquire()
-                exchange = Exchange(conn)
-                info.first_upstream_tx = _now()
-                if body is None:
-                    headers.remove("transfer-encoding")
-                    for _ in range(STALE_RETRIES):
-                        try:
-                            await exchange.send_request_head(method, headers)
-                            head, initial = await exchange.read_response_head()
-                            break
-                        except UpstreamError as err:
-                            if not _stale(err, conn, exchange):
-                                raise
-                        # A reused keep-alive connection the upstream had closed before our
-                        # request reached it: nothing was processed, so try another one.
-                        pool.release(conn, False)
-                        conn = None
-                        conn = await pool.acquire()
-                        exchange = Exchange(conn)
-                    else:
-                        raise UpstreamError("connection termination", flag="UC")
+            conn = await self._acquire(pool, deadline)
+            exchange = Exchange(conn, deadline)
+            dog.add(exchange)
+            info.first_upstream_tx = _now()
+            if body is None:
+                headers.remove("transfer-encoding")
+                for _ in range(STALE_RETRIES):
+                    try:
+                        await exchange.send_request_head(method, headers)
+                        head, initial = await exchange.read_response_head()
+                        break
+                    except UpstreamError as err:
+                        if not _stale(err, conn, exchange):
+                            raise
+                    # A reused keep-alive connection the upstream had closed before our
+                    # request reached it: nothing was processed, so try another one.
+                    dog.discard(exchange)
+                    pool.release(conn, False)
+                    conn = None
+                    conn = await self._acquire(pool, deadline)
+                    exchange = Exchange(conn, deadline)
+                    dog.add(exchange)
                 else:
-                    head, initial = await self._send_body_and_read(
-                        exchange, method, headers, body, stream
-                    )
-            if scope.cancelled_caught:
-                stats.upstream_rq_timeout.value += 1
-                host.rq_timeout += 1
-                info.response_flags.add("UT")
-                self._finish(cluster, host, started, 504, False, internal)
-                done = True
-                return UPSTREAM_TIMEOUT
+                    raise UpstreamError("connection termination", flag="UC")
+            else:
+                head, initial = await self._send_body_and_read(
+                    exchange, method, headers, body, stream
+                )
         except UpstreamError as err:
             info.response_flags.add(err.flag)
-            info.upstream_transport_failure_reason = err.reason
-            if err.flag == "UC":
-                stats.upstream_rq_rx_reset.value += 1
-            self._finish(cluster, host, started, 503, False, internal)
+            if err.flag == "UT":
+                stats.upstream_rq_timeout.value += 1
+                host.rq_timeout += 1
+                self._finish(cluster, host, started, 504, False, internal)
+            else:
+                info.upstream_transport_failure_reason = err.reason
+                if err.flag == "UC":
+                    stats.upstream_rq_rx_reset.value += 1
+                self._finish(cluster, host, started, 503, False, internal)
             done = True
             return _reset_reply(err)
         except BaseException:
@@ -232,8 +234,11 @@ class Router(TerminalFilter):
                 done = True
             raise
         finally:
-            if done and conn is not None:
-                pool.release(conn, False)
+            if done:
+                if exchange is not None:
+                    dog.discard(exchange)
+                if conn is not None:
+                    pool.release(conn, False)
         assert exchange is not None and conn is not None
         now = _now()
         info.first_upstream_rx = now
@@ -249,6 +254,7 @@ class Router(TerminalFilter):
             self._finish(cluster, host, started, head.status, True, internal)
             stats.upstream_cx_rx_bytes_total.value += exchange.rx
             stats.upstream_cx_tx_bytes_total.value += exchange.tx
+            dog.discard(exchange)
             pool.release(conn, exchange.reusable)
             return Response(resp_headers, None, exchange.trailers, initial_body=initial)
         resp = Response(resp_headers, None, None, initial_body=initial)
@@ -256,6 +262,18 @@ class Router(TerminalFilter):
             self, exchange, cluster, host, pool, started, head.status, deadline, resp, stream
         )
         return resp
+
+    @staticmethod
+    async def _acquire(pool: Any, deadline: float) -> Any:
+        """A connection from the pool. With an idle one at hand this does not wait, so it
+        needs no timer; otherwise (connect, or queueing behind the circuit breaker) the route
+        deadline is an exact cancel scope."""
+        if pool.has_idle():
+            return await pool.acquire()
+        with trio.CancelScope(deadline=deadline) as scope:
+            return await pool.acquire()
+        assert scope.cancelled_caught
+        raise UpstreamError("upstream request timeout", flag="UT")
 
     async def _send_body_and_read(
         self,
@@ -361,7 +379,7 @@ class _UpstreamBody:
         self.deadline = deadline
         self.resp = resp
         self.stream = stream
-        self._it = exchange.iter_body(deadline)
+        self._it = exchange.iter_body()
         self._settled = False
 
     def __aiter__(self) -> _UpstreamBody:
@@ -396,6 +414,7 @@ class _UpstreamBody:
         stats.upstream_cx_rx_bytes_total.value += ex.rx
         stats.upstream_cx_tx_bytes_total.value += ex.tx
         self.stream.info.last_upstream_rx = _now()
+        watchdog.current().discard(ex)
         self.router._finish(
             self.cluster,
             self.host,

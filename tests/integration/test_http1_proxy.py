@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import trio
+import trio.testing
 
 from tests.support import Backend, Client, Reply, header, raw_exchange, simple_config, start_proxy
 
@@ -267,3 +268,24 @@ async def test_upstream_closing_keep_alive_silently_is_retried_on_a_new_connecti
         assert (resp.status_code, body) == (200, b"ok")
     assert proxy.stat("cluster.backend.upstream_rq_200") == 3
     await client.aclose()
+
+
+async def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    (backend,), proxy = await _setup(
+        nursery, hcm_extra="common_http_protocol_options: {idle_timeout: 0.2s}"
+    )
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    data = b""
+    with trio.fail_after(5):
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break  # the proxy closed the idle connection
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200")
+    await trio.testing.wait_all_tasks_blocked()  # the proxy's side finishes after our EOF
+    assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 1
+    await stream.aclose()

@@ -32,6 +32,7 @@ from typing import Any
 
 import trio
 
+from trioproxy import watchdog
 from trioproxy.errors import ProtocolError
 from trioproxy.http import h1
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
@@ -82,6 +83,8 @@ class Http1Connection:
         "_receive_after_wait",
         "_remote",
         "_local",
+        "deadline",
+        "_idle_expired",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -114,6 +117,14 @@ class Http1Connection:
 
         self._route_fn = route_fn
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
+        self.deadline = math.inf  # idle timeout, kept by the watchdog
+        self._idle_expired = False
+
+    def expire(self) -> None:
+        """Idle timeout or drain while waiting for the next request: close the socket, which
+        wakes the waiting read (see ``_wait_first_bytes``)."""
+        self._idle_expired = True
+        self.conn.transport.close()
 
     # -- I/O ------------------------------------------------------------------------------
     async def _next_event(self) -> Any:
@@ -210,22 +221,25 @@ class Http1Connection:
 
     async def _wait_first_bytes(self) -> bytes | None:
         """Idle between requests: the first bytes of the next one, or None on close, idle
-        timeout or drain."""
+        timeout or drain (both close the socket through ``expire``)."""
         drain = self.conn.drain
+        if drain.draining:
+            return None
+        dog = watchdog.current()
         timeout = self.cfg.idle_timeout
-        deadline = math.inf if timeout is None else trio.current_time() + timeout
-        with trio.CancelScope(deadline=deadline) as idle:
-            drain.idle_scopes.add(idle)
-            try:
-                data = await self._receive_after_wait(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return None
-            finally:
-                drain.idle_scopes.discard(idle)
-        if idle.cancelled_caught:
-            if not drain.draining:
+        if timeout is not None:
+            self.deadline = trio.current_time() + timeout
+            dog.add(self)
+        drain.idle.add(self)
+        try:
+            data = await self._receive_after_wait(READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            if self._idle_expired and not drain.draining:
                 self.stats.downstream_cx_idle_timeout.value += 1
             return None
+        finally:
+            drain.idle.discard(self)
+            dog.discard(self)
         self.rx += len(data)
         return bytes(data)
 

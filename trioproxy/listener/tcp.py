@@ -152,6 +152,7 @@ class Listener:
             conn = DownstreamConnection(
                 stream=stream,
                 info=info,
+                transport=raw,
                 listener_stats=cfg.scope,
                 drain=self.drain,
                 buffer_limit=cfg.buffer_limit,

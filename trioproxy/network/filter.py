@@ -15,6 +15,7 @@ import attrs
 import trio
 
 from trioproxy.http.filter import ConnectionInfo
+from trioproxy.io import FastSocketStream
 
 if TYPE_CHECKING:
     from trioproxy.stats import Scope
@@ -29,8 +30,8 @@ class Drain:
     """
 
     _event: trio.Event = attrs.field(factory=trio.Event)
-    #: Cancel scopes of connections idle between requests; a drain cancels them at once.
-    idle_scopes: set[trio.CancelScope] = attrs.field(factory=set)
+    #: Connections idle between requests (anything with ``expire()``); a drain closes them.
+    idle: set[Any] = attrs.field(factory=set)
 
     @property
     def draining(self) -> bool:
@@ -38,8 +39,8 @@ class Drain:
 
     def start(self) -> None:
         self._event.set()
-        for scope in list(self.idle_scopes):
-            scope.cancel()
+        for conn in list(self.idle):
+            conn.expire()
 
     async def wait_draining(self) -> None:
         await self._event.wait()
@@ -51,6 +52,8 @@ class DownstreamConnection:
 
     stream: trio.abc.HalfCloseableStream | trio.abc.Stream
     info: ConnectionInfo
+    #: The socket under ``stream`` (under TLS too); closing it wakes any task waiting on it.
+    transport: FastSocketStream
     listener_stats: Scope
     drain: Drain
     buffer_limit: int = 32 * 1024

@@ -11,6 +11,7 @@ Upstream failures are mapped to ``UpstreamError`` with Envoy's response flags: `
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,9 +27,19 @@ READ_SIZE = 65536
 class Exchange:
     """The state of one request/response on an upstream connection."""
 
-    __slots__ = ("conn", "parser", "rx", "tx", "complete", "keep_alive", "trailers")
+    __slots__ = (
+        "conn",
+        "parser",
+        "rx",
+        "tx",
+        "complete",
+        "keep_alive",
+        "trailers",
+        "deadline",
+        "timed_out",
+    )
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, deadline: float = math.inf) -> None:
         self.conn = conn
         parser = conn.codec
         if parser is None:
@@ -41,12 +52,25 @@ class Exchange:
         self.complete = False
         self.keep_alive = False
         self.trailers: Headers | None = None
+        self.deadline = deadline  # the route timeout, enforced by the watchdog
+        self.timed_out = False
+
+    def expire(self) -> None:
+        """The route timeout passed: close the connection, which wakes a waiting read or
+        write; they then raise ``UpstreamError(flag="UT")``."""
+        self.timed_out = True
+        self.conn.stream.close()
+
+    def _failed(self, exc: Exception) -> UpstreamError:
+        if self.timed_out:
+            return UpstreamError("upstream request timeout", flag="UT")
+        return UpstreamError("connection termination", flag="UC")
 
     async def send(self, data: bytes) -> None:
         try:
             await self.conn.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise UpstreamError("connection termination", flag="UC") from exc
+            raise self._failed(exc) from exc
         self.tx += len(data)
 
     async def send_request_head(self, method: str, headers: Headers, body: bytes = b"") -> None:
@@ -75,7 +99,7 @@ class Exchange:
                 try:
                     data = await receive(READ_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise UpstreamError("connection termination", flag="UC") from exc
+                    raise self._failed(exc) from exc
                 self.rx += len(data)
                 parser.feed(data)
                 ev = parser.next_event()
@@ -117,13 +141,10 @@ class Exchange:
         if ev.trailers:
             self.trailers = Headers(ev.trailers)
 
-    async def iter_body(self, deadline: float) -> AsyncIterator[bytes]:
-        """The rest of the response body, each read bounded by ``deadline``."""
+    async def iter_body(self) -> AsyncIterator[bytes]:
+        """The rest of the response body (the route timeout still applies: see ``expire``)."""
         while not self.complete:
-            with trio.move_on_at(deadline) as scope:
-                ev = await self._event()
-            if scope.cancelled_caught:
-                raise UpstreamError("upstream request timeout", flag="UT")
+            ev = await self._event()
             if type(ev) is h1.Data:
                 yield ev.data
             elif type(ev) is h1.EndOfMessage:

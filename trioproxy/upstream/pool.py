@@ -182,6 +182,11 @@ class Http1Pool:
 
     # ---------------------------------------------------------------- acquire / release
 
+    def has_idle(self) -> bool:
+        """Whether ``acquire`` can answer from the idle list without waiting (it may still
+        find those connections expired or closed and connect instead)."""
+        return bool(self._idle)
+
     async def acquire(self) -> UpstreamConnection:
         """A connection to ``host``, ready for one request; raises ``UpstreamError`` (UF, UO)."""
         if self._closed:
