@@ -42,6 +42,7 @@ from trioproxy.http.local_reply import (
     FILTER_ERROR,
     HEADER_TIMEOUT,
     NO_ROUTE,
+    REQUEST_TIMEOUT,
     STREAM_TIMEOUT,
     http_date,
     reply_headers,
@@ -85,6 +86,12 @@ class Http1Connection:
         "_local",
         "deadline",
         "_idle_expired",
+        "_idle",
+        "_rq_deadline",
+        "_expired",
+        "_scope",
+        "_stream",
+        "_dog",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -117,14 +124,35 @@ class Http1Connection:
 
         self._route_fn = route_fn
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
-        self.deadline = math.inf  # idle timeout, kept by the watchdog
+        # Timeouts (see ``trioproxy.watchdog``): ``deadline`` is the next one to fire.
+        self.deadline = math.inf
+        self._idle = True  # between requests (else a stream is in flight)
         self._idle_expired = False
+        self._rq_deadline = math.inf  # request_timeout, while the request is incomplete
+        self._expired: str | None = None  # "idle" or "request" once a stream timed out
+        self._scope = trio.CancelScope()
+        self._stream: HttpStream | None = None
+        self._dog = watchdog.current()
 
     def expire(self) -> None:
-        """Idle timeout or drain while waiting for the next request: close the socket, which
-        wakes the waiting read (see ``_wait_first_bytes``)."""
-        self._idle_expired = True
-        self.conn.transport.close()
+        """A timeout fired (or a drain, between requests).
+
+        Between requests: close the socket, which wakes the waiting read. During a stream:
+        cancel the connection's scope, which cancels whatever the stream's filters await;
+        ``run`` then answers 408 if the response has not started, and closes."""
+        if self._idle:
+            self._idle_expired = True
+            self.conn.transport.close()
+            return
+        now = trio.current_time()
+        self._expired = "request" if self._rq_deadline <= now else "idle"
+        self._scope.cancel()
+
+    def _touch(self) -> None:
+        """Stream activity: push the stream idle timeout back."""
+        idle = self.cfg.stream_idle_timeout
+        if idle is not None:
+            self.deadline = min(trio.current_time() + idle, self._rq_deadline)
 
     # -- I/O ------------------------------------------------------------------------------
     async def _next_event(self) -> Any:
@@ -165,21 +193,25 @@ class Http1Connection:
         started = _now()
         drain = self.conn.drain
         try:
-            while True:
-                head = await self._read_head()
-                if head is None:
-                    break
-                keep_alive = await self._serve_request(head)
-                if not keep_alive:
-                    st.downstream_cx_destroy_local.value += 1
-                    break
-                if drain.draining:
-                    st.downstream_cx_drain_close.value += 1
-                    break
-                self.parser.start_next_cycle()
+            with self._scope:
+                while True:
+                    head = await self._read_head()
+                    if head is None:
+                        break
+                    keep_alive = await self._serve_request(head)
+                    if not keep_alive:
+                        st.downstream_cx_destroy_local.value += 1
+                        break
+                    if drain.draining:
+                        st.downstream_cx_drain_close.value += 1
+                        break
+                    self.parser.start_next_cycle()
+            if self._expired is not None:
+                await self._stream_timed_out()
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
         finally:
+            self._dog.discard(self)
             st.downstream_cx_destroy.value += 1
             st.downstream_cx_active.value -= 1
             st.downstream_cx_http1_active.value -= 1
@@ -188,6 +220,26 @@ class Http1Connection:
             st.downstream_cx_rx_bytes_total.value += self.rx
             st.downstream_cx_tx_bytes_total.value += self.tx
             st.downstream_cx_length_ms.record((_now() - started) * 1000)
+
+    async def _stream_timed_out(self) -> None:
+        """The watchdog cancelled the current stream: answer 408 if nothing was sent yet."""
+        stream = self._stream
+        assert stream is not None
+        st = self.stats
+        if self._expired == "request":
+            st.downstream_rq_timeout.value += 1
+            reply = REQUEST_TIMEOUT
+        else:
+            st.downstream_rq_idle_timeout.value += 1
+            reply = STREAM_TIMEOUT
+        info = stream.info
+        if info.response_code == 0:
+            head_only = stream.request_headers.get(":method") == "HEAD"
+            await self._write_local_reply(stream, reply, head_only, False)
+        else:
+            info.response_flags.add("SI")
+        info.end_monotonic = _now()
+        self._log(stream)
 
     async def _read_head(self) -> h1.RequestHead | None:
         """The next request head, or None when the connection should close quietly."""
@@ -225,8 +277,9 @@ class Http1Connection:
         drain = self.conn.drain
         if drain.draining:
             return None
-        dog = watchdog.current()
+        dog = self._dog
         timeout = self.cfg.idle_timeout
+        self._idle = True
         if timeout is not None:
             self.deadline = trio.current_time() + timeout
             dog.add(self)
@@ -323,33 +376,33 @@ class Http1Connection:
         stream = HttpStream(request_headers=headers, info=info, connection=conn_info)
         stream._router = self._route_fn
         stream.end_stream = self._body_done
-        response_started = False
+        stream.cancel_scope = self._scope
+        self._stream = stream
+        # Stream timeouts go to the watchdog (see ``expire``).
+        self._idle = False
+        now = trio.current_time()
+        self._rq_deadline = (
+            now + cfg.request_timeout
+            if cfg.request_timeout is not None and not self._body_done
+            else math.inf
+        )
+        idle = cfg.stream_idle_timeout
+        self.deadline = min(now + idle if idle is not None else math.inf, self._rq_deadline)
+        if self.deadline != math.inf:
+            self._dog.add(self)
         try:
-            deadline = math.inf
-            if cfg.stream_idle_timeout is not None:
-                deadline = trio.current_time() + cfg.stream_idle_timeout
-            with trio.CancelScope(deadline=deadline) as scope:
-                stream.cancel_scope = scope
-                if reject is not None:
-                    result: Response | LocalReply = reject
-                    keep_alive = False
-                else:
-                    result = await self._decode(stream)
-                if type(result) is LocalReply:
-                    if result is NO_ROUTE:
-                        st.no_route.value += 1
-                    keep_alive = await self._write_local_reply(
-                        stream, result, head_only, keep_alive
-                    )
-                else:
-                    assert isinstance(result, Response)
-                    response_started = True
-                    keep_alive = await self._write_response(stream, result, head, keep_alive)
-            if scope.cancelled_caught:
-                st.downstream_rq_idle_timeout.value += 1
-                if not response_started and info.response_code == 0:
-                    await self._write_local_reply(stream, STREAM_TIMEOUT, head_only, False)
+            if reject is not None:
+                result: Response | LocalReply = reject
                 keep_alive = False
+            else:
+                result = await self._decode(stream)
+            if type(result) is LocalReply:
+                if result is NO_ROUTE:
+                    st.no_route.value += 1
+                keep_alive = await self._write_local_reply(stream, result, head_only, keep_alive)
+            else:
+                assert isinstance(result, Response)
+                keep_alive = await self._write_response(stream, result, head, keep_alive)
         except _Closed:
             info.response_flags.add("DC")
             st.downstream_rq_rx_reset.value += 1
@@ -372,12 +425,14 @@ class Http1Connection:
                 info.response_flags.add("LR")
             keep_alive = False
         finally:
+            self._dog.discard(self)
             st.downstream_rq_active.value -= 1
             info.end_monotonic = info.last_downstream_tx = _now()
             if info.first_downstream_tx is None and info.response_code:
                 info.first_downstream_tx = info.end_monotonic
             st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
-            self._log(stream)
+            if self._expired is None:  # a timed-out stream is logged once answered
+                self._log(stream)
         if not self._body_done:
             # The response finished before the request body: the rest of the connection's
             # bytes cannot be trusted to be a new request.
@@ -498,9 +553,12 @@ class Http1Connection:
             ev = await self._next_event()
             if type(ev) is h1.Data:
                 info.bytes_received += len(ev.data)
+                self._touch()
                 yield ev.data
             elif type(ev) is h1.EndOfMessage:
                 self._body_done = True
+                self._rq_deadline = math.inf
+                self._touch()
                 info.last_downstream_rx = _now()
                 if ev.trailers:
                     stream.request_trailers = Headers(ev.trailers)
@@ -610,6 +668,7 @@ class Http1Connection:
                 if body_iter is not None:
                     async for chunk in body_iter:
                         sent += len(chunk)
+                        self._touch()
                         await self._send(chunk)
             else:
                 await self._send(out)
@@ -630,6 +689,7 @@ class Http1Connection:
             if not chunk:
                 return
             sent += len(chunk)
+            self._touch()
             await self._send(h1.encode_chunk(chunk) if chunked else chunk)
 
         async def pieces() -> AsyncIterator[bytes]:

@@ -25,6 +25,7 @@ OVERFLOW = LocalReply(
     details="upstream_reset_before_response_started{overflow}",
     flag="UO",
 )
+REQUEST_TIMEOUT = LocalReply(408, b"request timeout", details="request_overall_timeout")
 STREAM_TIMEOUT = LocalReply(408, b"stream timeout", details="stream_idle_timeout")
 HEADER_TIMEOUT = LocalReply(408, b"request header read timeout", details="request_header_timeout")
 FILTER_ERROR = LocalReply(500, b"filter error", details="filter_raised_exception")
