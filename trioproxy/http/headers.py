@@ -80,6 +80,9 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every value of ``name`` with one value (in the first one's place)."""
         items = self._items
+        if name[0] != ":" and name not in [k for k, _ in items]:
+            items.append((name, value))  # absent: the common case
+            return
         for i, (k, _) in enumerate(items):
             if k == name:
                 items[i] = (name, value)

@@ -58,18 +58,16 @@ _UUID_SET = (0x4 << 76) | (0x2 << 62)
 def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None:
     """Remove connection-specific headers, and those named in ``Connection``."""
     items = headers.items()
+    if HOP_BY_HOP.isdisjoint([name for name, _ in items]):
+        return  # the common case, decided in C
     extra: set[str] = set()
     te_trailers = False
-    needs = False
     for name, value in items:
         if name in HOP_BY_HOP:
-            needs = True
             if name == "connection":
                 extra.update(t.strip().lower() for t in value.split(","))
             elif name == "te" and keep_te_trailers:
                 te_trailers = any(t.strip().lower() == "trailers" for t in value.split(","))
-    if not needs:
-        return
     extra.discard("")
     # Envoy keeps the end-to-end headers a Connection header names except these control ones.
     drop = HOP_BY_HOP | (extra & {"keep-alive", "upgrade", "proxy-connection", "te"})
