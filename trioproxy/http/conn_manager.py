@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,8 +46,8 @@ from trioproxy.http.local_reply import (
     http_date,
     reply_headers,
 )
-from trioproxy.http.path import Outcome, normalize
-from trioproxy.http.request_headers import mutate_request_headers, mutate_response_headers
+from trioproxy.http.request_head import request_headers
+from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
@@ -56,8 +55,6 @@ from trioproxy.network.filter import DownstreamConnection
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-# Only these can change under normalisation: %-escapes, dot segments, // and backslashes.
-_NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
 _NO_BODY_STATUS = frozenset((204, 304))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -368,7 +365,7 @@ class Http1Connection:
             # The parser has the (empty) message's end in hand already: consume it.
             self.parser.next_event()
         self._continue_pending = head.expect_continue and not self._body_done
-        headers, reject = self._request_headers(head)
+        headers, reject = request_headers(head, self.cfg, conn_info, self._scheme)
         if head.expect_continue:
             # The proxy answers 100-continue itself (Envoy's default, proxy_100_continue off).
             headers.remove("expect")
@@ -439,96 +436,6 @@ class Http1Connection:
             st.downstream_rq_response_before_rq_complete.value += 1
             keep_alive = False
         return keep_alive
-
-    def _request_headers(self, head: h1.RequestHead) -> tuple[Headers, LocalReply | None]:
-        """Build the request's header map; a LocalReply when the request must be refused."""
-        cfg = self.cfg
-        target = head.target
-        authority = ""
-        reject: LocalReply | None = None
-        items: list[tuple[str, str]] = []
-        for name, value in head.headers:
-            if name == "host":
-                if authority:
-                    reject = LocalReply(400, b"", details="http1.multiple_host_headers")
-                authority = value
-            else:
-                items.append((name, value))
-        if target[:1] != "/":
-            if target == "*" and head.method == "OPTIONS":
-                pass
-            elif "://" in target:
-                # absolute-form: the authority in the target wins (RFC 9112 §3.2.2).
-                rest = target.split("://", 1)[1]
-                slash = rest.find("/")
-                authority = rest if slash < 0 else rest[:slash]
-                target = "/" if slash < 0 else rest[slash:]
-            else:
-                self.stats.downstream_rq_non_relative_path.value += 1
-                reject = LocalReply(404, b"", details="absolute_path_rejected")
-        if not authority:
-            if head.version == "1.0" and cfg.default_host_for_http_10:
-                authority = cfg.default_host_for_http_10
-            elif reject is None:
-                reject = LocalReply(400, b"", details="missing_host_header")
-        headers = Headers(
-            [
-                (":authority", authority),
-                (":path", target),
-                (":method", head.method),
-                (":scheme", self._scheme),
-            ]
-        )
-        headers.items().extend(items)
-        if reject is not None:
-            return headers, reject
-        if head.version == "1.0" and not cfg.accept_http_10:
-            return headers, LocalReply(426, b"Upgrade Required", details="low_version")
-        if cfg.headers_with_underscores_action == "REJECT_REQUEST" and any(
-            "_" in n for n, _ in items
-        ):
-            return headers, LocalReply(400, b"", details="unexpected_underscore")
-        if cfg.headers_with_underscores_action == "DROP_HEADER":
-            headers.items()[:] = [(n, v) for n, v in headers.items() if "_" not in n]
-        if head.upgrade:
-            # WebSocket and other upgrades come with the upgrade_configs support.
-            self.stats.downstream_rq_ws_on_non_ws_route.value += 1
-            return headers, LocalReply(403, b"", details="upgrade_failed")
-        mutate_request_headers(
-            headers,
-            remote_ip=self.conn.info.remote_address[0],
-            tls=self.conn.info.tls,
-            use_remote_address=cfg.use_remote_address,
-            skip_xff_append=cfg.skip_xff_append,
-            xff_num_trusted_hops=cfg.xff_num_trusted_hops,
-            generate_request_id=cfg.generate_request_id,
-            preserve_external_request_id=cfg.preserve_external_request_id,
-            via=cfg.via,
-        )
-        if (
-            target[:1] == "/"
-            and (cfg.normalize_path or cfg.merge_slashes)
-            and _NEEDS_NORMALIZING.search(target) is not None
-        ):
-            outcome, new = normalize(
-                target,
-                normalize_path=cfg.normalize_path,
-                merge_slashes=cfg.merge_slashes,
-                escaped_slashes=cfg.escaped_slashes,
-            )
-            if outcome is Outcome.REJECT:
-                return headers, LocalReply(400, b"", details="path_normalization_failed")
-            if outcome is Outcome.REDIRECT:
-                return headers, LocalReply(
-                    307, b"", headers=(("location", new),), details="path_normalization_redirect"
-                )
-            if new != target:
-                headers.set(":path", new)
-        if cfg.strip_port_mode and ":" in authority and not authority.endswith("]"):
-            host, _, port = authority.rpartition(":")
-            if cfg.strip_port_mode == "any" or port == str(self.conn.info.local_address[1]):
-                headers.set(":authority", host)
-        return headers, None
 
     async def _decode(self, stream: HttpStream) -> Response | LocalReply:
         chain = self.cfg.chain

@@ -1,0 +1,112 @@
+"""From a parsed HTTP/1.1 request head to the header map filters see (sans-IO).
+
+The request line becomes pseudo-headers (``Host`` becomes ``:authority``; an absolute-form
+target gives both), requests Envoy refuses get their local reply (no Host, HTTP/1.0 when not
+accepted, upgrades without ``upgrade_configs``, underscores when configured), then Envoy's
+header mutations and path normalisation apply.
+"""
+
+from __future__ import annotations
+
+import re
+
+from trioproxy.http import h1
+from trioproxy.http.conn_manager_config import HcmConfig
+from trioproxy.http.filter import ConnectionInfo, LocalReply
+from trioproxy.http.headers import Headers
+from trioproxy.http.path import Outcome, normalize
+from trioproxy.http.request_headers import mutate_request_headers
+
+# Only these can change under normalisation: %-escapes, dot segments, // and backslashes.
+_NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
+
+
+def request_headers(
+    head: h1.RequestHead, cfg: HcmConfig, conn: ConnectionInfo, scheme: str
+) -> tuple[Headers, LocalReply | None]:
+    """The request's header map; a LocalReply when the request must be refused."""
+    stats = cfg.stats
+    target = head.target
+    authority = ""
+    reject: LocalReply | None = None
+    items: list[tuple[str, str]] = []
+    for name, value in head.headers:
+        if name == "host":
+            if authority:
+                reject = LocalReply(400, b"", details="http1.multiple_host_headers")
+            authority = value
+        else:
+            items.append((name, value))
+    if target[:1] != "/":
+        if target == "*" and head.method == "OPTIONS":
+            pass
+        elif "://" in target:
+            # absolute-form: the authority in the target wins (RFC 9112 §3.2.2).
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            authority = rest if slash < 0 else rest[:slash]
+            target = "/" if slash < 0 else rest[slash:]
+        else:
+            stats.downstream_rq_non_relative_path.value += 1
+            reject = LocalReply(404, b"", details="absolute_path_rejected")
+    if not authority:
+        if head.version == "1.0" and cfg.default_host_for_http_10:
+            authority = cfg.default_host_for_http_10
+        elif reject is None:
+            reject = LocalReply(400, b"", details="missing_host_header")
+    headers = Headers(
+        [
+            (":authority", authority),
+            (":path", target),
+            (":method", head.method),
+            (":scheme", scheme),
+        ]
+    )
+    headers.items().extend(items)
+    if reject is not None:
+        return headers, reject
+    if head.version == "1.0" and not cfg.accept_http_10:
+        return headers, LocalReply(426, b"Upgrade Required", details="low_version")
+    if cfg.headers_with_underscores_action == "REJECT_REQUEST" and any("_" in n for n, _ in items):
+        return headers, LocalReply(400, b"", details="unexpected_underscore")
+    if cfg.headers_with_underscores_action == "DROP_HEADER":
+        headers.items()[:] = [(n, v) for n, v in headers.items() if "_" not in n]
+    if head.upgrade:
+        # WebSocket and other upgrades come with the upgrade_configs support.
+        stats.downstream_rq_ws_on_non_ws_route.value += 1
+        return headers, LocalReply(403, b"", details="upgrade_failed")
+    mutate_request_headers(
+        headers,
+        remote_ip=conn.remote_address[0],
+        tls=conn.tls,
+        use_remote_address=cfg.use_remote_address,
+        skip_xff_append=cfg.skip_xff_append,
+        xff_num_trusted_hops=cfg.xff_num_trusted_hops,
+        generate_request_id=cfg.generate_request_id,
+        preserve_external_request_id=cfg.preserve_external_request_id,
+        via=cfg.via,
+    )
+    if (
+        target[:1] == "/"
+        and (cfg.normalize_path or cfg.merge_slashes)
+        and _NEEDS_NORMALIZING.search(target) is not None
+    ):
+        outcome, new = normalize(
+            target,
+            normalize_path=cfg.normalize_path,
+            merge_slashes=cfg.merge_slashes,
+            escaped_slashes=cfg.escaped_slashes,
+        )
+        if outcome is Outcome.REJECT:
+            return headers, LocalReply(400, b"", details="path_normalization_failed")
+        if outcome is Outcome.REDIRECT:
+            return headers, LocalReply(
+                307, b"", headers=(("location", new),), details="path_normalization_redirect"
+            )
+        if new != target:
+            headers.set(":path", new)
+    if cfg.strip_port_mode and ":" in authority and not authority.endswith("]"):
+        host, _, port = authority.rpartition(":")
+        if cfg.strip_port_mode == "any" or port == str(conn.local_address[1]):
+            headers.set(":authority", host)
+    return headers, None
