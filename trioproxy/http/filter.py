@@ -106,6 +106,7 @@ class HttpStream:
     _route: Any = None
     _routed: bool = False
     _router: Callable[[Headers], Any] | None = None
+    #: Cancelling it ends the stream and its HTTP/1.1 connection (stream timeouts do that).
     cancel_scope: trio.CancelScope | None = None
     end_stream: bool = False  # the request has no body
 
