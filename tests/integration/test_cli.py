@@ -106,3 +106,37 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         upstream.close()
+
+
+def test_quitquitquit_takes_post_only_and_exits_zero(tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    port, admin = _free_port(), _free_port()
+    cfg = tmp_path / "c.yaml"
+    text = simple_config([1])  # the upstream is never used
+    text = text.replace("port_value: 0", f"port_value: {port}", 1)
+    text = text.replace("port_value: 0", f"port_value: {admin}", 1)
+    cfg.write_text(text)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trioproxy", "serve", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_port(admin)
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{admin}/quitquitquit", timeout=5)
+        assert err.value.code == 405
+        err.value.close()
+        assert proc.poll() is None  # a GET changes nothing
+        req = urllib.request.Request(f"http://127.0.0.1:{admin}/quitquitquit", method="POST")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            assert resp.status == 200
+        proc.communicate(timeout=15)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
