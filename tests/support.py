@@ -6,7 +6,9 @@ not mocks of trioproxy's own code.
 
 from __future__ import annotations
 
+import socket
 import textwrap
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -315,3 +317,26 @@ async def body_chunks(parts: Sequence[bytes], delay: float = 0.0) -> AsyncIterat
         if delay:
             await trio.sleep(delay)
         yield p
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports that were free a moment ago (for configs and processes that need them written)."""
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_port(port: int, deadline: float = 20.0) -> None:
+    """Block until something accepts on 127.0.0.1:``port`` (a process finished starting)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")

@@ -8,12 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.support import free_ports, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -21,20 +22,10 @@ ROOT = Path(__file__).parents[2]
 CURL = shutil.which("curl")
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def _free_run(n: int) -> int:
     """A port p such that p … p+n-1 are all free right now."""
     for _ in range(200):
-        (start,) = _free_ports(1)
+        (start,) = free_ports(1)
         socks = []
         try:
             for p in range(start, start + n):
@@ -50,20 +41,9 @@ def _free_run(n: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def _wait(port: int, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(port)
-
-
 @pytest.fixture(scope="module")
 def demo() -> Iterator[tuple[int, int]]:
-    listen, admin = _free_ports(2)
+    listen, admin = free_ports(2)
     base = _free_run(3)  # the colour services take three consecutive ports
     proc = subprocess.Popen(
         [
@@ -81,8 +61,8 @@ def demo() -> Iterator[tuple[int, int]]:
         text=True,
     )
     try:
-        _wait(admin)
-        _wait(listen)
+        wait_port(admin, 30)
+        wait_port(listen, 30)
         yield listen, admin
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import simple_config
+from tests.support import free_ports, simple_config, wait_port
 
 pytestmark = pytest.mark.slow
 
@@ -42,30 +42,13 @@ def test_validate_names_a_misspelt_field_and_its_line(tmp_path: Path) -> None:
     assert result.returncode == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
-
-
 def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
     # A slow upstream: a plain socket server that answers after 1 s.
     upstream = socket.socket()
     upstream.bind(("127.0.0.1", 0))
     upstream.listen(8)
     up_port = upstream.getsockname()[1]
-    port = _free_port()
+    port = free_ports(1)[0]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         simple_config([up_port], admin=False).replace("port_value: 0", f"port_value: {port}", 1)
@@ -77,7 +60,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _wait_port(port)
+        wait_port(port)
         client = socket.create_connection(("127.0.0.1", port))
         client.sendall(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n")
         conn, _ = upstream.accept()
@@ -112,7 +95,7 @@ def test_quitquitquit_takes_post_only_and_exits_zero(tmp_path: Path) -> None:
     import urllib.error
     import urllib.request
 
-    port, admin = _free_port(), _free_port()
+    port, admin = free_ports(1)[0], free_ports(1)[0]
     cfg = tmp_path / "c.yaml"
     text = simple_config([1])  # the upstream is never used
     text = text.replace("port_value: 0", f"port_value: {port}", 1)
@@ -125,7 +108,7 @@ def test_quitquitquit_takes_post_only_and_exits_zero(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _wait_port(admin)
+        wait_port(admin)
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"http://127.0.0.1:{admin}/quitquitquit", timeout=5)
         assert err.value.code == 405
