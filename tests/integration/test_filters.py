@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import trio
+import trio.testing
 
 from tests.support import Backend, Client, header, simple_config, start_proxy
 from trioproxy.hookspecs import hookimpl
@@ -28,6 +29,10 @@ class Probe(HttpFilter):
             raise RuntimeError("filter bug")
         headers.add("x-probe-seen", "yes")
         return None
+
+    async def on_response_headers(self, stream: HttpStream, headers: Headers) -> None:
+        if stream.request_headers.get(":path") == "/boom-late":
+            raise RuntimeError("response filter bug")
 
     async def on_response_data(self, stream: HttpStream, data: bytes, end_stream: bool) -> bytes:
         if stream.request_headers.get(":path") == "/shout":
@@ -106,3 +111,34 @@ async def test_a_raising_filter_fails_only_its_stream(nursery: trio.Nursery) -> 
     assert resp.status_code == 200
     await client.aclose()
     await other.aclose()
+
+
+async def test_a_response_phase_failure_releases_the_upstream_request(
+    nursery: trio.Nursery,
+) -> None:
+    """The upstream is still sending its body when a response filter raises: the client gets
+    500 and the upstream request is settled (no request or connection left active)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def slow_body(stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\none\r\n")
+        with trio.move_on_after(2):
+            await stream.receive_some(65536)  # until the proxy gives up on us
+        await stream.aclose()
+
+    nursery.start_soon(trio.serve_listeners, slow_body, listeners)
+    plugin = ProbePlugin()
+    proxy = await start_proxy(
+        nursery, simple_config([port], http_filters=FILTERS), plugins=[plugin]
+    )
+    client = await Client.connect(proxy.port)
+    resp, _ = await client.request("GET", "/boom-late")
+    assert resp.status_code == 500
+    await trio.testing.wait_all_tasks_blocked()
+    assert proxy.stat("cluster.backend.upstream_rq_active") == 0
+    assert proxy.stat("cluster.backend.upstream_cx_active") == 0
+    await client.aclose()

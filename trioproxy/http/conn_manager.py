@@ -417,7 +417,7 @@ class Http1Connection:
             log.exception("HTTP filter failed on %s %s", head.method, head.target)
             self._filter_error.value += 1
             if info.response_code == 0:
-                await self._write_local_reply(stream, FILTER_ERROR, head_only, False)
+                await self._write_local_reply(stream, FILTER_ERROR, head_only, False, filters=False)
             else:
                 info.response_flags.add("LR")
             keep_alive = False
@@ -493,8 +493,16 @@ class Http1Connection:
 
     # -- responses ------------------------------------------------------------------------
     async def _write_local_reply(
-        self, stream: HttpStream, reply: LocalReply, head_only: bool, keep_alive: bool
+        self,
+        stream: HttpStream,
+        reply: LocalReply,
+        head_only: bool,
+        keep_alive: bool,
+        *,
+        filters: bool = True,
     ) -> bool:
+        """Answer with ``reply``; ``filters=False`` skips the response phases (used when a
+        filter failed: the reply must not run into the same failure)."""
         cfg = self.cfg
         info = stream.info
         headers = reply_headers(reply, cfg.server_name, info.start_time)
@@ -505,8 +513,9 @@ class Http1Connection:
         if route is not None and hasattr(route, "apply_response_headers"):
             route.apply_response_headers(headers, info)
         stream.response_headers = headers
-        for phase in cfg.chain.response_headers:
-            await phase(stream, headers)
+        if filters:
+            for phase in cfg.chain.response_headers:
+                await phase(stream, headers)
         if not self._body_done:
             keep_alive = False
         if not keep_alive:
@@ -520,6 +529,23 @@ class Http1Connection:
         return keep_alive
 
     async def _write_response(
+        self, stream: HttpStream, resp: Response, head: h1.RequestHead, keep_alive: bool
+    ) -> bool:
+        """Send ``resp``; its body iterator is closed on every path (the router's returns its
+        upstream connection to the pool there)."""
+        body_iter = resp.body
+        try:
+            keep_alive = await self._send_response(stream, resp, head, keep_alive)
+        except BaseException:
+            if body_iter is not None and hasattr(body_iter, "aclose"):
+                with trio.CancelScope(shield=True):
+                    await body_iter.aclose()
+            raise
+        if body_iter is not None and hasattr(body_iter, "aclose"):
+            await body_iter.aclose()
+        return keep_alive
+
+    async def _send_response(
         self, stream: HttpStream, resp: Response, head: h1.RequestHead, keep_alive: bool
     ) -> bool:
         cfg = self.cfg
@@ -582,8 +608,6 @@ class Http1Connection:
                 sent = await self._stream_body(stream, resp, chunked)
         finally:
             info.bytes_sent = sent
-            if body_iter is not None and hasattr(body_iter, "aclose"):
-                await body_iter.aclose()
         return keep_alive
 
     async def _stream_body(self, stream: HttpStream, resp: Response, chunked: bool) -> int:
