@@ -126,13 +126,6 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             trio.lowlevel.notify_closing(self.socket)
             self.socket.close()
 
-    def peername(self) -> tuple[str, int]:
-        try:
-            addr = self.socket.getpeername()
-        except OSError:
-            return ("", 0)
-        return (addr[0], addr[1])
-
     def sockname(self) -> tuple[str, int]:
         addr = self.socket.getsockname()
         return (addr[0], addr[1])

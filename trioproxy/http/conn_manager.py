@@ -663,7 +663,3 @@ class Http1Connection:
 def _encode_head(headers: Headers) -> bytes:
     status = int(headers.get(":status") or 0)
     return h1.encode_response_head(status, "", list(headers.regular()))
-
-
-def local_date(now: float) -> str:  # re-exported for filters that build replies
-    return http_date(now)

@@ -63,9 +63,6 @@ class Headers:
             if item[0][:1] != ":":
                 yield item
 
-    def byte_size(self) -> int:
-        return sum(len(k) + len(v) for k, v in self._items)
-
     # -- writing ---------------------------------------------------------------------------
     def add(self, name: str, value: str) -> None:
         """Append a value, keeping pseudo-headers in front."""
