@@ -28,7 +28,8 @@ from trioproxy.config import LoadedConfig
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.listener.config import ListenerConfig
-from trioproxy.listener.tcp import Listener, bind_socket
+from trioproxy.listener.manager import ListenerManager
+from trioproxy.listener.tcp import Listener
 from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream.cluster_manager import ClusterManager
@@ -190,7 +191,7 @@ class Server:
         self.store = Store()
         self.built = build(loaded, options, self.store, registry)
         self.stats = ServerStats(self.store.scope("server."))
-        self.listeners: list[Listener] = []
+        self.listener_manager = ListenerManager(self.store, options.drain_time)
         self.state = "PRE_INITIALIZING"
         self.started_wall = time.time()
         self.loaded_at = time.time()
@@ -202,6 +203,11 @@ class Server:
     @property
     def cluster_manager(self) -> ClusterManager:
         return self.built.cluster_manager
+
+    @property
+    def listeners(self) -> list[Listener]:
+        """The accepting listeners (static first, then dynamic ones in arrival order)."""
+        return self.listener_manager.listeners()
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
@@ -236,18 +242,8 @@ class Server:
                 self.admin_port = await root.start(
                     serve_admin, ServerAdminBackend(self), host, port
                 )
-            ports: list[int] = []
-            for lc in built.listeners:
-                try:
-                    sock = bind_socket(*lc.address)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot bind '{lc.address[0]}:{lc.address[1]}': {exc.strerror}",
-                        path=f"listener {lc.name}",
-                    ) from exc
-                listener = Listener(lc, sock)
-                self.listeners.append(listener)
-                ports.append(await root.start(listener.serve))
+            await root.start(self.listener_manager.run)
+            ports = await self.listener_manager.add_static(built.listeners)
             root.start_soon(self._housekeeping)
             await root.start(run_flusher)
             root.start_soon(self._signals)
@@ -264,11 +260,7 @@ class Server:
         self.stats.state.set(1)
         self.stats.live.set(0)
         log.info("draining listeners for up to %.1f s", self.options.drain_time)
-        for listener in self.listeners:
-            listener.drain.start()
-        with trio.move_on_after(self.options.drain_time):
-            for listener in self.listeners:
-                await listener.wait_drained()
+        await self.listener_manager.drain_all(self.options.drain_time)
 
     async def _signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

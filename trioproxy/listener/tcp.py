@@ -52,6 +52,7 @@ class Listener:
         self.drain = Drain()
         self.active = 0
         self._drained = trio.Event()
+        self._handed_off = False
         self.port: int = sock.getsockname()[1]
 
     def __repr__(self) -> str:
@@ -81,10 +82,18 @@ class Listener:
                             continue
                         handlers.start_soon(self._connection, conn, addr)
                         await trio.lowlevel.checkpoint()
-                # Stopped accepting (drain): close the socket, let connections finish.
+                # Stopped accepting (drain): close the socket — unless a newer listener
+                # took it over — and let connections finish.
                 self._close_socket()
         finally:
             self._close_socket()
+
+    def hand_off(self) -> socket.socket:
+        """Stop accepting and drain, leaving the listening socket open for a successor
+        (an LDS update that keeps the address: no connection attempt is refused)."""
+        self._handed_off = True
+        self.drain.start()
+        return self.sock
 
     async def wait_drained(self) -> None:
         """Wait until a draining listener has no connection left."""
@@ -94,7 +103,7 @@ class Listener:
             await trio.lowlevel.checkpoint()
 
     def _close_socket(self) -> None:
-        if self.sock.fileno() != -1:
+        if not self._handed_off and self.sock.fileno() != -1:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 

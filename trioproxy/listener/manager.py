@@ -1,0 +1,225 @@
+"""The listener manager: which listeners run, and how one replaces another.
+
+Theory of operation
+-------------------
+Static listeners come from the bootstrap and never change. Dynamic ones come from LDS and go
+through Envoy's states:
+
+- **warming**: built and validated, waiting for what it needs before it may take traffic (its
+  route configuration from RDS, up to ``initial_fetch_timeout``). The listener it replaces, if
+  any, keeps serving meanwhile — make before break.
+- **active**: accepting. A listener whose config did not change is left alone, sockets and
+  connections included.
+- **draining**: replaced or removed. It stops accepting; idle keep-alive connections close,
+  busy ones finish their request (HTTP/1.1 answers ``Connection: close``, HTTP/2 sends GOAWAY)
+  for at most the drain time, then are cancelled. A replacement on the same address takes over
+  the old listening socket, so no connection attempt is refused during an update.
+
+Every listener runs as a task in the manager's nursery under its own cancel scope.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from trioproxy.errors import ConfigError
+from trioproxy.listener.config import ListenerConfig
+from trioproxy.listener.tcp import Listener, bind_socket
+from trioproxy.stats import Counter, Gauge, StatBlock, Store
+
+log = logging.getLogger(__name__)
+
+Warm = Callable[[], Awaitable[None]]
+
+
+class ListenerManagerStats(StatBlock):
+    """``listener_manager.*``."""
+
+    listener_added: Counter
+    listener_modified: Counter
+    listener_removed: Counter
+    listener_stopped: Counter
+    listener_create_success: Counter
+    listener_create_failure: Counter
+    listener_in_place_updated: Counter
+    total_listeners_active: Gauge
+    total_listeners_warming: Gauge
+    total_listeners_draining: Gauge
+    workers_started: Gauge
+
+
+@attrs.define(eq=False)
+class Entry:
+    config: ListenerConfig
+    version_info: str = ""
+    last_updated: float = attrs.field(factory=time.time)
+    static: bool = False
+    listener: Listener | None = None
+    scope: trio.CancelScope | None = None
+
+
+class ListenerManager:
+    def __init__(self, store: Store, drain_time: float = 5.0) -> None:
+        self.stats = ListenerManagerStats(store.scope("listener_manager."))
+        self.drain_time = drain_time
+        self.active: dict[str, Entry] = {}
+        self.warming: dict[str, Entry] = {}
+        self.draining: list[Entry] = []
+        self._nursery: trio.Nursery | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def listeners(self) -> list[Listener]:
+        """The accepting listeners, in the order they were added."""
+        return [e.listener for e in self.active.values() if e.listener is not None]
+
+    async def add_static(self, configs: Sequence[ListenerConfig]) -> list[int]:
+        """Bind and start the bootstrap's listeners; their bound ports, in order."""
+        ports = []
+        for config in configs:
+            entry = Entry(config, static=True)
+            ports.append(await self._start(entry, sock=None))
+            self.active[config.name] = entry
+            self.stats.listener_added.value += 1
+        self._gauges()
+        return ports
+
+    async def _start(self, entry: Entry, sock: Any) -> int:
+        assert self._nursery is not None, "ListenerManager.run is not running"
+        config = entry.config
+        if sock is None:
+            try:
+                sock = bind_socket(*config.address)
+            except OSError as exc:
+                self.stats.listener_create_failure.value += 1
+                raise ConfigError(
+                    f"cannot bind '{config.address[0]}:{config.address[1]}': {exc.strerror}",
+                    path=f"listener {config.name}",
+                ) from exc
+        listener = Listener(config, sock)
+        entry.listener = listener
+        port: int = await self._nursery.start(self._serve, entry)
+        self.stats.listener_create_success.value += 1
+        return port
+
+    async def _serve(self, entry: Entry, *, task_status: trio.TaskStatus[int]) -> None:
+        assert entry.listener is not None
+        with trio.CancelScope() as scope:
+            entry.scope = scope
+            await entry.listener.serve(task_status=task_status)
+        if entry in self.draining:
+            self.draining.remove(entry)
+            self._gauges()
+
+    # ------------------------------------------------------------------ LDS
+
+    def is_static(self, name: str) -> bool:
+        entry = self.active.get(name)
+        return entry is not None and entry.static
+
+    def unchanged(self, config: ListenerConfig) -> bool:
+        entry = self.warming.get(config.name) or self.active.get(config.name)
+        return entry is not None and entry.config.canonical == config.canonical
+
+    async def add_or_update(self, config: ListenerConfig, version_info: str, warm: Warm) -> None:
+        """Warm ``config`` up, then put it in place of the listener of the same name.
+
+        Runs until the listener is active (or was superseded while warming); the caller
+        starts it as a task so that an xDS stream is never blocked by warming."""
+        name = config.name
+        entry = Entry(config, version_info)
+        old_warming = self.warming.pop(name, None)
+        if old_warming is not None and old_warming.scope is not None:
+            old_warming.scope.cancel()
+        self.warming[name] = entry
+        self._gauges()
+        with trio.CancelScope() as scope:
+            entry.scope = scope
+            await warm()
+        if scope.cancelled_caught or self.warming.get(name) is not entry:
+            return
+        del self.warming[name]
+        old = self.active.get(name)
+        sock = None
+        if old is not None and old.listener is not None:
+            if old.config.address == config.address and config.address[1] != 0:
+                sock = old.listener.hand_off()
+            self._drain(old)
+            self.stats.listener_modified.value += 1
+        else:
+            self.stats.listener_added.value += 1
+        try:
+            await self._start(entry, sock)
+        except ConfigError:
+            log.exception("listener %s could not start", name)
+            self.active.pop(name, None)
+            self._gauges()
+            return
+        entry.last_updated = time.time()
+        self.active[name] = entry
+        self._gauges()
+
+    def remove(self, name: str) -> bool:
+        """Stop and drain a dynamic listener; ``False`` if there is none by that name."""
+        warming = self.warming.pop(name, None)
+        if warming is not None and warming.scope is not None:
+            warming.scope.cancel()
+        entry = self.active.get(name)
+        if entry is None or entry.static:
+            self._gauges()
+            return warming is not None
+        del self.active[name]
+        self._drain(entry)
+        self.stats.listener_removed.value += 1
+        self._gauges()
+        return True
+
+    def _drain(self, entry: Entry) -> None:
+        listener = entry.listener
+        if listener is None:
+            return
+        listener.drain.start()
+        self.draining.append(entry)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._finish_drain, entry)
+
+    async def _finish_drain(self, entry: Entry) -> None:
+        """Cancel what is left of a draining listener after the drain time."""
+        assert entry.listener is not None
+        with trio.move_on_after(self.drain_time):
+            await entry.listener.wait_drained()
+        if entry.scope is not None:
+            entry.scope.cancel()
+
+    def _gauges(self) -> None:
+        s = self.stats
+        s.total_listeners_active.value = len(self.active)
+        s.total_listeners_warming.value = len(self.warming)
+        s.total_listeners_draining.value = len(self.draining)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def drain_all(self, drain_time: float) -> None:
+        """Server shutdown: every listener stops accepting; wait for connections to finish."""
+        for entry in self.warming.values():
+            if entry.scope is not None:
+                entry.scope.cancel()
+        listeners = [e.listener for e in [*self.active.values(), *self.draining] if e.listener]
+        for listener in listeners:
+            listener.drain.start()
+        with trio.move_on_after(drain_time):
+            for listener in listeners:
+                await listener.wait_drained()
