@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from trioproxy.http.rds import RdsSubscriber
     from trioproxy.registry import Registry
     from trioproxy.stats import Store
     from trioproxy.upstream.cluster_manager import ClusterManager
@@ -23,3 +24,4 @@ class BuildContext:
     service_node: str = ""
     base_dir: str = "."  # relative DataSource filenames resolve here
     h1_codec: str | None = None  # "httptools" | "h11" | None (best available)
+    rds: RdsSubscriber | None = None  # the xDS manager, where RDS can be used

@@ -141,7 +141,8 @@ def test_zero_idle_timeout_disables_it() -> None:
 @pytest.mark.parametrize(
     ("extra", "path", "reason"),
     [
-        ({"type": "EDS"}, "type", "not supported yet"),
+        ({"type": "ORIGINAL_DST"}, "type", "not supported yet"),
+        ({"type": "EDS"}, "load_assignment", "takes its endpoints from EDS"),
         ({"type": "ORIGINAL_DST"}, "type", "not supported yet"),
         ({"type": "BOGUS"}, "type", "unknown"),
         ({"lb_policy": "RING_HASH"}, "lb_policy", "unsupported"),
@@ -215,7 +216,7 @@ def test_error_prefix_with_at() -> None:
     with pytest.raises(ConfigError) as info:
         ClusterConfig.from_proto(cluster(type="EDS"))
     err = info.value.at("static_resources.clusters[2]")
-    assert err.path == "static_resources.clusters[2].type"
+    assert err.path == "static_resources.clusters[2].load_assignment"
 
 
 def test_typed_load_balancing_policy() -> None:

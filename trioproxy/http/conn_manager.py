@@ -113,11 +113,12 @@ class Http1Connection:
         remote, local = conn.info.remote_address, conn.info.local_address
         self._remote = f"{remote[0]}:{remote[1]}"
         self._local = f"{local[0]}:{local[1]}"
-        route_config = cfg.route_config
+        routes = cfg.routes  # read per request: an RDS update applies to the next one
         getrandbits = random.getrandbits
 
         def route_fn(headers: Headers) -> Any:
-            return route_config.route(headers, getrandbits(63))
+            current = routes.current
+            return None if current is None else current.route(headers, getrandbits(63))
 
         self._route_fn = route_fn
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")

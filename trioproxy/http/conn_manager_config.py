@@ -19,6 +19,7 @@ from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
 from trioproxy.http.path import EscapedSlashes
+from trioproxy.http.rds import RouteHolder
 from trioproxy.http.route_table import RouteConfiguration
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
 
@@ -88,7 +89,6 @@ class ListenerHttpStats(StatBlock):
 
 _SERVER_HEADER = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
 _UNSUPPORTED = (
-    "rds",
     "scoped_routes",
     "upgrade_configs",
     "http2_protocol_options",
@@ -153,7 +153,7 @@ def compile_chain(filters: list[tuple[str, object]]) -> FilterChain:
 class HcmConfig:
     stat_prefix: str
     codec_type: str
-    route_config: RouteConfiguration
+    routes: RouteHolder
     chain: FilterChain
     stats: HcmStats
     scope: Scope
@@ -228,16 +228,26 @@ class HcmConfig:
             body = {k: v for k, v in raw.items() if k != "@type"}
             return conv(body)
 
-        if "route_config" not in d:
-            raise ConfigError(
-                "route_config is required (rds is not supported yet)", path="route_config"
-            )
-        try:
-            route_config = RouteConfiguration.from_proto(
-                d["route_config"], per_filter_config=convert_per_filter
-            )
-        except ConfigError as exc:
-            raise exc.at("route_config") from None
+        def build_routes(raw: Mapping[str, Any]) -> RouteConfiguration:
+            return RouteConfiguration.from_proto(raw, per_filter_config=convert_per_filter)
+
+        routes = RouteHolder(build_routes)
+        if "rds" in d:
+            rds = d["rds"]
+            routes.rds_name = str(rds.get("route_config_name", ""))
+            if ctx.rds is None:
+                raise ConfigError("RDS is not available in this context", path="rds")
+            try:
+                ctx.rds.subscribe_routes(routes.rds_name, rds.get("config_source", {}), routes)
+            except ConfigError as exc:
+                raise exc.at("rds") from None
+        elif "route_config" in d:
+            try:
+                routes.current = build_routes(d["route_config"])
+            except ConfigError as exc:
+                raise exc.at("route_config") from None
+        else:
+            raise ConfigError("one of route_config or rds is required", path="route_config")
 
         loggers = []
         for i, entry in enumerate(d.get("access_log", [])):
@@ -260,7 +270,7 @@ class HcmConfig:
         return cls(
             stat_prefix=stat_prefix,
             codec_type=codec_type,
-            route_config=route_config,
+            routes=routes,
             chain=chain,
             stats=HcmStats(scope),
             scope=scope,

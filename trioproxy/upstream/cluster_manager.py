@@ -18,7 +18,7 @@ warms (first resolution) before it replaces the old one, whose pools drain.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -27,8 +27,8 @@ import trio
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream import lb
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
-from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig
-from trioproxy.upstream.dns import DnsResolver
+from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, EndpointConfig
+from trioproxy.upstream.dns import DnsResolver, next_hosts
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
 from trioproxy.upstream.stats import ClusterStats
@@ -71,8 +71,15 @@ class Cluster:
                     for e in config.primary_endpoints
                 ]
             )
-        else:
+        elif config.type != "EDS":  # EDS hosts arrive through ``assign``
             self.resolver = DnsResolver(self)
+
+    def assign(self, endpoints: Sequence[EndpointConfig]) -> bool:
+        """EDS: replace the hosts, keeping those whose address did not change (their pools and
+        stats live on). ``False`` when nothing changed."""
+        return self.set_hosts(
+            next_hosts(self.hosts, [(e, (e.address,)) for e in endpoints if e.priority == 0])
+        )
 
     # ---------------------------------------------------------------- per request
 
@@ -257,8 +264,16 @@ class ClusterManager:
             for cluster in list(self._clusters.values()):
                 cluster.sweep(now)
 
-    async def add_or_update(self, config: ClusterConfig, *, added_via_api: bool = True) -> bool:
-        """Add or replace a cluster (after its first DNS resolution); ``False`` if unchanged."""
+    async def add_or_update(
+        self,
+        config: ClusterConfig,
+        *,
+        added_via_api: bool = True,
+        warm: Callable[[Cluster], Awaitable[None]] | None = None,
+    ) -> bool:
+        """Add or replace a cluster once it is warm — after its first DNS resolution, or after
+        ``warm(cluster)`` returns (EDS: its first endpoints); the cluster it replaces serves
+        until then. ``False`` if unchanged."""
         old = self._clusters.get(config.name)
         if old is not None and old.config == config:
             return False
@@ -267,6 +282,12 @@ class ClusterManager:
         if old_scope is not None:
             old_scope.cancel()
         cluster = Cluster(config, self.store, added_via_api=added_via_api)
+        if warm is not None:
+            self.stats.warming_clusters.value += 1
+            try:
+                await warm(cluster)
+            finally:
+                self.stats.warming_clusters.value -= 1
         if cluster.resolver is not None:
             self.stats.warming_clusters.value += 1
             try:

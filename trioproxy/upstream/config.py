@@ -25,8 +25,8 @@ import attrs
 
 from trioproxy.errors import ConfigError
 
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
-UNSUPPORTED_TYPES = ("EDS", "ORIGINAL_DST")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
+UNSUPPORTED_TYPES = ("ORIGINAL_DST",)
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 UNHEALTHY_STATUSES = frozenset({"UNHEALTHY", "DRAINING", "TIMEOUT"})
@@ -287,6 +287,9 @@ class ClusterConfig:
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config, not acted on yet
+    #: EDS: the name endpoints are requested by, and the config source to request them from.
+    eds_service_name: str = ""
+    eds_config: Mapping[str, Any] | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -322,6 +325,18 @@ class ClusterConfig:
         endpoints = _endpoints(d)
         if ctype == "STATIC":
             _check_ips(d, endpoints)
+        eds = d.get("eds_cluster_config") or {}
+        if ctype == "EDS":
+            if "load_assignment" in d:
+                raise ConfigError(
+                    "an EDS cluster takes its endpoints from EDS, not load_assignment",
+                    path="load_assignment",
+                )
+            if "eds_config" not in eds:
+                raise ConfigError(
+                    "an EDS cluster needs eds_cluster_config.eds_config",
+                    path="eds_cluster_config",
+                )
         if ctype == "LOGICAL_DNS":
             locs = (d.get("load_assignment") or {}).get("endpoints", ())
             if len(endpoints) != 1 or len(locs) > 1:
@@ -391,8 +406,18 @@ class ClusterConfig:
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,
+            eds_service_name=str(eds.get("service_name", "")) or name,
+            eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             raw=d,
         )
+
+
+def assignment_endpoints(cla: Mapping[str, Any]) -> list[EndpointConfig]:
+    """The endpoints of an EDS ``ClusterLoadAssignment``; IP addresses only, as Envoy."""
+    d = {"load_assignment": cla}
+    endpoints = _endpoints(d)
+    _check_ips(d, endpoints)
+    return endpoints
 
 
 def _check_ips(d: Mapping[str, Any], endpoints: list[EndpointConfig]) -> None:

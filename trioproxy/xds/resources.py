@@ -66,9 +66,10 @@ def resource_name(type_url: str, d: Mapping[str, Any]) -> str:
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
-    return json_format.MessageToDict(
+    out: dict[str, Any] = json_format.MessageToDict(
         msg, preserving_proto_field_name=True, descriptor_pool=pool()
     )
+    return out
 
 
 def from_dict(full_name: str, d: Mapping[str, Any]) -> Message:
