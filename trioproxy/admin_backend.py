@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from trioproxy import __version__
 from trioproxy.admin.backend import ClusterView, ConfigDumpSources
 from trioproxy.stats import Store
+from trioproxy.xds.manager import Dynamic
+from trioproxy.xds.resources import CLUSTER as CDS
+from trioproxy.xds.resources import LISTENER as LDS
 
 if TYPE_CHECKING:
     from trioproxy.server import Server
@@ -38,12 +41,44 @@ class ServerAdminBackend:
                     typed = filt.get("typed_config", {})
                     if typed.get("@type") == HCM_TYPE and "route_config" in typed:
                         routes.append((typed["route_config"], loaded_at))
+        xds = s.built.xds
+        lm = s.listener_manager
+
+        def dyn(entries: Mapping[str, Dynamic]) -> list[tuple[str, Mapping[str, Any], float]]:
+            return [(e.version_info, e.canonical, e.last_updated) for e in entries.values()]
+
+        def errors(kind: str) -> list[tuple[str, str, str, Mapping[str, Any], float]]:
+            return [
+                (name, e.version_info, e.details, e.failed_configuration, e.at)
+                for name, e in xds.errors[kind].items()
+            ]
+
+        draining = [
+            (e.version_info, e.config.canonical, e.last_updated)
+            for e in lm.draining
+            if not e.static
+        ]
         return ConfigDumpSources(
             bootstrap=s.loaded.canonical,
             bootstrap_last_updated=loaded_at,
             static_clusters=[(c, loaded_at) for c in static.get("clusters", [])],
+            dynamic_active_clusters=dyn(xds.clusters),
+            dynamic_warming_clusters=dyn(xds.warming_clusters),
             static_listeners=[(lst, loaded_at) for lst in static.get("listeners", [])],
+            dynamic_listeners=dyn(xds.listeners),
+            dynamic_warming_listeners=dyn(xds.warming_listeners),
+            dynamic_draining_listeners=draining,
             static_route_configs=routes,
+            dynamic_route_configs=[
+                (p.current.version_info, p.current.canonical, p.current.last_updated)
+                for p in xds.routes.values()
+                if p.current is not None
+            ],
+            endpoint_configs=dyn(xds.endpoints),
+            cluster_errors=errors(CDS),
+            listener_errors=errors(LDS),
+            clusters_version=xds.versions.get(CDS, ""),
+            listeners_version=xds.versions.get(LDS, ""),
         )
 
     def clusters(self) -> Sequence[ClusterView]:

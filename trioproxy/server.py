@@ -35,12 +35,14 @@ from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig
 from trioproxy.watchdog import Watchdog
+from trioproxy.xds import resources as xds_resources
+from trioproxy.xds.manager import XdsManager
+from trioproxy.xds.sources import Sources, make_opener
 
 log = logging.getLogger(__name__)
 
 # Bootstrap sections that are accepted but not acted on yet: say so rather than pretend.
 _NOT_YET = (
-    "dynamic_resources",
     "layered_runtime",
     "stats_sinks",
     "tracing",
@@ -94,6 +96,9 @@ class Built:
     listeners: tuple[ListenerConfig, ...]
     node: Mapping[str, Any]
     admin_address: tuple[str, int] | None
+    xds: XdsManager
+    sources: Sources
+    ctx: BuildContext
 
 
 def _node(loaded: LoadedConfig, options: Options) -> dict[str, Any]:
@@ -145,6 +150,24 @@ def build(
         cluster_configs.append(cfg)
     cm = ClusterManager(cluster_configs, store)
     node = _node(loaded, options)
+    base_dir = os.path.dirname(os.path.abspath(loaded.source)) if loaded.source else "."
+    xds = XdsManager(store, cm)
+    xds.static_clusters = frozenset(names)
+    sources = Sources(
+        xds,
+        node,
+        store,
+        make_opener(cm),
+        static_clusters=xds.static_clusters,
+        base_dir=base_dir,
+        opaque_types=tuple(registry.opaque_types()),
+    )
+    dynamic = boot.get("dynamic_resources", {})
+    if "ads_config" in dynamic:
+        try:
+            sources.configure_ads(dynamic["ads_config"])
+        except ConfigError as exc:
+            raise loaded.locate(exc.at("dynamic_resources")) from None
     ctx = BuildContext(
         registry=registry,
         store=store,
@@ -152,16 +175,19 @@ def build(
         node=node,
         service_cluster=str(node.get("cluster", "")),
         service_node=str(node.get("id", "")),
-        base_dir=os.path.dirname(os.path.abspath(loaded.source)) if loaded.source else ".",
+        base_dir=base_dir,
         h1_codec=options.h1_codec,
+        rds=xds,
     )
     listeners: list[ListenerConfig] = []
     seen: dict[tuple[str, int], int] = {}
     for i, raw in enumerate(static.get("listeners", [])):
         try:
-            lc = ListenerConfig.from_proto(raw, ctx)
+            with xds.collecting(str(raw.get("name", i))) as holders:
+                lc = ListenerConfig.from_proto(raw, ctx)
         except ConfigError as exc:
             raise loaded.locate(exc.at(f"static_resources.listeners[{i}]")) from None
+        xds.register_static_listener(lc.name, holders)
         if lc.address in seen and lc.address[1] != 0:
             raise loaded.locate(
                 ConfigError(
@@ -172,12 +198,22 @@ def build(
             )
         seen[lc.address] = i
         listeners.append(lc)
+    xds.static_listeners = frozenset(lc.name for lc in listeners)
+    for key, type_url in (
+        ("cds_config", xds_resources.CLUSTER),
+        ("lds_config", xds_resources.LISTENER),
+    ):
+        if key in dynamic:
+            try:
+                sources.subscribe(dynamic[key], type_url, f"dynamic_resources.{key}")
+            except ConfigError as exc:
+                raise loaded.locate(exc) from None
     admin_address = None
     admin = boot.get("admin")
     if admin and "address" in admin:
         sa = admin["address"].get("socket_address", {})
         admin_address = (str(sa.get("address", "127.0.0.1")), int(sa.get("port_value", 0)))
-    return Built(registry, store, cm, tuple(listeners), node, admin_address)
+    return Built(registry, store, cm, tuple(listeners), node, admin_address, xds, sources, ctx)
 
 
 class Server:
@@ -244,6 +280,10 @@ class Server:
                 )
             await root.start(self.listener_manager.run)
             ports = await self.listener_manager.add_static(built.listeners)
+            built.xds.ctx = built.ctx
+            built.xds.listener_manager = self.listener_manager
+            await root.start(built.xds.run)
+            await root.start(built.sources.run)
             root.start_soon(self._housekeeping)
             await root.start(run_flusher)
             root.start_soon(self._signals)

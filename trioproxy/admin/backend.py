@@ -33,6 +33,14 @@ class ConfigDumpSources:
     static_listeners: Sequence[tuple[Canonical, float]] = ()
     # (version_info, listener, last_updated)
     dynamic_listeners: Sequence[tuple[str, Canonical, float]] = ()
+    dynamic_warming_listeners: Sequence[tuple[str, Canonical, float]] = ()
+    dynamic_draining_listeners: Sequence[tuple[str, Canonical, float]] = ()
+    # The last rejected update of a resource: (name, version_info, details, config, when).
+    cluster_errors: Sequence[tuple[str, str, str, Canonical, float]] = ()
+    listener_errors: Sequence[tuple[str, str, str, Canonical, float]] = ()
+    # Latest accepted CDS / LDS version ("" when none).
+    clusters_version: str = ""
+    listeners_version: str = ""
     static_route_configs: Sequence[tuple[Canonical, float]] = ()
     dynamic_route_configs: Sequence[tuple[str, Canonical, float]] = ()
     # Secrets as SecretsConfigDump fields, already redacted (e.g. {"static_secrets": [...]}).

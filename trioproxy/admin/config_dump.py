@@ -80,6 +80,30 @@ def _dynamic(key: str, type_url: str, items: Sequence[tuple[str, Canonical, floa
     return out
 
 
+def _failure(
+    type_url: str, version: str, details: str, failed: Canonical, t: float
+) -> dict[str, Any]:
+    """``UpdateFailureState``."""
+    out: dict[str, Any] = {
+        "failed_configuration": _any(type_url, failed),
+        "last_update_attempt": rfc3339(t),
+        "details": details,
+    }
+    if version:
+        out["version_info"] = version
+    return out
+
+
+def _errors(
+    key: str, type_url: str, items: Sequence[tuple[str, str, str, Canonical, float]]
+) -> list[Any]:
+    """Entries for resources whose last update was rejected (``error_state``)."""
+    return [
+        {"error_state": _failure(type_url, version, details, failed, t)}
+        for _name, version, details, failed, t in items
+    ]
+
+
 def all_dumps(src: ConfigDumpSources, *, include_eds: bool = False) -> list[dict[str, Any]]:
     """The ``configs`` list of ``GET /config_dump``."""
     dumps = [
@@ -90,8 +114,10 @@ def all_dumps(src: ConfigDumpSources, *, include_eds: bool = False) -> list[dict
         ),
         _dump(
             "ClustersConfigDump",
+            version_info=src.clusters_version,
             static_clusters=_static("cluster", _CLUSTER, src.static_clusters),
-            dynamic_active_clusters=_dynamic("cluster", _CLUSTER, src.dynamic_active_clusters),
+            dynamic_active_clusters=_dynamic("cluster", _CLUSTER, src.dynamic_active_clusters)
+            + _errors("cluster", _CLUSTER, src.cluster_errors),
             dynamic_warming_clusters=_dynamic("cluster", _CLUSTER, src.dynamic_warming_clusters),
         ),
     ]
@@ -106,16 +132,24 @@ def all_dumps(src: ConfigDumpSources, *, include_eds: bool = False) -> list[dict
                 dynamic_endpoint_configs=_dynamic("endpoint_config", _CLA, src.endpoint_configs),
             )
         )
-    dynamic_listeners = [
-        {
-            "name": str(d.get("name", "")),
-            "active_state": _dynamic("listener", _LISTENER, [(v, d, t)])[0],
-        }
-        for v, d, t in src.dynamic_listeners
-    ]
+    by_name: dict[str, dict[str, Any]] = {}
+    for state, items in (
+        ("active_state", src.dynamic_listeners),
+        ("warming_state", src.dynamic_warming_listeners),
+        ("draining_state", src.dynamic_draining_listeners),
+    ):
+        for v, d, t in items:
+            entry = by_name.setdefault(str(d.get("name", "")), {})
+            entry[state] = _dynamic("listener", _LISTENER, [(v, d, t)])[0]
+    for name, version, details, failed, t in src.listener_errors:
+        by_name.setdefault(name, {})["error_state"] = _failure(
+            _LISTENER, version, details, failed, t
+        )
+    dynamic_listeners = [{"name": name, **states} for name, states in by_name.items()]
     dumps += [
         _dump(
             "ListenersConfigDump",
+            version_info=src.listeners_version,
             static_listeners=_static("listener", _LISTENER, src.static_listeners),
             dynamic_listeners=dynamic_listeners,
         ),
