@@ -192,15 +192,35 @@ class GrpcMux:
             return
         version: str = msg.version_info
         nonce: str = msg.nonce
-        try:
-            items = []
-            for res in msg.resources:
+        items = []
+        failed: list[tuple[str, Mapping[str, Any], str]] = []
+        for res in msg.resources:
+            try:
                 if res.type_url != type_url:
                     raise ConfigError(f"resource of type {res.type_url} in a {type_url} response")
                 items.append(self.decoder.decode(type_url, res.value))
+            except ConfigError as exc:
+                raw = _undecoded(res)
+                failed.append((R.resource_name(type_url, raw), raw, str(exc)))
+        try:
+            if failed:
+                self.manager.reject(type_url, version, failed)
+                raise ConfigError(
+                    "; ".join(f"{name or '<unnamed>'}: {why}" for name, _, why in failed)
+                )
             await self.manager.apply(type_url, version, items, self)
         except ConfigError as exc:
             log.warning("xDS: rejected %s version %s: %s", type_url, version, exc)
             await self._send(stream, st.nack(version, nonce, str(exc)))
             return
         await self._send(stream, st.ack(version, nonce))
+
+
+def _undecoded(res: Any) -> dict[str, Any]:
+    """A resource that failed validation, as far as it parses (for ``error_state``)."""
+    try:
+        msg = R.message_class(R.type_name(res.type_url))()
+        msg.ParseFromString(res.value)
+        return R.to_dict(msg)
+    except Exception:
+        return {}

@@ -240,6 +240,23 @@ class XdsManager:
             stats.update_time.value = int(time.time() * 1000)
         await trio.lowlevel.checkpoint()
 
+    def reject(
+        self,
+        type_url: str,
+        version: str,
+        failed: Sequence[tuple[str, Mapping[str, Any], str]],
+    ) -> None:
+        """Count a response rejected before ``apply`` (a resource that does not decode or
+        validate) and remember each failed resource for ``/config_dump``."""
+        stats = self.stats.get(type_url)
+        if stats is not None:
+            stats.update_attempt.value += 1
+            stats.update_rejected.value += 1
+        errors = self.errors.get(type_url)
+        if errors is not None:
+            for name, d, details in failed:
+                errors[name] = ResourceError(version, details, d)
+
     @staticmethod
     def _names(type_url: str, items: Sequence[Mapping[str, Any]], what: str) -> list[str]:
         names = [R.resource_name(type_url, d) for d in items]
