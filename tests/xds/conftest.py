@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.xds.ads_server import AdsServer
+from trioproxy.testing.xds_server import AdsServer
 
 
 @pytest.fixture

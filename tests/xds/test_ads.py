@@ -9,7 +9,6 @@ from collections.abc import Callable
 import trio
 
 from tests.support import Backend, free_ports, raw_exchange, start_proxy
-from tests.xds.ads_server import AdsServer
 from tests.xds.resources import (
     CDS,
     EDS,
@@ -22,6 +21,7 @@ from tests.xds.resources import (
     listener,
     route,
 )
+from trioproxy.testing.xds_server import AdsServer
 
 
 async def until(pred: Callable[[], object], timeout: float = 10.0) -> None:

@@ -1,4 +1,7 @@
-"""An independent xDS server for tests: grpcio (its own HTTP/2, not h2), state of the world.
+"""A small state-of-the-world xDS server on grpcio, for tests and demos.
+
+grpcio's HTTP/2 is its own C core, not ``h2``: a client bug cannot hide behind a server that
+shares it. Needs ``grpcio`` (in the ``test`` extra); imported only when used.
 
 Serves ADS and the per-type services from one snapshot per type URL; records every request;
 ``set`` pushes a new version to every open stream. Switches reproduce go-control-plane's
@@ -18,6 +21,8 @@ from typing import Any
 import grpc
 
 from trioproxy.xds import resources as R
+
+__all__ = ["AdsServer", "encode"]
 
 _REQ = "envoy.service.discovery.v3.DiscoveryRequest"
 _RESP = "envoy.service.discovery.v3.DiscoveryResponse"
