@@ -200,7 +200,9 @@ class Http1Connection:
                     if not keep_alive:
                         st.downstream_cx_destroy_local.value += 1
                         break
-                    if drain.draining:
+                    if drain.draining and drain.close_idle:
+                        # (A listener update waits for the next request instead, answered
+                        # with Connection: close: this response may have promised keep-alive.)
                         st.downstream_cx_drain_close.value += 1
                         break
                     self.parser.start_next_cycle()
@@ -273,7 +275,11 @@ class Http1Connection:
         """Idle between requests: the first bytes of the next one, or None on close, idle
         timeout or drain (both close the socket through ``expire``)."""
         drain = self.conn.drain
-        if drain.draining:
+        if drain.draining and drain.close_idle and self.rx:
+            # Between requests while shutting down. (A listener update instead answers the
+            # next request with Connection: close: the client may already be sending it.)
+            # A new connection (nothing received yet) is served once: it was accepted
+            # before the drain and its request may be on the way.
             return None
         dog = self._dog
         timeout = self.cfg.idle_timeout
@@ -581,6 +587,8 @@ class Http1Connection:
                 keep_alive = False
         if not keep_alive or self.conn.drain.draining:
             headers.set("connection", "close")
+            if keep_alive:
+                self.stats.downstream_cx_drain_close.value += 1
             keep_alive = False
         elif head.version == "1.0":
             headers.set("connection", "keep-alive")

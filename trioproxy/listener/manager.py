@@ -72,7 +72,7 @@ class ListenerManager:
         self.warming: dict[str, Entry] = {}
         self.draining: list[Entry] = []
         self._nursery: trio.Nursery | None = None
-        self._stopping = False
+        self._swap = trio.Lock()  # one swap at a time: a socket has one accepting owner
 
     # ------------------------------------------------------------------ running
 
@@ -151,12 +151,20 @@ class ListenerManager:
             await warm()
         if scope.cancelled_caught or self.warming.get(name) is not entry:
             return
+        async with self._swap:
+            if self.warming.get(name) is not entry:
+                return  # superseded while waiting for the previous swap
+            await self._swap_in(entry)
+
+    async def _swap_in(self, entry: Entry) -> None:
+        config = entry.config
+        name = config.name
         del self.warming[name]
         old = self.active.get(name)
         sock = None
         if old is not None and old.listener is not None:
             if old.config.address == config.address and config.address[1] != 0:
-                sock = old.listener.hand_off()
+                sock = await old.listener.hand_off()
             self._drain(old)
             self.stats.listener_modified.value += 1
         else:
@@ -191,7 +199,7 @@ class ListenerManager:
         listener = entry.listener
         if listener is None:
             return
-        listener.drain.start()
+        listener.drain.start(close_idle=False)
         self.draining.append(entry)
         assert self._nursery is not None
         self._nursery.start_soon(self._finish_drain, entry)

@@ -53,6 +53,7 @@ class Listener:
         self.active = 0
         self._drained = trio.Event()
         self._handed_off = False
+        self._accept_stopped = trio.Event()
         self.port: int = sock.getsockname()[1]
 
     def __repr__(self) -> str:
@@ -84,15 +85,19 @@ class Listener:
                         await trio.lowlevel.checkpoint()
                 # Stopped accepting (drain): close the socket — unless a newer listener
                 # took it over — and let connections finish.
+                self._accept_stopped.set()
                 self._close_socket()
         finally:
+            self._accept_stopped.set()
             self._close_socket()
 
-    def hand_off(self) -> socket.socket:
+    async def hand_off(self) -> socket.socket:
         """Stop accepting and drain, leaving the listening socket open for a successor
-        (an LDS update that keeps the address: no connection attempt is refused)."""
+        (an LDS update that keeps the address: no connection attempt is refused). Returns
+        once this listener no longer waits on the socket."""
         self._handed_off = True
-        self.drain.start()
+        self.drain.start(close_idle=False)
+        await self._accept_stopped.wait()
         return self.sock
 
     async def wait_drained(self) -> None:

@@ -32,15 +32,23 @@ class Drain:
     _event: trio.Event = attrs.field(factory=trio.Event)
     #: Connections idle between requests (anything with ``expire()``); a drain closes them.
     idle: set[Any] = attrs.field(factory=set)
+    #: Whether idle keep-alive connections close at once (shutdown) or at their next
+    #: response (a listener update), see ``start``.
+    close_idle: bool = True
 
     @property
     def draining(self) -> bool:
         return self._event.is_set()
 
-    def start(self) -> None:
+    def start(self, *, close_idle: bool = True) -> None:
+        """Start draining. ``close_idle=False`` (a listener replaced by an update) leaves idle
+        keep-alive connections open so that a client's next request is answered — with
+        ``Connection: close`` — instead of racing a close; the drain time ends them."""
+        self.close_idle = close_idle
         self._event.set()
-        for conn in list(self.idle):
-            conn.expire()
+        if close_idle:
+            for conn in list(self.idle):
+                conn.expire()
 
     async def wait_draining(self) -> None:
         await self._event.wait()
