@@ -81,6 +81,7 @@ class Listener:
                             stats.downstream_cx_overflow.value += 1
                             conn.close()
                             continue
+                        self.active += 1  # now, not when the task starts: a drain must see it
                         handlers.start_soon(self._connection, conn, addr)
                         await trio.lowlevel.checkpoint()
                 # Stopped accepting (drain): close the socket — unless a newer listener
@@ -102,10 +103,10 @@ class Listener:
 
     async def wait_drained(self) -> None:
         """Wait until a draining listener has no connection left."""
-        if self.active:
+        await trio.lowlevel.checkpoint()
+        while self.active:
+            self._drained = trio.Event()
             await self._drained.wait()
-        else:
-            await trio.lowlevel.checkpoint()
 
     def _close_socket(self) -> None:
         if not self._handed_off and self.sock.fileno() != -1:
@@ -124,7 +125,6 @@ class Listener:
         stats.downstream_cx_active.value += 1
         wstats.downstream_cx_total.value += 1
         wstats.downstream_cx_active.value += 1
-        self.active += 1
         started = now()
         raw = FastSocketStream(sock)
         raw.setsockopt_nodelay()

@@ -279,6 +279,9 @@ class XdsManager:
             if name in self.static_clusters:
                 errors.append(f"{name}: a static cluster cannot be updated by CDS")
                 continue
+            current = self.warming_clusters.get(name) or self.clusters.get(name)
+            if current is not None and (current.canonical is d or current.canonical == d):
+                continue  # unchanged (decoded dicts are cached by bytes: usually ``is``)
             try:
                 configs.append((ClusterConfig.from_proto(d), d))
             except ConfigError as exc:
@@ -299,14 +302,16 @@ class XdsManager:
             self.clusters.pop(name, None)
             self.cluster_manager.remove(name)
         for cfg, d in configs:
-            current = self.warming_clusters.get(cfg.name) or self.clusters.get(cfg.name)
-            if current is not None and current.canonical == d:
-                continue
             self._cancel_cluster_warming(cfg.name)
             entry = self.warming_clusters[cfg.name] = Dynamic(version, d)
             assert self._nursery is not None
             self._nursery.start_soon(self._warm_cluster, cfg, entry)
         eds_wanted = {c.eds_service_name for c, _ in configs if c.type == "EDS"}
+        for name in keep:
+            kept = self.warming_clusters.get(name) or self.clusters.get(name)
+            if kept is not None and kept.canonical.get("type") == "EDS":
+                eds = kept.canonical.get("eds_cluster_config") or {}
+                eds_wanted.add(str(eds.get("service_name", "")) or name)
         for name in [n for n in self.endpoint_muxes if n not in eds_wanted]:
             del self.endpoint_muxes[name]
         for m in {*self.endpoint_muxes.values(), mux}:
