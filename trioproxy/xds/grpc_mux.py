@@ -172,15 +172,19 @@ class GrpcMux:
     async def _send_interest(self, stream: MessageStream) -> None:
         while True:
             await self._wake.wait()
-            self._wake = trio.Event()
-            for type_url in [t for t in R.ORDER if t in self._dirty]:
-                self._dirty.discard(type_url)
-                st = self.states[type_url]
-                if st.wildcard:
-                    continue
-                request = st.set_names(self.manager.wanted(type_url, self))
-                if request is not None and (st.names or st.received):
-                    await self._send(stream, request)
+            await self._flush_interest(stream)
+
+    async def _flush_interest(self, stream: MessageStream) -> None:
+        """Send a request for each type whose wanted names changed."""
+        self._wake = trio.Event()
+        for type_url in [t for t in R.ORDER if t in self._dirty]:
+            self._dirty.discard(type_url)
+            st = self.states[type_url]
+            if st.wildcard:
+                continue
+            request = st.set_names(self.manager.wanted(type_url, self))
+            if request is not None and (st.names or st.received):
+                await self._send(stream, request)
 
     async def _on_response(self, stream: MessageStream, data: bytes) -> None:
         msg: Any = R.message_class(_RESPONSE)()
@@ -213,6 +217,9 @@ class GrpcMux:
             log.warning("xDS: rejected %s version %s: %s", type_url, version, exc)
             await self._send(stream, st.nack(version, nonce, str(exc)))
             return
+        # New interest first (a listener's routes, a cluster's endpoints), then the ACK: the
+        # order Envoy uses, so a server sees the subscription before the update is confirmed.
+        await self._flush_interest(stream)
         await self._send(stream, st.ack(version, nonce))
 
 
