@@ -287,10 +287,13 @@ class Server:
             root.start_soon(self._housekeeping)
             await root.start(run_flusher)
             root.start_soon(self._signals)
+            task_status.started(ports)
+            # Static listeners already accept (Envoy waits for init before starting any);
+            # the server is LIVE — /ready answers 200 — once xDS has initialised.
+            await built.xds.wait_initialized()
             self.state = "LIVE"
             self.stats.state.set(0)
             self.stats.live.set(1)
-            task_status.started(ports)
             await self._shutdown.wait()
             await self._drain()
             root.cancel_scope.cancel()

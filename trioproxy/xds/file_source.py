@@ -52,6 +52,9 @@ class FileSource:
     def rejection(self, type_url: str) -> Rejection | None:
         return self.state.rejection
 
+    def received(self, type_url: str) -> bool:
+        return self.state.received
+
     def _stamp(self) -> tuple[int, int, int] | None:
         try:
             st = os.stat(self.path)
@@ -86,10 +89,18 @@ class FileSource:
                         path=f"resources[{i}]",
                     )
                 items.append({k: v for k, v in res.items() if k != "@type"})
+        except ConfigError as exc:
+            self.manager.reject(self.type_url, version, [])
+            self._rejected(version, exc)
+            return
+        try:
             await self.manager.apply(self.type_url, version, items, self)
         except ConfigError as exc:
-            log.warning("%s: rejected: %s", self.path, exc)
-            self.state.nack(version, "", str(exc))
+            self._rejected(version, exc)
             return
         self.state.ack(version, "")
         log.info("%s: applied version %r", self.path, version)
+
+    def _rejected(self, version: str, exc: ConfigError) -> None:
+        log.warning("%s: rejected: %s", self.path, exc)
+        self.state.nack(version, "", str(exc))

@@ -111,6 +111,10 @@ class GrpcMux:
         st = self.states.get(type_url)
         return st.rejection if st is not None else None
 
+    def received(self, type_url: str) -> bool:
+        st = self.states.get(type_url)
+        return st is not None and st.received
+
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:

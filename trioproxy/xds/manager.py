@@ -72,6 +72,10 @@ class Mux(Protocol):
 
     def rejection(self, type_url: str) -> Rejection | None: ...
 
+    def received(self, type_url: str) -> bool:
+        """Whether any response (accepted or not) arrived for ``type_url``."""
+        ...
+
 
 @attrs.define(eq=False)
 class Dynamic:
@@ -140,12 +144,45 @@ class XdsManager:
             R.LISTENER: SubscriptionStats(store.scope("listener_manager.lds.")),
         }
         self.resolve_mux: Any = None  # (config_source, type_url) → Mux, set by the server
+        #: Bootstrap subscriptions (cds_config, lds_config) → their initial_fetch_timeout.
+        self.initial: dict[str, float] = {}
+        self._changed = trio.Event()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             await trio.sleep_forever()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _initialized(self) -> bool:
+        for type_url in self.initial:
+            mux = self.muxes.get(type_url)
+            if mux is None or not mux.received(type_url):
+                return False
+        return not self.warming_clusters and not self.warming_listeners
+
+    async def wait_initialized(self) -> None:
+        """Envoy's init: the bootstrap's CDS and LDS have answered once and what they brought
+        has warmed — or ``initial_fetch_timeout`` passed (counted in ``init_fetch_timeout``).
+        A timeout of 0 waits forever."""
+        if not self.initial:
+            return
+        timeout = max(self.initial.values())
+        with trio.move_on_after(timeout if timeout > 0 else float("inf")) as scope:
+            while not self._initialized():
+                await self._changed.wait()
+        if scope.cancelled_caught:
+            for type_url in self.initial:
+                mux = self.muxes.get(type_url)
+                if mux is not None and not mux.received(type_url):
+                    stats = self.stats.get(type_url)
+                    if stats is not None:
+                        stats.init_fetch_timeout.value += 1
+            log.warning("xDS: initial fetch timed out after %.1f s; going live", timeout)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -230,6 +267,7 @@ class XdsManager:
         except ConfigError:
             if stats is not None:
                 stats.update_rejected.value += 1
+            self._notify()
             raise
         self.versions[type_url] = version
         if stats is not None:
@@ -238,6 +276,7 @@ class XdsManager:
                 stats.update_empty.value += 1
             stats.version.value = _version_hash(version)
             stats.update_time.value = int(time.time() * 1000)
+        self._notify()
         await trio.lowlevel.checkpoint()
 
     def reject(
@@ -256,6 +295,7 @@ class XdsManager:
         if errors is not None:
             for name, d, details in failed:
                 errors[name] = ResourceError(version, details, d)
+        self._notify()
 
     @staticmethod
     def _names(type_url: str, items: Sequence[Mapping[str, Any]], what: str) -> list[str]:
@@ -334,9 +374,10 @@ class XdsManager:
                 self.clusters[cfg.name] = entry
             if self._cluster_tasks.get(cfg.name) is scope:
                 del self._cluster_tasks[cfg.name]
+        self._notify()
 
     def _eds_warm(self, cfg: ClusterConfig) -> Any:
-        timeout = _initial_fetch_timeout(cfg.eds_config or {})
+        timeout = initial_fetch_timeout(cfg.eds_config or {})
 
         async def warm(cluster: Cluster) -> None:
             name = cfg.eds_service_name
@@ -431,7 +472,7 @@ class XdsManager:
                 provider = self.routes.get(holder.rds_name)
                 if provider is None or provider.ready.is_set():
                     continue
-                timeout = _initial_fetch_timeout(provider.source)
+                timeout = initial_fetch_timeout(provider.source)
                 with trio.move_on_after(timeout if timeout > 0 else float("inf")):
                     await provider.ready.wait()
 
@@ -440,6 +481,7 @@ class XdsManager:
             del self.warming_listeners[cfg.name]
             entry.last_updated = time.time()
             self.listeners[cfg.name] = entry
+        self._notify()
 
     # ---- routes
 
@@ -461,7 +503,7 @@ class XdsManager:
             provider.ready.set()
 
 
-def _initial_fetch_timeout(source: Mapping[str, Any]) -> float:
+def initial_fetch_timeout(source: Mapping[str, Any]) -> float:
     try:
         value = duration(source.get("initial_fetch_timeout"), DEFAULT_INITIAL_FETCH_TIMEOUT)
     except ConfigError as exc:

@@ -26,7 +26,7 @@ from trioproxy.stats import Store
 from trioproxy.xds import resources as R
 from trioproxy.xds.file_source import FileSource
 from trioproxy.xds.grpc_mux import GrpcMux, Opener
-from trioproxy.xds.manager import Mux, XdsManager
+from trioproxy.xds.manager import Mux, XdsManager, initial_fetch_timeout
 
 _GRPC_TYPES = ("GRPC", "AGGREGATED_GRPC")
 
@@ -144,6 +144,10 @@ class Sources:
         except ConfigError as exc:
             raise exc.at(path) from None
         self.manager.muxes[type_url] = mux
+        try:
+            self.manager.initial[type_url] = initial_fetch_timeout(source)
+        except ConfigError as exc:
+            raise exc.at(path) from None
         mux.interest_changed(type_url)
 
     def rejection(self, type_url: str) -> Any:
