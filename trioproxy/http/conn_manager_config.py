@@ -32,6 +32,7 @@ class HcmStats(StatBlock):
     downstream_cx_total: Counter
     downstream_cx_ssl_total: Counter
     downstream_cx_http1_total: Counter
+    downstream_cx_http2_total: Counter
     downstream_cx_destroy: Counter
     downstream_cx_destroy_remote: Counter
     downstream_cx_destroy_local: Counter
@@ -47,11 +48,13 @@ class HcmStats(StatBlock):
     downstream_cx_active: Gauge
     downstream_cx_ssl_active: Gauge
     downstream_cx_http1_active: Gauge
+    downstream_cx_http2_active: Gauge
     downstream_cx_rx_bytes_buffered: Gauge
     downstream_cx_tx_bytes_buffered: Gauge
     downstream_cx_length_ms: Histogram
     downstream_rq_total: Counter
     downstream_rq_http1_total: Counter
+    downstream_rq_http2_total: Counter
     downstream_rq_1xx: Counter
     downstream_rq_2xx: Counter
     downstream_rq_3xx: Counter
@@ -91,7 +94,6 @@ _SERVER_HEADER = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
 _UNSUPPORTED = (
     "scoped_routes",
     "upgrade_configs",
-    "http2_protocol_options",
     "http3_protocol_options",
 )
 
@@ -150,6 +152,32 @@ def compile_chain(filters: list[tuple[str, object]]) -> FilterChain:
 
 
 @attrs.frozen
+class Http2Options:
+    """``http2_protocol_options`` with DEFAULTS.md's edge-safe values."""
+
+    max_concurrent_streams: int = 100
+    initial_stream_window_size: int = 65536
+    initial_connection_window_size: int = 1048576
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any]) -> Http2Options:
+        known = (
+            "max_concurrent_streams",
+            "initial_stream_window_size",
+            "initial_connection_window_size",
+        )
+        for key in d:
+            if key not in known:
+                raise ConfigError(f"{key} is not supported yet", path=key)
+        out = cls(**{k: int(d[k]) for k in known if k in d})
+        if not 65535 <= out.initial_stream_window_size <= 2**31 - 1:
+            raise ConfigError("must be in [65535, 2^31-1]", path="initial_stream_window_size")
+        if not 65535 <= out.initial_connection_window_size <= 2**31 - 1:
+            raise ConfigError("must be in [65535, 2^31-1]", path="initial_connection_window_size")
+        return out
+
+
+@attrs.frozen
 class HcmConfig:
     stat_prefix: str
     codec_type: str
@@ -182,6 +210,7 @@ class HcmConfig:
     default_host_for_http_10: str = ""
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
+    http2: Http2Options = Http2Options()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
 
     @classmethod
@@ -193,7 +222,7 @@ class HcmConfig:
             log.warning("http_connection_manager.tracing is not implemented yet; ignored")
         stat_prefix = d.get("stat_prefix", "")
         codec_type = d.get("codec_type", "AUTO")
-        if codec_type in ("HTTP2", "HTTP3"):
+        if codec_type == "HTTP3":
             raise ConfigError(f"codec_type {codec_type} is not supported yet", path="codec_type")
         scope = ctx.store.scope(f"http.{stat_prefix}.")
         fctx = FactoryContext(stats=scope, cluster_manager=ctx.cluster_manager, node=ctx.node)
@@ -304,8 +333,16 @@ class HcmConfig:
             default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),
             headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),
             h1_codec=ctx.h1_codec,
+            http2=_http2_options(d),
             canonical=d,
         )
+
+
+def _http2_options(d: Mapping[str, Any]) -> Http2Options:
+    try:
+        return Http2Options.from_proto(d.get("http2_protocol_options") or {})
+    except ConfigError as exc:
+        raise exc.at("http2_protocol_options") from None
 
 
 def _timeout(value: str | None, default: float) -> float | None:

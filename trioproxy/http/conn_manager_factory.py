@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from typing import Any
+
+import trio
 
 from trioproxy.context import BuildContext
 from trioproxy.hookspecs import hookimpl
 from trioproxy.http.conn_manager import Http1Connection
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
+from trioproxy.http.h2_connection import PREFACE, Http2Connection, is_preface
 from trioproxy.network.filter import DownstreamConnection, TerminalNetworkFilter
 from trioproxy.registry import NetworkFilterFactory
 
@@ -32,7 +36,40 @@ class HttpConnectionManager(TerminalNetworkFilter):
             lstats = self._listener_stats[prefix] = ListenerHttpStats(
                 conn.listener_stats.scope(f"http.{self.config.stat_prefix}.")
             )
-        await Http1Connection(conn, self.config, lstats).run()
+        codec = self.config.codec_type
+        if codec == "HTTP1":
+            await Http1Connection(conn, self.config, lstats).run()
+            return
+        if codec == "HTTP2" or conn.info.alpn == "h2":
+            await Http2Connection(conn, self.config, lstats).run()
+            return
+        if conn.info.tls:
+            await Http1Connection(conn, self.config, lstats).run()
+            return
+        # AUTO on plaintext: HTTP/2 with prior knowledge starts with the connection preface.
+        if await _peek_preface(conn):
+            await Http2Connection(conn, self.config, lstats).run()
+        else:
+            await Http1Connection(conn, self.config, lstats).run()
+
+
+async def _peek_preface(conn: DownstreamConnection) -> bool:
+    """Whether the client's first bytes are the HTTP/2 preface, read without consuming them
+    (MSG_PEEK), so the HTTP/1.1 codec still sees every byte."""
+    sock = conn.transport.socket
+    for _ in range(200):  # a preface split over packets: a few ms at most
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(len(PREFACE), socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return False
+        verdict = is_preface(data)
+        if verdict is not None or not data:
+            return bool(verdict)
+        await trio.sleep(0.005)
+    return False
 
 
 def _create(raw: Mapping[str, Any], ctx: BuildContext) -> HttpConnectionManager:

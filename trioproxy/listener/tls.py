@@ -101,9 +101,7 @@ def server_context(d: Mapping[str, Any], base_dir: str) -> ssl.SSLContext:
         if not chain or not key:
             raise ConfigError("certificate_chain and private_key are both required", path=path)
         _load_pair(ctx, chain, key, path)
-    alpn = [p for p in common.get("alpn_protocols", []) if p != "h2"]
-    if len(alpn) != len(common.get("alpn_protocols", [])):
-        log.warning("ALPN h2 is not offered: HTTP/2 downstream is not implemented yet")
+    alpn = list(common.get("alpn_protocols", []))
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx

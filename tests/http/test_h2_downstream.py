@@ -1,0 +1,138 @@
+"""HTTP/2 from the client to the proxy: prior knowledge, TLS with ALPN, bodies, GOAWAY."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import trio
+import trustme
+
+from tests.h2client import H2Client
+from tests.support import Backend, simple_config, start_proxy
+
+CURL = shutil.which("curl")
+
+
+async def test_h2c_prior_knowledge_requests_and_bodies(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await H2Client.connect(proxy.port)
+    nursery.start_soon(client.reader)
+    status, headers, body = await client.request("GET", "/hello?x=1")
+    assert status == 200 and body == b"backend"
+    assert headers["server"] == "envoy"
+    big = bytes(range(256)) * 8192  # 2 MiB: many windows' worth, so flow control is used
+    async with trio.open_nursery() as many:
+        for i in range(5):
+            many.start_soon(client.request, "POST", f"/upload/{i}", big)
+    status, _, _ = await client.request("POST", "/upload/last", big)
+    assert status == 200
+    uploads = [r for r in backend.requests if r.target.startswith("/upload")]
+    assert len(uploads) == 6 and all(r.body == big for r in uploads)
+    first = backend.requests[0]
+    hdrs = dict(first.headers)
+    assert first.target == "/hello?x=1" and hdrs["host"].startswith("localhost")
+    assert hdrs["x-forwarded-proto"] == "http"
+    assert proxy.stat("http.ingress_http.downstream_rq_http2_total") == 7
+    assert proxy.stat("http.ingress_http.downstream_cx_http2_total") == 1
+    await client.aclose()
+
+
+async def test_h1_still_served_on_an_auto_listener(nursery: trio.Nursery) -> None:
+    from tests.support import Client
+
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await Client.connect(proxy.port)
+    resp, body = await client.request("GET", "/")
+    assert resp.status_code == 200 and body == b"backend"
+    await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_http1_total") == 1
+
+
+async def test_goaway_on_drain_lets_the_stream_in_flight_finish(nursery: trio.Nursery) -> None:
+    release = trio.Event()
+
+    async def slow(rec: object) -> object:
+        from tests.support import Reply
+
+        await release.wait()
+        return Reply(body=b"late")
+
+    backend = Backend(handler=slow)  # type: ignore[arg-type]
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]), drain_time=5.0)
+    client = await H2Client.connect(proxy.port)
+    nursery.start_soon(client.reader)
+    result: list[object] = []
+
+    async def one() -> None:
+        result.append(await client.request("GET", "/slow"))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(one)
+        with trio.fail_after(5):
+            while not backend.requests:  # noqa: ASYNC110 - the backend records it
+                await trio.sleep(0.01)
+        proxy.server.request_shutdown()
+        with trio.fail_after(5):
+            while not client.closed:  # noqa: ASYNC110 - GOAWAY arrives on the reader
+                await trio.sleep(0.01)
+        release.set()
+    assert result[0][0] == 200 and result[0][2] == b"late"  # type: ignore[index]
+    await client.aclose()
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_curl_http2_over_tls_with_alpn(nursery: trio.Nursery, tmp_path: object) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    key = cert.private_key_pem.bytes().decode()
+    certs = "".join(b.bytes().decode() for b in cert.cert_chain_pems)
+    tls = f"""
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [h2, http/1.1]
+          tls_certificates:
+          - certificate_chain: {{inline_string: {json.dumps(certs)}}}
+            private_key: {{inline_string: {json.dumps(key)}}}
+"""
+    text = simple_config([port]).replace(
+        "    filter_chains:\n    - filters:",
+        "    filter_chains:\n    -"
+        + tls.replace("\n    ", "\n      ").rstrip()
+        + "\n      filters:",
+    )
+    proxy = await start_proxy(nursery, text)
+    ca_path = f"{tmp_path}/ca.pem"
+    ca.cert_pem.write_to_path(ca_path)
+    assert CURL is not None
+    done = await trio.run_process(
+        [
+            CURL,
+            "-sS",
+            "--http2",
+            "--cacert",
+            ca_path,
+            "-o",
+            "-",
+            "-w",
+            "%{http_version}",
+            f"https://localhost:{proxy.port}/tls",
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b"backend2"  # the body, then curl's "2" for HTTP/2
+    assert proxy.stat("http.ingress_http.downstream_rq_http2_total") == 1

@@ -1,0 +1,573 @@
+"""HTTP/2 downstream: one connection, one trio task per stream (``h2`` does the framing).
+
+Theory of operation
+-------------------
+``Http2Connection.run`` owns the socket. Its reader feeds bytes to ``h2`` and dispatches the
+events: a new request starts a stream task in the connection's nursery; request DATA goes to
+that stream's channel and its flow-control credit is returned only when the stream's consumer
+(the router, forwarding upstream) takes the chunk — so a slow upstream pushes back on the
+client instead of filling memory. A stream task runs the same filter chain as HTTP/1.1 (request
+phases, the router, response phases, access log) and sends its response within the peer's
+windows, waiting for WINDOW_UPDATE when they are spent. RST_STREAM from the client cancels that
+stream's scope, and whatever its filters awaited with it; the connection lives on.
+
+A drain (shutdown or a listener update) sends GOAWAY with the last stream id: streams in flight
+finish, new ones are refused, and the connection closes when the last one ends.
+
+Limits (../shared/DEFAULTS.md): ``max_concurrent_streams`` 100, stream window 64 KiB,
+connection window 1 MiB, header list ``max_request_headers_kb``. Not yet: the flood and
+rapid-reset protections, stream idle and request timeouts on HTTP/2 streams, extended CONNECT.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import hyperframe.frame
+import trio
+
+from trioproxy.errors import ProtocolError
+from trioproxy.http import h1
+from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
+from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.headers import Headers
+from trioproxy.http.local_reply import FILTER_ERROR, NO_ROUTE, http_date, reply_headers
+from trioproxy.http.request_head import request_headers
+from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
+from trioproxy.http.stream_info import StreamInfo
+from trioproxy.http.stream_info import now as _now
+from trioproxy.network.filter import DownstreamConnection
+
+log = logging.getLogger(__name__)
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+READ_SIZE = 65536
+_NO_BODY_STATUS = (204, 304)
+
+
+class _Stream:
+    """What the reader knows about one stream."""
+
+    __slots__ = ("body", "body_in", "ended", "no_body", "scope", "sid", "trailers", "window")
+
+    def __init__(self, sid: int) -> None:
+        self.sid = sid
+        self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
+        self.ended = False
+        self.no_body = False  # END_STREAM on the request's HEADERS
+        self.trailers: list[tuple[str, str]] | None = None
+        self.scope = trio.CancelScope()
+        self.window = trio.Event()  # set when the peer grants more send window
+
+
+class Http2Connection:
+    def __init__(
+        self,
+        conn: DownstreamConnection,
+        cfg: HcmConfig,
+        lstats: ListenerHttpStats,
+        preface: bytes = b"",
+    ) -> None:
+        self.conn = conn
+        self.cfg = cfg
+        self.stats = cfg.stats
+        self.lstats = lstats
+        self.stream = conn.stream
+        self._preface = preface
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_inbound_headers=True
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        opts = cfg.http2
+        self.h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_request_headers_bytes,
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
+            },
+        )
+        self._streams: dict[int, _Stream] = {}
+        self._send_lock = trio.Lock()
+        self._conn_window = trio.Event()
+        self._goaway_sent = False
+        self._scheme = "https" if conn.info.tls else "http"
+        remote, local = conn.info.remote_address, conn.info.local_address
+        self._remote = f"{remote[0]}:{remote[1]}"
+        self._local = f"{local[0]}:{local[1]}"
+        self._nursery: trio.Nursery | None = None
+        self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
+        self._http2 = cfg.scope.scope("http2.")
+
+    # ------------------------------------------------------------------ I/O
+
+    async def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+
+    async def run(self) -> None:
+        st = self.stats
+        st.downstream_cx_total.value += 1
+        st.downstream_cx_http2_total.value += 1
+        st.downstream_cx_active.value += 1
+        st.downstream_cx_http2_active.value += 1
+        if self.conn.info.tls:
+            st.downstream_cx_ssl_total.value += 1
+            st.downstream_cx_ssl_active.value += 1
+        h = self.h2
+        h.initiate_connection()
+        extra = self.cfg.http2.initial_connection_window_size - 65535
+        if extra > 0:
+            h.increment_flow_control_window(extra)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._goaway_on_drain)
+                if self._preface:
+                    await self._feed(self._preface)
+                await self._flush()
+                while True:
+                    try:
+                        data = await self.stream.receive_some(READ_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""
+                    if not data:
+                        break
+                    if not await self._feed(bytes(data)):
+                        break
+                    if self._goaway_sent and not self._streams:
+                        break
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            st.downstream_cx_destroy.value += 1
+            st.downstream_cx_active.value -= 1
+            st.downstream_cx_http2_active.value -= 1
+            if self.conn.info.tls:
+                st.downstream_cx_ssl_active.value -= 1
+
+    async def _goaway_on_drain(self) -> None:
+        await self.conn.drain.wait_draining()
+        self._goaway_sent = True
+        self.stats.downstream_cx_drain_close.value += 1
+        # h2's close_connection() would also forbid finishing the streams in flight, so the
+        # graceful GOAWAY is framed here and h2 keeps serving the open streams.
+        frame = hyperframe.frame.GoAwayFrame(0)
+        frame.last_stream_id = self.h2.highest_inbound_stream_id
+        frame.error_code = 0
+        await self._flush()
+        async with self._send_lock:
+            await self.stream.send_all(frame.serialize())
+        if not self._streams:
+            self.conn.transport.close()
+
+    async def _feed(self, data: bytes) -> bool:
+        """Give ``data`` to h2 and act on its events; ``False`` when the connection is over."""
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("HTTP/2 protocol error from %s: %s", self._remote, exc)
+            self.stats.downstream_cx_protocol_error.value += 1
+            self._http2.counter("rx_messaging_error").value += 1
+            await self._flush()  # h2 queued the GOAWAY
+            return False
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self._start_stream(ev)
+            elif isinstance(ev, h2.events.DataReceived):
+                s = self._streams.get(ev.stream_id)
+                if s is not None:
+                    s.body_in.send_nowait((ev.data, ev.flow_controlled_length))
+                else:  # data for a stream we no longer track: give the credit back
+                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.TrailersReceived):
+                s = self._streams.get(ev.stream_id)
+                if s is not None:
+                    s.trailers = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
+            elif isinstance(ev, h2.events.StreamEnded):
+                s = self._streams.get(ev.stream_id)
+                if s is not None:
+                    s.ended = True
+                    s.body_in.close()
+            elif isinstance(ev, h2.events.StreamReset):
+                s = self._streams.get(ev.stream_id)
+                self._http2.counter("rx_reset").value += 1
+                if s is not None:
+                    s.scope.cancel()
+                    s.body_in.close()
+            elif isinstance(ev, h2.events.WindowUpdated):
+                if ev.stream_id:
+                    s = self._streams.get(ev.stream_id)
+                    if s is not None:
+                        s.window.set()
+                else:
+                    self._conn_window.set()
+                    self._conn_window = trio.Event()
+                    for s in self._streams.values():
+                        s.window.set()
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                await self._flush()
+                return not self._goaway_sent and bool(self._streams)
+        await self._flush()
+        return True
+
+    def _start_stream(self, ev: h2.events.RequestReceived) -> None:
+        if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
+            self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        s = _Stream(ev.stream_id)
+        if ev.stream_ended is not None:
+            s.ended = s.no_body = True
+            s.body_in.close()
+        self._streams[ev.stream_id] = s
+        assert self._nursery is not None
+        raw = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
+        self._nursery.start_soon(self._run_stream, s, raw)
+
+    async def _credit(self, s: _Stream, n: int) -> None:
+        if n:
+            try:
+                self.h2.acknowledge_received_data(n, s.sid)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                return
+            await self._flush()
+
+    async def _send_data(self, s: _Stream, data: bytes, end: bool = False) -> None:
+        view = memoryview(data)
+        h = self.h2
+        while view:
+            window = min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
+            if window <= 0:
+                s.window = trio.Event()
+                await s.window.wait()
+                continue
+            chunk = view[:window]
+            view = view[window:]
+            h.send_data(s.sid, bytes(chunk), end_stream=end and not view)
+            await self._flush()
+        if end and not data:
+            h.end_stream(s.sid)
+            await self._flush()
+
+    # ------------------------------------------------------------------ one stream
+
+    async def _run_stream(self, s: _Stream, raw: list[tuple[str, str]]) -> None:
+        cfg = self.cfg
+        st = self.stats
+        t0 = _now()
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http2_total.value += 1
+        st.downstream_rq_active.value += 1
+        pseudo = {k: v for k, v in raw if k.startswith(":")}
+        method = pseudo.get(":method", "")
+        regular = [(k, v) for k, v in raw if not k.startswith(":")]
+        cookies = [v for k, v in regular if k == "cookie"]
+        if len(cookies) > 1:  # RFC 9113 §8.2.3: one cookie header towards HTTP/1.1
+            regular = [(k, v) for k, v in regular if k != "cookie"] + [
+                ("cookie", "; ".join(cookies))
+            ]
+        length = next((v for k, v in regular if k == "content-length"), None)
+        head = h1.RequestHead(
+            method,
+            pseudo.get(":path", ""),
+            "1.1",
+            [("host", pseudo.get(":authority", "")), *(p for p in regular if p[0] != "host")],
+            True,
+            False,
+            int(length) if length and length.isdigit() else None,
+            False,
+            None,
+        )
+        info = StreamInfo(
+            start_time=time.time(),
+            start_monotonic=t0,
+            protocol="HTTP/2",
+            downstream_remote_address=self._remote,
+            downstream_local_address=self._local,
+            requested_server_name=self.conn.info.sni,
+            connection_id=self.conn.info.connection_id,
+        )
+        info.downstream_direct_remote_address = info.downstream_remote_address
+        headers, reject = request_headers(head, cfg, self.conn.info, self._scheme)
+        if ":scheme" in pseudo:
+            headers.set(":scheme", pseudo[":scheme"])
+        info.request_headers = headers
+        stream = HttpStream(request_headers=headers, info=info, connection=self.conn.info)
+        routes = cfg.routes
+        rand = random.getrandbits
+
+        def route_fn(hs: Headers) -> Any:
+            current = routes.current
+            return None if current is None else current.route(hs, rand(63))
+
+        stream._router = route_fn
+        stream.end_stream = s.no_body
+        stream.cancel_scope = s.scope
+        head_only = method == "HEAD"
+        try:
+            with s.scope:
+                if reject is not None or not method or ":path" not in pseudo:
+                    result: Response | LocalReply = reject or LocalReply(
+                        400, b"", details="missing_required_header"
+                    )
+                else:
+                    result = await self._decode(stream, s)
+                if type(result) is LocalReply:
+                    if result is NO_ROUTE:
+                        st.no_route.value += 1
+                    await self._local_reply(stream, s, result, head_only)
+                else:
+                    assert isinstance(result, Response)
+                    await self._respond(stream, s, result, head_only)
+            if s.scope.cancelled_caught:
+                info.response_flags.add("DC")
+                st.downstream_rq_rx_reset.value += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            info.response_flags.add("DC")
+        except Exception:
+            log.exception("HTTP filter failed on %s %s", method, pseudo.get(":path"))
+            self._filter_error.value += 1
+            if info.response_code == 0:
+                try:
+                    await self._local_reply(stream, s, FILTER_ERROR, head_only, filters=False)
+                except Exception:
+                    self._reset(s)
+            else:
+                info.response_flags.add("LR")
+                self._reset(s)
+        finally:
+            self._streams.pop(s.sid, None)
+            st.downstream_rq_active.value -= 1
+            info.end_monotonic = info.last_downstream_tx = _now()
+            st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
+            self._log(stream)
+            # credit for request data nobody will read
+            leftover = 0
+            while True:
+                try:
+                    _, n = s.body.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                leftover += n
+            try:
+                if leftover:
+                    self.h2.acknowledge_received_data(leftover, s.sid)
+                await self._flush()
+            except Exception:
+                pass
+            if self._goaway_sent and not self._streams:
+                self.conn.transport.close()
+
+    def _reset(self, s: _Stream) -> None:
+        try:
+            self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            self._http2.counter("tx_reset").value += 1
+            self.stats.downstream_rq_tx_reset.value += 1
+        except h2.exceptions.ProtocolError:
+            pass
+
+    async def _decode(self, stream: HttpStream, s: _Stream) -> Response | LocalReply:
+        chain = self.cfg.chain
+        headers = stream.request_headers
+        for phase in chain.request_headers:
+            reply = await phase(stream, headers)
+            if reply is not None:
+                return reply  # type: ignore[no-any-return]
+        body: AsyncIterator[bytes] | None = None
+        if not s.no_body:
+            body = self._request_body(stream, s)
+            if chain.request_data or chain.request_trailers:
+                body = self._filtered_body(stream, body)
+        return await chain.terminal.serve(stream, body)
+
+    async def _request_body(self, stream: HttpStream, s: _Stream) -> AsyncIterator[bytes]:
+        info = stream.info
+        async for data, flow in s.body:
+            info.bytes_received += len(data)
+            await self._credit(s, flow)  # forwarded: the client may send more
+            if data:
+                yield data
+        info.last_downstream_rx = _now()
+        if s.trailers:
+            stream.request_trailers = Headers(s.trailers)
+
+    async def _filtered_body(
+        self, stream: HttpStream, body: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
+        chain = self.cfg.chain
+        async for chunk in body:
+            for phase in chain.request_data:
+                chunk = await phase(stream, chunk, False)
+            if chunk:
+                yield chunk
+        last = b""
+        for phase in chain.request_data:
+            last = await phase(stream, last, True)
+        if last:
+            yield last
+        if stream.request_trailers is not None:
+            for tphase in chain.request_trailers:
+                await tphase(stream, stream.request_trailers)
+
+    # ------------------------------------------------------------------ responses
+
+    def _count_status(self, status: int) -> None:
+        klass = status // 100
+        for stats in (self.stats, self.lstats):
+            name = f"downstream_rq_{klass}xx" if 1 <= klass <= 5 else "downstream_rq_1xx"
+            getattr(stats, name).value += 1
+            stats.downstream_rq_completed.value += 1
+
+    def _head(self, headers: Headers) -> list[tuple[str, str]]:
+        """Response headers for HTTP/2: ``:status`` first, no connection-specific ones."""
+        out = [(":status", headers.get(":status") or "502")]
+        out += [(k, v) for k, v in headers.regular() if k not in HOP_BY_HOP]
+        return out
+
+    async def _local_reply(
+        self,
+        stream: HttpStream,
+        s: _Stream,
+        reply: LocalReply,
+        head_only: bool,
+        *,
+        filters: bool = True,
+    ) -> None:
+        cfg = self.cfg
+        info = stream.info
+        headers = reply_headers(reply, cfg.server_name, info.start_time)
+        if reply.flag:
+            info.response_flags.add(reply.flag)
+        info.response_code_details = reply.details or "via_local_reply"
+        route = stream._route if stream._routed else None
+        if route is not None and hasattr(route, "apply_response_headers"):
+            route.apply_response_headers(headers, info)
+        stream.response_headers = headers
+        if filters:
+            for phase in cfg.chain.response_headers:
+                await phase(stream, headers)
+        body = b"" if head_only else reply.body
+        info.response_code = reply.status
+        info.response_headers = headers
+        info.bytes_sent = len(body)
+        self._count_status(reply.status)
+        self.h2.send_headers(s.sid, self._head(headers), end_stream=not body)
+        await self._flush()
+        if body:
+            await self._send_data(s, body, end=True)
+
+    async def _respond(
+        self, stream: HttpStream, s: _Stream, resp: Response, head_only: bool
+    ) -> None:
+        body_iter = resp.body
+        try:
+            await self._send_response(stream, s, resp, head_only)
+        finally:
+            if body_iter is not None and hasattr(body_iter, "aclose"):
+                with trio.CancelScope(shield=True):
+                    await body_iter.aclose()
+
+    async def _send_response(
+        self, stream: HttpStream, s: _Stream, resp: Response, head_only: bool
+    ) -> None:
+        cfg = self.cfg
+        chain = cfg.chain
+        info = stream.info
+        headers = resp.headers
+        stream.response_headers = headers
+        for phase in chain.response_headers:
+            await phase(stream, headers)
+        mutate_response_headers(
+            headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
+        )
+        headers.set("date", http_date(info.start_time))
+        status = int(headers.get(":status") or 502)
+        info.response_code = status
+        info.response_headers = headers
+        if cfg.always_set_request_id_in_response:
+            rid = stream.request_headers.get("x-request-id")
+            if rid:
+                headers.set("x-request-id", rid)
+        no_body = head_only or status in _NO_BODY_STATUS
+        if chain.response_data:
+            headers.remove("content-length")
+        self._count_status(status)
+        info.first_downstream_tx = _now()
+        has_more = not no_body and (resp.initial_body or resp.body is not None or resp.trailers)
+        self.h2.send_headers(s.sid, self._head(headers), end_stream=not has_more)
+        await self._flush()
+        if not has_more:
+            if resp.body is not None:
+                async for _ in resp.body:
+                    pass
+            return
+        sent = 0
+
+        async def pieces() -> AsyncIterator[bytes]:
+            if resp.initial_body:
+                yield resp.initial_body
+            if resp.body is not None:
+                async for c in resp.body:
+                    yield c
+
+        async for chunk in pieces():
+            for phase in chain.response_data:
+                chunk = await phase(stream, chunk, False)
+            if chunk:
+                sent += len(chunk)
+                await self._send_data(s, chunk)
+        last = b""
+        for phase in chain.response_data:
+            last = await phase(stream, last, True)
+        if last:
+            sent += len(last)
+            await self._send_data(s, last)
+        info.bytes_sent = sent
+        trailers = resp.trailers
+        if trailers is not None and len(list(trailers.regular())):
+            stream.response_trailers = trailers
+            for tphase in chain.response_trailers:
+                await tphase(stream, trailers)
+            self.h2.send_headers(s.sid, list(trailers.regular()), end_stream=True)
+            await self._flush()
+        else:
+            await self._send_data(s, b"", end=True)
+
+    def _log(self, stream: HttpStream) -> None:
+        for phase in self.cfg.chain.log:
+            try:
+                phase(stream)
+            except Exception:
+                log.exception("HTTP filter log phase failed")
+        for logger in self.cfg.access_loggers:
+            try:
+                logger.log(stream.info)
+            except Exception:
+                log.exception("access logger failed")
+
+
+def is_preface(data: bytes) -> bool | None:
+    """``True``/``False`` once ``data`` tells whether it starts an HTTP/2 connection;
+    ``None`` while it is a prefix of the preface too short to tell."""
+    n = min(len(data), len(PREFACE))
+    if data[:n] != PREFACE[:n]:
+        return False
+    return True if n == len(PREFACE) else None
+
+
+__all__ = ["PREFACE", "Http2Connection", "ProtocolError", "is_preface"]
