@@ -93,6 +93,9 @@ class H2Client:
                 event.set()
 
     def _on(self, ev: object) -> None:
+        sid = getattr(ev, "stream_id", 0)
+        if sid and sid not in self._responses:
+            return  # already given up on (refused by GOAWAY)
         if isinstance(ev, h2.events.ResponseReceived):
             self._responses[ev.stream_id]["headers"] = dict(ev.headers)
         elif isinstance(ev, h2.events.DataReceived):

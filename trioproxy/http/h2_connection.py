@@ -114,10 +114,22 @@ class Http2Connection:
     # ------------------------------------------------------------------ I/O
 
     async def _flush(self) -> None:
-        data = self.h2.data_to_send()
-        if data:
-            async with self._send_lock:
+        # Taken under the lock: bytes h2 queued are never held by a task that then waits
+        # while the connection closes (see ``_close_if_done``).
+        async with self._send_lock:
+            data = self.h2.data_to_send()
+            if data:
                 await self.stream.send_all(data)
+
+    async def _close_if_done(self) -> None:
+        """After our GOAWAY, close once the last stream is over and everything is sent."""
+        if not (self._goaway_sent and not self._streams):
+            return
+        async with self._send_lock:
+            data = self.h2.data_to_send()
+            if data:
+                await self.stream.send_all(data)
+            self.conn.transport.close()
 
     async def run(self) -> None:
         st = self.stats
@@ -170,11 +182,9 @@ class Http2Connection:
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = 0
-        await self._flush()
         async with self._send_lock:
-            await self.stream.send_all(frame.serialize())
-        if not self._streams:
-            self.conn.transport.close()
+            await self.stream.send_all(self.h2.data_to_send() + frame.serialize())
+        await self._close_if_done()
 
     async def _feed(self, data: bytes) -> bool:
         """Give ``data`` to h2 and act on its events; ``False`` when the connection is over."""
@@ -368,10 +378,9 @@ class Http2Connection:
                 if leftover:
                     self.h2.acknowledge_received_data(leftover, s.sid)
                 await self._flush()
+                await self._close_if_done()
             except Exception:
                 pass
-            if self._goaway_sent and not self._streams:
-                self.conn.transport.close()
 
     def _reset(self, s: _Stream) -> None:
         try:
