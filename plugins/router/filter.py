@@ -13,6 +13,7 @@ kept the connection alive; otherwise it is closed.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import AsyncIterator
@@ -47,6 +48,8 @@ _REASONS = {
     ),
     "UPE": ("protocol error", "upstream_reset_before_response_started{protocol_error}"),
 }
+
+log = logging.getLogger(__name__)
 
 
 #: How many reused connections a bodiless request may find closed before giving up.
@@ -140,6 +143,12 @@ class Router(TerminalFilter):
             code = getattr(route, "cluster_not_found_response_code", 503)
             return LocalReply(code, b"", details="cluster_not_found", flag="NC")
         info.upstream_cluster = cluster.name
+        if cluster.config.tls is not None:
+            # The HTTP/1.1 pool does not speak TLS yet: never send plaintext instead.
+            log.error("cluster %s uses TLS, not supported by the HTTP pool yet", cluster.name)
+            return LocalReply(
+                503, b"upstream TLS is not supported yet", details="upstream_tls_unsupported"
+            )
         route.rewrite(headers)
         route.apply_request_headers(headers, info)
         timeout = route.timeout

@@ -87,7 +87,14 @@ def test_full_config() -> None:
                 },
             }
         },
-        transport_socket={"name": "envoy.transport_sockets.tls", "typed_config": {"sni": "x"}},
+        transport_socket={
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": "x",
+            },
+        },
     )
     d["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["load_balancing_weight"] = 5
     d["load_assignment"]["endpoints"].append(
@@ -119,7 +126,7 @@ def test_full_config() -> None:
     assert c.idle_timeout == 30.0
     assert c.max_requests_per_connection == 100
     assert c.http2
-    assert c.tls == {"sni": "x"}
+    assert c.tls is not None and c.tls["sni"] == "x"
     assert c.endpoints[0].weight == 5
     assert c.endpoints[1].priority == 1
     assert c.endpoints[1].locality.zone == "b"

@@ -61,7 +61,9 @@ class AdsServer:
             for q in self._queues:
                 q.put(("push", None))
 
-    def start(self, port: int = 0) -> int:
+    def start(self, port: int = 0, *, credentials: Any = None) -> int:
+        """Serve on 127.0.0.1:``port`` (0: any); ``credentials`` (``grpc.ssl_server_credentials``)
+        makes it TLS."""
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)]
         )
@@ -78,7 +80,10 @@ class AdsServer:
                 },
             )
         server.add_generic_rpc_handlers(tuple(handlers.values()))
-        self.port = server.add_insecure_port(f"127.0.0.1:{port}")
+        if credentials is not None:
+            self.port = server.add_secure_port(f"127.0.0.1:{port}", credentials)
+        else:
+            self.port = server.add_insecure_port(f"127.0.0.1:{port}")
         server.start()
         self._server = server
         return self.port

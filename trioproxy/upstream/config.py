@@ -385,6 +385,9 @@ class ClusterConfig:
         ts = d.get("transport_socket")
         tls = None
         if ts is not None:
+            from trioproxy.upstream.tls import cluster_tls
+
+            cluster_tls(ts)  # checked now: a bad context is a config error, not a failed connect
             tls = ts.get("typed_config") or {}
         return cls(
             name=name,

@@ -29,6 +29,8 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from trioproxy.upstream.tls import cluster_tls
+
 if TYPE_CHECKING:
     from trioproxy.upstream.cluster_manager import ClusterManager
 
@@ -212,9 +214,17 @@ async def open_stream(
     host = cluster.choose_host()
     if host is None:
         raise GrpcError(14, f"no healthy host in cluster {cluster_name}")
+    tls = cluster_tls(cluster.config.transport_socket)
     with trio.fail_after(cluster.config.connect_timeout):
-        sock = await trio.open_tcp_stream(*host.address)
-    async with sock:
+        sock: trio.abc.Stream = await trio.open_tcp_stream(*host.address)
+    if tls is not None:
+        sock = trio.SSLStream(
+            sock, tls.context, server_hostname=tls.sni or None, https_compatible=False
+        )
+    async with sock:  # closed on every path, a failed handshake included
+        if isinstance(sock, trio.SSLStream):
+            with trio.fail_after(cluster.config.connect_timeout):
+                await sock.do_handshake()
         conn = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding=None)
         )
@@ -232,7 +242,7 @@ async def open_stream(
             sid,
             [
                 (b":method", b"POST"),
-                (b":scheme", b"http"),
+                (b":scheme", b"https" if tls is not None else b"http"),
                 (b":path", method.encode()),
                 (b":authority", cluster_name.encode()),
                 (b"content-type", b"application/grpc"),

@@ -1,0 +1,98 @@
+"""TLS to the control plane, and clusters whose TLS the HTTP pool cannot speak yet."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+import pytest
+import trio
+import trustme
+
+from tests.support import Backend, free_ports, raw_exchange, simple_config, start_proxy
+from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
+from tests.xds.test_ads import served
+from trioproxy.errors import ConfigError
+from trioproxy.testing.xds_server import AdsServer
+
+
+def _tls_socket(ca_pem: str, sni: str = "localhost") -> str:
+    return f"""
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: {sni}
+        common_tls_context:
+          validation_context:
+            trusted_ca: {{inline_string: {json.dumps(ca_pem)}}}
+"""
+
+
+async def test_ads_over_tls(nursery: trio.Nursery) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost")
+    creds = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), b"".join(b.bytes() for b in cert.cert_chain_pems))]
+    )
+    ads = AdsServer()
+    ads.start(credentials=creds)
+    try:
+        backend = Backend(name="over-tls")
+        bport = await nursery.start(backend.serve)
+        (lport,) = free_ports(1)
+        text = bootstrap(ads.port).replace(
+            "    load_assignment:\n      cluster_name: xds_cluster",
+            _tls_socket(ca.cert_pem.bytes().decode()).rstrip("\n")
+            + "\n    load_assignment:\n      cluster_name: xds_cluster",
+        )
+        proxy = await start_proxy(nursery, text)
+        ads.set(CDS, "1", [cluster("c", bport)])
+        ads.set(LDS, "1", [listener("l", lport)])
+        ads.set(RDS, "1", [route("local_route", "c")])
+        await served(lport, b"over-tls")
+        assert proxy.stat("control_plane.connected_state") == 1
+    finally:
+        ads.stop()
+
+
+async def test_untrusted_control_plane_is_not_used(nursery: trio.Nursery) -> None:
+    ca, other = trustme.CA(), trustme.CA()
+    cert = ca.issue_cert("localhost")
+    creds = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), b"".join(b.bytes() for b in cert.cert_chain_pems))]
+    )
+    ads = AdsServer()
+    ads.start(credentials=creds)
+    try:
+        (lport,) = free_ports(1)
+        text = bootstrap(ads.port).replace(
+            "    load_assignment:\n      cluster_name: xds_cluster",
+            _tls_socket(other.cert_pem.bytes().decode()).rstrip("\n")
+            + "\n    load_assignment:\n      cluster_name: xds_cluster",
+        )
+        proxy = await start_proxy(nursery, text)
+        ads.set(LDS, "1", [listener("l", lport)])
+        await trio.sleep(1.0)
+        assert ads.requests == []  # the handshake failed: nothing was ever asked
+        assert proxy.stat("control_plane.connected_state") == 0
+    finally:
+        ads.stop()
+
+
+async def test_http_traffic_to_a_tls_cluster_fails_closed(nursery: trio.Nursery) -> None:
+    ca = trustme.CA()
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(
+        nursery, simple_config([port], cluster_extra=_tls_socket(ca.cert_pem.bytes().decode()))
+    )
+    raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 503") and b"upstream TLS is not supported yet" in raw
+    assert backend.requests == []  # nothing went out in plaintext
+
+
+async def test_bad_trusted_ca_is_a_config_error(nursery: trio.Nursery) -> None:
+    with pytest.raises(ConfigError) as info:
+        await start_proxy(nursery, simple_config([1], cluster_extra=_tls_socket("not a cert")))
+    assert "trusted_ca" in str(info.value)
