@@ -518,7 +518,22 @@ class Http2Connection:
         self._count_status(status)
         info.first_downstream_tx = _now()
         has_more = not no_body and (resp.initial_body or resp.body is not None or resp.trailers)
-        self.h2.send_headers(s.sid, self._head(headers), end_stream=not has_more)
+        h = self.h2
+        initial = resp.initial_body
+        if (
+            has_more
+            and resp.body is None
+            and resp.trailers is None
+            and not chain.response_data
+            and len(initial) <= min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
+        ):
+            # The whole response is in hand and fits the window: HEADERS and DATA in one write.
+            h.send_headers(s.sid, self._head(headers))
+            h.send_data(s.sid, initial, end_stream=True)
+            info.bytes_sent = len(initial)
+            await self._flush()
+            return
+        h.send_headers(s.sid, self._head(headers), end_stream=not has_more)
         await self._flush()
         if not has_more:
             if resp.body is not None:
