@@ -48,6 +48,7 @@ from trioproxy.http.local_reply import (
 )
 from trioproxy.http.request_head import request_headers
 from trioproxy.http.request_headers import mutate_response_headers
+from trioproxy.http.stream_common import count_status, filtered_request_body, log_stream
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
@@ -322,26 +323,7 @@ class Http1Connection:
             pass
 
     def _count_status(self, status: int) -> None:
-        st = self.stats
-        ls = self.lstats
-        klass = status // 100
-        if klass == 2:
-            st.downstream_rq_2xx.value += 1
-            ls.downstream_rq_2xx.value += 1
-        elif klass == 4:
-            st.downstream_rq_4xx.value += 1
-            ls.downstream_rq_4xx.value += 1
-        elif klass == 5:
-            st.downstream_rq_5xx.value += 1
-            ls.downstream_rq_5xx.value += 1
-        elif klass == 3:
-            st.downstream_rq_3xx.value += 1
-            ls.downstream_rq_3xx.value += 1
-        else:
-            st.downstream_rq_1xx.value += 1
-            ls.downstream_rq_1xx.value += 1
-        st.downstream_rq_completed.value += 1
-        ls.downstream_rq_completed.value += 1
+        count_status(self.stats, self.lstats, status)
 
     # -- one request ----------------------------------------------------------------------
     async def _serve_request(self, head: h1.RequestHead) -> bool:
@@ -455,7 +437,7 @@ class Http1Connection:
         if not self._body_done:
             body = self._request_body(stream)
             if chain.request_data or chain.request_trailers:
-                body = self._filtered_request_body(stream, body)
+                body = filtered_request_body(self.cfg.chain, stream, body)
         return await chain.terminal.serve(stream, body)
 
     async def _request_body(self, stream: HttpStream) -> AsyncIterator[bytes]:
@@ -479,24 +461,6 @@ class Http1Connection:
                 return
             else:  # pragma: no cover - the parser's contract
                 raise ProtocolError(f"unexpected event {ev!r} in a request body")
-
-    async def _filtered_request_body(
-        self, stream: HttpStream, body: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        chain = self.cfg.chain
-        async for chunk in body:
-            for phase in chain.request_data:
-                chunk = await phase(stream, chunk, False)
-            if chunk:
-                yield chunk
-        last = b""
-        for phase in chain.request_data:
-            last = await phase(stream, last, True)
-        if last:
-            yield last
-        if stream.request_trailers is not None:
-            for tphase in chain.request_trailers:
-                await tphase(stream, stream.request_trailers)
 
     # -- responses ------------------------------------------------------------------------
     async def _write_local_reply(
@@ -657,16 +621,7 @@ class Http1Connection:
         return sent
 
     def _log(self, stream: HttpStream) -> None:
-        for phase in self.cfg.chain.log:
-            try:
-                phase(stream)
-            except Exception:
-                log.exception("HTTP filter log phase failed")
-        for logger in self.cfg.access_loggers:
-            try:
-                logger.log(stream.info)
-            except Exception:
-                log.exception("access logger failed")
+        log_stream(self.cfg, stream)
 
 
 def _encode_head(headers: Headers) -> bytes:

@@ -45,6 +45,7 @@ from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import FILTER_ERROR, NO_ROUTE, http_date, reply_headers
 from trioproxy.http.request_head import request_headers
 from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
+from trioproxy.http.stream_common import count_status, filtered_request_body, log_stream
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
@@ -401,7 +402,7 @@ class Http2Connection:
         if not s.no_body:
             body = self._request_body(stream, s)
             if chain.request_data or chain.request_trailers:
-                body = self._filtered_body(stream, body)
+                body = filtered_request_body(self.cfg.chain, stream, body)
         return await chain.terminal.serve(stream, body)
 
     async def _request_body(self, stream: HttpStream, s: _Stream) -> AsyncIterator[bytes]:
@@ -415,32 +416,10 @@ class Http2Connection:
         if s.trailers:
             stream.request_trailers = Headers(s.trailers)
 
-    async def _filtered_body(
-        self, stream: HttpStream, body: AsyncIterator[bytes]
-    ) -> AsyncIterator[bytes]:
-        chain = self.cfg.chain
-        async for chunk in body:
-            for phase in chain.request_data:
-                chunk = await phase(stream, chunk, False)
-            if chunk:
-                yield chunk
-        last = b""
-        for phase in chain.request_data:
-            last = await phase(stream, last, True)
-        if last:
-            yield last
-        if stream.request_trailers is not None:
-            for tphase in chain.request_trailers:
-                await tphase(stream, stream.request_trailers)
-
     # ------------------------------------------------------------------ responses
 
     def _count_status(self, status: int) -> None:
-        klass = status // 100
-        for stats in (self.stats, self.lstats):
-            name = f"downstream_rq_{klass}xx" if 1 <= klass <= 5 else "downstream_rq_1xx"
-            getattr(stats, name).value += 1
-            stats.downstream_rq_completed.value += 1
+        count_status(self.stats, self.lstats, status)
 
     def _head(self, headers: Headers) -> list[tuple[str, str]]:
         """Response headers for HTTP/2: ``:status`` first, no connection-specific ones."""
@@ -573,16 +552,7 @@ class Http2Connection:
             await self._send_data(s, b"", end=True)
 
     def _log(self, stream: HttpStream) -> None:
-        for phase in self.cfg.chain.log:
-            try:
-                phase(stream)
-            except Exception:
-                log.exception("HTTP filter log phase failed")
-        for logger in self.cfg.access_loggers:
-            try:
-                logger.log(stream.info)
-            except Exception:
-                log.exception("access logger failed")
+        log_stream(self.cfg, stream)
 
 
 def is_preface(data: bytes) -> bool | None:

@@ -18,15 +18,9 @@ import attrs
 
 from trioproxy.config.types import data_source
 from trioproxy.errors import ConfigError
+from trioproxy.listener.tls import _VERSIONS, _load_pair
 
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-_VERSIONS = {
-    "TLS_AUTO": None,
-    "TLSv1_0": ssl.TLSVersion.TLSv1,
-    "TLSv1_1": ssl.TLSVersion.TLSv1_1,
-    "TLSv1_2": ssl.TLSVersion.TLSv1_2,
-    "TLSv1_3": ssl.TLSVersion.TLSv1_3,
-}
 _VALIDATION_KNOWN = ("trusted_ca",)
 _COMMON_KNOWN = ("validation_context", "tls_certificates", "alpn_protocols", "tls_params")
 
@@ -75,8 +69,6 @@ def client_context(
             "one client certificate at most", path="common_tls_context.tls_certificates"
         )
     if certs:
-        from trioproxy.listener.tls import _load_pair
-
         path = "common_tls_context.tls_certificates[0]"
         chain = data_source(certs[0].get("certificate_chain"), base_dir)
         key_pem = data_source(certs[0].get("private_key"), base_dir)

@@ -1,0 +1,70 @@
+"""Per-stream steps shared by the HTTP/1.1 and HTTP/2 connection managers.
+
+Each is the same whatever the codec: running the request-data and request-trailer phases over
+a body, counting a response's status class, and the end-of-stream log (filters' ``on_log``
+then access loggers; neither may fail the stream).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from trioproxy.http.conn_manager_config import FilterChain, HcmConfig, HcmStats, ListenerHttpStats
+from trioproxy.http.filter import HttpStream
+
+log = logging.getLogger("trioproxy.http.conn_manager")
+
+
+async def filtered_request_body(
+    chain: FilterChain, stream: HttpStream, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """``body`` through the request-data phases, then the request-trailer phases."""
+    async for chunk in body:
+        for phase in chain.request_data:
+            chunk = await phase(stream, chunk, False)
+        if chunk:
+            yield chunk
+    last = b""
+    for phase in chain.request_data:
+        last = await phase(stream, last, True)
+    if last:
+        yield last
+    if stream.request_trailers is not None:
+        for tphase in chain.request_trailers:
+            await tphase(stream, stream.request_trailers)
+
+
+def count_status(st: HcmStats, ls: ListenerHttpStats, status: int) -> None:
+    """``downstream_rq_<class>xx`` and ``downstream_rq_completed``, both scopes."""
+    klass = status // 100
+    if klass == 2:
+        st.downstream_rq_2xx.value += 1
+        ls.downstream_rq_2xx.value += 1
+    elif klass == 4:
+        st.downstream_rq_4xx.value += 1
+        ls.downstream_rq_4xx.value += 1
+    elif klass == 5:
+        st.downstream_rq_5xx.value += 1
+        ls.downstream_rq_5xx.value += 1
+    elif klass == 3:
+        st.downstream_rq_3xx.value += 1
+        ls.downstream_rq_3xx.value += 1
+    else:
+        st.downstream_rq_1xx.value += 1
+        ls.downstream_rq_1xx.value += 1
+    st.downstream_rq_completed.value += 1
+    ls.downstream_rq_completed.value += 1
+
+
+def log_stream(cfg: HcmConfig, stream: HttpStream) -> None:
+    for phase in cfg.chain.log:
+        try:
+            phase(stream)
+        except Exception:
+            log.exception("HTTP filter log phase failed")
+    for logger in cfg.access_loggers:
+        try:
+            logger.log(stream.info)
+        except Exception:
+            log.exception("access logger failed")
