@@ -25,6 +25,7 @@ RDS names are wanted and tells the transports (``Mux.interest_changed``).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -109,8 +110,6 @@ class RouteProvider:
 
 def _version_hash(version: str) -> int:
     """Envoy's ``version`` gauge is a hash of ``version_info``; any stable 52-bit one will do."""
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(version.encode()).digest()[:6], "big")
 
 
@@ -171,8 +170,9 @@ class XdsManager:
         A timeout of 0 waits forever."""
         if not self.initial:
             return
-        timeout = max(self.initial.values())
-        with trio.move_on_after(timeout if timeout > 0 else float("inf")) as scope:
+        timeouts = self.initial.values()
+        timeout = float("inf") if min(timeouts) <= 0 else max(timeouts)  # 0: wait forever
+        with trio.move_on_after(timeout) as scope:
             while not self._initialized():
                 await self._changed.wait()
         if scope.cancelled_caught:
@@ -233,8 +233,8 @@ class XdsManager:
             mux = self.route_muxes.pop(name, None)
             if mux is not None:
                 mux.interest_changed(R.ROUTE)
+        ids = {id(h) for hs in self._listener_holders.values() for h in hs}
         for provider in self.routes.values():
-            ids = {id(h) for hs in self._listener_holders.values() for h in hs}
             provider.holders = [h for h in provider.holders if id(h) in ids]
 
     def register_static_listener(self, name: str, holders: list[RouteHolder]) -> None:
