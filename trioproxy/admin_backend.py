@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from trioproxy import __version__
 from trioproxy.admin.backend import ClusterView, ConfigDumpSources
+from trioproxy.admin.config_dump import rfc3339
 from trioproxy.stats import Store
-from trioproxy.xds.manager import Dynamic
+from trioproxy.xds.manager import Dynamic, XdsManager
 from trioproxy.xds.resources import CLUSTER as CDS
 from trioproxy.xds.resources import LISTENER as LDS
 
@@ -20,6 +21,40 @@ HCM_TYPE = (
     "type.googleapis.com/"
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 )
+
+
+_SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+def _secrets_dump(xds: XdsManager) -> dict[str, Any]:
+    """``SecretsConfigDump`` fields (``config_dump`` redacts the keys)."""
+    static = [
+        {
+            "name": name,
+            "last_updated": rfc3339(e.last_updated),
+            "secret": {"@type": _SECRET, **e.canonical},
+        }
+        for name, e in xds.static_secrets.items()
+    ]
+    dynamic = []
+    for name, p in xds.secrets.items():
+        entry: dict[str, Any] = {"name": name}
+        if p.current is not None:
+            if p.current.version_info:
+                entry["version_info"] = p.current.version_info
+            entry["last_updated"] = rfc3339(p.current.last_updated)
+            entry["secret"] = {"@type": _SECRET, **p.current.canonical}
+        dynamic.append(entry)
+    out: dict[str, Any] = {}
+    if static:
+        out["static_secrets"] = static
+    active = [e for e in dynamic if "secret" in e]
+    warming = [e for e in dynamic if "secret" not in e]
+    if active:
+        out["dynamic_active_secrets"] = active
+    if warming:
+        out["dynamic_warming_secrets"] = warming
+    return out
 
 
 class ServerAdminBackend:
@@ -77,6 +112,7 @@ class ServerAdminBackend:
             endpoint_configs=dyn(xds.endpoints),
             cluster_errors=errors(CDS),
             listener_errors=errors(LDS),
+            secrets=_secrets_dump(xds),
             clusters_version=xds.versions.get(CDS, ""),
             listeners_version=xds.versions.get(LDS, ""),
         )

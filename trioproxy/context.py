@@ -9,6 +9,7 @@ import attrs
 
 if TYPE_CHECKING:
     from trioproxy.http.rds import RdsSubscriber
+    from trioproxy.listener.tls import SecretSubscriber
     from trioproxy.registry import Registry
     from trioproxy.stats import Store
     from trioproxy.upstream.cluster_manager import ClusterManager
@@ -25,3 +26,4 @@ class BuildContext:
     base_dir: str = "."  # relative DataSource filenames resolve here
     h1_codec: str | None = None  # "httptools" | "h11" | None (best available)
     rds: RdsSubscriber | None = None  # the xDS manager, where RDS can be used
+    secrets: SecretSubscriber | None = None  # the xDS manager: static and SDS secrets

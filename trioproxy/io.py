@@ -37,6 +37,10 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         self._closed = False
         self._shut_wr = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def setsockopt_nodelay(self) -> None:
         try:
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

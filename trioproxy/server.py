@@ -127,10 +127,6 @@ def build(
         if name in boot:
             log.warning("bootstrap field %r is not implemented yet and is ignored", name)
     static = boot.get("static_resources", {})
-    if static.get("secrets"):
-        raise loaded.locate(
-            ConfigError("static secrets are not supported yet", path="static_resources.secrets")
-        )
     registry = registry or build_registry()
     cluster_configs: list[ClusterConfig] = []
     names: set[str] = set()
@@ -153,6 +149,11 @@ def build(
     base_dir = os.path.dirname(os.path.abspath(loaded.source)) if loaded.source else "."
     xds = XdsManager(store, cm)
     xds.static_clusters = frozenset(names)
+    for i, raw in enumerate(static.get("secrets", [])):
+        try:
+            xds.add_static_secret(raw, base_dir)
+        except ConfigError as exc:
+            raise loaded.locate(exc.at(f"static_resources.secrets[{i}]")) from None
     sources = Sources(
         xds,
         node,
@@ -178,16 +179,18 @@ def build(
         base_dir=base_dir,
         h1_codec=options.h1_codec,
         rds=xds,
+        secrets=xds,
     )
     listeners: list[ListenerConfig] = []
     seen: dict[tuple[str, int], int] = {}
     for i, raw in enumerate(static.get("listeners", [])):
+        key = f"static:{raw.get('name') or i}"
         try:
-            with xds.collecting(str(raw.get("name", i))) as holders:
+            with xds.collecting(key) as holders:
                 lc = ListenerConfig.from_proto(raw, ctx)
         except ConfigError as exc:
             raise loaded.locate(exc.at(f"static_resources.listeners[{i}]")) from None
-        xds.register_static_listener(lc.name, holders)
+        xds.register_static_listener(key, holders)
         if lc.address in seen and lc.address[1] != 0:
             raise loaded.locate(
                 ConfigError(

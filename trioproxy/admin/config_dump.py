@@ -104,6 +104,37 @@ def _errors(
     ]
 
 
+_SENSITIVE = frozenset({"private_key", "password", "session_ticket_keys"})
+
+
+def redact_sensitive(value: Any) -> Any:
+    """Key material never leaves through the admin: inline private keys, passwords and ticket
+    keys become ``[redacted]`` wherever they appear, as Envoy redacts its sensitive fields
+    (a ``filename`` is kept: a path is not a secret)."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if k in _SENSITIVE:
+                out[k] = _redact_source(v)
+            else:
+                out[k] = redact_sensitive(v)
+        return out
+    if isinstance(value, list):
+        return [redact_sensitive(v) for v in value]
+    return value
+
+
+def _redact_source(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            k: ("[redacted]" if k in ("inline_string", "inline_bytes") else _redact_source(v))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redact_source(v) for v in value]
+    return value
+
+
 def all_dumps(src: ConfigDumpSources, *, include_eds: bool = False) -> list[dict[str, Any]]:
     """The ``configs`` list of ``GET /config_dump``."""
     dumps = [
@@ -161,7 +192,7 @@ def all_dumps(src: ConfigDumpSources, *, include_eds: bool = False) -> list[dict
         ),
         _dump("SecretsConfigDump", **dict(src.secrets)),
     ]
-    return dumps
+    return [redact_sensitive(d) for d in dumps]
 
 
 def apply_mask(d: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:

@@ -162,7 +162,7 @@ def _filter_chain(d: Mapping[str, Any], ctx: BuildContext) -> FilterChain:
                 path="transport_socket",
             )
         try:
-            tls = server_context(typed, ctx.base_dir)
+            tls = server_context(typed, ctx.base_dir, ctx.secrets)
         except ConfigError as exc:
             raise exc.at("transport_socket.typed_config") from None
     filters: list[NetworkFilter] = []

@@ -185,4 +185,11 @@ class Listener:
             wstats.downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
             stats.downstream_cx_length_ms.record((now() - started) * 1000)
+            if stream is not raw and not raw.closed:
+                # TLS: say close_notify first, or strict clients (OpenSSL 3) see a truncation.
+                with trio.move_on_after(0.5, shield=True):
+                    try:
+                        await stream.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                        pass
             raw.close()

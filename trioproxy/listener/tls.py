@@ -2,8 +2,9 @@
 
 What is covered now: certificate chains and keys inline or from files, ALPN, minimum and maximum
 protocol versions, cipher suites (TLS ≤ 1.2 names in OpenSSL form, as Envoy takes them).
-Client-certificate validation (mTLS), SDS and session resumption come with the TLS issue; their
-fields are refused with a clear error rather than ignored.
+Certificates may come by SDS (``tls_certificate_sds_secret_configs``: a static secret, a watched
+file or ADS) and rotate without a restart. Client-certificate validation (mTLS) and session
+resumption are refused with a clear error rather than ignored.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import logging
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from trioproxy.config.types import data_source
 from trioproxy.errors import ConfigError
@@ -49,7 +50,37 @@ def _load_pair(ctx: ssl.SSLContext, chain: bytes, key: bytes, path: str) -> None
         os.unlink(name)
 
 
-def server_context(d: Mapping[str, Any], base_dir: str) -> ssl.SSLContext:
+class SecretSubscriber(Protocol):
+    """Where SDS secrets come from (``trioproxy.xds.manager.XdsManager``)."""
+
+    def subscribe_secret(
+        self,
+        name: str,
+        sds_config: Mapping[str, Any],
+        on_update: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        """Call ``on_update(secret)`` now if the secret is known (static secrets when
+        ``sds_config`` is empty), and on every update; ``ConfigError`` rejects it."""
+        ...
+
+
+def load_tls_certificate(
+    ctx: ssl.SSLContext, cert: Mapping[str, Any], base_dir: str, path: str
+) -> None:
+    """Load a ``TlsCertificate`` (chain and key) into ``ctx``."""
+    try:
+        chain = data_source(cert.get("certificate_chain"), base_dir)
+        key = data_source(cert.get("private_key"), base_dir)
+    except ConfigError as exc:
+        raise exc.at(path) from None
+    if not chain or not key:
+        raise ConfigError("certificate_chain and private_key are both required", path=path)
+    _load_pair(ctx, chain, key, path)
+
+
+def server_context(
+    d: Mapping[str, Any], base_dir: str, secrets: SecretSubscriber | None = None
+) -> ssl.SSLContext:
     """Build the server-side context of a ``DownstreamTlsContext`` (canonical dict)."""
     for name in _UNSUPPORTED:
         if d.get(name):
@@ -59,11 +90,6 @@ def server_context(d: Mapping[str, Any], base_dir: str) -> ssl.SSLContext:
         raise ConfigError(
             "client certificate validation is not supported yet",
             path="common_tls_context.validation_context",
-        )
-    if common.get("tls_certificate_sds_secret_configs"):
-        raise ConfigError(
-            "SDS certificates are not supported yet",
-            path="common_tls_context.tls_certificate_sds_secret_configs",
         )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.options |= ssl.OP_NO_COMPRESSION
@@ -86,21 +112,36 @@ def server_context(d: Mapping[str, Any], base_dir: str) -> ssl.SSLContext:
                 f"invalid cipher suites: {exc}", path="common_tls_context.tls_params.cipher_suites"
             ) from exc
     certs = common.get("tls_certificates", [])
-    if not certs:
+    sds = common.get("tls_certificate_sds_secret_configs", [])
+    if not certs and not sds:
         raise ConfigError(
-            "no certificate: a DownstreamTlsContext needs common_tls_context.tls_certificates",
+            "no certificate: a DownstreamTlsContext needs common_tls_context.tls_certificates"
+            " or tls_certificate_sds_secret_configs",
             path="common_tls_context.tls_certificates",
         )
     for i, cert in enumerate(certs):
-        path = f"common_tls_context.tls_certificates[{i}]"
+        load_tls_certificate(ctx, cert, base_dir, f"common_tls_context.tls_certificates[{i}]")
+    if sds:
+        path = "common_tls_context.tls_certificate_sds_secret_configs"
+        if len(sds) > 1 or certs:
+            raise ConfigError("one SDS certificate, and no inline one beside it", path=path)
+        if secrets is None:
+            raise ConfigError("SDS is not available here", path=path)
+
+        def update(secret: Mapping[str, Any]) -> None:
+            cert = secret.get("tls_certificate")
+            if not cert:
+                raise ConfigError(f"secret {secret.get('name')!r} has no tls_certificate")
+            # Loading again replaces the certificate for new handshakes; connections already
+            # established keep theirs. This is the rotation.
+            load_tls_certificate(ctx, cert, base_dir, "tls_certificate")
+
         try:
-            chain = data_source(cert.get("certificate_chain"), base_dir)
-            key = data_source(cert.get("private_key"), base_dir)
+            secrets.subscribe_secret(
+                str(sds[0].get("name", "")), sds[0].get("sds_config") or {}, update
+            )
         except ConfigError as exc:
-            raise exc.at(path) from None
-        if not chain or not key:
-            raise ConfigError("certificate_chain and private_key are both required", path=path)
-        _load_pair(ctx, chain, key, path)
+            raise exc.at(f"{path}[0]") from None
     alpn = list(common.get("alpn_protocols", []))
     if alpn:
         ctx.set_alpn_protocols(alpn)

@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -108,6 +108,30 @@ class RouteProvider:
     ready: trio.Event = attrs.field(factory=trio.Event)
 
 
+@attrs.define(eq=False)
+class SecretProvider:
+    """One SDS secret and the TLS contexts that use it (by listener key)."""
+
+    name: str
+    source: Mapping[str, Any]
+    callbacks: dict[str, list[Callable[[Mapping[str, Any]], None]]] = attrs.field(factory=dict)
+    current: Dynamic | None = None
+    ready: trio.Event = attrs.field(factory=trio.Event)
+
+
+def check_secret(d: Mapping[str, Any], base_dir: str) -> None:
+    """Load a secret's certificate into a scratch context: a bad one is rejected before any
+    listener's context is touched."""
+    import ssl
+
+    from trioproxy.listener.tls import load_tls_certificate
+
+    cert = d.get("tls_certificate")
+    if not cert:
+        raise ConfigError("only tls_certificate secrets are supported", path="tls_certificate")
+    load_tls_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), cert, base_dir, "tls_certificate")
+
+
 def _version_hash(version: str) -> int:
     """Envoy's ``version`` gauge is a hash of ``version_info``; any stable 52-bit one will do."""
     return int.from_bytes(hashlib.sha256(version.encode()).digest()[:6], "big")
@@ -133,6 +157,15 @@ class XdsManager:
         self.muxes: dict[str, Mux] = {}  # type URL → the transport it comes from
         self.route_muxes: dict[str, Mux] = {}  # RDS name → transport
         self.endpoint_muxes: dict[str, Mux] = {}  # EDS name → transport
+        self.static_secrets: dict[str, Dynamic] = {}
+        self.secrets: dict[str, SecretProvider] = {}
+        self.secret_muxes: dict[str, Mux] = {}  # SDS name → transport
+        self.base_dir = "."
+        self._collect_key: str | None = None
+        self._listener_secrets: dict[str, list[SecretProvider]] = {}
+        self._pending_secrets: list[
+            tuple[SecretProvider, str, Callable[[Mapping[str, Any]], None]]
+        ] = []
         self._cla_events: dict[str, trio.Event] = {}
         self._listener_holders: dict[str, list[RouteHolder]] = {}
         self._collecting: list[RouteHolder] | None = None
@@ -197,10 +230,13 @@ class XdsManager:
         """Record the route holders subscribed while building listener ``key``."""
         holders: list[RouteHolder] = []
         self._collecting = holders
+        self._collect_key = key
+        self._listener_secrets[key] = []
         try:
             yield holders
         finally:
             self._collecting = None
+            self._collect_key = None
 
     def subscribe_routes(
         self, name: str, config_source: Mapping[str, Any], holder: RouteHolder
@@ -224,6 +260,8 @@ class XdsManager:
             return {n for n, m in self.route_muxes.items() if m is mux and n in self.routes}
         if type_url == R.ENDPOINT:
             return {n for n, m in self.endpoint_muxes.items() if m is mux}
+        if type_url == R.SECRET:
+            return {n for n, m in self.secret_muxes.items() if m is mux}
         return set()
 
     def _prune_routes(self) -> None:
@@ -237,8 +275,96 @@ class XdsManager:
         for provider in self.routes.values():
             provider.holders = [h for h in provider.holders if id(h) in ids]
 
-    def register_static_listener(self, name: str, holders: list[RouteHolder]) -> None:
-        self._listener_holders["static:" + name] = holders
+    def register_static_listener(self, key: str, holders: list[RouteHolder]) -> None:
+        """A bootstrap listener built under ``collecting(key)``; it is never removed."""
+        self._listener_holders[key] = holders
+        self.commit_secrets([key])
+
+    # ------------------------------------------------------------------ secrets
+
+    def add_static_secret(self, d: Mapping[str, Any], base_dir: str) -> None:
+        name = str(d.get("name", ""))
+        if not name:
+            raise ConfigError("a secret needs a name", path="name")
+        if name in self.static_secrets:
+            raise ConfigError(f"duplicate static secret {name!r}", path="name")
+        check_secret(d, base_dir)
+        self.static_secrets[name] = Dynamic("", d)
+        self.base_dir = base_dir
+
+    def subscribe_secret(
+        self,
+        name: str,
+        sds_config: Mapping[str, Any],
+        on_update: Callable[[Mapping[str, Any]], None],
+    ) -> None:
+        if not name:
+            raise ConfigError("an SDS secret needs a name", path="name")
+        if not sds_config:
+            static = self.static_secrets.get(name)
+            if static is None:
+                raise ConfigError(f"no static secret named {name!r}", path="name")
+            on_update(static.canonical)
+            return
+        provider = self.secrets.get(name)
+        if provider is None:
+            mux = self._mux_for(sds_config, R.SECRET)
+            provider = self.secrets[name] = SecretProvider(name, sds_config)
+            self.secret_muxes[name] = mux
+        if provider.current is not None:
+            on_update(provider.current.canonical)
+        key = self._collect_key
+        if key is None:
+            provider.callbacks.setdefault("", []).append(on_update)
+        else:
+            # Kept aside until the listener is accepted (``_commit_secrets``): a rejected
+            # build must not rotate anything, and a rebuilt listener replaces its callbacks.
+            self._pending_secrets.append((provider, key, on_update))
+            self._listener_secrets.setdefault(key, []).append(provider)
+        self.secret_muxes[name].interest_changed(R.SECRET)
+
+    def commit_secrets(self, keys: Sequence[str]) -> None:
+        """The listeners ``keys`` were accepted: their new TLS contexts now get rotations
+        (replacing those of the versions they replace); other pending ones are dropped."""
+        fresh: dict[tuple[int, str], list[Callable[[Mapping[str, Any]], None]]] = {}
+        providers: dict[int, SecretProvider] = {}
+        for provider, key, cb in self._pending_secrets:
+            if key in keys:
+                fresh.setdefault((id(provider), key), []).append(cb)
+                providers[id(provider)] = provider
+        for (pid, key), cbs in fresh.items():
+            providers[pid].callbacks[key] = cbs
+        self._pending_secrets.clear()
+
+    def _prune_secrets(self) -> None:
+        live = set(self._listener_holders) | {k for k, v in self._listener_secrets.items() if v}
+        for name, provider in list(self.secrets.items()):
+            for key in [k for k in provider.callbacks if k and k not in live]:
+                del provider.callbacks[key]
+            if not provider.callbacks:
+                del self.secrets[name]
+                mux = self.secret_muxes.pop(name, None)
+                if mux is not None:
+                    mux.interest_changed(R.SECRET)
+
+    def _apply_secrets(self, version: str, items: Sequence[Mapping[str, Any]]) -> None:
+        names = self._names(R.SECRET, items, "secret")
+        staged = []
+        for name, d in zip(names, items, strict=True):
+            provider = self.secrets.get(name)
+            if provider is None:
+                continue
+            try:
+                check_secret(d, self.base_dir)
+            except ConfigError as exc:
+                raise ConfigError(f"{name}: {exc}") from None
+            staged.append((provider, d))
+        for provider, d in staged:
+            for callbacks in provider.callbacks.values():
+                for cb in callbacks:
+                    cb(d)
+            provider.current = Dynamic(version, d)
+            provider.ready.set()
 
     def notify_routes(self) -> None:
         for mux in set(self.route_muxes.values()):
@@ -262,6 +388,8 @@ class XdsManager:
                 self._apply_routes(version, items)
             elif type_url == R.ENDPOINT:
                 self._apply_endpoints(version, items)
+            elif type_url == R.SECRET:
+                self._apply_secrets(version, items)
             else:
                 raise ConfigError(f"resource type {type_url} is not supported")
         except ConfigError:
@@ -444,7 +572,12 @@ class XdsManager:
             addresses[key] = name
         if errors:
             self._listener_holders = holders_before
+            for name in names:
+                if name not in self._listener_holders:
+                    self._listener_secrets.pop(name, None)
+            self.commit_secrets([])
             self._prune_routes()
+            self._prune_secrets()
             raise ConfigError("Error adding/updating listener(s) " + ", ".join(errors))
         self.errors[R.LISTENER].clear()
         keep = set(names)
@@ -452,13 +585,16 @@ class XdsManager:
             self.listeners.pop(name, None)
             self.warming_listeners.pop(name, None)
             self._listener_holders.pop(name, None)
+            self._listener_secrets.pop(name, None)
             lm.remove(name)
         for cfg, d, holders in built:
             self._listener_holders[cfg.name] = holders
             entry = self.warming_listeners[cfg.name] = Dynamic(version, d)
             assert self._nursery is not None
             self._nursery.start_soon(self._warm_listener, cfg, entry, holders)
+        self.commit_secrets([cfg.name for cfg, _, _ in built])
         self._prune_routes()
+        self._prune_secrets()
         self.notify_routes()
 
     async def _warm_listener(
@@ -467,7 +603,15 @@ class XdsManager:
         lm = self.listener_manager
         assert lm is not None
 
+        secrets = list(self._listener_secrets.get(cfg.name, ()))
+
         async def warm() -> None:
+            for secret in secrets:
+                if secret.ready.is_set():
+                    continue
+                timeout = initial_fetch_timeout(secret.source)
+                with trio.move_on_after(timeout if timeout > 0 else float("inf")):
+                    await secret.ready.wait()
             for holder in holders:
                 provider = self.routes.get(holder.rds_name)
                 if provider is None or provider.ready.is_set():
