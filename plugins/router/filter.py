@@ -30,6 +30,7 @@ from trioproxy.http.filter import (
     LocalReply,
     Response,
     TerminalFilter,
+    Tunnel,
 )
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
@@ -259,6 +260,8 @@ class Router(TerminalFilter):
         if not self.config.suppress_envoy_headers:
             resp_headers.add("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
         route.apply_response_headers(resp_headers, info)
+        if head.status == 101 and headers.get("upgrade"):
+            return self._tunnel(resp_headers, head, exchange, conn, pool, cluster, host, started)
         if exchange.complete:
             self._finish(cluster, host, started, head.status, True, internal)
             stats.upstream_cx_rx_bytes_total.value += exchange.rx
@@ -317,6 +320,36 @@ class Router(TerminalFilter):
                 exchange.keep_alive = False
                 nursery.cancel_scope.cancel()
         return result[0], result[1]
+
+    def _tunnel(
+        self,
+        resp_headers: Headers,
+        head: Any,
+        exchange: Exchange,
+        conn: Any,
+        pool: Any,
+        cluster: Any,
+        host: Any,
+        started: float,
+    ) -> Response:
+        """The upstream switched protocols (WebSocket): hand its byte stream to the connection
+        manager, which splices it with the client's. The route timeout ends here; the
+        connection never goes back to the pool."""
+        upgrade = next((v for k, v in head.headers if k == "upgrade"), "")
+        resp_headers.set("upgrade", upgrade)
+        resp_headers.set("connection", "upgrade")
+        self._finish(cluster, host, started, 101, True)
+        watchdog.current().discard(exchange)
+        exchange.keep_alive = False
+        stats = cluster.stats
+
+        def close() -> None:
+            stats.upstream_cx_rx_bytes_total.value += exchange.rx
+            stats.upstream_cx_tx_bytes_total.value += exchange.tx
+            pool.release(conn, False)
+
+        tail = exchange.parser.trailing_data()
+        return Response(resp_headers, tunnel=Tunnel(conn.stream, tail, close))
 
     def _finish(
         self,

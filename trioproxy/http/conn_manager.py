@@ -35,7 +35,7 @@ from trioproxy import watchdog
 from trioproxy.errors import ProtocolError
 from trioproxy.http import h1
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
-from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.filter import HttpStream, LocalReply, Response, Tunnel
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
     FILTER_ERROR,
@@ -172,7 +172,7 @@ class Http1Connection:
             ev = parser.next_event()
         return ev
 
-    async def _send(self, data: bytes) -> None:
+    async def _send(self, data: bytes | bytearray) -> None:
         try:
             await self.stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -504,6 +504,9 @@ class Http1Connection:
     ) -> bool:
         """Send ``resp``; its body iterator is closed on every path (the router's returns its
         upstream connection to the pool there)."""
+        if resp.tunnel is not None:
+            await self._splice(stream, resp, resp.tunnel)
+            return False
         body_iter = resp.body
         try:
             keep_alive = await self._send_response(stream, resp, head, keep_alive)
@@ -515,6 +518,78 @@ class Http1Connection:
         if body_iter is not None and hasattr(body_iter, "aclose"):
             await body_iter.aclose()
         return keep_alive
+
+    async def _splice(self, stream: HttpStream, resp: Response, tunnel: Tunnel) -> None:
+        """An upgraded connection (WebSocket): send the 101, then copy bytes both ways until
+        either side closes; the stream idle timeout still applies. The connection ends with
+        the tunnel."""
+        cfg = self.cfg
+        st = self.stats
+        info = stream.info
+        headers = resp.headers
+        stream.response_headers = headers
+        try:
+            for phase in cfg.chain.response_headers:
+                await phase(stream, headers)
+            upgrade = headers.get("upgrade") or ""
+            mutate_response_headers(
+                headers,
+                server_name=cfg.server_name,
+                transformation=cfg.server_header_transformation,
+            )
+            headers.set("upgrade", upgrade)
+            headers.set("connection", "upgrade")
+            info.response_code = 101
+            info.response_headers = headers
+            self._count_status(101)
+            st.downstream_cx_upgrades_total.value += 1
+            st.downstream_cx_upgrades_active.value += 1
+            try:
+                await self._send(_encode_head(headers) + tunnel.initial)
+                info.first_downstream_tx = _now()
+                pending = self.parser.trailing_data()
+                up = tunnel.stream
+                if pending:
+                    await up.send_all(pending)
+                    info.bytes_received += len(pending)
+                async with trio.open_nursery() as pumps:
+                    pumps.start_soon(self._pump_up, up, pumps.cancel_scope, info)
+                    pumps.start_soon(self._pump_down, up, pumps.cancel_scope, info)
+            finally:
+                st.downstream_cx_upgrades_active.value -= 1
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.lowlevel.checkpoint()
+                tunnel.close()
+
+    async def _pump_up(self, up: trio.abc.Stream, done: trio.CancelScope, info: Any) -> None:
+        """Client → upstream."""
+        try:
+            while True:
+                data = await self.stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                self.rx += len(data)
+                info.bytes_received += len(data)
+                self._touch()
+                await up.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        done.cancel()
+
+    async def _pump_down(self, up: trio.abc.Stream, done: trio.CancelScope, info: Any) -> None:
+        """Upstream → client."""
+        try:
+            while True:
+                data = await up.receive_some(READ_SIZE)
+                if not data:
+                    break
+                info.bytes_sent += len(data)
+                self._touch()
+                await self._send(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _Closed):
+            pass
+        done.cancel()
 
     async def _send_response(
         self, stream: HttpStream, resp: Response, head: h1.RequestHead, keep_alive: bool

@@ -45,6 +45,7 @@ class HcmStats(StatBlock):
     downstream_cx_rx_bytes_total: Counter
     downstream_cx_tx_bytes_total: Counter
     downstream_cx_upgrades_total: Counter
+    downstream_cx_upgrades_active: Gauge
     downstream_cx_active: Gauge
     downstream_cx_ssl_active: Gauge
     downstream_cx_http1_active: Gauge
@@ -93,7 +94,6 @@ class ListenerHttpStats(StatBlock):
 _SERVER_HEADER = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
 _UNSUPPORTED = (
     "scoped_routes",
-    "upgrade_configs",
     "http3_protocol_options",
 )
 
@@ -211,6 +211,8 @@ class HcmConfig:
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
     http2: Http2Options = Http2Options()
+    #: ``upgrade_configs``: the upgrade types (lower case) this connection manager forwards.
+    upgrades: frozenset[str] = frozenset()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
 
     @classmethod
@@ -334,8 +336,24 @@ class HcmConfig:
             headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),
             h1_codec=ctx.h1_codec,
             http2=_http2_options(d),
+            upgrades=_upgrades(d),
             canonical=d,
         )
+
+
+def _upgrades(d: Mapping[str, Any]) -> frozenset[str]:
+    out = set()
+    for i, u in enumerate(d.get("upgrade_configs", [])):
+        if u.get("filters"):
+            raise ConfigError(
+                "upgrade filter chains are not supported yet", path=f"upgrade_configs[{i}].filters"
+            )
+        kind = str(u.get("upgrade_type", "")).lower()
+        if kind == "connect":
+            raise ConfigError("CONNECT is not supported yet", path=f"upgrade_configs[{i}]")
+        if u.get("enabled", True):
+            out.add(kind)
+    return frozenset(out)
 
 
 def _http2_options(d: Mapping[str, Any]) -> Http2Options:

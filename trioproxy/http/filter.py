@@ -68,10 +68,23 @@ class Response:
     #: Body bytes already in hand with the headers (sent in the same write); ``body`` yields
     #: the rest. A small response read in one go has ``initial_body`` and ``body is None``.
     initial_body: bytes = b""
+    #: A ``101 Switching Protocols`` answer carries the upstream byte stream to splice with the
+    #: downstream one (WebSocket): see ``Tunnel``.
+    tunnel: Tunnel | None = None
 
     @property
     def status(self) -> int:
         return int(self.headers.get(":status") or 0)
+
+
+@attrs.define(eq=False)
+class Tunnel:
+    """The upstream side of an upgraded connection: its stream, the bytes that came after the
+    101 head, and ``close`` to call once the splice is over (returns nothing to the pool)."""
+
+    stream: trio.abc.Stream
+    initial: bytes
+    close: Callable[[], None]
 
 
 @attrs.frozen

@@ -71,8 +71,8 @@ def request_headers(
         return headers, LocalReply(400, b"", details="unexpected_underscore")
     if cfg.headers_with_underscores_action == "DROP_HEADER":
         headers.items()[:] = [(n, v) for n, v in headers.items() if "_" not in n]
-    if head.upgrade:
-        # WebSocket and other upgrades come with the upgrade_configs support.
+    upgrade = head.upgrade
+    if upgrade and upgrade.lower() not in cfg.upgrades:
         stats.downstream_rq_ws_on_non_ws_route.value += 1
         return headers, LocalReply(403, b"", details="upgrade_failed")
     mutate_request_headers(
@@ -86,6 +86,9 @@ def request_headers(
         preserve_external_request_id=cfg.preserve_external_request_id,
         via=cfg.via,
     )
+    if upgrade:  # hop-by-hop, but the point of an upgrade request: carried on
+        headers.set("upgrade", upgrade)
+        headers.set("connection", "upgrade")
     if (
         target[:1] == "/"
         and (cfg.normalize_path or cfg.merge_slashes)

@@ -1,0 +1,75 @@
+"""WebSocket through the proxy (HTTP/1.1 Upgrade), trio-websocket on both ends."""
+
+from __future__ import annotations
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, open_websocket, serve_websocket
+
+from tests.support import raw_exchange, simple_config, start_proxy
+
+UPGRADES = """
+upgrade_configs:
+- upgrade_type: websocket
+"""
+
+
+async def _echo_server(nursery: trio.Nursery) -> int:
+    async def handler(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        try:
+            while True:
+                message = await ws.get_message()
+                await ws.send_message(f"echo:{message}")
+                if message == "bye":
+                    await ws.send_message("server says bye")  # unprompted, upstream → client
+        except ConnectionClosed:
+            pass
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    return int(server.port)
+
+
+async def test_websocket_echo_both_directions(nursery: trio.Nursery) -> None:
+    port = await _echo_server(nursery)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=UPGRADES))
+    async with open_websocket("127.0.0.1", proxy.port, "/chat", use_ssl=False) as ws:
+        for i in range(20):
+            await ws.send_message(f"m{i}")
+            assert await ws.get_message() == f"echo:m{i}"
+        big = "x" * 200_000  # many reads and writes through the splice
+        await ws.send_message(big)
+        assert await ws.get_message() == "echo:" + big
+        await ws.send_message("bye")
+        assert await ws.get_message() == "echo:bye"
+        assert await ws.get_message() == "server says bye"
+    assert proxy.stat("http.ingress_http.downstream_cx_upgrades_total") == 1
+    with trio.fail_after(5):
+        while proxy.stat("http.ingress_http.downstream_cx_upgrades_active"):  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
+async def test_upgrade_refused_without_upgrade_configs(nursery: trio.Nursery) -> None:
+    port = await _echo_server(nursery)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    raw = await raw_exchange(
+        proxy.port,
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 403")
+    assert proxy.stat("http.ingress_http.downstream_rq_ws_on_non_ws_route") == 1
+
+
+async def test_upstream_refusing_the_upgrade_is_a_plain_response(nursery: trio.Nursery) -> None:
+    from tests.support import Backend
+
+    backend = Backend()  # a plain HTTP server: answers 200, no 101
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=UPGRADES))
+    raw = await raw_exchange(
+        proxy.port,
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    assert raw.startswith(b"HTTP/1.1 200")
+    sent = dict(backend.requests[0].headers)
+    assert sent["upgrade"] == "websocket" and sent["connection"].lower() == "upgrade"
