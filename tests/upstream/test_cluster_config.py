@@ -148,9 +148,19 @@ def test_zero_idle_timeout_disables_it() -> None:
 @pytest.mark.parametrize(
     ("extra", "path", "reason"),
     [
-        ({"type": "ORIGINAL_DST"}, "type", "not supported yet"),
+        ({"type": "ORIGINAL_DST"}, "lb_policy", "Only 'CLUSTER_PROVIDED' is allowed"),
+        (
+            {"type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED"},
+            "load_assignment",
+            "must have no load assignment",
+        ),
+        ({"lb_policy": "CLUSTER_PROVIDED"}, "lb_policy", "did not provide one"),
+        (
+            {"upstream_bind_config": {"source_address": {"address": "here"}}},
+            "upstream_bind_config.source_address.address",
+            "malformed IP address",
+        ),
         ({"type": "EDS"}, "load_assignment", "takes its endpoints from EDS"),
-        ({"type": "ORIGINAL_DST"}, "type", "not supported yet"),
         ({"type": "BOGUS"}, "type", "unknown"),
         ({"lb_policy": "RING_HASH"}, "lb_policy", "unsupported"),
         ({"lb_policy": "MAGLEV"}, "lb_policy", "unsupported"),

@@ -98,6 +98,9 @@ class ConnectionInfo:
     alpn: str = ""
     connection_id: int = 0
     peer_certificate: Mapping[str, Any] | None = None
+    #: ``local_address`` is the original destination recovered by a listener filter
+    #: (``original_dst``), not the address the connection was accepted on.
+    local_address_restored: bool = False
 
 
 @attrs.define(eq=False)

@@ -26,6 +26,7 @@ import trio
 
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream import lb
+from trioproxy.upstream.address import parse_host_port
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, EndpointConfig
 from trioproxy.upstream.dns import DnsResolver, next_hosts
@@ -50,6 +51,7 @@ class Cluster:
         self.config = config
         self.scope = store.scope(f"cluster.{config.name}.")
         self.stats = ClusterStats(self.scope)
+        self._transport_socket_matches = self.scope.counter("default.total_match_count")
         self.breakers = CircuitBreakers(config.circuit_breakers, self.scope)
         self.info = ClusterInfo(config.circuit_breakers, added_via_api)
         self.queue = PendingQueue()
@@ -57,6 +59,9 @@ class Cluster:
         self._pools: dict[Host, Http1Pool] = {}
         self._lb = self._build_lb()
         self.resolver: DnsResolver | None = None
+        self._original_dst = config.original_dst
+        self._last_used: dict[Host, float] = {}  # ORIGINAL_DST hosts → last pick
+        self._hosts_by_address: dict[tuple[str, int], Host] = {}
         if config.type == "STATIC":
             self.set_hosts(
                 [
@@ -71,7 +76,7 @@ class Cluster:
                     for e in config.primary_endpoints
                 ]
             )
-        elif config.type != "EDS":  # EDS hosts arrive through ``assign``
+        elif config.type not in ("EDS", "ORIGINAL_DST"):  # EDS: hosts come from ``assign``
             self.resolver = DnsResolver(self)
 
     def assign(self, endpoints: Sequence[EndpointConfig]) -> bool:
@@ -85,7 +90,12 @@ class Cluster:
 
     def choose_host(self, context: Any = None) -> Host | None:
         """A host for the next request, or ``None``: the caller answers 503 UH and counts
-        ``upstream_cx_none_healthy``. Counts ``lb_healthy_panic`` for picks in panic mode."""
+        ``upstream_cx_none_healthy``. Counts ``lb_healthy_panic`` for picks in panic mode.
+
+        ``context`` is the ``HttpStream`` (router) or ``DownstreamConnection`` (tcp_proxy) the
+        host is for; an ORIGINAL_DST cluster takes the host's address from it."""
+        if self._original_dst is not None:
+            return self._original_dst_host(context)
         balancer = self._lb
         host = balancer.choose(context)
         if balancer.panic and host is not None:
@@ -124,10 +134,57 @@ class Cluster:
     def finish_retry(self) -> None:
         self.breakers.retries.dec()
 
+    def _original_dst_host(self, context: Any) -> Host | None:
+        """Envoy's original destination balancer: the address from the
+        ``x-envoy-original-dst-host`` header when ``use_http_header`` (an invalid one gives no
+        host), else the downstream connection's local address if a listener filter restored
+        it (``original_dst``); the host is made on first use and kept while it is used."""
+        od = self._original_dst
+        assert od is not None
+        address: tuple[str, int] | None = None
+        headers = getattr(context, "request_headers", None)
+        if od.use_http_header and headers is not None:
+            value = headers.get(od.http_header_name)
+            if value is not None:
+                address = parse_host_port(value)
+                if address is None:
+                    return None
+        if address is None:
+            conn = getattr(context, "connection", None) or getattr(context, "info", None)
+            if conn is None or not conn.local_address_restored:
+                return None
+            address = conn.local_address
+        if od.port_override is not None:
+            address = (address[0], od.port_override)
+        host = self._hosts_by_address.get(address)
+        if host is None:
+            host = Host(address=address)
+            self._hosts_by_address[address] = host
+            self.set_hosts([*self.hosts, host])
+        self._last_used[host] = trio.current_time()
+        return host
+
+    def _forget_unused_hosts(self, now: float) -> None:
+        od = self._original_dst
+        assert od is not None
+        stale = [
+            h
+            for h, used in self._last_used.items()
+            if now - used >= od.cleanup_interval and not h.cx_active and not h.rq_active
+        ]
+        if stale:
+            for h in stale:
+                del self._last_used[h]
+                del self._hosts_by_address[h.address]
+            gone = set(stale)
+            self.set_hosts([h for h in self.hosts if h not in gone])
+
     # ---------------------------------------------------------------- membership
 
     def _build_lb(self) -> lb.LoadBalancer:
         c = self.config
+        if c.lb_policy == "CLUSTER_PROVIDED":  # ORIGINAL_DST picks in ``choose_host``
+            return lb.LoadBalancer(())
         return lb.build(
             c.lb_policy,
             self.hosts,
@@ -144,6 +201,10 @@ class Cluster:
             stats.update_no_rebuild.value += 1
             self._update_gauges()
             return False
+        known = set(old)
+        # Envoy resolves a transport socket for every new host: "default" is the match name
+        # when a cluster has no transport_socket_matches.
+        self._transport_socket_matches.value += sum(1 for h in hosts if h not in known)
         self.hosts = hosts
         self._lb = self._build_lb()
         stats.membership_change.value += 1
@@ -169,6 +230,8 @@ class Cluster:
     # ---------------------------------------------------------------- lifecycle
 
     def sweep(self, now: float) -> None:
+        if self._original_dst is not None:
+            self._forget_unused_hosts(now)
         for pool in list(self._pools.values()):
             pool.sweep(now)
 
@@ -257,6 +320,11 @@ class ClusterManager:
                 c.config.idle_timeout
                 for c in self._clusters.values()
                 if c.config.idle_timeout is not None
+            ]
+            timeouts += [
+                c.config.original_dst.cleanup_interval
+                for c in self._clusters.values()
+                if c.config.original_dst is not None
             ]
             interval = min([SWEEP_INTERVAL, *(t / 2 for t in timeouts)])
             await trio.sleep(interval if interval > 0 and not math.isnan(interval) else 1.0)

@@ -25,9 +25,10 @@ import attrs
 
 from trioproxy.errors import ConfigError
 
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS")
-UNSUPPORTED_TYPES = ("ORIGINAL_DST",)
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
+UNSUPPORTED_TYPES: tuple[str, ...] = ()
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED")
+DEFAULT_ORIGINAL_DST_CLEANUP = 5.0
 DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 UNHEALTHY_STATUSES = frozenset({"UNHEALTHY", "DRAINING", "TIMEOUT"})
 HEALTH_STATUSES = frozenset({"UNKNOWN", "HEALTHY", "DEGRADED"}) | UNHEALTHY_STATUSES
@@ -267,6 +268,66 @@ def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
 
 
 @attrs.frozen
+class OriginalDstConfig:
+    """An ORIGINAL_DST cluster's settings: hosts are made on demand from each downstream
+    connection's original destination (or the ``x-envoy-original-dst-host`` header when
+    ``use_http_header``) and removed ``cleanup_interval`` after their last use."""
+
+    cleanup_interval: float = DEFAULT_ORIGINAL_DST_CLEANUP
+    use_http_header: bool = False
+    http_header_name: str = "x-envoy-original-dst-host"
+    port_override: int | None = None
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any]) -> OriginalDstConfig:
+        cleanup = DEFAULT_ORIGINAL_DST_CLEANUP
+        if "cleanup_interval" in d:
+            cleanup = duration(d["cleanup_interval"], "cleanup_interval")
+            if cleanup <= 0:
+                raise ConfigError(
+                    "cleanup_interval must be greater than 0", path="cleanup_interval"
+                )
+        lbc = d.get("original_dst_lb_config") or {}
+        override = lbc.get("upstream_port_override")
+        if isinstance(override, Mapping):
+            override = override.get("value")
+        port = None
+        if override is not None:
+            port = uint(override, "original_dst_lb_config.upstream_port_override")
+            if port > 65535:
+                raise ConfigError(
+                    f"port {port} out of range",
+                    path="original_dst_lb_config.upstream_port_override",
+                )
+        return cls(
+            cleanup_interval=cleanup,
+            use_http_header=bool(lbc.get("use_http_header", False)),
+            http_header_name=str(
+                lbc.get("http_header_name") or "x-envoy-original-dst-host"
+            ).lower(),
+            port_override=port,
+        )
+
+
+def _bind_config(d: Mapping[str, Any]) -> tuple[str, int] | None:
+    ubc = d.get("upstream_bind_config")
+    if not ubc:
+        return None
+    sa = ubc.get("source_address")
+    if not sa:
+        raise ConfigError("source_address is required", path="upstream_bind_config.source_address")
+    address = str(sa.get("address", ""))
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ConfigError(
+            f"malformed IP address: {address}",
+            path="upstream_bind_config.source_address.address",
+        ) from None
+    return address, uint(sa.get("port_value", 0), "upstream_bind_config.source_address.port_value")
+
+
+@attrs.frozen
 class ClusterConfig:
     name: str
     type: str = "STATIC"
@@ -290,6 +351,9 @@ class ClusterConfig:
     #: EDS: the name endpoints are requested by, and the config source to request them from.
     eds_service_name: str = ""
     eds_config: Mapping[str, Any] | None = None
+    #: ``upstream_bind_config.source_address``: the local address upstream sockets bind to.
+    source_address: tuple[str, int] | None = None
+    original_dst: OriginalDstConfig | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -337,6 +401,24 @@ class ClusterConfig:
                     "an EDS cluster needs eds_cluster_config.eds_config",
                     path="eds_cluster_config",
                 )
+        if ctype == "ORIGINAL_DST":
+            if lb_policy != "CLUSTER_PROVIDED":
+                raise ConfigError(
+                    f"cluster: LB policy {lb_policy} is not valid for Cluster type ORIGINAL_DST."
+                    " Only 'CLUSTER_PROVIDED' is allowed with cluster type 'ORIGINAL_DST'",
+                    path="lb_policy",
+                )
+            if endpoints:
+                raise ConfigError(
+                    "ORIGINAL_DST clusters must have no load assignment configured",
+                    path="load_assignment",
+                )
+        elif lb_policy == "CLUSTER_PROVIDED":
+            raise ConfigError(
+                f"cluster manager: cluster provided LB specified but cluster '{name}' did not"
+                " provide one. Check cluster documentation.",
+                path="lb_policy",
+            )
         if ctype == "LOGICAL_DNS":
             locs = (d.get("load_assignment") or {}).get("endpoints", ())
             if len(endpoints) != 1 or len(locs) > 1:
@@ -411,6 +493,8 @@ class ClusterConfig:
             tls=tls,
             eds_service_name=str(eds.get("service_name", "")) or name,
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
+            source_address=_bind_config(d),
+            original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
             raw=d,
         )
 

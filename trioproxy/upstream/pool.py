@@ -37,6 +37,7 @@ import trio
 from trioproxy.errors import UpstreamError
 from trioproxy.io import FastSocketStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.connect import close_connection, open_connection
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
 
@@ -151,6 +152,7 @@ class Http1Pool:
     __slots__ = (
         "_closed",
         "_connect_timeout",
+        "_source_address",
         "_idle",
         "_idle_timeout",
         "_max_requests",
@@ -174,6 +176,7 @@ class Http1Pool:
         self.breakers = breakers
         self.queue = queue
         self._connect_timeout = config.connect_timeout
+        self._source_address = config.source_address
         self._idle_timeout = config.idle_timeout
         self._max_requests = config.max_requests_per_connection
         self._idle: deque[UpstreamConnection] = deque()
@@ -282,67 +285,30 @@ class Http1Pool:
     # ---------------------------------------------------------------- connect / destroy
 
     async def _connect(self) -> UpstreamConnection:
-        stats = self.stats
-        host = self.host
-        self.breakers.connections.inc()
         self._open += 1
-        stats.upstream_cx_total.value += 1
-        stats.upstream_cx_http1_total.value += 1
-        stats.upstream_cx_active.value += 1
-        host.cx_total += 1
-        host.cx_active += 1
-        start = trio.current_time()
-        family = socket.AF_INET6 if ":" in host.address[0] else socket.AF_INET
-        raw = socket.socket(family, socket.SOCK_STREAM)
-        ok = False
+        self.stats.upstream_cx_http1_total.value += 1
         try:
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tsock = trio.socket.from_stdlib_socket(raw)
-            with trio.move_on_after(self._connect_timeout) as scope:
-                await tsock.connect(host.address)
-            if scope.cancelled_caught:
-                stats.upstream_cx_connect_timeout.value += 1
-                self._connect_failed()
-                raise UpstreamError(
-                    f"connect to {host.address[0]}:{host.address[1]} timed out", flag="UF"
-                )
-            ok = True
-        except OSError as e:
-            self._connect_failed()
-            raise UpstreamError(
-                f"connect to {host.address[0]}:{host.address[1]} failed: {e.strerror or e}",
-                flag="UF",
-            ) from None
-        finally:
-            if not ok:
-                raw.close()
-                self._undo_connect()
-        now = trio.current_time()
-        stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
-        return UpstreamConnection(stream=FastSocketStream(raw), host=host, raw=raw, created=now)
-
-    def _connect_failed(self) -> None:
-        self.stats.upstream_cx_connect_fail.value += 1
-        self.host.cx_connect_fail += 1
-
-    def _undo_connect(self) -> None:
-        self._open -= 1
-        self.stats.upstream_cx_active.value -= 1
-        self.host.cx_active -= 1
-        self.breakers.connections.dec()
-        self.queue.slot_freed(None if self._open else self)
+            stream, created = await open_connection(
+                self.host,
+                self.stats,
+                self.breakers,
+                connect_timeout=self._connect_timeout,
+                source_address=self._source_address,
+            )
+        except BaseException:
+            self._open -= 1
+            self.queue.slot_freed(None if self._open else self)
+            raise
+        return UpstreamConnection(stream=stream, host=self.host, raw=stream.socket, created=created)
 
     def _destroy(self, conn: UpstreamConnection, *, remote: bool) -> None:
         conn.closed = True
-        conn.stream.close()  # notifies trio first, so a task blocked on it is woken
-        stats = self.stats
-        stats.upstream_cx_destroy.value += 1
-        if remote:
-            stats.upstream_cx_destroy_remote.value += 1
-        else:
-            stats.upstream_cx_destroy_local.value += 1
-        stats.upstream_cx_length_ms.record((trio.current_time() - conn.created) * 1000.0)
-        self._undo_connect()
+        # closing notifies trio first, so a task blocked on the connection is woken
+        close_connection(
+            conn.stream, conn.created, self.host, self.stats, self.breakers, remote=remote
+        )
+        self._open -= 1
+        self.queue.slot_freed(None if self._open else self)
 
     # ---------------------------------------------------------------- lifecycle
 

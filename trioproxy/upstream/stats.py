@@ -18,6 +18,7 @@ class ClusterStats(StatBlock):
     upstream_cx_http1_total: Counter
     upstream_cx_http2_total: Counter
     upstream_cx_connect_fail: Counter
+    upstream_cx_connect_attempts_exceeded: Counter
     upstream_cx_connect_timeout: Counter
     upstream_cx_connect_ms: Histogram
     upstream_cx_length_ms: Histogram

@@ -1,0 +1,101 @@
+"""Opening one upstream TCP connection: the part the HTTP pool and tcp_proxy share.
+
+``open_connection`` binds the socket first when the cluster asks for a source address
+(``upstream_bind_config``; Istio's inbound passthrough binds 127.0.0.6 so that its own traffic
+is told apart by iptables), connects under the cluster's ``connect_timeout`` as a cancel-scope
+deadline, and counts what Envoy counts for every connection attempt: ``upstream_cx_total``,
+``upstream_cx_active``, ``upstream_cx_connect_fail`` / ``upstream_cx_connect_timeout``,
+``upstream_cx_connect_ms``, the ``max_connections`` breaker and the host's ``cx_*``.
+``close_connection`` undoes the gauges and records ``upstream_cx_length_ms``. Failures raise
+``UpstreamError(flag="UF")``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from trioproxy.errors import UpstreamError
+from trioproxy.io import FastSocketStream
+from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.host import Host
+from trioproxy.upstream.stats import ClusterStats
+
+
+async def open_connection(
+    host: Host,
+    stats: ClusterStats,
+    breakers: CircuitBreakers,
+    *,
+    connect_timeout: float,
+    source_address: tuple[str, int] | None = None,
+) -> tuple[FastSocketStream, float]:
+    """A connected stream to ``host`` and the ``trio.current_time()`` it connected at."""
+    breakers.connections.inc()
+    stats.upstream_cx_total.value += 1
+    stats.upstream_cx_active.value += 1
+    host.cx_total += 1
+    host.cx_active += 1
+    start = trio.current_time()
+    address = host.address
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    raw = socket.socket(family, socket.SOCK_STREAM)
+    ok = False
+    try:
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source_address is not None:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            raw.bind(source_address)
+        tsock = trio.socket.from_stdlib_socket(raw)
+        with trio.move_on_after(connect_timeout) as scope:
+            await tsock.connect(address)
+        if scope.cancelled_caught:
+            stats.upstream_cx_connect_timeout.value += 1
+            _connect_failed(host, stats)
+            raise UpstreamError(f"connect to {address[0]}:{address[1]} timed out", flag="UF")
+        ok = True
+    except OSError as e:
+        _connect_failed(host, stats)
+        raise UpstreamError(
+            f"connect to {address[0]}:{address[1]} failed: {e.strerror or e}", flag="UF"
+        ) from None
+    finally:
+        if not ok:
+            raw.close()
+            connection_gone(host, stats, breakers)
+    now = trio.current_time()
+    stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
+    return FastSocketStream(raw), now
+
+
+def _connect_failed(host: Host, stats: ClusterStats) -> None:
+    stats.upstream_cx_connect_fail.value += 1
+    host.cx_connect_fail += 1
+
+
+def connection_gone(host: Host, stats: ClusterStats, breakers: CircuitBreakers) -> None:
+    """Undo ``open_connection``'s gauges and breaker slot (failed connect or closed)."""
+    stats.upstream_cx_active.value -= 1
+    host.cx_active -= 1
+    breakers.connections.dec()
+
+
+def close_connection(
+    stream: FastSocketStream,
+    created: float,
+    host: Host,
+    stats: ClusterStats,
+    breakers: CircuitBreakers,
+    *,
+    remote: bool,
+) -> None:
+    """Close a connection opened by ``open_connection`` and count its end."""
+    stream.close()
+    stats.upstream_cx_destroy.value += 1
+    if remote:
+        stats.upstream_cx_destroy_remote.value += 1
+    else:
+        stats.upstream_cx_destroy_local.value += 1
+    stats.upstream_cx_length_ms.record((trio.current_time() - created) * 1000.0)
+    connection_gone(host, stats, breakers)
