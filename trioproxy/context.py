@@ -27,3 +27,6 @@ class BuildContext:
     h1_codec: str | None = None  # "httptools" | "h11" | None (best available)
     rds: RdsSubscriber | None = None  # the xDS manager, where RDS can be used
     secrets: SecretSubscriber | None = None  # the xDS manager: static and SDS secrets
+    #: While a UDP listener's filter is built: the listener's
+    #: ``udp_listener_config.downstream_socket_config.max_rx_datagram_size`` (0: default).
+    listener_udp_max_rx_datagram_size: int = 0

@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from trioproxy.registry import (
         AccessLoggerFactory,
         HttpFilterFactory,
+        ListenerFilterFactory,
         NetworkFilterFactory,
+        UdpListenerFilterFactory,
     )
 
 hookspec = pluggy.HookspecMarker("trioproxy")
@@ -65,6 +67,30 @@ def trioproxy_network_filters() -> list[NetworkFilterFactory]:
     A non-terminal network filter sees each new connection before the terminal one and may
     refuse it; the terminal filter (``http_connection_manager``, ``tcp_proxy``) owns the
     connection's byte stream until it closes.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# Listener filters
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def trioproxy_listener_filters() -> list[ListenerFilterFactory]:
+    """Return TCP listener filter factories (``envoy.filters.listener.original_dst`` …).
+
+    ``create(config, context)`` is called once per listener that lists the filter; the
+    ``trioproxy.listener.filter.ListenerFilter`` it returns sees every accepted connection
+    before the filter chain is chosen, and may amend what the match looks at.
+    """
+
+
+@hookspec
+def trioproxy_udp_listener_filters() -> list[UdpListenerFilterFactory]:
+    """Return UDP listener filter factories (``envoy.filters.udp_listener.udp_proxy``).
+
+    The ``trioproxy.listener.filter.UdpListenerFilter`` it returns owns the listener's socket
+    for the listener's life.
     """
 
 

@@ -58,6 +58,20 @@ class AccessLoggerFactory(Factory[Any]):
     create: Callable[[Any, Any], Any] = attrs.field(kw_only=True)
 
 
+@attrs.frozen
+class ListenerFilterFactory(Factory[Any]):
+    """A TCP listener filter (``create`` returns a ``ListenerFilter``)."""
+
+    create: Callable[[Any, Any], Any] = attrs.field(kw_only=True)
+
+
+@attrs.frozen
+class UdpListenerFilterFactory(Factory[Any]):
+    """A UDP listener filter (``create`` returns a ``UdpListenerFilter``)."""
+
+    create: Callable[[Any, Any], Any] = attrs.field(kw_only=True)
+
+
 class _Named(Protocol):
     @property
     def name(self) -> str: ...
@@ -119,6 +133,8 @@ class Registry:
     http_filters: Kind[HttpFilterFactory]
     network_filters: Kind[NetworkFilterFactory]
     access_loggers: Kind[AccessLoggerFactory]
+    listener_filters: Kind[ListenerFilterFactory]
+    udp_listener_filters: Kind[UdpListenerFilterFactory]
     plugin_manager: pluggy.PluginManager
 
     def opaque_types(self) -> frozenset[str]:
@@ -128,6 +144,8 @@ class Registry:
             self.http_filters,
             self.network_filters,
             self.access_loggers,
+            self.listener_filters,
+            self.udp_listener_filters,
         )
         return frozenset(url for kind in kinds for url in kind.by_type)
 
@@ -157,6 +175,10 @@ def build_registry(extra: Iterable[object] = ()) -> Registry:
         http_filters=Kind("HTTP filter", collect(pm.hook.trioproxy_http_filters())),
         network_filters=Kind("network filter", collect(pm.hook.trioproxy_network_filters())),
         access_loggers=Kind("access logger", collect(pm.hook.trioproxy_access_loggers())),
+        listener_filters=Kind("listener filter", collect(pm.hook.trioproxy_listener_filters())),
+        udp_listener_filters=Kind(
+            "UDP listener filter", collect(pm.hook.trioproxy_udp_listener_filters())
+        ),
         plugin_manager=pm,
     )
 

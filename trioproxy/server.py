@@ -28,8 +28,7 @@ from trioproxy.config import LoadedConfig
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.listener.config import ListenerConfig
-from trioproxy.listener.manager import ListenerManager
-from trioproxy.listener.tcp import Listener
+from trioproxy.listener.manager import AnyListener, ListenerManager
 from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream.cluster_manager import ClusterManager
@@ -244,7 +243,7 @@ class Server:
         return self.built.cluster_manager
 
     @property
-    def listeners(self) -> list[Listener]:
+    def listeners(self) -> list[AnyListener]:
         """The accepting listeners (static first, then dynamic ones in arrival order)."""
         return self.listener_manager.listeners()
 

@@ -31,11 +31,13 @@ import trio
 from trioproxy.errors import ConfigError
 from trioproxy.listener.config import ListenerConfig
 from trioproxy.listener.tcp import Listener, bind_socket
+from trioproxy.listener.udp import UdpListener
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 
 log = logging.getLogger(__name__)
 
 Warm = Callable[[], Awaitable[None]]
+AnyListener = Listener | UdpListener
 
 
 class ListenerManagerStats(StatBlock):
@@ -60,7 +62,7 @@ class Entry:
     version_info: str = ""
     last_updated: float = attrs.field(factory=time.time)
     static: bool = False
-    listener: Listener | None = None
+    listener: AnyListener | None = None
     scope: trio.CancelScope | None = None
 
 
@@ -82,7 +84,7 @@ class ListenerManager:
             task_status.started()
             await trio.sleep_forever()
 
-    def listeners(self) -> list[Listener]:
+    def listeners(self) -> list[AnyListener]:
         """The accepting listeners, in the order they were added."""
         return [e.listener for e in self.active.values() if e.listener is not None]
 
@@ -97,19 +99,40 @@ class ListenerManager:
         self._gauges()
         return ports
 
+    def find(self, address: tuple[str, int]) -> Listener | None:
+        """The active TCP listener for an original destination (``use_original_dst``): the one
+        bound to exactly that address, else one on a wildcard address with that port."""
+        wildcard = None
+        for entry in self.active.values():
+            listener = entry.listener
+            if not isinstance(listener, Listener):
+                continue
+            host, port = entry.config.address
+            if port != address[1]:
+                continue
+            if host == address[0]:
+                return listener
+            if wildcard is None and host in ("0.0.0.0", "::"):
+                wildcard = listener
+        return wildcard
+
     async def _start(self, entry: Entry, sock: Any) -> int:
         assert self._nursery is not None, "ListenerManager.run is not running"
         config = entry.config
-        if sock is None:
+        if sock is None and config.bind_to_port:
             try:
-                sock = bind_socket(*config.address)
+                sock = bind_socket(*config.address, udp=config.protocol == "UDP")
             except OSError as exc:
                 self.stats.listener_create_failure.value += 1
                 raise ConfigError(
                     f"cannot bind '{config.address[0]}:{config.address[1]}': {exc.strerror}",
                     path=f"listener {config.name}",
                 ) from exc
-        listener = Listener(config, sock)
+        listener: AnyListener
+        if config.protocol == "UDP":
+            listener = UdpListener(config, sock)
+        else:
+            listener = Listener(config, sock, self.find)
         entry.listener = listener
         port: int = await self._nursery.start(self._serve, entry)
         self.stats.listener_create_success.value += 1

@@ -1,9 +1,15 @@
 """A TCP listener: the accept loop and each connection's life up to its terminal filter.
 
-``serve_listener`` binds, reports the bound port through ``task_status.started()``, and accepts
-until cancelled or drained; every connection is a task in the listener's handler nursery, so a
-listener cannot outlive its connections. A connection runs: limits check → TLS handshake (if the
-chain terminates TLS) → non-terminal network filters → the terminal filter.
+``Listener.serve`` reports the bound port through ``task_status.started()`` and accepts until
+cancelled or drained; every connection is a task in the listener's handler nursery, so a
+listener cannot outlive its connections. A connection runs: limits check → listener filters
+(under ``listener_filters_timeout``) → hand-off to the listener of its original destination
+(``use_original_dst``) → filter-chain match → TLS handshake (if the chain terminates TLS) →
+non-terminal network filters → the terminal filter.
+
+A ``bind_to_port: false`` listener has no socket: it only serves connections handed to it by
+a ``use_original_dst`` listener (Istio's virtual outbound listener hands each connection to the
+listener named after its original destination's port).
 """
 
 from __future__ import annotations
@@ -12,13 +18,16 @@ import itertools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 
 import trio
 
 from trioproxy.http.filter import ConnectionInfo
 from trioproxy.http.stream_info import now
 from trioproxy.io import FastSocketStream
-from trioproxy.listener.config import ListenerConfig
+from trioproxy.listener.config import FilterChain, ListenerConfig
+from trioproxy.listener.filter import AcceptedSocket
+from trioproxy.listener.match import Conn, select
 from trioproxy.network.filter import DownstreamConnection, Drain
 
 log = logging.getLogger(__name__)
@@ -27,15 +36,18 @@ _connection_ids = itertools.count(1)
 TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
-def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+def bind_socket(
+    host: str, port: int, *, reuse_port: bool = False, udp: bool = False
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        sock.listen(1024)
+        if not udp:
+            sock.listen(1024)
         sock.setblocking(False)
     except BaseException:
         sock.close()
@@ -43,10 +55,19 @@ def bind_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.soc
     return sock
 
 
+#: Finds the listener for an original destination address (the listener manager's lookup).
+FindListener = Callable[[tuple[str, int]], "Listener | None"]
+
+
 class Listener:
     """A running listener. ``drain`` stops new connections and tells live ones to finish."""
 
-    def __init__(self, config: ListenerConfig, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        config: ListenerConfig,
+        sock: socket.socket | None,
+        find_listener: FindListener | None = None,
+    ) -> None:
         self.config = config
         self.sock = sock
         self.drain = Drain()
@@ -54,7 +75,9 @@ class Listener:
         self._drained = trio.Event()
         self._handed_off = False
         self._accept_stopped = trio.Event()
-        self.port: int = sock.getsockname()[1]
+        self._find_listener = find_listener
+        self._handlers: trio.Nursery | None = None
+        self.port: int = sock.getsockname()[1] if sock is not None else config.address[1]
 
     def __repr__(self) -> str:
         return f"<Listener {self.config.name} port={self.port} active={self.active}>"
@@ -64,9 +87,12 @@ class Listener:
         stats = self.config.stats
         try:
             async with trio.open_nursery() as handlers:
+                self._handlers = handlers
                 task_status.started(self.port)
                 with trio.CancelScope() as accept_scope:
                     handlers.start_soon(self._cancel_on_drain, accept_scope)
+                    while sock is None:  # bind_to_port: false — hand-offs only
+                        await trio.sleep_forever()
                     while True:
                         try:
                             conn, addr = sock.accept()
@@ -82,17 +108,31 @@ class Listener:
                             conn.close()
                             continue
                         self.active += 1  # now, not when the task starts: a drain must see it
-                        handlers.start_soon(self._connection, conn, addr)
+                        handlers.start_soon(self._accepted, conn, addr)
                         await trio.lowlevel.checkpoint()
                 # Stopped accepting (drain): close the socket — unless a newer listener
                 # took it over — and let connections finish.
                 self._accept_stopped.set()
                 self._close_socket()
         finally:
+            self._handlers = None
             self._accept_stopped.set()
             self._close_socket()
 
-    async def hand_off(self) -> socket.socket:
+    def adopt(self, accepted: AcceptedSocket) -> bool:
+        """Take a connection another listener accepted (``use_original_dst``); ``False`` when
+        this listener is not serving or over its connection limit (the caller keeps it)."""
+        if self._handlers is None or self.drain.draining:
+            return False
+        if self.active >= self.config.max_connections:
+            self.config.stats.downstream_cx_overflow.value += 1
+            return False
+        self.active += 1
+        accepted.handed_off = True
+        self._handlers.start_soon(self._run_connection, accepted)
+        return True
+
+    async def hand_off(self) -> socket.socket | None:
         """Stop accepting and drain, leaving the listening socket open for a successor
         (an LDS update that keeps the address: no connection attempt is refused). Returns
         once this listener no longer waits on the socket."""
@@ -109,7 +149,7 @@ class Listener:
             await self._drained.wait()
 
     def _close_socket(self) -> None:
-        if not self._handed_off and self.sock.fileno() != -1:
+        if self.sock is not None and not self._handed_off and self.sock.fileno() != -1:
             trio.lowlevel.notify_closing(self.sock)
             self.sock.close()
 
@@ -117,7 +157,85 @@ class Listener:
         await self.drain.wait_draining()
         scope.cancel()
 
-    async def _connection(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+    async def _accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        try:
+            local = sock.getsockname()[:2]
+        except OSError:
+            sock.close()
+            self._connection_done()
+            return
+        await self._run_connection(AcceptedSocket(sock, (addr[0], addr[1]), local))
+
+    def _connection_done(self) -> None:
+        self.active -= 1
+        if not self.active and self.drain.draining:
+            self._drained.set()
+
+    async def _listener_filters(self, accepted: AcceptedSocket) -> bool:
+        """Run the listener filters; ``False``: close the connection."""
+        cfg = self.config
+        stats = cfg.stats
+        stats.downstream_pre_cx_active.value += 1
+        try:
+            with trio.move_on_after(cfg.listener_filters_timeout) as scope:
+                for filt in cfg.listener_filters:
+                    if not await filt.on_accept(accepted):
+                        return False
+            if scope.cancelled_caught:
+                stats.downstream_pre_cx_timeout.value += 1
+                return cfg.continue_on_listener_filters_timeout
+            return True
+        finally:
+            stats.downstream_pre_cx_active.value -= 1
+
+    def _match(self, accepted: AcceptedSocket) -> FilterChain | None:
+        cfg = self.config
+        chain = cfg.single_chain
+        if chain is not None:
+            return chain
+        found = select(
+            cfg.filter_chains,
+            Conn(
+                local=accepted.local_address,
+                remote=accepted.remote_address,
+                server_name=accepted.server_name,
+                transport_protocol=accepted.transport_protocol or "raw_buffer",
+                application_protocols=accepted.application_protocols,
+            ),
+        )
+        return found if found is not None else cfg.default_chain
+
+    async def _run_connection(self, accepted: AcceptedSocket) -> None:
+        sock = accepted.socket
+        cfg = self.config
+        try:
+            if cfg.listener_filters and not await self._listener_filters(accepted):
+                sock.close()
+                return
+            if cfg.use_original_dst and accepted.local_address_restored and not accepted.handed_off:
+                target = (
+                    self._find_listener(accepted.local_address) if self._find_listener else None
+                )
+                if target is not None and target is not self and target.adopt(accepted):
+                    return  # the connection is the other listener's now
+            chain = self._match(accepted)
+            if chain is None:
+                cfg.stats.no_filter_chain_match.value += 1
+                log.debug(
+                    "no filter chain matched a connection from %s to %s",
+                    accepted.remote_address,
+                    accepted.local_address,
+                )
+                sock.close()
+                return
+            await self._connection(accepted, chain)
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            self._connection_done()
+
+    async def _connection(self, accepted: AcceptedSocket, chain: FilterChain) -> None:
         cfg = self.config
         stats = cfg.stats
         wstats = cfg.worker_stats
@@ -126,12 +244,12 @@ class Listener:
         wstats.downstream_cx_total.value += 1
         wstats.downstream_cx_active.value += 1
         started = now()
-        raw = FastSocketStream(sock)
+        addr = accepted.remote_address
+        raw = FastSocketStream(accepted.socket)
         raw.setsockopt_nodelay()
         stream: trio.abc.Stream = raw
         try:
-            local = raw.sockname()
-            chain = cfg.filter_chain
+            local = accepted.local_address
             sni = alpn = ""
             if chain.tls is not None:
                 ssl_stream = trio.SSLStream(raw, chain.tls, server_side=True)
@@ -156,8 +274,9 @@ class Listener:
                     cfg.scope.counter(f"ssl.ciphers.{cipher[0]}").value += 1
                 stream = ssl_stream
             info = ConnectionInfo(
-                remote_address=(addr[0], addr[1]),
+                remote_address=addr,
                 local_address=local,
+                local_address_restored=accepted.local_address_restored,
                 tls=chain.tls is not None,
                 sni=sni,
                 alpn=alpn,
@@ -170,6 +289,7 @@ class Listener:
                 listener_stats=cfg.scope,
                 drain=self.drain,
                 buffer_limit=cfg.buffer_limit,
+                filter_state=accepted.filter_state,
             )
             for filt in chain.filters:
                 if not await filt.on_new_connection(conn):
@@ -178,9 +298,6 @@ class Listener:
         except Exception:
             log.exception("connection from %s failed", addr)
         finally:
-            self.active -= 1
-            if not self.active and self.drain.draining:
-                self._drained.set()
             stats.downstream_cx_active.value -= 1
             wstats.downstream_cx_active.value -= 1
             stats.downstream_cx_destroy.value += 1
