@@ -20,6 +20,8 @@ PY = ["3.11"]
 def tests(session: nox.Session, codec: str) -> None:
     """The test suite; TRIOPROXY_H1_CODEC picks the HTTP/1.1 parser for every proxy started."""
     session.install("-e", ".[test]")
+    # iproute2, iptables, util-linux for the network-namespace tests (root + apt-get only)
+    session.run("python", "tools/system_deps.py")
     session.env["TRIOPROXY_H1_CODEC"] = codec
     session.run("python", "-m", "pytest", *session.posargs)
 

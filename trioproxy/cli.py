@@ -74,6 +74,15 @@ def make_parser() -> argparse.ArgumentParser:
     validate.add_argument("config_path")
     validate.add_argument("--config-yaml")
     validate.add_argument("-l", "--log-level", default="warning", choices=sorted(_LEVELS))
+    from trioproxy import iptables
+
+    capture = sub.add_parser(
+        "iptables",
+        help="install (or --cleanup) the sidecar's iptables capture, like istio-iptables",
+        description=iptables.__doc__.split("\n")[0] if iptables.__doc__ else None,
+    )
+    iptables.add_arguments(capture)
+    capture.add_argument("-l", "--log-level", default="warning", choices=sorted(_LEVELS))
     return parser
 
 
@@ -93,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "validate":
         return _validate(args.config_path, args.config_yaml)
+    if args.command == "iptables":
+        from trioproxy import iptables
+
+        return iptables.main(args)
     if args.mode == "validate":
         return _validate(args.config_path, args.config_yaml)
     return _serve(args, args_list)
