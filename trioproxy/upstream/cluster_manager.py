@@ -5,7 +5,9 @@ breakers, its current host list (priority 0), a load balancer built over that li
 ``Http1Pool`` per host, created on first use. ``set_hosts`` swaps the host list and balancer in
 one step (no await in between, so a request sees the old set or the new one, never a mix) and
 drains the pools of hosts that left. STATIC clusters get their hosts at construction; DNS
-clusters get them from a ``DnsResolver`` task.
+clusters get them from a ``DnsResolver`` task; EDS clusters from ``assign``; ORIGINAL_DST
+clusters make a host per original destination when one is picked (``choose_host``) and the
+periodic sweep forgets those unpicked for ``cleanup_interval``.
 
 The ``ClusterManager`` holds the clusters by name. ``run`` owns a nursery with the DNS refresh
 tasks and one idle-connection sweep task; it resolves every DNS cluster once (Envoy's init
@@ -138,7 +140,8 @@ class Cluster:
         """Envoy's original destination balancer: the address from the
         ``x-envoy-original-dst-host`` header when ``use_http_header`` (an invalid one gives no
         host), else the downstream connection's local address if a listener filter restored
-        it (``original_dst``); the host is made on first use and kept while it is used."""
+        it (``original_dst``). The host is made on first use and forgotten (its idle
+        connections closed) once unpicked for ``cleanup_interval``, as in Envoy."""
         od = self._original_dst
         assert od is not None
         address: tuple[str, int] | None = None
@@ -170,7 +173,7 @@ class Cluster:
         stale = [
             h
             for h, used in self._last_used.items()
-            if now - used >= od.cleanup_interval and not h.cx_active and not h.rq_active
+            if now - used >= od.cleanup_interval and not h.rq_active
         ]
         if stale:
             for h in stale:
