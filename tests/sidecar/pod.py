@@ -1,6 +1,6 @@
 """The processes of a test "pod", run inside its network namespace by tests/sidecar.
 
-    python pod.py serve --tcp 9000 --http 8080   # the application
+    python pod.py serve --tcp 9000 --http 8080 --tcp6 9600   # the application
     python pod.py tcp HOST PORT                  # send stdin, half-close, print the answer
     python pod.py http URL                       # GET, print the JSON body
     python pod.py get URL                        # print any body (admin endpoints)
@@ -25,7 +25,8 @@ import urllib.request
 
 
 def _addr(sockaddr: tuple[str, int]) -> str:
-    return f"{sockaddr[0]}:{sockaddr[1]}"
+    host = sockaddr[0]
+    return f"[{host}]:{sockaddr[1]}" if ":" in host else f"{host}:{sockaddr[1]}"
 
 
 class _Tcp(socketserver.ThreadingTCPServer):
@@ -68,17 +69,23 @@ class HttpApp(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def serve(tcp_port: int, http_port: int) -> None:
+class _Tcp6(_Tcp):
+    address_family = socket.AF_INET6
+
+
+def serve(tcp_port: int, http_port: int, tcp6_port: int) -> None:
     tcp = _Tcp(("0.0.0.0", tcp_port), TcpApp)
+    tcp6 = _Tcp6(("::", tcp6_port), TcpApp)
     web = http.server.ThreadingHTTPServer(("0.0.0.0", http_port), HttpApp)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
+    threading.Thread(target=tcp6.serve_forever, daemon=True).start()
     print("ready", flush=True)
     web.serve_forever()
 
 
 def tcp_client(host: str, port: int) -> None:
     data = sys.stdin.buffer.read()
-    with socket.create_connection((host, port), timeout=10) as s:
+    with socket.create_connection((host.strip("[]"), port), timeout=10) as s:
         s.sendall(data)
         s.shutdown(socket.SHUT_WR)
         out = b""
@@ -107,7 +114,11 @@ def wait(host: str, port: int) -> None:
 def main(argv: list[str]) -> None:
     cmd = argv[0]
     if cmd == "serve":
-        serve(int(argv[argv.index("--tcp") + 1]), int(argv[argv.index("--http") + 1]))
+        serve(
+            int(argv[argv.index("--tcp") + 1]),
+            int(argv[argv.index("--http") + 1]),
+            int(argv[argv.index("--tcp6") + 1]),
+        )
     elif cmd == "tcp":
         tcp_client(argv[1], int(argv[2]))
     elif cmd in ("http", "get"):

@@ -30,6 +30,11 @@ HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
 POD = str(HERE / "pod.py")
 A_IP, B_IP = "10.77.0.1", "10.77.0.2"
+A_IP6, B_IP6 = "fd77::1", "fd77::2"
+# Pod B's IPv6 application port is excluded from B's inbound capture, so the IPv6 test sees
+# pod A's outbound capture alone (an inbound IPv6 passthrough needs a ::6 source address).
+APP6_PORT = "9600"
+CAPTURE = ["-d", f"15008,22,15090,15021,15020,{APP6_PORT}", "--ipv6"]
 PROXY_UID = 1337
 
 
@@ -121,6 +126,8 @@ def pods() -> Iterator[tuple[Pod, Pod]]:
         for pod, dev in ((a, f"veth-a-{tag}"), (b, f"veth-b-{tag}")):
             _sh("ip", "link", "set", dev, "netns", pod.ns)
             _sh("ip", "-n", pod.ns, "addr", "add", f"{pod.ip}/24", "dev", dev)
+            ip6 = A_IP6 if pod is a else B_IP6
+            _sh("ip", "-n", pod.ns, "-6", "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
             _sh("ip", "-n", pod.ns, "link", "set", dev, "up")
             _sh("ip", "-n", pod.ns, "link", "set", "lo", "up")
         # The sidecar runs as uid 1337 if that user can run this interpreter and checkout.
@@ -131,9 +138,11 @@ def pods() -> Iterator[tuple[Pod, Pod]]:
             probe = subprocess.run(a._cmd(probe_cmd, True), capture_output=True, text=True)
             assert probe.returncode == 0, probe.stderr
             print(f"uid {PROXY_UID} cannot read {ROOT}: the sidecars run with gid {PROXY_UID}")
-        b.start(sys.executable, POD, "serve", "--tcp", "9000", "--http", "8080")
+        b.start(
+            sys.executable, POD, "serve", "--tcp", "9000", "--http", "8080", "--tcp6", APP6_PORT
+        )
         for pod in (a, b):
-            pod.run(sys.executable, "-m", "trioproxy", "iptables")
+            pod.run(sys.executable, "-m", "trioproxy", "iptables", *CAPTURE)
             pod.start(sys.executable, "-m", "trioproxy", "serve", "-c", config, as_proxy=True)
         try:
             for pod in (a, b):
@@ -173,12 +182,12 @@ def test_plain_tcp_goes_out_through_15001_and_in_through_15006(pods: tuple[Pod, 
     assert seen["peer"].startswith("127.0.0.6:")
 
     sa, sb = a.stats(), b.stats()
-    assert int(sa["listener.0.0.0.0_15001.downstream_cx_total"]) >= 1
+    assert int(sa["listener.[__]_15001.downstream_cx_total"]) >= 1
     assert int(sa["tcp.PassthroughCluster.downstream_cx_total"]) == 1
     assert int(sa["tcp.PassthroughCluster.downstream_cx_rx_bytes_total"]) == len(payload)
     assert int(sa["cluster.PassthroughCluster.upstream_cx_total"]) == 1
     assert f"PassthroughCluster::{B_IP}:9000::cx_total::1" in a.clusters()
-    assert int(sb["listener.0.0.0.0_15006.downstream_cx_total"]) >= 1
+    assert int(sb["listener.[__]_15006.downstream_cx_total"]) >= 1
     assert int(sb["tcp.InboundPassthroughCluster.downstream_cx_total"]) == 1
     assert int(sb["tcp.InboundPassthroughCluster.downstream_cx_rx_bytes_total"]) == len(payload)
     assert f"InboundPassthroughCluster::{B_IP}:9000::cx_total::1" in b.clusters()
@@ -208,8 +217,21 @@ def test_http_through_both_sidecars(pods: tuple[Pod, Pod]) -> None:
 def test_the_proxy_user_is_not_captured(pods: tuple[Pod, Pod]) -> None:
     """uid 1337 reaches pod B directly: B's inbound capture sees it, A's outbound does not."""
     a, b = pods
-    before = int(a.stats().get("listener.0.0.0.0_15001.downstream_cx_total", "0"))
+    before = int(a.stats().get("listener.[__]_15001.downstream_cx_total", "0"))
     out = a.run(sys.executable, POD, "tcp", B_IP, "9000", stdin=b"direct", as_proxy=True)
     seen = json.loads(out.partition(b"\n")[0])
     assert seen["peer"].startswith("127.0.0.6:")  # still through B's sidecar
-    assert int(a.stats().get("listener.0.0.0.0_15001.downstream_cx_total", "0")) == before
+    assert int(a.stats().get("listener.[__]_15001.downstream_cx_total", "0")) == before
+
+
+def test_ipv6_original_destination(pods: tuple[Pod, Pod]) -> None:
+    """ip6tables REDIRECT to the dual-stack 15001 listener; IP6T_SO_ORIGINAL_DST recovers
+    pod B's IPv6 address and port, and the passthrough cluster connects there."""
+    a, b = pods
+    out = a.run(sys.executable, POD, "tcp", f"[{B_IP6}]", APP6_PORT, stdin=b"over ipv6")
+    head, _, echoed = out.partition(b"\n")
+    seen = json.loads(head)
+    assert echoed == b"over ipv6"
+    assert seen["local"] == f"[{B_IP6}]:{APP6_PORT}"
+    assert seen["peer"].startswith(f"[{A_IP6}]:")  # not captured inbound (excluded port)
+    assert f"PassthroughCluster::[{B_IP6}]:{APP6_PORT}::cx_total::1" in a.clusters()

@@ -102,6 +102,7 @@ class ListenerConfig:
     continue_on_listener_filters_timeout: bool = False
     use_original_dst: bool = False
     bind_to_port: bool = True
+    ipv4_compat: bool = False
     udp_filter: UdpListenerFilter | None = None
 
     @property
@@ -143,6 +144,7 @@ class ListenerConfig:
             "max_connections": 10_000,
             "canonical": d,
             "bind_to_port": _bool(d.get("bind_to_port", True)),
+            "ipv4_compat": bool(sa.get("ipv4_compat", False)),
         }
         if protocol == "UDP":
             return cls(

@@ -121,7 +121,11 @@ class ListenerManager:
         config = entry.config
         if sock is None and config.bind_to_port:
             try:
-                sock = bind_socket(*config.address, udp=config.protocol == "UDP")
+                sock = bind_socket(
+                    *config.address,
+                    udp=config.protocol == "UDP",
+                    ipv4_compat=config.ipv4_compat,
+                )
             except OSError as exc:
                 self.stats.listener_create_failure.value += 1
                 raise ConfigError(

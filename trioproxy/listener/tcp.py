@@ -37,11 +37,20 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
 def bind_socket(
-    host: str, port: int, *, reuse_port: bool = False, udp: bool = False
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    udp: bool = False,
+    ipv4_compat: bool = False,
 ) -> socket.socket:
+    """A bound (and, for TCP, listening) non-blocking socket. An IPv6 socket takes IPv4 too
+    only with ``ipv4_compat`` (Envoy sets ``IPV6_V6ONLY`` otherwise)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if ipv4_compat else 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
