@@ -24,6 +24,7 @@ import trio
 
 from trioproxy.stats import Counter, Gauge, Scope, StatBlock
 from trioproxy.upstream.cluster_manager import Cluster, ClusterManager
+from trioproxy.upstream.hashing import hash64
 from trioproxy.upstream.host import Host
 
 from .config import UdpProxyConfig
@@ -68,11 +69,14 @@ class ListenerUdpStats(StatBlock):
 
 @attrs.frozen
 class LbContext:
-    """What a load balancer may hash on for a session (``hash_policies``: the source IP or
-    a fixed key). No balancer hashes yet: RING_HASH and MAGLEV are not built."""
+    """What a RING_HASH or MAGLEV balancer hashes for a session (``hash_policies``: the
+    source IP or a fixed key)."""
 
     source: Address
     hash_key: str | None
+
+    def lb_hash(self) -> int | None:
+        return hash64(self.hash_key) if self.hash_key is not None else None
 
 
 @attrs.define(eq=False)

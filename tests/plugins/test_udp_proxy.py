@@ -236,3 +236,25 @@ async def test_no_route_counts(nursery: trio.Nursery) -> None:
     with client() as c:
         await c.sendto(b"lost", ("127.0.0.1", proxy.port))
         await until(lambda: proxy.stat("udp.service.downstream_sess_no_route") == 1)
+
+
+async def test_hash_policy_on_source_ip_pins_a_client_to_a_host(nursery: trio.Nursery) -> None:
+    ups = [await upstream(nursery) for _ in range(3)]
+    maglev = cluster("c", *(u.port for u in ups)) | {"lb_policy": "MAGLEV"}
+    proxy = await start_proxy(
+        nursery,
+        bootstrap(
+            {
+                "cluster": "c",
+                "use_per_packet_load_balancing": True,
+                "hash_policies": [{"source_ip": True}],
+            },
+            [maglev],
+        ),
+    )
+    with client() as c:
+        for i in range(6):
+            await c.sendto(b"%d" % i, ("127.0.0.1", proxy.port))
+        await until(lambda: sum(len(u.received) for u in ups) == 6)
+    # every datagram picked a host, and the source IP's hash picked the same one each time
+    assert sorted(len(u.received) for u in ups) == [0, 0, 6]

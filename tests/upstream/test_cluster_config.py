@@ -162,8 +162,20 @@ def test_zero_idle_timeout_disables_it() -> None:
         ),
         ({"type": "EDS"}, "load_assignment", "takes its endpoints from EDS"),
         ({"type": "BOGUS"}, "type", "unknown"),
-        ({"lb_policy": "RING_HASH"}, "lb_policy", "unsupported"),
-        ({"lb_policy": "MAGLEV"}, "lb_policy", "unsupported"),
+        (
+            {"lb_policy": "MAGLEV", "maglev_lb_config": {"table_size": 65536}},
+            "maglev_lb_config.table_size",
+            "must be prime",
+        ),
+        (
+            {
+                "lb_policy": "RING_HASH",
+                "ring_hash_lb_config": {"minimum_ring_size": 4096, "maximum_ring_size": 1024},
+            },
+            "ring_hash_lb_config.minimum_ring_size",
+            "> maximum_ring_size",
+        ),
+        ({"lb_policy": "LEAST_LOADED"}, "lb_policy", "unknown"),
         ({"dns_lookup_family": "V5"}, "dns_lookup_family", "unknown"),
         ({"connect_timeout": "soon"}, "connect_timeout", "invalid duration"),
         ({"connect_timeout": "0s"}, "connect_timeout", "greater than 0"),

@@ -102,3 +102,57 @@ def test_panic_when_most_hosts_are_unhealthy_uses_all() -> None:
     balancer = lb.build("ROUND_ROBIN", hs)
     assert balancer.panic
     assert {id(balancer.choose()) for _ in range(4)} == {id(h) for h in hs}
+
+
+class Keyed:
+    """A balancer context whose hash is that of a fixed key (what a hash policy yields)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def lb_hash(self) -> int:
+        from trioproxy.upstream.hashing import hash64
+
+        return hash64(self.key)
+
+
+def _hash_balancer(kind: str, hs: list[Host]) -> lb.LoadBalancer:
+    if kind == "ring":
+        return lb.RingHash(hs, rng=random.Random(1))
+    return lb.Maglev(hs, table_size=4099, rng=random.Random(1))
+
+
+def test_hash_balancers_are_consistent_and_weighted() -> None:
+    keys = [f"user-{i}" for i in range(4000)]
+    for kind in ("ring", "maglev"):
+        hs = hosts(3, [1, 1, 2])
+        balancer = _hash_balancer(kind, hs)
+        first = {k: balancer.choose(Keyed(k)) for k in keys}
+        assert all(balancer.choose(Keyed(k)) is first[k] for k in keys[:200])
+        counts = Counter(id(h) for h in first.values())
+        share = [counts[id(h)] / len(keys) for h in hs]
+        assert abs(share[2] - 0.5) < 0.08, (kind, share)
+        assert abs(share[0] - 0.25) < 0.08, (kind, share)
+
+
+def test_hash_balancers_move_few_keys_when_a_host_goes() -> None:
+    keys = [f"user-{i}" for i in range(3000)]
+    for kind in ("ring", "maglev"):
+        hs = hosts(4)
+        full = _hash_balancer(kind, hs)
+        before = {k: full.choose(Keyed(k)) for k in keys}
+        after_b = _hash_balancer(kind, hs[:3])
+        moved = [
+            k for k in keys if before[k] is not hs[3] and after_b.choose(Keyed(k)) is not before[k]
+        ]
+        # A ring re-scales to keep its minimum size (each host gets more points) and a
+        # maglev table is refilled: both move some other keys too, as Envoy's do, but far
+        # fewer than rehashing would (about 75 % of them).
+        assert len(moved) / len(keys) < 0.15, (kind, len(moved))
+
+
+def test_hash_balancers_without_a_hash_pick_at_random() -> None:
+    hs = hosts(4)
+    for kind in ("ring", "maglev"):
+        balancer = _hash_balancer(kind, hs)
+        assert len({id(balancer.choose()) for _ in range(200)}) == 4

@@ -137,6 +137,11 @@ class HttpStream:
         self._routed = False
         self._route = None
 
+    def lb_hash(self) -> int | None:
+        """The route's ``hash_policy`` applied to this request (RING_HASH, MAGLEV)."""
+        fn = getattr(self.route, "hash_fn", None)
+        return fn(self) if fn is not None else None
+
     def per_filter_config(self, name: str) -> Any:
         """The most specific ``typed_per_filter_config`` for filter ``name`` (route, then
         virtual host, then route configuration), already converted by the filter's factory."""

@@ -31,6 +31,7 @@ from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
 from trioproxy.http.stream_info import StreamInfo
+from trioproxy.upstream.hashing import StreamHash, compile_http
 
 PerFilterConverter = Callable[[str, Mapping[str, Any]], Any]
 
@@ -268,6 +269,8 @@ class Route:
     decorator: str | None = None
     retry_policy: Mapping[str, Any] | None = None
     hash_policy: tuple[Mapping[str, Any], ...] = ()
+    #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
+    hash_fn: StreamHash | None = None
     request_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
     response_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
     per_filter: Mapping[str, Any] = attrs.field(factory=dict)
@@ -500,6 +503,10 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     )
     kw["retry_policy"] = a.get("retry_policy")
     kw["hash_policy"] = tuple(a.get("hash_policy", ()))
+    try:
+        kw["hash_fn"] = compile_http(kw["hash_policy"])
+    except ConfigError as exc:
+        raise exc.at("route") from None
     return Route(**kw, **common)
 
 

@@ -194,6 +194,9 @@ class Cluster:
             choice_count=c.choice_count,
             active_request_bias=c.active_request_bias,
             panic_threshold=c.healthy_panic_threshold,
+            minimum_ring_size=c.hash_lb.minimum_ring_size,
+            maximum_ring_size=c.hash_lb.maximum_ring_size,
+            table_size=c.hash_lb.table_size,
         )
 
     def set_hosts(self, hosts: list[Host]) -> bool:

@@ -17,6 +17,7 @@ breakers 1024/1024/1024/3.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,7 +28,8 @@ from trioproxy.errors import ConfigError
 
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS", "EDS", "ORIGINAL_DST")
 UNSUPPORTED_TYPES: tuple[str, ...] = ()
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV", "CLUSTER_PROVIDED")
+MAX_RING_SIZE = 8 * 1024 * 1024
 DEFAULT_ORIGINAL_DST_CLEANUP = 5.0
 DNS_FAMILIES = ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL")
 UNHEALTHY_STATUSES = frozenset({"UNHEALTHY", "DRAINING", "TIMEOUT"})
@@ -213,7 +215,51 @@ _LB_TYPES = {
         "LEAST_REQUEST"
     ),
     "type.googleapis.com/envoy.extensions.load_balancing_policies.random.v3.Random": "RANDOM",
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash": (
+        "RING_HASH"
+    ),
+    "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev": "MAGLEV",
 }
+
+
+@attrs.frozen
+class HashLbSettings:
+    """RING_HASH and MAGLEV table sizes."""
+
+    minimum_ring_size: int = 1024
+    maximum_ring_size: int = MAX_RING_SIZE
+    table_size: int = 65537
+
+    @classmethod
+    def from_proto(cls, policy: str, d: Mapping[str, Any], path: str) -> HashLbSettings:
+        def size(key: str, default: int) -> int:
+            raw = d.get(key, default)
+            if isinstance(raw, Mapping):
+                raw = raw.get("value", default)
+            return uint(raw, f"{path}.{key}")
+
+        if policy == "RING_HASH":
+            lo = size("minimum_ring_size", 1024)
+            hi = size("maximum_ring_size", MAX_RING_SIZE)
+            if hi > MAX_RING_SIZE or lo > MAX_RING_SIZE:
+                raise ConfigError(
+                    f"ring sizes must be <= {MAX_RING_SIZE}", path=f"{path}.maximum_ring_size"
+                )
+            if lo > hi:
+                raise ConfigError(
+                    f"ring hash: minimum_ring_size ({lo}) > maximum_ring_size ({hi})",
+                    path=f"{path}.minimum_ring_size",
+                )
+            return cls(minimum_ring_size=max(lo, 1), maximum_ring_size=hi)
+        if policy == "MAGLEV":
+            table = size("table_size", 65537)
+            if table < 2 or any(table % k == 0 for k in range(2, math.isqrt(table) + 1)):
+                raise ConfigError(
+                    f"The table size of maglev must be prime number, got {table}",
+                    path=f"{path}.table_size",
+                )
+            return cls(table_size=table)
+        return cls()
 
 
 def _least_request(lr: Mapping[str, Any], path: str) -> tuple[int, float]:
@@ -228,6 +274,19 @@ def _least_request(lr: Mapping[str, Any], path: str) -> tuple[int, float]:
             "invalid active_request_bias", path=f"{path}.active_request_bias"
         ) from None
     return choice_count, bias
+
+
+def _hash_settings(d: Mapping[str, Any], policy: str) -> HashLbSettings:
+    for key in ("load_balancing_policy",):
+        for i, p in enumerate((d.get(key) or {}).get("policies", ())):
+            typed = (p.get("typed_extension_config") or {}).get("typed_config") or {}
+            if _LB_TYPES.get(typed.get("@type", "")) == policy:
+                path = f"{key}.policies[{i}].typed_extension_config.typed_config"
+                return HashLbSettings.from_proto(policy, typed, path)
+    field = {"RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}.get(policy)
+    if field is None:
+        return HashLbSettings()
+    return HashLbSettings.from_proto(policy, d.get(field) or {}, field)
 
 
 def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
@@ -246,7 +305,7 @@ def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
                 return (policy, *_least_request(typed, path))
             return policy, 2, 1.0
         raise ConfigError(
-            "no supported policy (round_robin, least_request, random)",
+            "no supported policy (round_robin, least_request, random, ring_hash, maglev)",
             path="load_balancing_policy.policies",
         )
     policy = _enum(d, "lb_policy", LB_POLICIES, "ROUND_ROBIN")
@@ -354,6 +413,7 @@ class ClusterConfig:
     #: ``upstream_bind_config.source_address``: the local address upstream sockets bind to.
     source_address: tuple[str, int] | None = None
     original_dst: OriginalDstConfig | None = None
+    hash_lb: HashLbSettings = HashLbSettings()
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -495,6 +555,7 @@ class ClusterConfig:
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             source_address=_bind_config(d),
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
+            hash_lb=_hash_settings(d, lb_policy),
             raw=d,
         )
 

@@ -13,17 +13,21 @@ when fewer than ``panic_threshold`` percent of the hosts are healthy, all hosts 
   fewest active requests; differing weights pick at random with effective weight
   ``weight / (rq_active + 1) ** active_request_bias`` (Envoy's weighted variant).
 - RANDOM: uniform over the healthy hosts (Envoy ignores weights here too).
+- RING_HASH and MAGLEV: consistent hashing on ``context.lb_hash()`` (see ``hashing``); a
+  request without a hash gets a random host.
 
-``choose(context)`` returns ``None`` when there is no host; ``context`` is for hash-based
-balancers to come.
+``choose(context)`` returns ``None`` when there is no host.
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 from collections.abc import Sequence
 from typing import Any
 
+from trioproxy.upstream.hashing import hash64
 from trioproxy.upstream.host import Host
 
 DEFAULT_PANIC_THRESHOLD = 50.0
@@ -154,8 +158,21 @@ def build(
     active_request_bias: float = 1.0,
     panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
     rng: random.Random | None = None,
+    minimum_ring_size: int = 1024,
+    maximum_ring_size: int = 8 * 1024 * 1024,
+    table_size: int = 65537,
 ) -> LoadBalancer:
     """The balancer for a cluster's ``lb_policy`` over ``hosts``."""
+    if policy == "RING_HASH":
+        return RingHash(
+            hosts,
+            minimum_ring_size=minimum_ring_size,
+            maximum_ring_size=maximum_ring_size,
+            panic_threshold=panic_threshold,
+            rng=rng,
+        )
+    if policy == "MAGLEV":
+        return Maglev(hosts, table_size=table_size, panic_threshold=panic_threshold, rng=rng)
     if policy == "ROUND_ROBIN":
         return RoundRobin(hosts, panic_threshold=panic_threshold, rng=rng)
     if policy == "LEAST_REQUEST":
@@ -169,3 +186,113 @@ def build(
     if policy == "RANDOM":
         return RandomLB(hosts, panic_threshold=panic_threshold, rng=rng)
     raise ValueError(f"unknown lb_policy {policy!r}")
+
+
+def _context_hash(context: Any) -> int | None:
+    """The request's hash: ``context.lb_hash()`` (an ``HttpStream`` with a route hash policy,
+    a UDP session with ``hash_policies``), or ``None``."""
+    get = getattr(context, "lb_hash", None)
+    return get() if get is not None else None
+
+
+class RingHash(LoadBalancer):
+    """Envoy's ketama-style ring: each host owns ``weight``-proportional points, hashed from
+    ``"<address>_<i>"``; a request goes to the first point at or after its hash. The ring
+    has ``minimum_ring_size`` points or more (so the lightest host gets at least one),
+    at most ``maximum_ring_size``. No hash: a random point."""
+
+    __slots__ = ("_points", "_ring")
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        *,
+        minimum_ring_size: int = 1024,
+        maximum_ring_size: int = 8 * 1024 * 1024,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        ring: list[tuple[int, Host]] = []
+        usable = self.hosts
+        if usable:
+            total = sum(h.weight for h in usable)
+            weights = [h.weight / total for h in usable]
+            smallest = min(weights)
+            scale = min(math.ceil(smallest * minimum_ring_size) / smallest, maximum_ring_size)
+            target = 0.0
+            made = 0
+            for h, w in zip(usable, weights, strict=True):
+                target += scale * w
+                count = math.floor(target) - made
+                key = f"{h.address[0]}:{h.address[1]}_"
+                ring.extend((hash64(f"{key}{i}"), h) for i in range(count))
+                made += count
+        ring.sort(key=lambda p: p[0])
+        self._points = [p[0] for p in ring]
+        self._ring = [p[1] for p in ring]
+
+    def choose(self, context: Any = None) -> Host | None:
+        ring = self._ring
+        if not ring:
+            return None
+        h = _context_hash(context)
+        if h is None:
+            h = self._rng.getrandbits(64)
+        i = bisect.bisect_left(self._points, h)
+        return ring[i if i < len(ring) else 0]
+
+
+class Maglev(LoadBalancer):
+    """Maglev consistent hashing with weights (Envoy's table builder): a prime-sized table
+    filled by each host's permutation in turn, heavier hosts taking more turns."""
+
+    __slots__ = ("_table",)
+
+    def __init__(
+        self,
+        hosts: Sequence[Host],
+        *,
+        table_size: int = 65537,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        usable = self.hosts
+        table: list[Host | None] = [None] * table_size
+        if usable:
+            total = sum(h.weight for h in usable)
+            weights = [h.weight / total for h in usable]
+            top = max(weights)
+            offsets, skips, nexts, targets = [], [], [], [0.0] * len(usable)
+            for h in usable:
+                key = f"{h.address[0]}:{h.address[1]}"
+                offsets.append(hash64(key) % table_size)
+                skips.append(hash64(key + "#skip") % (table_size - 1) + 1)
+                nexts.append(0)
+            filled = 0
+            iteration = 1
+            while filled < table_size:
+                for i, h in enumerate(usable):
+                    if filled >= table_size:
+                        break
+                    if iteration * weights[i] < targets[i]:
+                        continue
+                    targets[i] += top
+                    while True:
+                        c = (offsets[i] + skips[i] * nexts[i]) % table_size
+                        nexts[i] += 1
+                        if table[c] is None:
+                            break
+                    table[c] = h
+                    filled += 1
+                iteration += 1
+        self._table = table
+
+    def choose(self, context: Any = None) -> Host | None:
+        if not self.hosts:
+            return None
+        h = _context_hash(context)
+        if h is None:
+            h = self._rng.getrandbits(64)
+        return self._table[h % len(self._table)]
