@@ -55,6 +55,8 @@ class ListenerStats(StatBlock):
     downstream_cx_active: Gauge
     downstream_pre_cx_active: Gauge
     downstream_cx_length_ms: Histogram
+    #: Envoy records it only with max_connections_to_accept_per_socket_event (not built).
+    connections_accepted_per_socket_event: Histogram
 
 
 class WorkerListenerStats(StatBlock):
