@@ -177,6 +177,9 @@ async def test_tcp_proxy_and_filter_chain_match_agree(nursery: trio.Nursery) -> 
     other = (
         await nursery.start(partial(trio.serve_tcp, partial(_named, b"other"), 0, host="127.0.0.1"))
     )[0]
+    clusters = static_cluster("echo", echo.socket.getsockname()[1]) + static_cluster(
+        "other", other.socket.getsockname()[1]
+    )
     results = {}
     for kind in KINDS:
         listen, admin_port = free_port(), free_port()
@@ -196,7 +199,7 @@ static_resources:
     - filter_chain_match:
         source_prefix_ranges: [{{address_prefix: 127.0.0.0, prefix_len: 24}}]
       filters:{_tcp_proxy("to_echo", "echo")}
-  clusters:{static_cluster("echo", echo.socket.getsockname()[1])}{static_cluster("other", other.socket.getsockname()[1])}
+  clusters:{clusters}
 {admin(admin_port)}
 """
         async with proxy(kind, config, admin_port):
