@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from trioproxy.background import Background
     from trioproxy.http.rds import RdsSubscriber
     from trioproxy.listener.tls import SecretSubscriber
     from trioproxy.registry import Registry
@@ -30,3 +31,11 @@ class BuildContext:
     #: While a UDP listener's filter is built: the listener's
     #: ``udp_listener_config.downstream_socket_config.max_rx_datagram_size`` (0: default).
     listener_udp_max_rx_datagram_size: int = 0
+    #: While a listener's filter chains are built: its ``traffic_direction`` (tracing spans
+    #: are SERVER for INBOUND and unspecified, CLIENT for OUTBOUND).
+    traffic_direction: str = "UNSPECIFIED"
+    #: The bootstrap's ``tracing.http`` provider, for connection managers that trace
+    #: without naming one.
+    bootstrap_tracing: Mapping[str, Any] | None = None
+    #: Long-lived helper tasks (span reporters, stats sinks).
+    background: Background | None = None

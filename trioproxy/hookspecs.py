@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         HttpFilterFactory,
         ListenerFilterFactory,
         NetworkFilterFactory,
+        TracerFactory,
         UdpListenerFilterFactory,
     )
 
@@ -91,6 +92,22 @@ def trioproxy_udp_listener_filters() -> list[UdpListenerFilterFactory]:
 
     The ``trioproxy.listener.filter.UdpListenerFilter`` it returns owns the listener's socket
     for the listener's life.
+    """
+
+
+# -------------------------------------------------------------------------------------------
+# Tracers
+# -------------------------------------------------------------------------------------------
+
+
+@hookspec
+def trioproxy_tracers() -> list[TracerFactory]:
+    """Return tracing providers (``envoy.tracers.zipkin``, ``envoy.tracers.opentelemetry`` …).
+
+    ``create(config, context)`` gets a ``trioproxy.tracing.TracerContext`` and returns a
+    ``trioproxy.tracing.Tracer``; it is called for every connection manager whose
+    ``tracing.provider`` names it, so a provider should share one tracer (and one reporter)
+    between equal configs, as Envoy does.
     """
 
 

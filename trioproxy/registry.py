@@ -59,6 +59,14 @@ class AccessLoggerFactory(Factory[Any]):
 
 
 @attrs.frozen
+class TracerFactory(Factory[Any]):
+    """A tracing provider (``create(config, TracerContext)`` returns a
+    ``trioproxy.tracing.Tracer``)."""
+
+    create: Callable[[Any, Any], Any] = attrs.field(kw_only=True)
+
+
+@attrs.frozen
 class ListenerFilterFactory(Factory[Any]):
     """A TCP listener filter (``create`` returns a ``ListenerFilter``)."""
 
@@ -135,6 +143,7 @@ class Registry:
     access_loggers: Kind[AccessLoggerFactory]
     listener_filters: Kind[ListenerFilterFactory]
     udp_listener_filters: Kind[UdpListenerFilterFactory]
+    tracers: Kind[TracerFactory]
     plugin_manager: pluggy.PluginManager
 
     def opaque_types(self) -> frozenset[str]:
@@ -146,6 +155,7 @@ class Registry:
             self.access_loggers,
             self.listener_filters,
             self.udp_listener_filters,
+            self.tracers,
         )
         return frozenset(url for kind in kinds for url in kind.by_type)
 
@@ -179,6 +189,7 @@ def build_registry(extra: Iterable[object] = ()) -> Registry:
         udp_listener_filters=Kind(
             "UDP listener filter", collect(pm.hook.trioproxy_udp_listener_filters())
         ),
+        tracers=Kind("tracer", collect(pm.hook.trioproxy_tracers())),
         plugin_manager=pm,
     )
 

@@ -24,6 +24,7 @@ import attrs
 import trio
 
 from trioproxy.accesslog.loggers import flush_all, run_flusher
+from trioproxy.background import Background
 from trioproxy.config import LoadedConfig
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 _NOT_YET = (
     "layered_runtime",
     "stats_sinks",
-    "tracing",
     "overload_manager",
     "cluster_manager",
     "watchdogs",
@@ -98,6 +98,7 @@ class Built:
     xds: XdsManager
     sources: Sources
     ctx: BuildContext
+    background: Background
 
 
 def _node(loaded: LoadedConfig, options: Options) -> dict[str, Any]:
@@ -168,7 +169,11 @@ def build(
             sources.configure_ads(dynamic["ads_config"])
         except ConfigError as exc:
             raise loaded.locate(exc.at("dynamic_resources")) from None
+    background = Background()
+    bootstrap_tracing = (boot.get("tracing") or {}).get("http")
     ctx = BuildContext(
+        background=background,
+        bootstrap_tracing=bootstrap_tracing,
         registry=registry,
         store=store,
         cluster_manager=cm,
@@ -215,7 +220,9 @@ def build(
     if admin and "address" in admin:
         sa = admin["address"].get("socket_address", {})
         admin_address = (str(sa.get("address", "127.0.0.1")), int(sa.get("port_value", 0)))
-    return Built(registry, store, cm, tuple(listeners), node, admin_address, xds, sources, ctx)
+    return Built(
+        registry, store, cm, tuple(listeners), node, admin_address, xds, sources, ctx, background
+    )
 
 
 class Server:
@@ -272,6 +279,7 @@ class Server:
             self.stats.state.set(2)
             await root.start(Watchdog().run)
             await root.start(built.cluster_manager.run)
+            await root.start(built.background.run)
             if built.admin_address is not None:
                 from trioproxy.admin.server import serve_admin
                 from trioproxy.admin_backend import ServerAdminBackend

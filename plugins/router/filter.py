@@ -152,6 +152,9 @@ class Router(TerminalFilter):
             )
         route.rewrite(headers)
         route.apply_request_headers(headers, info)
+        span = stream.span
+        if span is not None:
+            span.inject(headers)
         timeout = route.timeout
         if timeout and not self.config.suppress_envoy_headers:
             headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
@@ -258,7 +261,7 @@ class Router(TerminalFilter):
         resp_headers.items().extend(head.headers)
         strip_hop_by_hop(resp_headers, keep_te_trailers=False)
         if not self.config.suppress_envoy_headers:
-            resp_headers.add("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
+            resp_headers.set("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
         route.apply_response_headers(resp_headers, info)
         if head.status == 101 and headers.get("upgrade"):
             return self._tunnel(resp_headers, head, exchange, conn, pool, cluster, host, started)

@@ -48,7 +48,12 @@ from trioproxy.http.local_reply import (
 )
 from trioproxy.http.request_head import request_headers
 from trioproxy.http.request_headers import mutate_response_headers
-from trioproxy.http.stream_common import count_status, filtered_request_body, log_stream
+from trioproxy.http.stream_common import (
+    count_status,
+    filtered_request_body,
+    log_stream,
+    start_span,
+)
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
@@ -364,6 +369,8 @@ class Http1Connection:
         stream.end_stream = self._body_done
         stream.cancel_scope = self._scope
         self._stream = stream
+        if cfg.tracing is not None and reject is None:
+            start_span(cfg.tracing, stream)
         # Stream timeouts go to the watchdog (see ``expire``).
         self._idle = False
         now = trio.current_time()

@@ -22,6 +22,8 @@ from trioproxy.http.path import EscapedSlashes
 from trioproxy.http.rds import RouteHolder
 from trioproxy.http.route_table import RouteConfiguration
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
+from trioproxy.tracing.config import build_tracing
+from trioproxy.tracing.http import HttpTracing
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,8 @@ class HcmConfig:
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
     http2: Http2Options = Http2Options()
+    #: ``tracing``: sampling and the provider's tracer; ``None`` when not traced.
+    tracing: HttpTracing | None = None
     #: ``upgrade_configs``: the upgrade types (lower case) this connection manager forwards.
     upgrades: frozenset[str] = frozenset()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
@@ -220,8 +224,6 @@ class HcmConfig:
         for name in _UNSUPPORTED:
             if name in d:
                 raise ConfigError(f"{name} is not supported yet", path=name)
-        if "tracing" in d:
-            log.warning("http_connection_manager.tracing is not implemented yet; ignored")
         stat_prefix = d.get("stat_prefix", "")
         codec_type = d.get("codec_type", "AUTO")
         if codec_type == "HTTP3":
@@ -298,7 +300,14 @@ class HcmConfig:
         if server_hdr not in _SERVER_HEADER:
             raise ConfigError(f"invalid value {server_hdr!r}", path="server_header_transformation")
         max_kb = d.get("max_request_headers_kb", 60)
+        tracing = None
+        if "tracing" in d:
+            try:
+                tracing = build_tracing(d["tracing"] or {}, ctx, scope)
+            except ConfigError as exc:
+                raise exc.at("tracing") from None
         return cls(
+            tracing=tracing,
             stat_prefix=stat_prefix,
             codec_type=codec_type,
             routes=routes,

@@ -125,6 +125,8 @@ class HttpStream:
     #: Cancelling it ends the stream and its HTTP/1.1 connection (stream timeouts do that).
     cancel_scope: trio.CancelScope | None = None
     end_stream: bool = False  # the request has no body
+    #: The stream's trace span (``trioproxy.tracing.Span``) when the connection manager traces.
+    span: Any = None
 
     @property
     def route(self) -> Any:

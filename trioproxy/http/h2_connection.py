@@ -45,7 +45,12 @@ from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import FILTER_ERROR, NO_ROUTE, http_date, reply_headers
 from trioproxy.http.request_head import request_headers
 from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
-from trioproxy.http.stream_common import count_status, filtered_request_body, log_stream
+from trioproxy.http.stream_common import (
+    count_status,
+    filtered_request_body,
+    log_stream,
+    start_span,
+)
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.network.filter import DownstreamConnection
@@ -329,6 +334,8 @@ class Http2Connection:
         stream._router = route_fn
         stream.end_stream = s.no_body
         stream.cancel_scope = s.scope
+        if cfg.tracing is not None and reject is None:
+            start_span(cfg.tracing, stream)
         head_only = method == "HEAD"
         try:
             with s.scope:

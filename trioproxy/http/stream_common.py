@@ -1,8 +1,9 @@
 """Per-stream steps shared by the HTTP/1.1 and HTTP/2 connection managers.
 
 Each is the same whatever the codec: running the request-data and request-trailer phases over
-a body, counting a response's status class, and the end-of-stream log (filters' ``on_log``
-then access loggers; neither may fail the stream).
+a body, counting a response's status class, starting the stream's trace span, and the
+end-of-stream log (the span's tags and end, filters' ``on_log``, then access loggers; none
+may fail the stream).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from trioproxy.http.conn_manager_config import FilterChain, HcmConfig, HcmStats, ListenerHttpStats
 from trioproxy.http.filter import HttpStream
+from trioproxy.tracing.http import HttpTracing
 
 log = logging.getLogger("trioproxy.http.conn_manager")
 
@@ -57,7 +59,21 @@ def count_status(st: HcmStats, ls: ListenerHttpStats, status: int) -> None:
     ls.downstream_rq_completed.value += 1
 
 
+def start_span(tracing: HttpTracing, stream: HttpStream) -> None:
+    """Decide and start the stream's span; a failing tracer never fails the request."""
+    try:
+        stream.span = tracing.start(stream)
+    except Exception:
+        log.exception("tracer failed to start a span")
+
+
 def log_stream(cfg: HcmConfig, stream: HttpStream) -> None:
+    span = stream.span
+    if span is not None and cfg.tracing is not None:
+        try:
+            cfg.tracing.finish(stream, span)
+        except Exception:
+            log.exception("tracer failed to finish a span")
     for phase in cfg.chain.log:
         try:
             phase(stream)

@@ -158,6 +158,7 @@ class ListenerConfig:
                 **common,
             )
         listener_filters = _listener_filters(d, ctx)
+        ctx = attrs.evolve(ctx, traffic_direction=common["traffic_direction"])
         candidates: list[Candidate[FilterChain]] = []
         seen: dict[ChainMatch, int] = {}
         tls_inspection = False

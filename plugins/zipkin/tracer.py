@@ -1,0 +1,256 @@
+"""Zipkin spans and their reporter.
+
+Span ids follow Envoy's Zipkin tracer: a root span's id is its (64-bit) trace id; a CLIENT
+span (OUTBOUND) is always a child of the incoming span; a SERVER span (INBOUND) shares the
+incoming span's id when ``shared_span_context`` is on, else is its child. A span is reported
+only when sampled; an unsampled one still propagates its context (``x-b3-sampled: 0``).
+
+The reporter batches finished spans and POSTs them as one Zipkin v2 JSON list to the
+collector cluster when 5 have gathered or every 5 seconds (Envoy's
+``tracing.zipkin.min_flush_spans`` and ``flush_interval_ms``), from its own task: a request
+never waits for the collector. A report answered 202 counts in ``reports_sent``, another
+status in ``reports_dropped``, a failed connection in ``reports_failed``; spans are dropped
+rather than queued without bound when the collector lags.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+import trio
+
+from trioproxy.errors import UpstreamError
+from trioproxy.http.headers import Headers
+from trioproxy.stats import Counter, StatBlock
+from trioproxy.tracing import SpanStart, TracerContext
+from trioproxy.upstream.client import request
+
+from .b3 import B3Error, extract
+from .config import ZipkinConfig
+
+log = logging.getLogger(__name__)
+
+MIN_FLUSH_SPANS = 5
+FLUSH_INTERVAL = 5.0
+MAX_PENDING_SPANS = 10_000
+REPORT_TIMEOUT = 5.0
+_getrandbits = random.getrandbits
+
+
+class ZipkinStats(StatBlock):
+    """``tracing.zipkin.*``."""
+
+    spans_sent: Counter
+    timer_flushed: Counter
+    reports_sent: Counter
+    reports_dropped: Counter
+    reports_failed: Counter
+    reports_skipped_no_cluster: Counter
+
+
+def _id() -> int:
+    n = 0
+    while n == 0:
+        n = _getrandbits(64)
+    return n
+
+
+class NullSpan:
+    """For a request whose incoming context is malformed: nothing is traced or propagated."""
+
+    def set_operation(self, name: str) -> None:
+        pass
+
+    def set_tag(self, key: str, value: str) -> None:
+        pass
+
+    def inject(self, headers: Headers) -> None:
+        pass
+
+    def finish(self, end_time: float) -> None:
+        pass
+
+
+class ZipkinSpan:
+    __slots__ = (
+        "_reporter",
+        "id",
+        "kind",
+        "name",
+        "parent_id",
+        "sampled",
+        "shared",
+        "single_header",
+        "start",
+        "tags",
+        "trace_id",
+        "trace_id_high",
+        "trace_128",
+    )
+
+    def __init__(self, reporter: Reporter, start: SpanStart, sampled: bool) -> None:
+        self._reporter = reporter
+        self.name = start.operation
+        self.kind = "SERVER" if start.ingress else "CLIENT"
+        self.start = start.start_time
+        self.sampled = sampled
+        self.tags: dict[str, str] = {}
+        self.shared = False
+        self.single_header = False
+        self.id = 0
+        self.trace_id = 0
+        self.parent_id: int | None = None
+        self.trace_id_high = 0
+        self.trace_128 = False
+
+    def set_operation(self, name: str) -> None:
+        self.name = name
+
+    def set_tag(self, key: str, value: str) -> None:
+        self.tags[key] = value
+
+    def _trace_hex(self) -> str:
+        if self.trace_128:
+            return f"{self.trace_id_high:016x}{self.trace_id:016x}"
+        return f"{self.trace_id:016x}"
+
+    def inject(self, headers: Headers) -> None:
+        sampled = "1" if self.sampled else "0"
+        if self.single_header:
+            value = f"{self._trace_hex()}-{self.id:016x}-{sampled}"
+            if self.parent_id is not None:
+                value += f"-{self.parent_id:016x}"
+            headers.set("b3", value)
+            return
+        headers.set("x-b3-traceid", self._trace_hex())
+        headers.set("x-b3-spanid", f"{self.id:016x}")
+        if self.parent_id is not None:
+            headers.set("x-b3-parentspanid", f"{self.parent_id:016x}")
+        else:
+            headers.remove("x-b3-parentspanid")
+        headers.set("x-b3-sampled", sampled)
+
+    def finish(self, end_time: float) -> None:
+        if self.sampled:
+            self._reporter.add(self, end_time)
+
+    def to_json(self, end_time: float, service: str, ipv4: str) -> dict[str, Any]:
+        start_us = int(self.start * 1_000_000)
+        end_us = int(end_time * 1_000_000)
+        span: dict[str, Any] = {
+            "traceId": self._trace_hex(),
+            "id": f"{self.id:016x}",
+            "name": self.name,
+            "kind": self.kind,
+            "timestamp": start_us,
+            "duration": max(end_us - start_us, 0),
+            "localEndpoint": {"serviceName": service, "ipv4": ipv4, "port": 0},
+            "annotations": [
+                {"timestamp": end_us, "value": "ss" if self.kind == "SERVER" else "cr"}
+            ],
+            "tags": self.tags,
+        }
+        if self.parent_id is not None:
+            span["parentId"] = f"{self.parent_id:016x}"
+        if self.shared:
+            span["shared"] = True
+        return span
+
+
+class Reporter:
+    def __init__(self, config: ZipkinConfig, ctx: TracerContext, stats: ZipkinStats) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.stats = stats
+        self._pending: list[dict[str, Any]] = []
+        self._wake = trio.Event()
+
+    def add(self, span: ZipkinSpan, end_time: float) -> None:
+        if len(self._pending) >= MAX_PENDING_SPANS:
+            self.stats.reports_dropped.value += 1
+            return
+        self._pending.append(
+            span.to_json(end_time, self.ctx.service_cluster, self.ctx.local_address)
+        )
+        if len(self._pending) >= MIN_FLUSH_SPANS:
+            self._wake.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                with trio.move_on_after(FLUSH_INTERVAL) as timer:
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                if timer.cancelled_caught:
+                    self.stats.timer_flushed.value += 1
+                await self.flush()
+        finally:
+            with trio.move_on_after(1.0, shield=True):
+                await self.flush()
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        spans, self._pending = self._pending, []
+        cfg = self.config
+        cm = self.ctx.cluster_manager
+        if cm.get(cfg.collector_cluster) is None:
+            self.stats.reports_skipped_no_cluster.value += 1
+            return
+        self.stats.spans_sent.value += len(spans)
+        try:
+            resp = await request(
+                cm,
+                cfg.collector_cluster,
+                "POST",
+                cfg.collector_endpoint,
+                authority=cfg.collector_hostname or cfg.collector_cluster,
+                headers=[("content-type", "application/json")],
+                body=json.dumps(spans, separators=(",", ":")).encode(),
+                deadline_s=REPORT_TIMEOUT,
+            )
+        except UpstreamError as exc:
+            self.stats.reports_failed.value += 1
+            log.debug("zipkin report to %s failed: %s", cfg.collector_cluster, exc)
+            return
+        if resp.status == 202:
+            self.stats.reports_sent.value += 1
+        else:
+            self.stats.reports_dropped.value += 1
+
+
+class ZipkinTracer:
+    def __init__(self, config: ZipkinConfig, ctx: TracerContext, reporter: Reporter) -> None:
+        self.config = config
+        self.reporter = reporter
+
+    def start_span(self, start: SpanStart) -> ZipkinSpan | NullSpan:
+        try:
+            incoming, sampled_hdr, single = extract(start.headers)
+        except B3Error as exc:
+            log.debug("not tracing a request with a malformed B3 header: %s", exc)
+            return NullSpan()
+        sampled = start.sampled if sampled_hdr is None else sampled_hdr
+        span = ZipkinSpan(self.reporter, start, sampled)
+        span.single_header = single
+        if incoming is None:
+            root = _id()
+            span.id = span.trace_id = root
+            if self.config.trace_id_128bit:
+                span.trace_id_high = _id()
+                span.trace_128 = True
+            return span
+        span.trace_id = incoming.trace_id
+        span.trace_id_high = incoming.trace_id_high
+        span.trace_128 = incoming.is_128
+        if start.ingress and self.config.shared_span_context:
+            span.id = incoming.span_id
+            span.parent_id = incoming.parent_id
+            span.shared = True
+        else:
+            span.id = _id()
+            span.parent_id = incoming.span_id
+        return span
