@@ -330,13 +330,13 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def wait_port(port: int, deadline: float = 20.0) -> None:
-    """Block until something accepts on 127.0.0.1:``port`` (a process finished starting)."""
+def wait_port(port: int, deadline: float = 20.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts on ``host``:``port`` (a process finished starting)."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            socket.create_connection((host, port), timeout=0.5).close()
             return
         except OSError:
             time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+    raise TimeoutError(f"nothing listens on {host}:{port}")
