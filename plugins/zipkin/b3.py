@@ -51,9 +51,19 @@ def _trace_id(value: str) -> tuple[int, int, bool]:
     return n & 0xFFFF_FFFF_FFFF_FFFF, n >> 64, len(value) == 32
 
 
+NO_B3: tuple[None, None, bool] = (None, None, False)
+
+
 def extract(headers: Headers) -> tuple[B3Context | None, bool | None, bool]:
     """(context, sampled, single): ``sampled`` is the decision the headers carry (``None``:
-    none); ``single`` says the context came in a ``b3`` header (and goes on in one)."""
+    none); ``single`` says the context came in a ``b3`` header (and goes on in one).
+    Returns ``NO_B3`` itself when the request has no B3 header at all (the common case,
+    found in one pass over the headers)."""
+    for k, _ in headers:
+        if k[:2] == "b3" or k[:5] == "x-b3-":
+            break
+    else:
+        return NO_B3
     single = headers.get("b3")
     if single is not None:
         parts = single.split("-")

@@ -8,9 +8,11 @@ only when sampled; an unsampled one still propagates its context (``x-b3-sampled
 The reporter batches finished spans and POSTs them as one Zipkin v2 JSON list to the
 collector cluster when 5 have gathered or every 5 seconds (Envoy's
 ``tracing.zipkin.min_flush_spans`` and ``flush_interval_ms``), from its own task: a request
-never waits for the collector. A report answered 202 counts in ``reports_sent``, another
-status in ``reports_dropped``, a failed connection in ``reports_failed``; spans are dropped
-rather than queued without bound when the collector lags.
+never waits for the collector. Unlike Envoy it waits 50 ms after the fifth span for more,
+so that a busy proxy sends one report per 50 ms rather than one per five requests. A report
+answered 202 counts in ``reports_sent``, another status in ``reports_dropped``, a failed
+connection in ``reports_failed``; spans are dropped rather than queued without bound when
+the collector lags.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-from typing import Any
 
 import trio
 
@@ -28,16 +29,20 @@ from trioproxy.stats import Counter, StatBlock
 from trioproxy.tracing import SpanStart, TracerContext
 from trioproxy.upstream.client import request
 
-from .b3 import B3Error, extract
+from .b3 import NO_B3, B3Error, extract
 from .config import ZipkinConfig
 
 log = logging.getLogger(__name__)
 
 MIN_FLUSH_SPANS = 5
 FLUSH_INTERVAL = 5.0
+#: Once 5 spans are in, wait this long for more before sending: under load one report then
+#: carries many spans instead of one report per 5 requests.
+COALESCE = 0.05
 MAX_PENDING_SPANS = 10_000
 REPORT_TIMEOUT = 5.0
 _getrandbits = random.getrandbits
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class ZipkinStats(StatBlock):
@@ -67,6 +72,9 @@ class NullSpan:
     def set_tag(self, key: str, value: str) -> None:
         pass
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        pass
+
     def inject(self, headers: Headers) -> None:
         pass
 
@@ -85,6 +93,8 @@ class ZipkinSpan:
         "shared",
         "single_header",
         "start",
+        "fresh",
+        "hex_ids",
         "tags",
         "trace_id",
         "trace_id_high",
@@ -105,6 +115,9 @@ class ZipkinSpan:
         self.parent_id: int | None = None
         self.trace_id_high = 0
         self.trace_128 = False
+        #: The request carried no B3 header: ours can be appended without looking.
+        self.fresh = False
+        self.hex_ids: tuple[str, str] | None = None
 
     def set_operation(self, name: str) -> None:
         self.name = name
@@ -112,13 +125,29 @@ class ZipkinSpan:
     def set_tag(self, key: str, value: str) -> None:
         self.tags[key] = value
 
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+
     def _trace_hex(self) -> str:
         if self.trace_128:
             return f"{self.trace_id_high:016x}{self.trace_id:016x}"
         return f"{self.trace_id:016x}"
 
+    def _ids(self) -> tuple[str, str]:
+        """(trace id, span id) in hex, computed once (inject and encode both need them)."""
+        ids = self.hex_ids
+        if ids is None:
+            ids = self.hex_ids = (self._trace_hex(), f"{self.id:016x}")
+        return ids
+
     def inject(self, headers: Headers) -> None:
         sampled = "1" if self.sampled else "0"
+        if self.fresh:
+            trace, span_id = self._ids()
+            headers.items().extend(
+                (("x-b3-traceid", trace), ("x-b3-spanid", span_id), ("x-b3-sampled", sampled))
+            )
+            return
         if self.single_header:
             value = f"{self._trace_hex()}-{self.id:016x}-{sampled}"
             if self.parent_id is not None:
@@ -137,27 +166,21 @@ class ZipkinSpan:
         if self.sampled:
             self._reporter.add(self, end_time)
 
-    def to_json(self, end_time: float, service: str, ipv4: str) -> dict[str, Any]:
+    def encode(self, end_time: float, endpoint: str) -> str:
+        """This span as Zipkin v2 JSON (``endpoint``: the encoded ``localEndpoint``)."""
         start_us = int(self.start * 1_000_000)
         end_us = int(end_time * 1_000_000)
-        span: dict[str, Any] = {
-            "traceId": self._trace_hex(),
-            "id": f"{self.id:016x}",
-            "name": self.name,
-            "kind": self.kind,
-            "timestamp": start_us,
-            "duration": max(end_us - start_us, 0),
-            "localEndpoint": {"serviceName": service, "ipv4": ipv4, "port": 0},
-            "annotations": [
-                {"timestamp": end_us, "value": "ss" if self.kind == "SERVER" else "cr"}
-            ],
-            "tags": self.tags,
-        }
-        if self.parent_id is not None:
-            span["parentId"] = f"{self.parent_id:016x}"
-        if self.shared:
-            span["shared"] = True
-        return span
+        parent = f',"parentId":"{self.parent_id:016x}"' if self.parent_id is not None else ""
+        shared = ',"shared":true' if self.shared else ""
+        trace, span_id = self._ids()
+        return (
+            f'{{"traceId":"{trace}","id":"{span_id}"{parent},'
+            f'"name":{_dumps(self.name)},"kind":"{self.kind}","timestamp":{start_us},'
+            f'"duration":{max(end_us - start_us, 0)},"localEndpoint":{endpoint},'
+            f'"annotations":[{{"timestamp":{end_us},'
+            f'"value":"{"ss" if self.kind == "SERVER" else "cr"}"}}],'
+            f'"tags":{_dumps(self.tags)}{shared}}}'
+        )
 
 
 class Reporter:
@@ -165,16 +188,17 @@ class Reporter:
         self.config = config
         self.ctx = ctx
         self.stats = stats
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[str] = []
         self._wake = trio.Event()
+        self._endpoint = _dumps(
+            {"serviceName": ctx.service_cluster, "ipv4": ctx.local_address, "port": 0}
+        )
 
     def add(self, span: ZipkinSpan, end_time: float) -> None:
         if len(self._pending) >= MAX_PENDING_SPANS:
             self.stats.reports_dropped.value += 1
             return
-        self._pending.append(
-            span.to_json(end_time, self.ctx.service_cluster, self.ctx.local_address)
-        )
+        self._pending.append(span.encode(end_time, self._endpoint))
         if len(self._pending) >= MIN_FLUSH_SPANS:
             self._wake.set()
 
@@ -183,9 +207,11 @@ class Reporter:
             while True:
                 with trio.move_on_after(FLUSH_INTERVAL) as timer:
                     await self._wake.wait()
-                self._wake = trio.Event()
                 if timer.cancelled_caught:
                     self.stats.timer_flushed.value += 1
+                else:
+                    await trio.sleep(COALESCE)
+                self._wake = trio.Event()
                 await self.flush()
         finally:
             with trio.move_on_after(1.0, shield=True):
@@ -209,7 +235,7 @@ class Reporter:
                 cfg.collector_endpoint,
                 authority=cfg.collector_hostname or cfg.collector_cluster,
                 headers=[("content-type", "application/json")],
-                body=json.dumps(spans, separators=(",", ":")).encode(),
+                body=("[" + ",".join(spans) + "]").encode(),
                 deadline_s=REPORT_TIMEOUT,
             )
         except UpstreamError as exc:
@@ -229,13 +255,15 @@ class ZipkinTracer:
 
     def start_span(self, start: SpanStart) -> ZipkinSpan | NullSpan:
         try:
-            incoming, sampled_hdr, single = extract(start.headers)
+            found = extract(start.headers)
         except B3Error as exc:
             log.debug("not tracing a request with a malformed B3 header: %s", exc)
             return NullSpan()
+        incoming, sampled_hdr, single = found
         sampled = start.sampled if sampled_hdr is None else sampled_hdr
         span = ZipkinSpan(self.reporter, start, sampled)
         span.single_header = single
+        span.fresh = found is NO_B3
         if incoming is None:
             root = _id()
             span.id = span.trace_id = root

@@ -9,7 +9,14 @@ import pytest
 import trio
 
 from tests.differential.harness import RecordedRequest, build_request, find_envoy, run_case
-from tests.examples.test_jaeger import EXPECTED, one_trace, start_demo, stop_demo, structure
+from tests.examples.test_jaeger import (
+    EXPECTED,
+    get,
+    one_trace,
+    start_demo,
+    stop_demo,
+    structure,
+)
 
 pytestmark = [
     pytest.mark.envoy,
@@ -17,6 +24,10 @@ pytestmark = [
     pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
 ]
 
+HCM = (
+    "type.googleapis.com/"
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+)
 TRACE_HEADERS = (
     "x-b3-traceid",
     "x-b3-spanid",
@@ -37,7 +48,7 @@ static_resources:
     - filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          "@type": {HCM}
           stat_prefix: ingress_http
           tracing:
             provider:
@@ -68,7 +79,8 @@ static_resources:
       cluster_name: backend
       endpoints:
       - lb_endpoints:
-        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {{upstream_port}}}}}}}}
+        - endpoint:
+            address: {{socket_address: {{address: 127.0.0.1, port_value: {{upstream_port}}}}}}
   - name: zipkin
     load_assignment:
       cluster_name: zipkin
@@ -147,13 +159,7 @@ async def test_jaeger_demo_same_spans() -> None:
     ):
         proc, front, collector = start_demo(proxy)
         try:
-            await trio.to_thread.run_sync(
-                lambda: (
-                    __import__("urllib.request")
-                    .request.urlopen(f"http://127.0.0.1:{front}/trace/1", timeout=10)
-                    .read()
-                )
-            )
+            await trio.to_thread.run_sync(get, f"http://127.0.0.1:{front}/trace/1")
             spans = await trio.to_thread.run_sync(one_trace, collector)
         finally:
             stop_demo(proc)

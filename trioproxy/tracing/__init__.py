@@ -20,7 +20,7 @@ import attrs
 from trioproxy.http.headers import Headers
 
 
-@attrs.frozen
+@attrs.define  # not frozen: built per request, and frozen attrs classes build slower
 class SpanStart:
     """What a tracer gets to start a span for a downstream request."""
 
@@ -39,6 +39,9 @@ class Span(Protocol):
 
     def set_operation(self, name: str) -> None: ...
     def set_tag(self, key: str, value: str) -> None: ...
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Set several tags at once (the connection manager's standard tags)."""
+
     def inject(self, headers: Headers) -> None:
         """Write this span's context into an upstream request's headers."""
 

@@ -194,39 +194,40 @@ class HttpTracing:
     def finish(self, stream: HttpStream, span: Span) -> None:
         info = stream.info
         headers = stream.request_headers
-        tag = span.set_tag
-        tag("component", "proxy")
-        if self.node_id:
-            tag("node_id", self.node_id)
-        rid = headers.get("x-request-id")
-        if rid is not None:
-            tag("guid:x-request-id", rid)
-        client_id = headers.get("x-client-trace-id")
-        if client_id is not None:
-            tag("guid:x-client-trace-id", client_id)
-        path = headers.get("x-envoy-original-path") or headers.get(":path") or ""
-        scheme = headers.get("x-forwarded-proto") or "http"
-        url = f"{scheme}://{headers.get(':authority') or ''}{path}"
-        tag("http.url", url[: self.max_path_tag_length])
-        tag("http.method", headers.get(":method") or "")
-        tag("downstream_cluster", headers.get("x-envoy-downstream-service-cluster") or "-")
-        tag("user_agent", headers.get("user-agent") or "-")
-        tag("http.protocol", info.protocol)
+        get = headers.get
+        path = get("x-envoy-original-path") or get(":path") or ""
+        url = f"{get('x-forwarded-proto') or 'http'}://{get(':authority') or ''}{path}"
         remote = info.downstream_direct_remote_address or info.downstream_remote_address
-        tag("peer.address", remote.rsplit(":", 1)[0].strip("[]"))
-        tag("request_size", str(info.bytes_received))
-        tag("response_size", str(info.bytes_sent))
-        if info.upstream_cluster:
-            tag("upstream_cluster", info.upstream_cluster)
-            tag("upstream_cluster.name", info.upstream_cluster)
         status = info.response_code
-        tag("http.status_code", str(status))
-        tag("response_flags", info.flags_string())
+        tags = {
+            "component": "proxy",
+            "http.url": url[: self.max_path_tag_length],
+            "http.method": get(":method") or "",
+            "downstream_cluster": get("x-envoy-downstream-service-cluster") or "-",
+            "user_agent": get("user-agent") or "-",
+            "http.protocol": info.protocol,
+            "peer.address": remote.rsplit(":", 1)[0].strip("[]"),
+            "request_size": str(info.bytes_received),
+            "response_size": str(info.bytes_sent),
+            "http.status_code": str(status),
+            "response_flags": info.flags_string(),
+        }
+        if self.node_id:
+            tags["node_id"] = self.node_id
+        rid = get("x-request-id")
+        if rid is not None:
+            tags["guid:x-request-id"] = rid
+        client_id = get("x-client-trace-id")
+        if client_id is not None:
+            tags["guid:x-client-trace-id"] = client_id
+        if info.upstream_cluster:
+            tags["upstream_cluster"] = tags["upstream_cluster.name"] = info.upstream_cluster
         if status == 0 or status >= 500:
-            tag("error", "true")
-        for name, get in self.custom_tags:
-            value = get(stream)
+            tags["error"] = "true"
+        for name, tag_value in self.custom_tags:
+            value = tag_value(stream)
             if value is not None:
-                tag(name, value)
+                tags[name] = value
+        span.set_tags(tags)
         end = info.end_monotonic if info.end_monotonic is not None else info.start_monotonic
         span.finish(info.start_time + (end - info.start_monotonic))
