@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         HttpFilterFactory,
         ListenerFilterFactory,
         NetworkFilterFactory,
+        StatSinkFactory,
         TracerFactory,
         UdpListenerFilterFactory,
     )
@@ -108,6 +109,16 @@ def trioproxy_tracers() -> list[TracerFactory]:
     ``trioproxy.tracing.Tracer``; it is called for every connection manager whose
     ``tracing.provider`` names it, so a provider should share one tracer (and one reporter)
     between equal configs, as Envoy does.
+    """
+
+
+@hookspec
+def trioproxy_stat_sinks() -> list[StatSinkFactory]:
+    """Return stats sinks (``envoy.stat_sinks.statsd``, ``envoy.stat_sinks.dog_statsd`` …).
+
+    ``create(config, context)`` is called once per bootstrap ``stats_sinks`` entry; the
+    ``trioproxy.stats.flush.StatsSink`` it returns gets a snapshot every
+    ``stats_flush_interval``.
     """
 
 

@@ -59,6 +59,14 @@ class AccessLoggerFactory(Factory[Any]):
 
 
 @attrs.frozen
+class StatSinkFactory(Factory[Any]):
+    """A stats sink (``create(config, BuildContext)`` returns a
+    ``trioproxy.stats.flush.StatsSink``)."""
+
+    create: Callable[[Any, Any], Any] = attrs.field(kw_only=True)
+
+
+@attrs.frozen
 class TracerFactory(Factory[Any]):
     """A tracing provider (``create(config, TracerContext)`` returns a
     ``trioproxy.tracing.Tracer``)."""
@@ -144,6 +152,7 @@ class Registry:
     listener_filters: Kind[ListenerFilterFactory]
     udp_listener_filters: Kind[UdpListenerFilterFactory]
     tracers: Kind[TracerFactory]
+    stat_sinks: Kind[StatSinkFactory]
     plugin_manager: pluggy.PluginManager
 
     def opaque_types(self) -> frozenset[str]:
@@ -156,6 +165,7 @@ class Registry:
             self.listener_filters,
             self.udp_listener_filters,
             self.tracers,
+            self.stat_sinks,
         )
         return frozenset(url for kind in kinds for url in kind.by_type)
 
@@ -190,6 +200,7 @@ def build_registry(extra: Iterable[object] = ()) -> Registry:
             "UDP listener filter", collect(pm.hook.trioproxy_udp_listener_filters())
         ),
         tracers=Kind("tracer", collect(pm.hook.trioproxy_tracers())),
+        stat_sinks=Kind("stats sink", collect(pm.hook.trioproxy_stat_sinks())),
         plugin_manager=pm,
     )
 

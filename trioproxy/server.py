@@ -32,8 +32,9 @@ from trioproxy.listener.config import ListenerConfig
 from trioproxy.listener.manager import AnyListener, ListenerManager
 from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.stats.flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher
 from trioproxy.upstream.cluster_manager import ClusterManager
-from trioproxy.upstream.config import ClusterConfig
+from trioproxy.upstream.config import ClusterConfig, duration
 from trioproxy.watchdog import Watchdog
 from trioproxy.xds import resources as xds_resources
 from trioproxy.xds.manager import XdsManager
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 # Bootstrap sections that are accepted but not acted on yet: say so rather than pretend.
 _NOT_YET = (
     "layered_runtime",
-    "stats_sinks",
     "overload_manager",
     "cluster_manager",
     "watchdogs",
@@ -99,6 +99,7 @@ class Built:
     sources: Sources
     ctx: BuildContext
     background: Background
+    stats_flusher: StatsFlusher
 
 
 def _node(loaded: LoadedConfig, options: Options) -> dict[str, Any]:
@@ -220,9 +221,49 @@ def build(
     if admin and "address" in admin:
         sa = admin["address"].get("socket_address", {})
         admin_address = (str(sa.get("address", "127.0.0.1")), int(sa.get("port_value", 0)))
+    flusher = StatsFlusher(store, _stat_sinks(boot, ctx, loaded), _flush_interval(boot, loaded))
+    background.start_soon(flusher.run)
     return Built(
-        registry, store, cm, tuple(listeners), node, admin_address, xds, sources, ctx, background
+        registry,
+        store,
+        cm,
+        tuple(listeners),
+        node,
+        admin_address,
+        xds,
+        sources,
+        ctx,
+        background,
+        flusher,
     )
+
+
+def _flush_interval(boot: Mapping[str, Any], loaded: LoadedConfig) -> float:
+    if "stats_flush_interval" not in boot:
+        return DEFAULT_FLUSH_INTERVAL
+    try:
+        interval = duration(boot["stats_flush_interval"], "stats_flush_interval")
+    except ConfigError as exc:
+        raise loaded.locate(exc) from None
+    if not 0.001 <= interval <= 300:
+        raise loaded.locate(
+            ConfigError("value must be inside range [1ms, 300s]", path="stats_flush_interval")
+        )
+    return interval
+
+
+def _stat_sinks(boot: Mapping[str, Any], ctx: BuildContext, loaded: LoadedConfig) -> list[Any]:
+    sinks = []
+    for i, entry in enumerate(boot.get("stats_sinks", ())):
+        try:
+            factory, raw = ctx.registry.stat_sinks.lookup(entry)
+            try:
+                sinks.append(factory.create(factory.config_type(raw), ctx))
+            except ConfigError as exc:
+                raise exc.at("typed_config") from None
+        except ConfigError as exc:
+            raise loaded.locate(exc.at(f"stats_sinks[{i}]")) from None
+    return sinks
 
 
 class Server:

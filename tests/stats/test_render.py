@@ -62,13 +62,17 @@ def test_text_histogram_quantiles() -> None:
     s = Store()
     h = s.histogram("h")
     h.record(1)
-    h.flush_interval()
     line = render_text(s)
+    # interval quantiles describe the last completed flush interval: none yet (Envoy: nan)
     assert line.startswith("h: P0(nan,1) P25(nan,")
     assert re.fullmatch(r"h: (P[\d.]+\(nan,[\d.]+\) ){9}P100\(nan,[\d.]+\)\n", line), line
     assert [p.split("(")[0] for p in line[3:].split()] == [
         "P0", "P25", "P50", "P75", "P90", "P95", "P99", "P99.5", "P99.9", "P100",
     ]  # fmt: skip
+    h.flush_interval()  # the stats flush ends the interval: now it has the sample
+    assert render_text(s).startswith("h: P0(1,1) P25(1.025,1.025)")
+    h.flush_interval()  # an interval without samples
+    assert render_text(s).startswith("h: P0(nan,1)")
 
 
 def test_text_cumulative_buckets() -> None:
@@ -76,6 +80,9 @@ def test_text_cumulative_buckets() -> None:
     h = s.histogram("h")
     h.record(0.2)
     h.record(3)
+    out = render_text(s, StatsQuery.from_params({"histogram_buckets": "cumulative"}))
+    assert out.startswith("h: B0.5(0,1) B1(0,1) B5(0,2) B10(0,2)")  # no flush yet
+    h.flush_interval()
     out = render_text(s, StatsQuery.from_params({"histogram_buckets": "cumulative"}))
     assert out.startswith("h: B0.5(1,1) B1(1,1) B5(2,2) B10(2,2)")
     assert out.endswith("B1.8e+06(2,2) B3.6e+06(2,2)\n")
@@ -183,6 +190,7 @@ def test_json_without_histograms_and_with_buckets() -> None:
     s = small_store()
     assert render_json(s, StatsQuery.from_params({"filter": "zzz"})) == '{"stats":[]}'
     s.histogram("http.ingress_http.downstream_rq_time").record(3)
+    s.histogram("http.ingress_http.downstream_rq_time").flush_interval()
     out = render_json(
         s, StatsQuery.from_params({"histogram_buckets": "cumulative", "type": "Histograms"})
     )

@@ -80,14 +80,17 @@ def _bucket(value: float) -> float:
 
 
 class Histogram:
-    """Samples in two-significant-digit buckets, cumulative and since the last flush."""
+    """Samples in two-significant-digit buckets: cumulative, in the current flush interval
+    (``current``) and in the last completed one (``interval``, what Envoy's admin shows as
+    the interval quantiles: NaN until a flush has seen samples)."""
 
-    __slots__ = ("name", "unit", "cumulative", "interval", "count", "sum")
+    __slots__ = ("name", "unit", "cumulative", "current", "interval", "count", "sum")
 
     def __init__(self, name: str, unit: str = "Milliseconds") -> None:
         self.name = name
         self.unit = unit  # Unspecified | Bytes | Microseconds | Milliseconds | Percent
         self.cumulative: dict[float, int] = {}
+        self.current: dict[float, int] = {}
         self.interval: dict[float, int] = {}
         self.count = 0
         self.sum = 0.0
@@ -95,7 +98,7 @@ class Histogram:
     def record(self, value: float) -> None:
         b = _bucket(value)
         self.cumulative[b] = self.cumulative.get(b, 0) + 1
-        self.interval[b] = self.interval.get(b, 0) + 1
+        self.current[b] = self.current.get(b, 0) + 1
         self.count += 1
         self.sum += value
 
@@ -133,11 +136,15 @@ class Histogram:
             out.append(sum(n for lower, n in ordered if lower + _bucket_width(lower) <= bound))
         return out
 
-    def flush_interval(self) -> None:
-        self.interval = {}
+    def flush_interval(self) -> dict[float, int]:
+        """End the current interval (every ``stats_flush_interval``); its buckets."""
+        done, self.current = self.current, {}
+        self.interval = done
+        return done
 
     def reset(self) -> None:
         self.cumulative = {}
+        self.current = {}
         self.interval = {}
         self.count = 0
         self.sum = 0.0
