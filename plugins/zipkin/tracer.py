@@ -5,14 +5,11 @@ span (OUTBOUND) is always a child of the incoming span; a SERVER span (INBOUND) 
 incoming span's id when ``shared_span_context`` is on, else is its child. A span is reported
 only when sampled; an unsampled one still propagates its context (``x-b3-sampled: 0``).
 
-The reporter batches finished spans and POSTs them as one Zipkin v2 JSON list to the
-collector cluster when 5 have gathered or every 5 seconds (Envoy's
-``tracing.zipkin.min_flush_spans`` and ``flush_interval_ms``), from its own task: a request
-never waits for the collector. Unlike Envoy it waits 50 ms after the fifth span for more,
-so that a busy proxy sends one report per 50 ms rather than one per five requests. A report
-answered 202 counts in ``reports_sent``, another status in ``reports_dropped``, a failed
-connection in ``reports_failed``; spans are dropped rather than queued without bound when
-the collector lags.
+Finished spans go to a ``trioproxy.tracing.reporter.BatchReporter`` as Zipkin v2 JSON and
+are POSTed as one list to the collector cluster (5 spans or 5 s, Envoy's
+``tracing.zipkin.min_flush_spans`` and ``flush_interval_ms``). A report answered 202 counts
+in ``reports_sent``, another status in ``reports_dropped``, a failed connection in
+``reports_failed``.
 """
 
 from __future__ import annotations
@@ -21,26 +18,16 @@ import json
 import logging
 import random
 
-import trio
-
-from trioproxy.errors import UpstreamError
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Counter, StatBlock
 from trioproxy.tracing import SpanStart, TracerContext
-from trioproxy.upstream.client import request
+from trioproxy.tracing.reporter import BatchReporter, ReportStats, ReportTarget
 
 from .b3 import NO_B3, B3Error, extract
 from .config import ZipkinConfig
 
 log = logging.getLogger(__name__)
 
-MIN_FLUSH_SPANS = 5
-FLUSH_INTERVAL = 5.0
-#: Once 5 spans are in, wait this long for more before sending: under load one report then
-#: carries many spans instead of one report per 5 requests.
-COALESCE = 0.05
-MAX_PENDING_SPANS = 10_000
-REPORT_TIMEOUT = 5.0
 _getrandbits = random.getrandbits
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
@@ -184,68 +171,38 @@ class ZipkinSpan:
 
 
 class Reporter:
+    """Encodes finished spans as Zipkin v2 JSON for a ``BatchReporter``."""
+
     def __init__(self, config: ZipkinConfig, ctx: TracerContext, stats: ZipkinStats) -> None:
-        self.config = config
-        self.ctx = ctx
         self.stats = stats
-        self._pending: list[str] = []
-        self._wake = trio.Event()
         self._endpoint = _dumps(
             {"serviceName": ctx.service_cluster, "ipv4": ctx.local_address, "port": 0}
         )
+        self.batch = BatchReporter(
+            ctx.cluster_manager,
+            ReportTarget(
+                cluster=config.collector_cluster,
+                path=config.collector_endpoint,
+                authority=config.collector_hostname or config.collector_cluster,
+                content_type="application/json",
+            ),
+            ReportStats(
+                spans_sent=stats.spans_sent,
+                timer_flushed=stats.timer_flushed,
+                sent=stats.reports_sent,
+                dropped=stats.reports_dropped,
+                failed=stats.reports_failed,
+                skipped_no_cluster=stats.reports_skipped_no_cluster,
+            ),
+            lambda spans: b"[" + b",".join(spans) + b"]",
+            accepted=lambda status: status == 202,  # Envoy counts other answers as dropped
+        )
 
     def add(self, span: ZipkinSpan, end_time: float) -> None:
-        if len(self._pending) >= MAX_PENDING_SPANS:
-            self.stats.reports_dropped.value += 1
-            return
-        self._pending.append(span.encode(end_time, self._endpoint))
-        if len(self._pending) >= MIN_FLUSH_SPANS:
-            self._wake.set()
+        self.batch.add(span.encode(end_time, self._endpoint).encode())
 
     async def run(self) -> None:
-        try:
-            while True:
-                with trio.move_on_after(FLUSH_INTERVAL) as timer:
-                    await self._wake.wait()
-                if timer.cancelled_caught:
-                    self.stats.timer_flushed.value += 1
-                else:
-                    await trio.sleep(COALESCE)
-                self._wake = trio.Event()
-                await self.flush()
-        finally:
-            with trio.move_on_after(1.0, shield=True):
-                await self.flush()
-
-    async def flush(self) -> None:
-        if not self._pending:
-            return
-        spans, self._pending = self._pending, []
-        cfg = self.config
-        cm = self.ctx.cluster_manager
-        if cm.get(cfg.collector_cluster) is None:
-            self.stats.reports_skipped_no_cluster.value += 1
-            return
-        self.stats.spans_sent.value += len(spans)
-        try:
-            resp = await request(
-                cm,
-                cfg.collector_cluster,
-                "POST",
-                cfg.collector_endpoint,
-                authority=cfg.collector_hostname or cfg.collector_cluster,
-                headers=[("content-type", "application/json")],
-                body=("[" + ",".join(spans) + "]").encode(),
-                deadline_s=REPORT_TIMEOUT,
-            )
-        except UpstreamError as exc:
-            self.stats.reports_failed.value += 1
-            log.debug("zipkin report to %s failed: %s", cfg.collector_cluster, exc)
-            return
-        if resp.status == 202:
-            self.stats.reports_sent.value += 1
-        else:
-            self.stats.reports_dropped.value += 1
+        await self.batch.run()
 
 
 class ZipkinTracer:
