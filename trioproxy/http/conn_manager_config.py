@@ -17,6 +17,7 @@ from trioproxy.accesslog.loggers import build_access_log
 from trioproxy.config.types import duration
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
+from trioproxy.http import xfcc
 from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
 from trioproxy.http.path import EscapedSlashes
 from trioproxy.http.rds import RouteHolder
@@ -213,6 +214,9 @@ class HcmConfig:
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
     http2: Http2Options = Http2Options()
+    #: ``forward_client_cert_details`` and ``set_current_client_cert_details`` (see xfcc.py).
+    xfcc_mode: str = "SANITIZE"
+    xfcc_details: tuple[str, ...] = ()
     #: ``tracing``: sampling and the provider's tracer; ``None`` when not traced.
     tracing: HttpTracing | None = None
     #: ``upgrade_configs``: the upgrade types (lower case) this connection manager forwards.
@@ -308,6 +312,8 @@ class HcmConfig:
                 raise exc.at("tracing") from None
         return cls(
             tracing=tracing,
+            xfcc_mode=xfcc.check_mode(d.get("forward_client_cert_details", "SANITIZE")),
+            xfcc_details=xfcc.parse_details(d.get("set_current_client_cert_details") or {}),
             stat_prefix=stat_prefix,
             codec_type=codec_type,
             routes=routes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from trioproxy.http import h1
+from trioproxy.http import h1, xfcc
 from trioproxy.http.conn_manager_config import HcmConfig
 from trioproxy.http.filter import ConnectionInfo, LocalReply
 from trioproxy.http.headers import Headers
@@ -19,6 +19,9 @@ from trioproxy.http.request_headers import mutate_request_headers
 
 # Only these can change under normalisation: %-escapes, dot segments, // and backslashes.
 _NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
+
+
+_XFCC = xfcc.HEADER
 
 
 def request_headers(
@@ -86,6 +89,8 @@ def request_headers(
         preserve_external_request_id=cfg.preserve_external_request_id,
         via=cfg.via,
     )
+    if cfg.xfcc_mode != "SANITIZE" or _XFCC in headers:
+        xfcc.apply(headers, cfg.xfcc_mode, cfg.xfcc_details, conn.peer_certificate)
     if upgrade:  # hop-by-hop, but the point of an upgrade request: carried on
         headers.set("upgrade", upgrade)
         headers.set("connection", "upgrade")

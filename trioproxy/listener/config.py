@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -23,7 +23,7 @@ from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.listener.filter import ListenerFilter, UdpListenerFilter
 from trioproxy.listener.match import Candidate, ChainMatch
-from trioproxy.listener.tls import server_context
+from trioproxy.listener.tls import client_san_matcher, server_context
 from trioproxy.network.filter import NetworkFilter, TerminalNetworkFilter
 from trioproxy.registry import Kind
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
@@ -34,12 +34,7 @@ log = logging.getLogger(__name__)
 DOWNSTREAM_TLS = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
-# Listener filters not built yet that are harmless no-ops while no filter chain matches on
-# what they would find (SNI, ALPN, transport protocol); a config that does is refused.
-_NOOP_LISTENER_FILTERS = (
-    "envoy.filters.listener.tls_inspector",
-    "envoy.filters.listener.http_inspector",
-)
+_INSPECTORS = ("envoy.filters.listener.tls_inspector", "envoy.filters.listener.http_inspector")
 DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0
 
 
@@ -73,6 +68,9 @@ class TlsStats(StatBlock):
     connection_error: Counter
     no_certificate: Counter
     session_reused: Counter
+    fail_verify_no_cert: Counter
+    fail_verify_error: Counter
+    fail_verify_san: Counter
 
 
 @attrs.frozen
@@ -81,6 +79,8 @@ class FilterChain:
     filters: tuple[NetworkFilter, ...]
     terminal: TerminalNetworkFilter
     tls: ssl.SSLContext | None
+    #: mTLS: ``match_typed_subject_alt_names`` applied to the client's certificate.
+    client_san_check: Callable[[Mapping[str, Any]], bool] | None = None
 
 
 @attrs.frozen
@@ -180,11 +180,14 @@ class ListenerConfig:
                 candidates.append(Candidate(match, _filter_chain(raw, ctx)))
             except ConfigError as exc:
                 raise exc.at(f"filter_chains[{i}]") from None
-        if tls_inspection:
-            raise ConfigError(
-                "matching filter chains on server_names, application_protocols or "
-                "transport_protocol 'tls' needs tls_inspector, which is not built yet",
-                path="filter_chains",
+        if tls_inspection and not any(
+            lf.get("name") in _INSPECTORS for lf in d.get("listener_filters", ())
+        ):
+            log.warning(
+                "listener %s matches filter chains on server_names, application_protocols or"
+                " transport_protocol but has no tls_inspector or http_inspector listener"
+                " filter: those chains can never match (as in Envoy)",
+                d.get("name") or f"{host}:{port}",
             )
         default = None
         if "default_filter_chain" in d:
@@ -222,8 +225,6 @@ def _bool(value: Any) -> bool:
 def _listener_filters(d: Mapping[str, Any], ctx: BuildContext) -> tuple[ListenerFilter, ...]:
     out: list[ListenerFilter] = []
     for i, entry in enumerate(d.get("listener_filters", [])):
-        if entry.get("name") in _NOOP_LISTENER_FILTERS and "typed_config" not in entry:
-            continue
         if entry.get("filter_disabled"):
             raise ConfigError(
                 "filter_disabled is not supported yet",
@@ -232,8 +233,6 @@ def _listener_filters(d: Mapping[str, Any], ctx: BuildContext) -> tuple[Listener
         try:
             out.append(_build(ctx.registry.listener_filters, entry, ctx))
         except ConfigError as exc:
-            if entry.get("name") in _NOOP_LISTENER_FILTERS:
-                continue  # typed, but not built yet: see _NOOP_LISTENER_FILTERS
             raise exc.at(f"listener_filters[{i}]") from None
     return tuple(out)
 
@@ -285,6 +284,7 @@ def _address_stat_name(host: str, port: int) -> str:
 
 def _filter_chain(d: Mapping[str, Any], ctx: BuildContext) -> FilterChain:
     tls: ssl.SSLContext | None = None
+    san_check = None
     ts = d.get("transport_socket")
     if ts:
         typed = ts.get("typed_config", {})
@@ -295,6 +295,7 @@ def _filter_chain(d: Mapping[str, Any], ctx: BuildContext) -> FilterChain:
             )
         try:
             tls = server_context(typed, ctx.base_dir, ctx.secrets)
+            san_check = client_san_matcher(typed)
         except ConfigError as exc:
             raise exc.at("transport_socket.typed_config") from None
     filters: list[NetworkFilter] = []
@@ -318,4 +319,10 @@ def _filter_chain(d: Mapping[str, Any], ctx: BuildContext) -> FilterChain:
             filters.append(obj)
     if terminal is None:
         raise ConfigError("the filter chain has no terminal filter", path="filters")
-    return FilterChain(name=d.get("name", ""), filters=tuple(filters), terminal=terminal, tls=tls)
+    return FilterChain(
+        name=d.get("name", ""),
+        filters=tuple(filters),
+        terminal=terminal,
+        tls=tls,
+        client_san_check=san_check,
+    )

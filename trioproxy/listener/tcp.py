@@ -28,6 +28,7 @@ from trioproxy.io import FastSocketStream
 from trioproxy.listener.config import FilterChain, ListenerConfig
 from trioproxy.listener.filter import AcceptedSocket
 from trioproxy.listener.match import Conn, select
+from trioproxy.listener.tls import peer_details
 from trioproxy.network.filter import DownstreamConnection, Drain
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class Listener:
         try:
             local = accepted.local_address
             sni = alpn = ""
+            peer_certificate = None
             if chain.tls is not None:
                 ssl_stream = trio.SSLStream(raw, chain.tls, server_side=True)
                 tls_stats = cfg.tls_stats
@@ -269,9 +271,25 @@ class Listener:
                         await ssl_stream.do_handshake()
                 except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
                     tls_stats.connection_error.value += 1
+                    reason = str(exc.__cause__ or exc).lower()
+                    if "did not return a certificate" in reason:
+                        tls_stats.fail_verify_no_cert.value += 1
+                    elif "certificate verify failed" in reason:
+                        tls_stats.fail_verify_error.value += 1
                     log.debug("TLS handshake failed from %s: %s", addr, exc)
                     return
                 tls_stats.handshake.value += 1
+                if chain.tls.verify_mode != ssl.CERT_NONE:
+                    cert = ssl_stream.getpeercert()
+                    if not cert:
+                        tls_stats.no_certificate.value += 1
+                    elif chain.client_san_check is not None and not chain.client_san_check(cert):
+                        tls_stats.fail_verify_san.value += 1
+                        log.debug("client certificate from %s matches no allowed SAN", addr)
+                        return
+                    else:
+                        der = ssl_stream.getpeercert(binary_form=True)
+                        peer_certificate = peer_details(cert, der) if der else None
                 obj = ssl_stream._ssl_object
                 sni = getattr(obj, "server_hostname", None) or ""
                 alpn = ssl_stream.selected_alpn_protocol() or ""
@@ -290,6 +308,7 @@ class Listener:
                 sni=sni,
                 alpn=alpn,
                 connection_id=next(_connection_ids),
+                peer_certificate=peer_certificate,
             )
             conn = DownstreamConnection(
                 stream=stream,
