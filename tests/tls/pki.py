@@ -38,7 +38,7 @@ def _name(cn: str, org: str = "trioproxy tests") -> x509.Name:
 class CA:
     def __init__(self, name: str = "trioproxy test CA") -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         self.name = _name(name)
         self.cert = (
             x509.CertificateBuilder()
@@ -55,7 +55,7 @@ class CA:
 
     def issue(self, cn: str, *, dns: tuple[str, ...] = (), uris: tuple[str, ...] = ()) -> Leaf:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.UniformResourceIdentifier(u) for u in uris]
         sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
