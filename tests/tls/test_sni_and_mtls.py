@@ -19,6 +19,7 @@ from tests.tls.pki import CA, Leaf
 
 TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 CLIENT_URI = "spiffe://cluster.local/ns/default/sa/client"
 
 
@@ -51,9 +52,7 @@ def hcm(cluster_name: str, **extra: Any) -> dict[str, Any]:
             "http_filters": [
                 {
                     "name": "envoy.filters.http.router",
-                    "typed_config": {
-                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                    },
+                    "typed_config": {"@type": ROUTER},
                 }
             ],
             **extra,
