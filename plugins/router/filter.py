@@ -23,7 +23,6 @@ import trio
 
 from trioproxy import watchdog
 from trioproxy.errors import UpstreamError
-from trioproxy.http import h1
 from trioproxy.http.filter import (
     FactoryContext,
     HttpStream,
@@ -61,6 +60,13 @@ def _stale(err: UpstreamError, conn: Any, exchange: Exchange) -> bool:
     """The upstream closed a pooled connection before sending anything back: its keep-alive
     timeout raced our reuse. Only bodiless requests on reused connections are retried."""
     return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
+
+
+def _cancel_body(exchange: Any) -> None:
+    """Stop an HTTP/2 exchange's request-body task, if it has one."""
+    cancel = getattr(exchange, "cancel_body", None)
+    if cancel is not None:
+        cancel()
 
 
 def _reset_reply(err: UpstreamError) -> LocalReply:
@@ -199,14 +205,14 @@ class Router(TerminalFilter):
         done = False
         try:
             conn = await self._acquire(pool, deadline)
-            exchange = Exchange(conn, deadline)
+            exchange = pool.exchange(conn, deadline)
             dog.add(exchange)
             info.first_upstream_tx = _now()
             if body is None:
                 headers.remove("transfer-encoding")
                 for _ in range(STALE_RETRIES):
                     try:
-                        await exchange.send_request_head(method, headers)
+                        await exchange.send_request_head(method, headers, end_stream=True)
                         head, initial = await exchange.read_response_head()
                         break
                     except UpstreamError as err:
@@ -218,7 +224,7 @@ class Router(TerminalFilter):
                     pool.release(conn, False)
                     conn = None
                     conn = await self._acquire(pool, deadline)
-                    exchange = Exchange(conn, deadline)
+                    exchange = pool.exchange(conn, deadline)
                     dog.add(exchange)
                 else:
                     raise UpstreamError("connection termination", flag="UC")
@@ -250,6 +256,7 @@ class Router(TerminalFilter):
             if done:
                 if exchange is not None:
                     dog.discard(exchange)
+                    _cancel_body(exchange)
                 if conn is not None:
                     pool.release(conn, False)
         assert exchange is not None and conn is not None
@@ -298,6 +305,12 @@ class Router(TerminalFilter):
         body: AsyncIterator[bytes],
         stream: HttpStream,
     ) -> Any:
+        stream_body = getattr(exchange, "stream_body", None)
+        if stream_body is not None:
+            # HTTP/2: the body keeps flowing while the response streams (bidi gRPC)
+            await exchange.send_request_head(method, headers)
+            stream_body(body, lambda: stream.request_trailers)
+            return await exchange.read_response_head()
         chunked = "content-length" not in headers
         if chunked:
             headers.set("transfer-encoding", "chunked")
@@ -308,10 +321,8 @@ class Router(TerminalFilter):
         async def pump() -> None:
             nonlocal sent_all
             async for chunk in body:
-                await exchange.send(h1.encode_chunk(chunk) if chunked else chunk)
-            if chunked:
-                trailers = stream.request_trailers
-                await exchange.send(h1.encode_last_chunk(list(trailers) if trailers else []))
+                await exchange.send_body(chunk, chunked)
+            await exchange.end_body(stream.request_trailers, chunked)
             sent_all = True
 
         async with trio.open_nursery() as nursery:
@@ -455,6 +466,7 @@ class _UpstreamBody:
             return
         self._settled = True
         ex = self.exchange
+        _cancel_body(ex)
         stats = self.cluster.stats
         stats.upstream_cx_rx_bytes_total.value += ex.rx
         stats.upstream_cx_tx_bytes_total.value += ex.tx

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import trio
@@ -19,7 +20,6 @@ import trio
 from trioproxy.errors import UpstreamError
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.cluster_manager import ClusterManager
-from trioproxy.upstream.http1_client import Exchange
 
 
 @attrs.frozen
@@ -60,15 +60,15 @@ async def request(
         status = 0
         try:
             with trio.fail_after(deadline_s):
-                conn = await pool.acquire()
-                exchange = Exchange(conn, math.inf)
+                conn: Any = await pool.acquire()
+                exchange: Any = pool.exchange(conn, math.inf)
                 reusable = False
                 try:
                     hdrs = Headers([(":authority", authority), (":path", path)])
                     for k, v in headers:
                         hdrs.add(k, v)
                     hdrs.set("content-length", str(len(body)))
-                    await exchange.send_request_head(method, hdrs, body)
+                    await exchange.send_request_head(method, hdrs, body, end_stream=True)
                     head, first = await exchange.read_response_head()
                     parts = [first]
                     async for chunk in exchange.iter_body():

@@ -26,12 +26,14 @@ from typing import Any
 import attrs
 import trio
 
+from trioproxy.errors import UpstreamError
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.upstream import lb
 from trioproxy.upstream.address import parse_host_port
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, EndpointConfig
 from trioproxy.upstream.dns import DnsResolver, next_hosts
+from trioproxy.upstream.h2_client import H2Pool
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
 from trioproxy.upstream.stats import ClusterStats
@@ -58,7 +60,9 @@ class Cluster:
         self.info = ClusterInfo(config.circuit_breakers, added_via_api)
         self.queue = PendingQueue()
         self.hosts: list[Host] = []
-        self._pools: dict[Host, Http1Pool] = {}
+        self._pools: dict[Host, Http1Pool | H2Pool] = {}
+        #: The cluster manager's nursery: HTTP/2 connections run their reader tasks there.
+        self.nursery: trio.Nursery | None = None
         self._lb = self._build_lb()
         self.resolver: DnsResolver | None = None
         self._original_dst = config.original_dst
@@ -104,12 +108,16 @@ class Cluster:
             self.stats.lb_healthy_panic.value += 1
         return host
 
-    def pool(self, host: Host) -> Http1Pool:
+    def pool(self, host: Host) -> Http1Pool | H2Pool:
         pool = self._pools.get(host)
         if pool is None:
-            pool = self._pools[host] = Http1Pool(
-                host, self.config, self.stats, self.breakers, self.queue
-            )
+            if self.config.http2:
+                if self.nursery is None:
+                    raise UpstreamError("the cluster manager is not running", flag="UF")
+                pool = H2Pool(host, self.config, self.stats, self.breakers, self.nursery)
+            else:
+                pool = Http1Pool(host, self.config, self.stats, self.breakers, self.queue)
+            self._pools[host] = pool
         return pool
 
     def try_start_request(self) -> bool:
@@ -298,6 +306,8 @@ class ClusterManager:
                 self.stats.warming_clusters.value = 0
                 self.stats.active_clusters.value = len(self._clusters)
                 self._nursery = nursery
+                for c in self._clusters.values():
+                    c.nursery = nursery
                 nursery.start_soon(self._sweep_loop)
                 task_status.started()
         finally:
@@ -356,6 +366,7 @@ class ClusterManager:
         if old_scope is not None:
             old_scope.cancel()
         cluster = Cluster(config, self.store, added_via_api=added_via_api)
+        cluster.nursery = self._nursery
         if warm is not None:
             self.stats.warming_clusters.value += 1
             try:

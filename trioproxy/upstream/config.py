@@ -403,7 +403,7 @@ class ClusterConfig:
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None: never close idle connections
     max_requests_per_connection: int = 0  # 0: unlimited
-    http2: bool = False  # asked for; the HTTP/2 pool comes later
+    http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config, not acted on yet

@@ -73,7 +73,16 @@ class Exchange:
             raise self._failed(exc) from exc
         self.tx += len(data)
 
-    async def send_request_head(self, method: str, headers: Headers, body: bytes = b"") -> None:
+    async def send_body(self, chunk: bytes, chunked: bool) -> None:
+        await self.send(h1.encode_chunk(chunk) if chunked else chunk)
+
+    async def end_body(self, trailers: Headers | None, chunked: bool) -> None:
+        if chunked:
+            await self.send(h1.encode_last_chunk(list(trailers) if trailers else []))
+
+    async def send_request_head(
+        self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
+    ) -> None:
         self.parser.expect(method)
         items = []
         authority = ""

@@ -39,6 +39,7 @@ from trioproxy.io import FastSocketStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import close_connection, open_connection
 from trioproxy.upstream.host import Host
+from trioproxy.upstream.http1_client import Exchange
 from trioproxy.upstream.stats import ClusterStats
 
 if TYPE_CHECKING:
@@ -184,6 +185,10 @@ class Http1Pool:
         self._closed = False
 
     # ---------------------------------------------------------------- acquire / release
+
+    def exchange(self, conn: UpstreamConnection, deadline: float) -> Exchange:
+        """The request/response object the router drives on ``conn``."""
+        return Exchange(conn, deadline)
 
     def has_idle(self) -> bool:
         """Whether ``acquire`` can answer from the idle list without waiting (it may still

@@ -1,0 +1,165 @@
+"""HTTP/2 to upstreams: gRPC through the proxy with grpcio on both ends (HTTP/2 both sides),
+and an HTTP/1.1 client reaching an HTTP/2 upstream (a small h2 server here)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+import trio
+
+from tests.support import Client, simple_config, start_proxy
+
+H2_OPTIONS = """
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options: {}
+"""
+GRPC_ROUTES = """
+              - match: {prefix: "/"}
+                route: {cluster: backend, timeout: 0s}"""
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+def _unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+    if request == b"missing":
+        context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    if request == b"slow":
+        time.sleep(1.0)
+    context.set_trailing_metadata((("x-served-by", "grpcio"),))
+    return b"echo:" + request
+
+
+def _bidi(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+    for r in requests:
+        yield r.upper()
+
+
+@pytest.fixture(scope="module")
+def grpc_server() -> Iterator[int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    handler = grpc.method_handlers_generic_handler(
+        "test.Echo",
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(_unary, _identity, _identity),
+            "Bidi": grpc.stream_stream_rpc_method_handler(_bidi, _identity, _identity),
+        },
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(0)
+
+
+def _calls(port: int) -> dict[str, object]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    unary = channel.unary_unary("/test.Echo/Unary", _identity, _identity)
+    bidi = channel.stream_stream("/test.Echo/Bidi", _identity, _identity)
+    out: dict[str, object] = {}
+    resp, call = unary.with_call(b"hello", timeout=10)
+    out["unary"] = resp
+    out["trailers"] = dict(call.trailing_metadata())
+    out["bidi"] = list(bidi(iter([b"a", b"b", b"c"]), timeout=10))
+    try:
+        unary(b"missing", timeout=10)
+    except grpc.RpcError as err:
+        out["error"] = (err.code(), err.details())
+    try:
+        unary(b"slow", timeout=0.2)
+    except grpc.RpcError as err:
+        out["deadline"] = err.code()
+    channel.close()
+    return out
+
+
+async def test_grpc_unary_streaming_errors_and_deadlines(
+    nursery: trio.Nursery, grpc_server: int
+) -> None:
+    proxy = await start_proxy(
+        nursery, simple_config([grpc_server], routes=GRPC_ROUTES, cluster_extra=H2_OPTIONS)
+    )
+    out = await trio.to_thread.run_sync(_calls, proxy.port)
+    assert out["unary"] == b"echo:hello"
+    assert out["trailers"].get("x-served-by") == "grpcio"  # type: ignore[union-attr]
+    assert out["bidi"] == [b"A", b"B", b"C"]
+    assert out["error"] == (grpc.StatusCode.NOT_FOUND, "no such thing")
+    assert out["deadline"] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1  # one multiplexed conn
+    assert proxy.stat("cluster.backend.upstream_rq_total") == 4
+
+
+class H2Echo:
+    """A small HTTP/2 server: answers each request with the size of its body."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[tuple[bytes, bytes]]] = []
+        self.port = 0
+        self._ready = threading.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._conn, listeners)
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        await stream.send_all(conn.data_to_send())
+        bodies: dict[int, bytes] = {}
+        async with stream:
+            while data := await stream.receive_some(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        self.seen.append([(bytes(k), bytes(v)) for k, v in ev.headers])
+                        bodies[ev.stream_id] = b""
+                    elif isinstance(ev, h2.events.DataReceived):
+                        bodies[ev.stream_id] += ev.data
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        body = b"got %d bytes" % len(bodies.pop(ev.stream_id))
+                        conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                        conn.send_data(ev.stream_id, body, end_stream=True)
+                await stream.send_all(conn.data_to_send())
+
+
+async def test_http1_client_to_http2_upstream(nursery: trio.Nursery) -> None:
+    upstream = H2Echo()
+    await nursery.start(upstream.serve)
+    proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
+    client = await Client.connect(proxy.port)
+    try:
+        resp, body = await client.request(
+            "POST", "/upload", [("content-type", "text/plain"), ("x-custom", "1")], b"x" * 300_000
+        )
+        assert resp.status_code == 200
+        assert body == b"got 300000 bytes"  # more than a flow-control window: paced by it
+        resp, body = await client.request("GET", "/again")
+        assert (resp.status_code, body) == (200, b"got 0 bytes")
+    finally:
+        await client.aclose()
+    first = dict(upstream.seen[0])
+    assert first[b":method"] == b"POST" and first[b":path"] == b"/upload"
+    assert first[b":authority"] == b"example.com"
+    assert first[b"x-custom"] == b"1"
+    # no connection-specific header crosses into HTTP/2
+    for name in (b"connection", b"host", b"transfer-encoding", b"keep-alive"):
+        assert name not in first
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1

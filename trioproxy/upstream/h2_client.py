@@ -1,0 +1,527 @@
+"""HTTP/2 to upstreams: a connection pool that multiplexes requests, and the per-request
+exchange the router drives (the same methods as the HTTP/1.1 ``Exchange``).
+
+Theory of operation: an ``H2Pool`` (one per cluster host, for clusters that ask for HTTP/2
+with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a few
+``H2Connection``s. ``acquire`` takes a stream slot on a connection that has one — fewer active
+streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
+connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
+connection has one reader task (in the cluster manager's nursery) that feeds ``h2`` and hands
+events to the stream they belong to; writers share a lock. Flow control: DATA credit is
+returned to the upstream only when the router has taken the data (back-pressure), and a
+request body waits for window updates before it sends.
+
+Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` folds into
+``:authority``), connection-specific headers are dropped, and ``h2`` rejects CR, LF and NUL in
+either direction. A GOAWAY lets streams below its last stream id finish; later ones fail with
+``UC`` and nothing sent (the router may retry them on another connection).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import trio
+
+from trioproxy.errors import UpstreamError
+from trioproxy.http.headers import Headers
+from trioproxy.io import FastSocketStream
+from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.connect import close_connection, open_connection
+from trioproxy.upstream.host import Host
+from trioproxy.upstream.stats import ClusterStats
+
+if TYPE_CHECKING:
+    from trioproxy.upstream.config import ClusterConfig
+
+READ_SIZE = 65536
+STREAM_WINDOW = 256 * 1024
+CONNECTION_WINDOW = 1024 * 1024
+_CONNECTION_SPECIFIC = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"}
+)
+
+
+def _decode(headers: Any) -> list[tuple[str, str]]:
+    """h2's header tuples (bytes) as ``Headers`` keeps them: latin-1 strings."""
+    return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in headers]
+
+
+@attrs.define
+class ResponseHead:
+    status: int
+    headers: list[tuple[str, str]]
+    keep_alive: bool = True
+
+
+class H2Connection:
+    """One upstream HTTP/2 connection and its streams."""
+
+    def __init__(
+        self, stream: FastSocketStream, host: Host, created: float, nursery: trio.Nursery
+    ) -> None:
+        self.stream = stream
+        self.nursery = nursery
+        self.host = host
+        self.created = created
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_inbound_headers=True
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.exchanges: dict[int, H2Exchange] = {}
+        self.active = 0
+        self.requests = 0
+        self.closed = False
+        self.destroyed = False
+        self.goaway = False
+        self.idle_since = created
+        self._send_lock = trio.Lock()
+        self._window_changed = trio.Event()
+
+    @property
+    def max_streams(self) -> int:
+        return int(self.h2.remote_settings.max_concurrent_streams)
+
+    def has_capacity(self) -> bool:
+        return not self.closed and not self.goaway and self.active < self.max_streams
+
+    async def start(self) -> None:
+        h = self.h2
+        h.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            },
+        )
+        h.initiate_connection()
+        h.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        await self.flush()
+
+    async def flush(self) -> None:
+        data = self.h2.data_to_send()
+        if not data:
+            return
+        async with self._send_lock:
+            try:
+                await self.stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                self._fail_all("connection termination")
+                raise UpstreamError("connection termination", flag="UC") from exc
+
+    async def read_loop(self) -> None:
+        """The connection's reader task: runs until the connection closes."""
+        try:
+            while not self.closed:
+                try:
+                    data = await self.stream.receive_some(READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    break
+                try:
+                    events = self.h2.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    self._fail_all("protocol error", flag="UPE")
+                    break
+                for ev in events:
+                    self._dispatch(ev)
+                try:
+                    await self.flush()
+                except UpstreamError:
+                    break
+        finally:
+            self._fail_all("connection termination")
+            self.closed = True
+
+    def _dispatch(self, ev: Any) -> None:
+        sid = getattr(ev, "stream_id", None)
+        ex = self.exchanges.get(sid) if sid else None
+        if isinstance(ev, h2.events.ResponseReceived):
+            if ex is not None:
+                ex._on_headers(_decode(ev.headers))
+        elif isinstance(ev, h2.events.InformationalResponseReceived):
+            pass
+        elif isinstance(ev, h2.events.DataReceived):
+            if ex is not None:
+                ex._on_data(ev.data, ev.flow_controlled_length)
+            else:
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            if ex is not None:
+                ex._on_trailers(_decode(ev.headers))
+        elif isinstance(ev, h2.events.StreamEnded):
+            if ex is not None:
+                ex._on_end()
+        elif isinstance(ev, h2.events.StreamReset):
+            if ex is not None:
+                refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
+                ex._on_reset("refused stream" if refused else "remote reset", refused)
+        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            self._window_changed.set()
+            self._window_changed = trio.Event()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self.goaway = True
+            last = ev.last_stream_id if ev.last_stream_id is not None else 0
+            for stream_id, other in list(self.exchanges.items()):
+                if stream_id > last:
+                    other._on_reset("connection termination", True)
+
+    def _fail_all(self, reason: str, flag: str = "UC") -> None:
+        for ex in list(self.exchanges.values()):
+            ex._on_reset(reason, False, flag=flag)
+
+    async def wait_window(self) -> None:
+        await self._window_changed.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self.stream.close()
+
+
+class H2Exchange:
+    """One request/response on an ``H2Connection`` (the HTTP/1.1 ``Exchange``'s methods)."""
+
+    def __init__(self, conn: H2Connection, deadline: float = math.inf) -> None:
+        self.conn = conn
+        self.deadline = deadline
+        self.stream_id = 0
+        self.rx = 0
+        self.tx = 0
+        self.complete = False
+        self.keep_alive = True
+        self.trailers: Headers | None = None
+        self.timed_out = False
+        self._head: ResponseHead | None = None
+        self._data: deque[tuple[bytes, int]] = deque()
+        self._error: UpstreamError | None = None
+        self._changed = trio.Event()
+        self._pump_scope: trio.CancelScope | None = None
+
+    # -- events from the reader task -------------------------------------------------------
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _on_headers(self, headers: list[tuple[str, str]]) -> None:
+        status = 0
+        regular = []
+        for k, v in headers:
+            if k == ":status":
+                status = int(v)
+            elif k[:1] != ":":
+                regular.append((k, v))
+        self._head = ResponseHead(status, regular)
+        self._wake()
+
+    def _on_data(self, data: bytes, flow: int) -> None:
+        self.rx += len(data)
+        self._data.append((data, flow))
+        self._wake()
+
+    def _on_trailers(self, headers: list[tuple[str, str]]) -> None:
+        self.trailers = Headers(headers)
+
+    def _on_end(self) -> None:
+        self.complete = True
+        self._forget()
+        self._wake()
+
+    def _on_reset(self, reason: str, retryable: bool, flag: str = "UC") -> None:
+        if self.complete:
+            return
+        self._error = UpstreamError(reason, flag=flag)
+        self._error.retryable = retryable  # type: ignore[attr-defined]
+        self._forget()
+        self._wake()
+
+    def _forget(self) -> None:
+        self.conn.exchanges.pop(self.stream_id, None)
+
+    # -- what the router calls ---------------------------------------------------------------
+    def expire(self) -> None:
+        """The route timeout fired: reset the stream and fail what waits on it."""
+        self.timed_out = True
+        if not self.complete and self.stream_id:
+            try:
+                self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+            except h2.exceptions.ProtocolError:
+                pass
+        self._error = UpstreamError("upstream request timeout", flag="UT")
+        self._forget()
+        self._wake()
+
+    async def send_request_head(
+        self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
+    ) -> None:
+        conn = self.conn
+        h = conn.h2
+        pseudo = [(":method", method)]
+        regular = []
+        for name, value in headers:
+            if name[0] == ":":
+                if name in (":authority", ":path", ":scheme"):
+                    pseudo.append((name, value))
+            elif name not in _CONNECTION_SPECIFIC and not (name == "te" and value != "trailers"):
+                regular.append((name, value))
+        if not any(n == ":scheme" for n, _ in pseudo):
+            pseudo.append((":scheme", "http"))
+        self.stream_id = h.get_next_available_stream_id()
+        conn.exchanges[self.stream_id] = self
+        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo + regular]
+        try:
+            h.send_headers(self.stream_id, encoded, end_stream=end_stream and not body)
+        except (h2.exceptions.ProtocolError, ValueError) as exc:
+            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
+        await conn.flush()
+        if body:
+            await self.send(body)
+            if end_stream:
+                await self.end_body(None)
+
+    async def send(self, data: bytes) -> None:
+        conn = self.conn
+        h = conn.h2
+        view = memoryview(data)
+        while view:
+            if self._error is not None:
+                raise self._error
+            window = min(h.local_flow_control_window(self.stream_id), h.max_outbound_frame_size)
+            if window <= 0:
+                await conn.wait_window()
+                continue
+            chunk = view[:window]
+            h.send_data(self.stream_id, chunk.tobytes())
+            self.tx += len(chunk)
+            view = view[len(chunk) :]
+            await conn.flush()
+
+    async def send_body(self, chunk: bytes, chunked: bool) -> None:
+        await self.send(chunk)
+
+    async def end_body(self, trailers: Headers | None, chunked: bool = False) -> None:
+        h = self.conn.h2
+        if trailers:
+            items = [
+                (k.encode("latin-1"), v.encode("latin-1"))
+                for k, v in trailers
+                if k not in _CONNECTION_SPECIFIC
+            ]
+            h.send_headers(self.stream_id, items, end_stream=True)
+        else:
+            h.end_stream(self.stream_id)
+        await self.conn.flush()
+
+    def stream_body(
+        self, body: AsyncIterator[bytes], trailers: Callable[[], Headers | None]
+    ) -> None:
+        """Send the request body from its own task (in the connection's nursery), so that it
+        keeps flowing while the response streams back (gRPC bidirectional streaming).
+        ``cancel_body`` stops it; a failing body resets the stream."""
+        self._pump_scope = trio.CancelScope()
+        self.conn.nursery.start_soon(self._pump, body, trailers, self._pump_scope)
+
+    async def _pump(
+        self,
+        body: AsyncIterator[bytes],
+        trailers: Callable[[], Headers | None],
+        scope: trio.CancelScope,
+    ) -> None:
+        with scope:
+            try:
+                async for chunk in body:
+                    await self.send(chunk)
+                await self.end_body(trailers())
+            except Exception as exc:  # the client went away or broke its body: reset
+                if not self.complete and self.stream_id and not self.conn.closed:
+                    try:
+                        self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+                        await self.conn.flush()
+                    except (h2.exceptions.ProtocolError, UpstreamError):
+                        pass
+                self._on_reset(f"request body failed: {exc}", False)
+
+    def cancel_body(self) -> None:
+        if self._pump_scope is not None:
+            self._pump_scope.cancel()
+
+    async def read_response_head(self) -> tuple[ResponseHead, bytes]:
+        while self._head is None or self._head.status < 200:
+            if self._error is not None:
+                raise self._error
+            await self._changed.wait()
+        # Body bytes already here go with the head (all of it when the stream has ended,
+        # which is how the router tells a complete response).
+        initial = []
+        while self._data:
+            flow = 0
+            while self._data:
+                data, n = self._data.popleft()
+                initial.append(data)
+                flow += n
+            if flow and not self.conn.closed:
+                self.conn.h2.acknowledge_received_data(flow, self.stream_id)
+                await self.conn.flush()  # more may arrive meanwhile: the loop takes it too
+        return self._head, b"".join(initial)
+
+    async def iter_body(self) -> Any:
+        conn = self.conn
+        while True:
+            while self._data:
+                data, flow = self._data.popleft()
+                if flow and not conn.closed:
+                    # the credit goes back only now that the data is taken: back-pressure
+                    conn.h2.acknowledge_received_data(flow, self.stream_id)
+                    await conn.flush()
+                if data:
+                    yield data
+            if self._error is not None:
+                raise self._error
+            if self.complete:
+                return
+            await self._changed.wait()
+
+    @property
+    def reusable(self) -> bool:
+        return True  # a finished stream never spoils its connection
+
+
+class H2Pool:
+    """The HTTP/2 pool of one (cluster, host)."""
+
+    def __init__(
+        self,
+        host: Host,
+        config: ClusterConfig,
+        stats: ClusterStats,
+        breakers: CircuitBreakers,
+        nursery: trio.Nursery,
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.stats = stats
+        self.breakers = breakers
+        self.nursery = nursery
+        self.connections: list[H2Connection] = []
+        self._slot_freed = trio.Event()
+        self._closed = False
+        self._connecting = 0
+
+    def has_idle(self) -> bool:
+        return any(c.has_capacity() for c in self.connections)
+
+    async def acquire(self) -> H2Connection:
+        if self._closed:
+            raise UpstreamError("connection pool closed", flag="UF")
+        stats = self.stats
+        while True:
+            for conn in self.connections:
+                if conn.has_capacity():
+                    conn.active += 1
+                    conn.requests += 1
+                    return conn
+            if self._connecting == 0 and self.breakers.connections.can_create():
+                return await self._connect()
+            if not self.breakers.connections.can_create():
+                stats.upstream_cx_overflow.value += 1
+            pending = self.breakers.pending
+            if not pending.can_create():
+                stats.upstream_rq_pending_overflow.value += 1
+                raise UpstreamError("pending requests overflow", flag="UO")
+            pending.inc()
+            stats.upstream_rq_pending_total.value += 1
+            stats.upstream_rq_pending_active.value += 1
+            try:
+                await self._slot_freed.wait()
+            finally:
+                pending.dec()
+                stats.upstream_rq_pending_active.value -= 1
+
+    async def _connect(self) -> H2Connection:
+        self._connecting += 1
+        self.stats.upstream_cx_http2_total.value += 1
+        try:
+            stream, created = await open_connection(
+                self.host,
+                self.stats,
+                self.breakers,
+                connect_timeout=self.config.connect_timeout,
+                source_address=self.config.source_address,
+            )
+        finally:
+            self._connecting -= 1
+            self._wake()
+        conn = H2Connection(stream, self.host, created, self.nursery)
+        try:
+            await conn.start()
+        except UpstreamError:
+            self._destroy(conn, remote=True)
+            raise
+        self.connections.append(conn)
+        self.nursery.start_soon(self._run, conn)
+        conn.active += 1
+        conn.requests += 1
+        return conn
+
+    async def _run(self, conn: H2Connection) -> None:
+        try:
+            await conn.read_loop()
+        finally:
+            self._destroy(conn, remote=not conn.closed)
+
+    def _destroy(self, conn: H2Connection, *, remote: bool) -> None:
+        if conn in self.connections:
+            self.connections.remove(conn)
+        if not conn.destroyed:
+            conn.destroyed = True
+            close_connection(
+                conn.stream, conn.created, self.host, self.stats, self.breakers, remote=remote
+            )
+        conn.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._slot_freed.set()
+        self._slot_freed = trio.Event()
+
+    def exchange(self, conn: H2Connection, deadline: float) -> H2Exchange:
+        return H2Exchange(conn, deadline)
+
+    def release(self, conn: H2Connection, reusable: bool, *, remote: bool = False) -> None:
+        conn.active -= 1
+        if conn.active == 0:
+            conn.idle_since = trio.current_time()
+            if self._closed or conn.goaway:
+                conn.close()
+        self._wake()
+
+    def sweep(self, now: float | None = None) -> None:
+        idle = self.config.idle_timeout
+        if idle is None:
+            return
+        now = trio.current_time() if now is None else now
+        for conn in list(self.connections):
+            if conn.active == 0 and now - conn.idle_since >= idle:
+                self.stats.upstream_cx_idle_timeout.value += 1
+                conn.close()
+
+    def drain(self) -> None:
+        self._closed = True
+        for conn in list(self.connections):
+            if conn.active == 0:
+                conn.close()
+        self._wake()
+
+    async def aclose(self) -> None:
+        self.drain()
+        await trio.lowlevel.checkpoint()
