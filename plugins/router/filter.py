@@ -62,6 +62,23 @@ def _stale(err: UpstreamError, conn: Any, exchange: Exchange) -> bool:
     return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
 
 
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def _grpc_timeout(value: str | None, route: Any, default: float | None) -> float | None:
+    """The route timeout from a ``grpc-timeout`` header (``max_stream_duration``): capped by
+    ``grpc_timeout_header_max`` unless it is 0, less ``grpc_timeout_header_offset``. Without
+    a valid header the route's timeout stands."""
+    if not value or len(value) > 9 or value[-1] not in _GRPC_UNITS or not value[:-1].isdigit():
+        return default
+    seconds = int(value[:-1]) * _GRPC_UNITS[value[-1]]
+    if route.grpc_timeout_max:
+        seconds = min(seconds, route.grpc_timeout_max)
+    if seconds > route.grpc_timeout_offset:
+        seconds -= route.grpc_timeout_offset
+    return seconds or None
+
+
 def _cancel_body(exchange: Any) -> None:
     """Stop an HTTP/2 exchange's request-body task, if it has one."""
     cancel = getattr(exchange, "cancel_body", None)
@@ -158,10 +175,12 @@ class Router(TerminalFilter):
             )
         route.rewrite(headers)
         route.apply_request_headers(headers, info)
+        timeout = route.timeout
+        if route.grpc_timeout_max is not None:
+            timeout = _grpc_timeout(headers.get("grpc-timeout"), route, timeout)
         span = stream.span
         if span is not None:
             span.inject(headers)
-        timeout = route.timeout
         if timeout and not self.config.suppress_envoy_headers:
             headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
         stats = cluster.stats

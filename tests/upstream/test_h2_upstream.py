@@ -163,3 +163,59 @@ async def test_http1_client_to_http2_upstream(nursery: trio.Nursery) -> None:
     for name in (b"connection", b"host", b"transfer-encoding", b"keep-alive"):
         assert name not in first
     assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1
+
+
+def _one_call(port: int, method: str, payload: bytes, timeout: float) -> tuple[object, str]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        unary = channel.unary_unary(method, _identity, _identity)
+        try:
+            return unary(payload, timeout=timeout), ""
+        except grpc.RpcError as err:
+            return err.code(), err.details() or ""
+    finally:
+        channel.close()
+
+
+async def test_grpc_local_replies_are_trailers_only_with_grpc_status(
+    nursery: trio.Nursery, grpc_server: int
+) -> None:
+    from tests.support import free_ports
+
+    routes = """
+              - match: {prefix: "/test.Echo/"}
+                route: {cluster: backend}"""
+    (dead,) = free_ports(1)
+    proxy = await start_proxy(
+        nursery, simple_config([dead], routes=routes, cluster_extra=H2_OPTIONS)
+    )
+    code, details = await trio.to_thread.run_sync(_one_call, proxy.port, "/other.Svc/M", b"", 5)
+    assert code == grpc.StatusCode.UNIMPLEMENTED  # no route: 404 → 12
+    code, details = await trio.to_thread.run_sync(
+        _one_call, proxy.port, "/test.Echo/Unary", b"x", 5
+    )
+    assert code == grpc.StatusCode.UNAVAILABLE  # no upstream: 503 → 14
+    assert details.startswith("upstream connect error")
+
+
+async def test_grpc_timeout_header_bounds_the_route(
+    nursery: trio.Nursery, grpc_server: int
+) -> None:
+    routes = """
+              - match: {prefix: "/"}
+                route:
+                  cluster: backend
+                  timeout: 30s
+                  max_stream_duration: {grpc_timeout_header_max: 0.2s}"""
+    proxy = await start_proxy(
+        nursery, simple_config([grpc_server], routes=routes, cluster_extra=H2_OPTIONS)
+    )
+    start = trio.current_time()
+    code, details = await trio.to_thread.run_sync(
+        _one_call, proxy.port, "/test.Echo/Unary", b"slow", 5.0
+    )
+    # the client's 5 s grpc-timeout, capped at 0.2 s by the route, replaced the route's 30 s:
+    # the proxy answered 504, sent as grpc-status 14, long before the slow upstream
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "upstream request timeout")
+    assert trio.current_time() - start < 0.9
+    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 1

@@ -43,6 +43,7 @@ from trioproxy.http.local_reply import (
     NO_ROUTE,
     REQUEST_TIMEOUT,
     STREAM_TIMEOUT,
+    for_request,
     http_date,
     reply_headers,
 )
@@ -483,6 +484,7 @@ class Http1Connection:
         filter failed: the reply must not run into the same failure)."""
         cfg = self.cfg
         info = stream.info
+        reply = for_request(reply, stream.request_headers)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
         if reply.flag:
             info.response_flags.add(reply.flag)

@@ -42,7 +42,14 @@ from trioproxy.http import h1
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.filter import HttpStream, LocalReply, Response
 from trioproxy.http.headers import Headers
-from trioproxy.http.local_reply import FILTER_ERROR, NO_ROUTE, http_date, reply_headers
+from trioproxy.http.local_reply import (
+    FILTER_ERROR,
+    NO_ROUTE,
+    for_request,
+    http_date,
+    is_grpc_reply,
+    reply_headers,
+)
 from trioproxy.http.request_head import request_headers
 from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
 from trioproxy.http.stream_common import (
@@ -445,7 +452,10 @@ class Http2Connection:
     ) -> None:
         cfg = self.cfg
         info = stream.info
+        reply = for_request(reply, stream.request_headers)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
+        if is_grpc_reply(reply):
+            headers.remove("content-length")  # trailers-only, as Envoy sends it
         if reply.flag:
             info.response_flags.add(reply.flag)
         info.response_code_details = reply.details or "via_local_reply"

@@ -30,6 +30,34 @@ STREAM_TIMEOUT = LocalReply(408, b"stream timeout", details="stream_idle_timeout
 HEADER_TIMEOUT = LocalReply(408, b"request header read timeout", details="request_header_timeout")
 FILTER_ERROR = LocalReply(500, b"filter error", details="filter_raised_exception")
 
+# Envoy's Grpc::Utility::httpToGrpcStatus.
+_GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def for_request(reply: LocalReply, request_headers: Headers | None) -> LocalReply:
+    """A gRPC request gets its local reply as a trailers-only response: ``:status 200`` with
+    ``grpc-status`` (mapped from the HTTP status as Envoy maps it) and ``grpc-message``
+    (the reply's text, percent-encoded), and no body."""
+    if request_headers is None:
+        return reply
+    ctype = request_headers.get("content-type") or ""
+    if not ctype.startswith("application/grpc") or reply.status == 200:
+        return reply
+    headers = [
+        ("content-type", "application/grpc"),
+        ("grpc-status", str(_GRPC_STATUS.get(reply.status, 2))),
+    ]
+    if reply.body:
+        from urllib.parse import quote
+
+        headers.append(("grpc-message", quote(reply.body.decode("utf-8", "replace"), safe=" ")))
+    return LocalReply(200, b"", tuple(headers), details=reply.details, flag=reply.flag)
+
+
+def is_grpc_reply(reply: LocalReply) -> bool:
+    return reply.status == 200 and any(k == "grpc-status" for k, _ in reply.headers)
+
+
 _date_cache: tuple[int, str] = (0, "")
 
 

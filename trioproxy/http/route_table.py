@@ -271,6 +271,10 @@ class Route:
     hash_policy: tuple[Mapping[str, Any], ...] = ()
     #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
     hash_fn: StreamHash | None = None
+    #: ``max_stream_duration.grpc_timeout_header_max`` (0: no cap; None: ``grpc-timeout``
+    #: is not honoured) and ``grpc_timeout_header_offset``.
+    grpc_timeout_max: float | None = None
+    grpc_timeout_offset: float = 0.0
     request_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
     response_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
     per_filter: Mapping[str, Any] = attrs.field(factory=dict)
@@ -502,6 +506,15 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
         a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503
     )
     kw["retry_policy"] = a.get("retry_policy")
+    msd = a.get("max_stream_duration") or {}
+    if msd.get("max_stream_duration") is not None:
+        raise ConfigError(
+            "max_stream_duration.max_stream_duration is not supported yet",
+            path="route.max_stream_duration.max_stream_duration",
+        )
+    if "grpc_timeout_header_max" in msd:
+        kw["grpc_timeout_max"] = duration(msd["grpc_timeout_header_max"], 0.0) or 0.0
+        kw["grpc_timeout_offset"] = duration(msd.get("grpc_timeout_header_offset"), 0.0) or 0.0
     kw["hash_policy"] = tuple(a.get("hash_policy", ()))
     try:
         kw["hash_fn"] = compile_http(kw["hash_policy"])
