@@ -44,6 +44,7 @@ def bench(session: nox.Session) -> None:
     """Benchmarks print ratios against Envoy and a direct connection; they are not tests."""
     session.install("-e", ".[test]")
     session.run("python", "benchmarks/bench_http.py", *session.posargs)
+    session.run("python", "benchmarks/bench_h2.py")
 
 
 @nox.session(python=PY)
