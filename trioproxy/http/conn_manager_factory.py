@@ -47,15 +47,23 @@ class HttpConnectionManager(TerminalNetworkFilter):
             await Http1Connection(conn, self.config, lstats).run()
             return
         # AUTO on plaintext: HTTP/2 with prior knowledge starts with the connection preface.
-        if await _peek_preface(conn):
+        verdict = await _peek_preface(conn)
+        if verdict is None:
+            # Closed before a byte: no codec was chosen, so none is counted (as in Envoy).
+            st = self.config.stats
+            st.downstream_cx_total.value += 1
+            st.downstream_cx_destroy.value += 1
+            st.downstream_cx_destroy_remote.value += 1
+        elif verdict:
             await Http2Connection(conn, self.config, lstats).run()
         else:
             await Http1Connection(conn, self.config, lstats).run()
 
 
-async def _peek_preface(conn: DownstreamConnection) -> bool:
+async def _peek_preface(conn: DownstreamConnection) -> bool | None:
     """Whether the client's first bytes are the HTTP/2 preface, read without consuming them
-    (MSG_PEEK), so the HTTP/1.1 codec still sees every byte."""
+    (MSG_PEEK), so the HTTP/1.1 codec still sees every byte; ``None`` when the client closed
+    without sending anything."""
     sock = conn.transport.socket
     for _ in range(200):  # a preface split over packets: a few ms at most
         await trio.lowlevel.wait_readable(sock)
@@ -65,8 +73,10 @@ async def _peek_preface(conn: DownstreamConnection) -> bool:
             continue
         except OSError:
             return False
+        if not data:
+            return None
         verdict = is_preface(data)
-        if verdict is not None or not data:
+        if verdict is not None:
             return bool(verdict)
         await trio.sleep(0.005)
     return False
