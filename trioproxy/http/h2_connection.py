@@ -15,8 +15,21 @@ A drain (shutdown or a listener update) sends GOAWAY with the last stream id: st
 finish, new ones are refused, and the connection closes when the last one ends.
 
 Limits (../shared/DEFAULTS.md): ``max_concurrent_streams`` 100, stream window 64 KiB,
-connection window 1 MiB, header list ``max_request_headers_kb``. Not yet: the flood and
-rapid-reset protections, stream idle and request timeouts on HTTP/2 streams, extended CONNECT.
+connection window 1 MiB, header list ``max_request_headers_kb``, and Envoy's flood
+protections, each closing the connection and counted in ``http2.*``:
+
+- control frames queued for the client (PING and SETTINGS acknowledgements, resets) beyond
+  ``max_outbound_control_frames`` (1 000) in one read: ``outbound_control_flood``. Data and
+  header frames never queue beyond a read's worth — every write waits for the socket — so
+  ``max_outbound_frames`` (10 000) cannot be reached;
+- more than ``max_consecutive_inbound_frames_with_empty_payload`` (1) DATA frames in a row
+  without payload or END_STREAM: ``inbound_empty_frames_flood``;
+- rapid reset: once 500 streams have closed on a connection, more than half of them reset by
+  the client within a second of opening: GOAWAY and close,
+  ``downstream_rq_too_many_premature_resets``.
+
+Not yet: stream idle and request timeouts on HTTP/2 streams, extended CONNECT, the priority
+and WINDOW_UPDATE flood counters.
 """
 
 from __future__ import annotations
@@ -69,13 +82,30 @@ READ_SIZE = 65536
 _NO_BODY_STATUS = (204, 304)
 
 
+MAX_OUTBOUND_CONTROL_FRAMES = 1000
+MAX_CONSECUTIVE_EMPTY_FRAMES = 1
+PREMATURE_RESET_WINDOW = 1.0  # seconds
+PREMATURE_RESET_MIN_STREAMS = 500
+
+
 class _Stream:
     """What the reader knows about one stream."""
 
-    __slots__ = ("body", "body_in", "ended", "no_body", "scope", "sid", "trailers", "window")
+    __slots__ = (
+        "body",
+        "body_in",
+        "ended",
+        "no_body",
+        "opened",
+        "scope",
+        "sid",
+        "trailers",
+        "window",
+    )
 
     def __init__(self, sid: int) -> None:
         self.sid = sid
+        self.opened = trio.current_time()
         self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
         self.ended = False
         self.no_body = False  # END_STREAM on the request's HEADERS
@@ -123,6 +153,9 @@ class Http2Connection:
         self._nursery: trio.Nursery | None = None
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
         self._http2 = cfg.scope.scope("http2.")
+        self._empty_frames = 0  # consecutive DATA frames without payload
+        self._closed_streams = 0
+        self._premature_resets = 0
 
     # ------------------------------------------------------------------ I/O
 
@@ -209,10 +242,17 @@ class Http2Connection:
             self._http2.counter("rx_messaging_error").value += 1
             await self._flush()  # h2 queued the GOAWAY
             return False
+        control = 0
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
                 self._start_stream(ev)
             elif isinstance(ev, h2.events.DataReceived):
+                if not ev.data and ev.stream_ended is None:
+                    self._empty_frames += 1
+                    if self._empty_frames > MAX_CONSECUTIVE_EMPTY_FRAMES:
+                        return await self._flood("inbound_empty_frames_flood")
+                else:
+                    self._empty_frames = 0
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
                     s.body_in.send_nowait((ev.data, ev.flow_controlled_length))
@@ -231,8 +271,14 @@ class Http2Connection:
                 s = self._streams.get(ev.stream_id)
                 self._http2.counter("rx_reset").value += 1
                 if s is not None:
+                    if trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
+                        self._premature_resets += 1
                     s.scope.cancel()
                     s.body_in.close()
+            elif isinstance(ev, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
+                control += 1  # h2 queued an acknowledgement
+                if control > MAX_OUTBOUND_CONTROL_FRAMES:
+                    return await self._flood("outbound_control_flood")
             elif isinstance(ev, h2.events.WindowUpdated):
                 if ev.stream_id:
                     s = self._streams.get(ev.stream_id)
@@ -248,6 +294,36 @@ class Http2Connection:
                 return not self._goaway_sent and bool(self._streams)
         await self._flush()
         return True
+
+    async def _flood(self, stat: str) -> bool:
+        """A flood limit was crossed: count it and close the connection (Envoy sends no
+        GOAWAY here: the peer is not reading, or not behaving)."""
+        log.debug("HTTP/2 %s from %s: closing", stat, self._remote)
+        self._http2.counter(stat).value += 1
+        self.conn.transport.close()
+        return False
+
+    async def _stream_closed(self) -> None:
+        """Rapid reset: too many streams reset by the client right after opening them."""
+        self._closed_streams += 1
+        if (
+            not self._goaway_sent
+            and self._closed_streams >= PREMATURE_RESET_MIN_STREAMS
+            and self._premature_resets * 2 > self._closed_streams
+        ):
+            log.debug("too many premature resets from %s: GOAWAY and close", self._remote)
+            self.cfg.scope.counter("downstream_rq_too_many_premature_resets").value += 1
+            self._goaway_sent = True
+            try:
+                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                await self._flush()
+            except (
+                h2.exceptions.ProtocolError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+            ):
+                pass
+            self.conn.transport.close()
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
@@ -394,6 +470,7 @@ class Http2Connection:
                     self.h2.acknowledge_received_data(leftover, s.sid)
                 await self._flush()
                 await self._close_if_done()
+                await self._stream_closed()
             except Exception:
                 pass
 
