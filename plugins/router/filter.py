@@ -167,12 +167,6 @@ class Router(TerminalFilter):
             code = getattr(route, "cluster_not_found_response_code", 503)
             return LocalReply(code, b"", details="cluster_not_found", flag="NC")
         info.upstream_cluster = cluster.name
-        if cluster.config.tls is not None:
-            # The HTTP/1.1 pool does not speak TLS yet: never send plaintext instead.
-            log.error("cluster %s uses TLS, not supported by the HTTP pool yet", cluster.name)
-            return LocalReply(
-                503, b"upstream TLS is not supported yet", details="upstream_tls_unsupported"
-            )
         route.rewrite(headers)
         route.apply_request_headers(headers, info)
         timeout = route.timeout

@@ -27,11 +27,10 @@ import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.http.stream_info import StreamInfo, now
-from trioproxy.io import FastSocketStream
 from trioproxy.network.filter import DownstreamConnection, TerminalNetworkFilter
 from trioproxy.stats import Counter, Gauge, StatBlock
 from trioproxy.upstream.cluster_manager import Cluster, ClusterManager
-from trioproxy.upstream.connect import close_connection, open_connection
+from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
 
 from .config import TcpProxyConfig
@@ -103,7 +102,7 @@ class TcpProxy(TerminalNetworkFilter):
 
     async def _connect(
         self, conn: DownstreamConnection, cluster: Cluster, info: StreamInfo
-    ) -> tuple[FastSocketStream, float, Host] | None:
+    ) -> tuple[UpstreamStream, float, Host] | None:
         stats = cluster.stats
         for _ in range(self.config.max_connect_attempts):
             host = cluster.choose_host(conn)
@@ -124,6 +123,8 @@ class TcpProxy(TerminalNetworkFilter):
                     cluster.breakers,
                     connect_timeout=cluster.config.connect_timeout,
                     source_address=cluster.config.source_address,
+                    tls=cluster.config.upstream_tls,
+                    tls_stats=stats.scope,
                 )
             except UpstreamError as exc:
                 info.upstream_transport_failure_reason = str(exc)
@@ -171,7 +172,7 @@ class _Session:
         self,
         proxy: TcpProxy,
         conn: DownstreamConnection,
-        up: FastSocketStream,
+        up: UpstreamStream,
         cluster: Cluster,
         info: StreamInfo,
     ) -> None:

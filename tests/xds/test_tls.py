@@ -80,16 +80,17 @@ async def test_untrusted_control_plane_is_not_used(nursery: trio.Nursery) -> Non
         ads.stop()
 
 
-async def test_http_traffic_to_a_tls_cluster_fails_closed(nursery: trio.Nursery) -> None:
+async def test_a_tls_cluster_never_falls_back_to_plaintext(nursery: trio.Nursery) -> None:
     ca = trustme.CA()
-    backend = Backend()
+    backend = Backend()  # speaks plaintext HTTP/1.1 only
     port = await nursery.start(backend.serve)
     proxy = await start_proxy(
         nursery, simple_config([port], cluster_extra=_tls_socket(ca.cert_pem.bytes().decode()))
     )
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert raw.startswith(b"HTTP/1.1 503") and b"upstream TLS is not supported yet" in raw
+    assert raw.startswith(b"HTTP/1.1 503") and b"TLS handshake" in raw
     assert backend.requests == []  # nothing went out in plaintext
+    assert proxy.stat("cluster.backend.ssl.connection_error") == 1
 
 
 async def test_bad_trusted_ca_is_a_config_error(nursery: trio.Nursery) -> None:

@@ -406,7 +406,9 @@ class ClusterConfig:
     http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
-    tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config, not acted on yet
+    tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config
+    #: The built client TLS context (``trioproxy.upstream.tls.UpstreamTls``).
+    upstream_tls: Any = attrs.field(default=None, eq=False)
     #: EDS: the name endpoints are requested by, and the config source to request them from.
     eds_service_name: str = ""
     eds_config: Mapping[str, Any] | None = None
@@ -526,10 +528,12 @@ class ClusterConfig:
 
         ts = d.get("transport_socket")
         tls = None
+        upstream_tls = None
         if ts is not None:
             from trioproxy.upstream.tls import cluster_tls
 
-            cluster_tls(ts)  # checked now: a bad context is a config error, not a failed connect
+            # built now: a bad context is a config error, not a failed connect
+            upstream_tls = cluster_tls(ts, default_alpn=("h2",) if http2 else ("http/1.1",))
             tls = ts.get("typed_config") or {}
         return cls(
             name=name,
@@ -551,6 +555,7 @@ class ClusterConfig:
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,
+            upstream_tls=upstream_tls,
             eds_service_name=str(eds.get("service_name", "")) or name,
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             source_address=_bind_config(d),

@@ -8,11 +8,19 @@ deadline, and counts what Envoy counts for every connection attempt: ``upstream_
 ``upstream_cx_connect_ms``, the ``max_connections`` breaker and the host's ``cx_*``.
 ``close_connection`` undoes the gauges and records ``upstream_cx_length_ms``. Failures raise
 ``UpstreamError(flag="UF")``.
+
+A cluster with an ``UpstreamTlsContext`` gets a ``TlsUpstream``: the TLS handshake (SNI, ALPN,
+certificate verification against ``trusted_ca``, client certificate) is part of connecting,
+under the same timeout, and counts ``cluster.<name>.ssl.handshake`` or
+``ssl.connection_error``. It offers what pools and tcp_proxy use of a plain socket stream
+(``socket``, ``closed``, ``close()``).
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -22,6 +30,52 @@ from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
 
+if TYPE_CHECKING:
+    from trioproxy.upstream.tls import UpstreamTls
+
+
+class TlsUpstream(trio.abc.Stream):
+    """A TLS connection to an upstream, with the plain stream's synchronous parts."""
+
+    def __init__(self, tls: trio.SSLStream[FastSocketStream], transport: FastSocketStream) -> None:
+        self.tls = tls
+        self.transport = transport
+
+    @property
+    def socket(self) -> socket.socket:
+        return self.transport.socket
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
+
+    def selected_alpn_protocol(self) -> str | None:
+        alpn: str | None = self.tls.selected_alpn_protocol()
+        return alpn
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.tls.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tls.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.tls.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        """TLS has no half-close: the connection stays open until either side closes."""
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+UpstreamStream = FastSocketStream | TlsUpstream
+
 
 async def open_connection(
     host: Host,
@@ -30,7 +84,9 @@ async def open_connection(
     *,
     connect_timeout: float,
     source_address: tuple[str, int] | None = None,
-) -> tuple[FastSocketStream, float]:
+    tls: UpstreamTls | None = None,
+    tls_stats: Any = None,
+) -> tuple[UpstreamStream, float]:
     """A connected stream to ``host`` and the ``trio.current_time()`` it connected at."""
     breakers.connections.inc()
     stats.upstream_cx_total.value += 1
@@ -64,9 +120,29 @@ async def open_connection(
         if not ok:
             raw.close()
             connection_gone(host, stats, breakers)
+    plain = FastSocketStream(raw)
+    stream: UpstreamStream = plain
+    if tls is not None:
+        ssl_stream = trio.SSLStream(plain, tls.context, server_hostname=tls.sni or None)
+        try:
+            with trio.fail_after(max(connect_timeout - (trio.current_time() - start), 0.001)):
+                await ssl_stream.do_handshake()
+        except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+            if tls_stats is not None:
+                tls_stats.counter("ssl.connection_error").value += 1
+            _connect_failed(host, stats)
+            plain.close()
+            connection_gone(host, stats, breakers)
+            reason = str(exc.__cause__ or exc) or type(exc).__name__
+            raise UpstreamError(
+                f"TLS handshake with {address[0]}:{address[1]} failed: {reason}", flag="UF"
+            ) from None
+        if tls_stats is not None:
+            tls_stats.counter("ssl.handshake").value += 1
+        stream = TlsUpstream(ssl_stream, plain)
     now = trio.current_time()
     stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
-    return FastSocketStream(raw), now
+    return stream, now
 
 
 def _connect_failed(host: Host, stats: ClusterStats) -> None:
@@ -82,7 +158,7 @@ def connection_gone(host: Host, stats: ClusterStats, breakers: CircuitBreakers) 
 
 
 def close_connection(
-    stream: FastSocketStream,
+    stream: UpstreamStream,
     created: float,
     host: Host,
     stats: ClusterStats,

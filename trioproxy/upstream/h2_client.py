@@ -35,9 +35,8 @@ import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.http.headers import Headers
-from trioproxy.io import FastSocketStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
-from trioproxy.upstream.connect import close_connection, open_connection
+from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
 
@@ -68,7 +67,7 @@ class H2Connection:
     """One upstream HTTP/2 connection and its streams."""
 
     def __init__(
-        self, stream: FastSocketStream, host: Host, created: float, nursery: trio.Nursery
+        self, stream: UpstreamStream, host: Host, created: float, nursery: trio.Nursery
     ) -> None:
         self.stream = stream
         self.nursery = nursery
@@ -457,6 +456,8 @@ class H2Pool:
                 self.breakers,
                 connect_timeout=self.config.connect_timeout,
                 source_address=self.config.source_address,
+                tls=self.config.upstream_tls,
+                tls_stats=self.stats.scope,
             )
         finally:
             self._connecting -= 1

@@ -35,9 +35,8 @@ import attrs
 import trio
 
 from trioproxy.errors import UpstreamError
-from trioproxy.io import FastSocketStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
-from trioproxy.upstream.connect import close_connection, open_connection
+from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.http1_client import Exchange
 from trioproxy.upstream.stats import ClusterStats
@@ -54,7 +53,7 @@ QUIET_CHECK_AFTER = 0.5
 class UpstreamConnection:
     """A connection lent to the router; ``codec`` is the router's slot for its parser state."""
 
-    stream: FastSocketStream
+    stream: UpstreamStream
     host: Host
     raw: socket.socket  # the same socket, for the synchronous quiet check and close
     created: float
@@ -154,6 +153,7 @@ class Http1Pool:
         "_closed",
         "_connect_timeout",
         "_source_address",
+        "_tls",
         "_idle",
         "_idle_timeout",
         "_max_requests",
@@ -178,6 +178,7 @@ class Http1Pool:
         self.queue = queue
         self._connect_timeout = config.connect_timeout
         self._source_address = config.source_address
+        self._tls = config.upstream_tls
         self._idle_timeout = config.idle_timeout
         self._max_requests = config.max_requests_per_connection
         self._idle: deque[UpstreamConnection] = deque()
@@ -299,6 +300,8 @@ class Http1Pool:
                 self.breakers,
                 connect_timeout=self._connect_timeout,
                 source_address=self._source_address,
+                tls=self._tls,
+                tls_stats=self.stats.scope,
             )
         except BaseException:
             self._open -= 1

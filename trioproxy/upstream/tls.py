@@ -4,8 +4,8 @@ Covered: ``sni``, ``common_tls_context.validation_context.trusted_ca`` (the chai
 without it, as in Envoy, any certificate is accepted), client certificates
 (``tls_certificates``), ``alpn_protocols``, ``tls_params`` minimum and maximum versions.
 Refused with an error naming the field: SAN matching, SDS, CRLs, session resumption settings.
-Used today by the xDS gRPC client; the HTTP/1.1 pool does not speak TLS yet (the router
-answers 503 for such clusters rather than sending plaintext).
+Used by the HTTP pools (ALPN ``http/1.1`` or ``h2`` by the cluster's protocol unless
+``alpn_protocols`` says otherwise), tcp_proxy and the xDS gRPC client.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def client_context(
 
 
 def cluster_tls(
-    transport_socket: Mapping[str, Any] | None, base_dir: str = "."
+    transport_socket: Mapping[str, Any] | None,
+    base_dir: str = ".",
+    default_alpn: Sequence[str] = ("h2",),
 ) -> UpstreamTls | None:
     """The TLS settings of a cluster's ``transport_socket`` (``None`` for plaintext)."""
     if not transport_socket:
@@ -104,6 +106,6 @@ def cluster_tls(
         )
     body = {k: v for k, v in typed.items() if k != "@type"}
     try:
-        return client_context(body, base_dir, default_alpn=("h2",))
+        return client_context(body, base_dir, default_alpn=default_alpn)
     except ConfigError as exc:
         raise exc.at("transport_socket.typed_config") from None
