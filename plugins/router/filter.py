@@ -62,6 +62,35 @@ def _stale(err: UpstreamError, conn: Any, exchange: Exchange) -> bool:
     return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
 
 
+#: Read (where built) and never forwarded, as Envoy's router does. They only reach the router
+#: on internal requests: the connection manager strips them from the rest.
+_CONSUMED = (
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-hedge-on-per-try-timeout",
+)
+
+
+def _consume_control_headers(headers: Headers, timeout: float | None) -> float | None:
+    """``x-envoy-upstream-rq-timeout-ms`` replaces the route timeout (0: none); retry
+    headers are dropped (retries are not built yet)."""
+    present = [n for n in _CONSUMED if n in headers]
+    if not present:
+        return timeout
+    value = headers.get("x-envoy-upstream-rq-timeout-ms")
+    if value is not None and value.isdigit():
+        timeout = int(value) / 1000 or None
+    for name in present:
+        headers.remove(name)
+    return timeout
+
+
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
@@ -172,6 +201,7 @@ class Router(TerminalFilter):
         timeout = route.timeout
         if route.grpc_timeout_max is not None:
             timeout = _grpc_timeout(headers.get("grpc-timeout"), route, timeout)
+        timeout = _consume_control_headers(headers, timeout)
         span = stream.span
         if span is not None:
             span.inject(headers)

@@ -191,13 +191,34 @@ async def test_long_uri_is_414(nursery: trio.Nursery) -> None:
 
 
 async def test_use_remote_address_sets_xff_and_strips_envoy_headers(nursery: trio.Nursery) -> None:
+    from trioproxy.netutil import local_ipv4
+
     (backend,), proxy = await _setup(nursery, hcm_extra="use_remote_address: true")
     client = await Client.connect(proxy.port)
-    await client.request("GET", "/", [("x-forwarded-for", "1.2.3.4"), ("x-envoy-retry-on", "5xx")])
+    hdrs = [("x-forwarded-for", "1.2.3.4"), ("x-envoy-retry-on", "5xx"), ("x-envoy-foo", "1")]
+    await client.request("GET", "/", hdrs)
     rec = backend.requests[0]
-    assert rec.header("x-forwarded-for") == "1.2.3.4, 127.0.0.1"
-    # 127.0.0.1 is an internal address: Envoy keeps x-envoy-* and marks the request internal.
+    # a loopback peer is recorded as this host's address; nothing is internal by default
+    # (Envoy 1.40), so the control headers go and the client address is noted
+    assert rec.header("x-forwarded-for") == f"1.2.3.4,{local_ipv4()}"
+    assert rec.header("x-envoy-internal") is None
+    assert rec.header("x-envoy-external-address") == "127.0.0.1"
+    assert rec.header("x-envoy-retry-on") is None
+    assert rec.header("x-envoy-foo") == "1"  # not one of Envoy's control headers
+    await client.aclose()
+
+
+async def test_internal_address_config_makes_requests_internal(nursery: trio.Nursery) -> None:
+    extra = """use_remote_address: true
+internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}"""
+    (backend,), proxy = await _setup(nursery, hcm_extra=extra)
+    client = await Client.connect(proxy.port)
+    rid = "12345678-1234-4234-8234-123456789012"
+    await client.request("GET", "/", [("x-envoy-force-trace", "true"), ("x-request-id", rid)])
+    rec = backend.requests[0]
     assert rec.header("x-envoy-internal") == "true"
+    assert rec.header("x-envoy-force-trace") == "true"
+    assert rec.header("x-request-id") == rid  # an internal request keeps its id
     await client.aclose()
 
 

@@ -190,10 +190,14 @@ async def test_unsampled_requests_propagate_but_are_not_reported(
 async def test_forced_traces_and_error_tags(nursery: trio.Nursery, collector: Collector) -> None:
     backend = Backend(handler=lambda rec: __import__("tests.support").support.Reply(status=503))
     await nursery.start(backend.serve)
-    proxy = await start_proxy(
-        nursery,
-        config(backend.port, collector.port, tracing="random_sampling: {value: 0}"),
+    text = config(backend.port, collector.port, tracing="random_sampling: {value: 0}")
+    internal = """          use_remote_address: true
+          internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.1}]}
+"""
+    text = text.replace(
+        "          stat_prefix: ingress_http\n", "          stat_prefix: ingress_http\n" + internal
     )
+    proxy = await start_proxy(nursery, text)
     # x-envoy-force-trace is honoured from an internal client (127.0.0.1 is one here)
     assert await get(proxy, "/", [("x-envoy-force-trace", "true")]) == 503
     assert await get(proxy, "/", [("x-client-trace-id", "client-1")]) == 503

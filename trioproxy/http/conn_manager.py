@@ -617,7 +617,8 @@ class Http1Connection:
         status = int(headers.get(":status") or 502)
         info.response_code = status
         info.response_headers = headers
-        if cfg.always_set_request_id_in_response:
+        if cfg.always_set_request_id_in_response or "x-envoy-force-trace" in stream.request_headers:
+            # (Envoy answers a forced trace with the request id, so it can be found)
             rid = stream.request_headers.get("x-request-id")
             if rid:
                 headers.set("x-request-id", rid)

@@ -214,6 +214,8 @@ class HcmConfig:
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
     http2: Http2Options = Http2Options()
+    #: ``internal_address_config.cidr_ranges``: clients whose requests count as internal.
+    internal_networks: tuple[Any, ...] = ()
     #: ``forward_client_cert_details`` and ``set_current_client_cert_details`` (see xfcc.py).
     xfcc_mode: str = "SANITIZE"
     xfcc_details: tuple[str, ...] = ()
@@ -312,6 +314,7 @@ class HcmConfig:
                 raise exc.at("tracing") from None
         return cls(
             tracing=tracing,
+            internal_networks=_internal_networks(d.get("internal_address_config") or {}),
             xfcc_mode=xfcc.check_mode(d.get("forward_client_cert_details", "SANITIZE")),
             xfcc_details=xfcc.parse_details(d.get("set_current_client_cert_details") or {}),
             stat_prefix=stat_prefix,
@@ -384,3 +387,26 @@ def _timeout(value: str | None, default: float) -> float | None:
         return default
     seconds = duration(value, default)
     return seconds or None
+
+
+def _internal_networks(d: Mapping[str, Any]) -> tuple[Any, ...]:
+    """``internal_address_config``: the CIDR ranges whose clients are internal (none by
+    default, as in Envoy 1.40)."""
+    import ipaddress
+
+    out = []
+    for i, r in enumerate(d.get("cidr_ranges", ())):
+        prefix = str(r.get("address_prefix", ""))
+        length = r.get("prefix_len")
+        if isinstance(length, Mapping):
+            length = length.get("value")
+        try:
+            ip = ipaddress.ip_address(prefix)
+            plen = ip.max_prefixlen if length is None else int(length)
+            out.append(ipaddress.ip_network(f"{ip}/{plen}", strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"malformed IP address or prefix: {prefix}/{length}",
+                path=f"internal_address_config.cidr_ranges[{i}]",
+            ) from None
+    return tuple(out)

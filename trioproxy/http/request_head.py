@@ -16,6 +16,7 @@ from trioproxy.http.filter import ConnectionInfo, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.http.path import Outcome, normalize
 from trioproxy.http.request_headers import mutate_request_headers
+from trioproxy.netutil import local_ipv4
 
 # Only these can change under normalisation: %-escapes, dot segments, // and backslashes.
 _NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
@@ -88,6 +89,8 @@ def request_headers(
         generate_request_id=cfg.generate_request_id,
         preserve_external_request_id=cfg.preserve_external_request_id,
         via=cfg.via,
+        internal_networks=cfg.internal_networks,
+        local_ip=local_ipv4(),
     )
     if cfg.xfcc_mode != "SANITIZE" or _XFCC in headers:
         xfcc.apply(headers, cfg.xfcc_mode, cfg.xfcc_details, conn.peer_certificate)

@@ -2,15 +2,15 @@
 ``ConnectionManagerUtility``), as plain functions over ``Headers``.
 
 Request: hop-by-hop headers go, ``x-forwarded-for``/``x-forwarded-proto`` are set according to
-``use_remote_address``, ``x-envoy-*`` control headers from an external client are stripped,
-``x-request-id`` is generated. Response: hop-by-hop headers go, ``server`` is set.
+``use_remote_address``, Envoy's control headers are stripped from requests that are not
+internal (``internal_address_config``), ``x-request-id`` is generated. Response: hop-by-hop
+headers go, ``server`` is set.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
-from functools import lru_cache
 
 from trioproxy.http.headers import Headers
 
@@ -28,16 +28,6 @@ HOP_BY_HOP = frozenset(
         "trailer",
     }
 )
-
-
-@lru_cache(maxsize=4096)
-def is_internal_address(ip: str) -> bool:
-    """RFC 1918, loopback, link-local and unique-local addresses count as internal."""
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return False
-    return addr.is_private or addr.is_loopback
 
 
 def new_request_id() -> str:
@@ -76,6 +66,65 @@ def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None
         items.append(("te", "trailers"))
 
 
+#: Stripped from every request that is not internal (Envoy's ``cleanInternalHeaders``) …
+_EXTERNAL_STRIP = (
+    "x-envoy-retriable-status-codes",
+    "x-envoy-retriable-header-names",
+    "x-envoy-retry-on",
+    "x-envoy-retry-grpc-on",
+    "x-envoy-max-retries",
+    "x-envoy-upstream-alt-stat-name",
+    "x-envoy-upstream-rq-timeout-ms",
+    "x-envoy-upstream-rq-per-try-timeout-ms",
+    "x-envoy-upstream-rq-timeout-alt-response",
+    "x-envoy-expected-rq-timeout-ms",
+    "x-envoy-force-trace",
+    "x-envoy-ip-tags",
+    "x-envoy-original-url",
+    "x-envoy-hedge-on-per-try-timeout",
+)
+#: … and also from edge requests (``use_remote_address`` and not internal).
+_EDGE_STRIP = (
+    "x-envoy-decorator-operation",
+    "x-envoy-downstream-service-cluster",
+    "x-envoy-downstream-service-node",
+)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _in(ip: str, networks: tuple[Network, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr.version == n.version and addr in n for n in networks)
+
+
+def _last_xff(xff: str | None, trusted_hops: int) -> tuple[str | None, bool]:
+    """Envoy's ``getLastAddressFromXFF``: the address ``trusted_hops`` from the right, and
+    whether the header held a single address (only then may it make a request internal)."""
+    if not xff:
+        return None, False
+    hops = [h.strip() for h in xff.split(",") if h.strip()]
+    idx = len(hops) - 1 - trusted_hops
+    if not 0 <= idx < len(hops):
+        return None, False
+    try:
+        ipaddress.ip_address(hops[idx])
+    except ValueError:
+        return None, False
+    return hops[idx], len(hops) == 1
+
+
 def mutate_request_headers(
     headers: Headers,
     *,
@@ -87,40 +136,60 @@ def mutate_request_headers(
     generate_request_id: bool,
     preserve_external_request_id: bool,
     via: str,
+    internal_networks: tuple[Network, ...] = (),
+    local_ip: str = "127.0.0.1",
 ) -> str:
-    """Apply Envoy's request header mutations; return the trusted client address."""
+    """Apply Envoy 1.40's request header mutations; return the trusted client address.
+
+    A request is internal only when its trusted client address falls in
+    ``internal_address_config`` (nothing does by default, as in Envoy 1.40) and it came with
+    a single address in ``x-forwarded-for``; it then carries ``x-envoy-internal: true``.
+    Other requests lose Envoy's control headers (``x-envoy-retry-on``,
+    ``x-envoy-force-trace`` …); edge requests (``use_remote_address``) also lose
+    ``x-envoy-decorator-operation`` and the downstream service headers, get
+    ``x-envoy-external-address`` and, unless ``preserve_external_request_id``, a new
+    ``x-request-id``. A loopback peer is recorded in ``x-forwarded-for`` as this host's own
+    address, as Envoy does."""
     strip_hop_by_hop(headers)
+    headers.remove("x-envoy-internal")
     scheme = "https" if tls else "http"
-    trusted = remote_ip
-    edge_request = False
+    xff = headers.get("x-forwarded-for")
     if use_remote_address:
-        internal = is_internal_address(remote_ip)
-        edge_request = not internal
+        final: str | None = remote_ip
+        single = xff is None
+        if xff_num_trusted_hops > 0 and xff:
+            hop, _ = _last_xff(xff, xff_num_trusted_hops - 1)
+            final = hop or remote_ip
         if not skip_xff_append:
-            xff = headers.get("x-forwarded-for")
-            headers.set("x-forwarded-for", f"{xff}, {remote_ip}" if xff else remote_ip)
+            appended = local_ip if _is_loopback(remote_ip) else remote_ip
+            headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
         headers.set("x-forwarded-proto", scheme)
-        if edge_request:
-            headers.remove_prefix("x-envoy-")
-        else:
-            headers.set("x-envoy-internal", "true")
     else:
-        xff = headers.get("x-forwarded-for")
-        if xff:
-            hops = [h.strip() for h in xff.split(",")]
-            idx = len(hops) - 1 - xff_num_trusted_hops
-            if 0 <= idx < len(hops):
-                trusted = hops[idx]
+        final, single = _last_xff(xff, xff_num_trusted_hops)
         if "x-forwarded-proto" not in headers:
             headers.set("x-forwarded-proto", scheme)
+    internal = single and final is not None and _in(final, internal_networks)
+    edge = not internal and use_remote_address
+    if internal:
+        headers.set("x-envoy-internal", "true")
+    else:
+        for name in _EXTERNAL_STRIP:
+            if name in headers:
+                headers.remove(name)
+        if edge:
+            for name in _EDGE_STRIP:
+                if name in headers:
+                    headers.remove(name)
+    if edge and final is not None:
+        headers.set("x-envoy-external-address", final)
     if via:
         v = headers.get("via")
         headers.set("via", f"{v}, {via}" if v else via)
     if generate_request_id:
         rid = headers.get("x-request-id")
-        if rid is None or (edge_request and not preserve_external_request_id):
+        if rid is None or (edge and not preserve_external_request_id):
             headers.set("x-request-id", new_request_id())
-    return trusted
+    return final or remote_ip
 
 
 def mutate_response_headers(headers: Headers, *, server_name: str, transformation: str) -> None:

@@ -1,0 +1,60 @@
+"""Which requests are internal, and what Envoy does to the others' headers: the same requests
+through Envoy and trioproxy, with and without use_remote_address and internal_address_config."""
+
+from __future__ import annotations
+
+import pytest
+
+from .harness import build_request, compare, find_envoy, run_case
+from .test_http1_basic import CONFIG, HCM_TYPE
+
+pytestmark = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
+]
+
+BASE = CONFIG.replace("{hcm_type}", HCM_TYPE)
+HCM_LINE = "          stat_prefix: ingress_http\n"
+RID = "12345678-1234-4234-8234-123456789012"
+CONTROL = [
+    ("x-envoy-force-trace", "true"),
+    ("x-envoy-retry-on", "5xx"),
+    ("x-envoy-decorator-operation", "op"),
+    ("x-envoy-downstream-service-cluster", "peer"),
+    ("x-envoy-internal", "true"),
+    ("x-envoy-foo", "kept"),
+    ("x-request-id", RID),
+]
+
+
+def with_hcm(extra: str) -> str:
+    return BASE.replace(
+        HCM_LINE, HCM_LINE + "".join(f"          {ln}\n" for ln in extra.splitlines())
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "",
+        "use_remote_address: true",
+        "internal_address_config: {cidr_ranges: [{address_prefix: 10.0.0.0, prefix_len: 8}]}",
+        "use_remote_address: true\n"
+        "internal_address_config: {cidr_ranges: [{address_prefix: 127.0.0.0, prefix_len: 8}]}",
+        "use_remote_address: true\nskip_xff_append: true",
+    ],
+    ids=["default", "remote-address", "internal-xff", "internal-remote", "skip-append"],
+)
+async def test_internal_and_external_requests_match_envoy(extra: str) -> None:
+    config = with_hcm(extra)
+    requests = [
+        build_request("GET", "/api/a", headers=CONTROL),
+        build_request("GET", "/api/b", headers=[("x-forwarded-for", "10.1.2.3"), *CONTROL]),
+        build_request(
+            "GET", "/api/c", headers=[("x-forwarded-for", "8.8.8.8, 10.1.2.3"), *CONTROL]
+        ),
+    ]
+    envoy = await run_case("envoy", config, requests)
+    ours = await run_case("trioproxy", config, requests)
+    diffs = compare(envoy, ours)
+    assert diffs == [], "\n".join(diffs)
