@@ -7,15 +7,12 @@ Connections already found to be TLS are left alone. Stats: ``http_inspector.*``.
 from __future__ import annotations
 
 import re
-import socket
 from collections.abc import Mapping
 from typing import Any
 
-import trio
-
 from trioproxy.context import BuildContext
 from trioproxy.hookspecs import hookimpl
-from trioproxy.listener.filter import AcceptedSocket, ListenerFilter
+from trioproxy.listener.filter import AcceptedSocket, ListenerFilter, peek_until
 from trioproxy.registry import ListenerFilterFactory
 from trioproxy.stats import Counter, StatBlock
 
@@ -57,24 +54,10 @@ class HttpInspector(ListenerFilter):
         if sock.transport_protocol == "tls":
             return True
         st = self.stats
-        raw = sock.socket
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            try:
-                data = raw.recv(MAX_INSPECT, socket.MSG_PEEK)
-            except BlockingIOError:
-                continue
-            except OSError:
-                st.read_error.value += 1
-                return False
-            if not data:
-                st.read_error.value += 1
-                return False
-            kind = classify(data)
-            if kind is None:
-                await trio.sleep(0.001)  # the rest of the first line is on its way
-                continue
-            break
+        kind = await peek_until(sock.socket, MAX_INSPECT, classify)
+        if kind is None:
+            st.read_error.value += 1
+            return False
         if not kind:
             st.http_not_found.value += 1
             return True

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -209,24 +209,41 @@ class _Session:
         if self._ended == 2:
             done.cancel()
 
+    async def _copy(
+        self,
+        src: trio.abc.Stream,
+        dst: trio.abc.Stream,
+        counted: tuple[Counter, Counter],
+        on_bytes: Callable[[int], None],
+    ) -> None:
+        """Copy until EOF, one send awaited before the next receive (back-pressure);
+        ``counted`` are the (received, sent) byte counters of this direction."""
+        received, sent = counted
+        while True:
+            data = await src.receive_some(READ_SIZE)
+            if not data:
+                return
+            n = len(data)
+            received.value += n
+            on_bytes(n)
+            self._touch()
+            await dst.send_all(data)
+            sent.value += n
+
+    def _received(self, n: int) -> None:
+        self.info.bytes_received += n
+
+    def _sent(self, n: int) -> None:
+        self.info.bytes_sent += n
+
     async def _downstream_to_upstream(self, done: trio.CancelScope) -> None:
-        down = self.conn.stream
-        up = self.up
-        pstats = self.proxy.stats
-        cstats = self.cluster.stats
-        info = self.info
+        counted = (
+            self.proxy.stats.downstream_cx_rx_bytes_total,
+            self.cluster.stats.upstream_cx_tx_bytes_total,
+        )
         try:
-            while True:
-                data = await down.receive_some(READ_SIZE)
-                if not data:
-                    break
-                n = len(data)
-                pstats.downstream_cx_rx_bytes_total.value += n
-                info.bytes_received += n
-                self._touch()
-                await up.send_all(data)
-                cstats.upstream_cx_tx_bytes_total.value += n
-            await up.send_eof()  # the client's FIN, passed on
+            await self._copy(self.conn.stream, self.up, counted, self._received)
+            await self.up.send_eof()  # the client's FIN, passed on
         except _CLOSED:
             done.cancel()  # a reset on either side ends both directions
             return
@@ -234,21 +251,12 @@ class _Session:
 
     async def _upstream_to_downstream(self, done: trio.CancelScope) -> None:
         down = self.conn.stream
-        up = self.up
-        pstats = self.proxy.stats
-        cstats = self.cluster.stats
-        info = self.info
+        counted = (
+            self.cluster.stats.upstream_cx_rx_bytes_total,
+            self.proxy.stats.downstream_cx_tx_bytes_total,
+        )
         try:
-            while True:
-                data = await up.receive_some(READ_SIZE)
-                if not data:
-                    break
-                n = len(data)
-                cstats.upstream_cx_rx_bytes_total.value += n
-                self._touch()
-                await down.send_all(data)
-                pstats.downstream_cx_tx_bytes_total.value += n
-                info.bytes_sent += n
+            await self._copy(self.up, down, counted, self._sent)
             if self._ended == 0:
                 self.upstream_closed_first = True
             if isinstance(down, trio.abc.HalfCloseableStream):

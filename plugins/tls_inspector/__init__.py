@@ -8,15 +8,12 @@ connection. Stats: ``tls_inspector.*``, process-wide as in Envoy.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from typing import Any
 
-import trio
-
 from trioproxy.context import BuildContext
 from trioproxy.hookspecs import hookimpl
-from trioproxy.listener.filter import AcceptedSocket, ListenerFilter
+from trioproxy.listener.filter import AcceptedSocket, ListenerFilter, peek_until
 from trioproxy.registry import ListenerFilterFactory
 from trioproxy.stats import Counter, StatBlock
 
@@ -25,6 +22,7 @@ from .client_hello import NEED_MORE, NOT_TLS, ClientHello, parse
 NAME = "envoy.filters.listener.tls_inspector"
 TYPE_URL = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
 MAX_CLIENT_HELLO = 16 * 1024
+TOO_LARGE = object()
 
 
 class TlsInspectorStats(StatBlock):
@@ -47,27 +45,20 @@ class TlsInspector(ListenerFilter):
 
     async def on_accept(self, sock: AcceptedSocket) -> bool:
         st = self.stats
-        raw = sock.socket
-        while True:
-            await trio.lowlevel.wait_readable(raw)
-            try:
-                data = raw.recv(MAX_CLIENT_HELLO + 1, socket.MSG_PEEK)
-            except BlockingIOError:
-                continue
-            except OSError:
-                st.read_error.value += 1
-                return False
-            if not data:
-                st.connection_closed.value += 1
-                return False
+
+        def decide(data: bytes) -> object | None:
             found = parse(data)
             if found is NEED_MORE:
-                if len(data) > MAX_CLIENT_HELLO:
-                    st.client_hello_too_large.value += 1
-                    return False
-                await trio.sleep(0.001)  # the rest of the ClientHello is on its way
-                continue
-            break
+                return TOO_LARGE if len(data) > MAX_CLIENT_HELLO else None
+            return found
+
+        found = await peek_until(sock.socket, MAX_CLIENT_HELLO, decide)
+        if found is None:
+            st.connection_closed.value += 1
+            return False
+        if found is TOO_LARGE:
+            st.client_hello_too_large.value += 1
+            return False
         if found is NOT_TLS:
             st.tls_not_found.value += 1
             sock.transport_protocol = sock.transport_protocol or "raw_buffer"

@@ -14,14 +14,16 @@ owns the listener's datagrams (``UdpListenerFilter``).
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
+import trio
 
 if TYPE_CHECKING:
-    import trio
-
     from trioproxy.stats import Scope
+
+T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -67,3 +69,25 @@ class UdpListenerFilter:
         task_status: trio.TaskStatus[None],
     ) -> None:
         raise NotImplementedError
+
+
+async def peek_until(
+    sock: socket.socket, max_bytes: int, decide: Callable[[bytes], T | None]
+) -> T | None:
+    """Peek (``MSG_PEEK``: the bytes stay for the filter chain) at a new connection's first
+    bytes until ``decide`` returns a verdict; ``None`` when the peer closed or failed first.
+    An inspector's size limit is its own ``decide``'s business (``max_bytes`` + 1 are read)."""
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(max_bytes + 1, socket.MSG_PEEK)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return None
+        if not data:
+            return None
+        verdict = decide(data)
+        if verdict is not None:
+            return verdict
+        await trio.sleep(0.001)  # the rest is on its way
