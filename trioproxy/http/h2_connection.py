@@ -82,6 +82,12 @@ READ_SIZE = 65536
 _NO_BODY_STATUS = (204, 304)
 
 
+#: h2 error messages that RFC 9113 gives a more precise code than h2's PROTOCOL_ERROR: an
+#: undecodable header block (§4.3). (A SETTINGS ACK with a payload, §6.5, should be a
+#: FRAME_SIZE_ERROR too, but h2 words it like a zero WINDOW_UPDATE, a PROTOCOL_ERROR.)
+_PRECISE_ERRORS = {
+    "decoding header block": h2.errors.ErrorCodes.COMPRESSION_ERROR,
+}
 MAX_OUTBOUND_CONTROL_FRAMES = 1000
 MAX_CONSECUTIVE_EMPTY_FRAMES = 1
 PREMATURE_RESET_WINDOW = 1.0  # seconds
@@ -240,6 +246,16 @@ class Http2Connection:
             log.debug("HTTP/2 protocol error from %s: %s", self._remote, exc)
             self.stats.downstream_cx_protocol_error.value += 1
             self._http2.counter("rx_messaging_error").value += 1
+            code = _PRECISE_ERRORS.get(next((m for m in _PRECISE_ERRORS if m in str(exc)), ""))
+            if code is not None:
+                # h2 says PROTOCOL_ERROR where RFC 9113 names a precise code
+                self.h2.data_to_send()
+                frame = hyperframe.frame.GoAwayFrame(0)
+                frame.last_stream_id = self.h2.highest_inbound_stream_id
+                frame.error_code = code
+                async with self._send_lock:
+                    await self.stream.send_all(frame.serialize())
+                return False
             await self._flush()  # h2 queued the GOAWAY
             return False
         control = 0
