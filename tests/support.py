@@ -109,7 +109,7 @@ class Backend:
                 await stream.send_all(
                     conn.send(h11.Response(status_code=reply.status, headers=headers))
                 )
-                for c in chunks:
+                for c in chunks if rec.method != "HEAD" else ():  # HEAD: the length only
                     await stream.send_all(conn.send(h11.Data(data=c)))
                 await stream.send_all(conn.send(h11.EndOfMessage()))
                 if conn.our_state is h11.MUST_CLOSE or reply.close:

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import hyperframe.frame as hf
 import pytest
 import trio
 import trustme
@@ -333,12 +334,8 @@ async def _(c: Raw) -> bool:
     return await c.connection_error(FRAME_SIZE_ERROR)
 
 
-KNOWN_FAILURES = {
-    "6.5/1 SETTINGS ACK with a payload": (
-        "h2 answers PROTOCOL_ERROR, RFC 9113 §6.5 and h2spec want FRAME_SIZE_ERROR; h2's"
-        " message is the one it uses for a zero WINDOW_UPDATE, so it cannot be mapped"
-    ),
-}
+#: Cases trioproxy is known to fail, with why (run as strict xfails: a fix must remove them).
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 @case("6.5/1 SETTINGS ACK with a payload")
@@ -544,6 +541,412 @@ async def _(c: Raw) -> bool:
     await c.send(c.request_headers(1, end_stream=False, method="POST"))
     await c.send(frame_bytes(PUSH, END_HEADERS, 1, u32(2) + c.headers_block()))
     return await c.connection_error(PROTOCOL_ERROR)
+
+
+# -- more of h2spec's HTTP/2 section ----------------------------------------------------------
+
+
+@case("5.4.1/2 invalid PING frame: no further stream is served")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(PING, 0, 0, b"h2spec"))
+    if not await c.connection_error(FRAME_SIZE_ERROR):
+        return False
+    await c.send(c.request_headers(1))
+    return await c.response_status(1) is None
+
+
+@case("6.1/2 DATA on a stream that is not open")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    await c.send(frame_bytes(DATA, END_STREAM, 1, b"test"))
+    return await c.stream_error(STREAM_CLOSED)
+
+
+@case("6.2/1 HEADERS without END_HEADERS followed by a non-CONTINUATION frame")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(HEADERS, END_STREAM, 1, c.headers_block()))
+    await c.send(frame_bytes(DATA, 0, 1, b"test"))
+    return await c.connection_error(PROTOCOL_ERROR)
+
+
+@case("6.5.3/1 several values of SETTINGS_INITIAL_WINDOW_SIZE")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(SETTINGS, 0, 0, setting(0x4, 100) + setting(0x4, 1)))
+    await c.wait_for(lambda f: f.type == SETTINGS and "ACK" in f.flags)
+    await c.send(c.request_headers(1))
+    f = await c.wait_for(lambda f: f.type == DATA and f.stream_id == 1)
+    return f is not None and len(f.data) == 1  # the last value wins: a window of 1
+
+
+@case("6.9.2/1 SETTINGS_INITIAL_WINDOW_SIZE changed after HEADERS")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(SETTINGS, 0, 0, setting(0x4, 0)))
+    await c.wait_for(lambda f: f.type == SETTINGS and "ACK" in f.flags)
+    await c.send(c.request_headers(1))
+    if await c.response_status(1) != 200:
+        return False
+    await c.send(frame_bytes(SETTINGS, 0, 0, setting(0x4, 1)))
+    f = await c.wait_for(lambda f: f.type == DATA and f.stream_id == 1)
+    return f is not None and len(f.data) == 1
+
+
+@case("6.9.2/2 a SETTINGS change that makes a window negative")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(SETTINGS, 0, 0, setting(0x4, 5)))
+    await c.wait_for(lambda f: f.type == SETTINGS and "ACK" in f.flags)
+    await c.send(c.request_headers(1))
+    await c.wait_for(lambda f: f.type == DATA and f.stream_id == 1)
+    await c.send(frame_bytes(SETTINGS, 0, 0, setting(0x4, 0)))  # now -5 for stream 1
+    await c.send(frame_bytes(WINDOW, 0, 1, u32(6)))
+    f = await c.wait_for(lambda f: f.type == DATA and f.stream_id == 1)
+    return f is not None and len(f.data) == 1
+
+
+@case("6.10/4 CONTINUATION followed by a non-CONTINUATION frame")
+async def _(c: Raw) -> bool:
+    block = c.headers_block()
+    await c.send(frame_bytes(HEADERS, END_STREAM, 1, block[:2]))
+    await c.send(frame_bytes(CONT, 0, 1, block[2:]))
+    await c.send(frame_bytes(DATA, 0, 1, b"test"))
+    return await c.connection_error(PROTOCOL_ERROR)
+
+
+@case("6.10/5 CONTINUATION of another stream")
+async def _(c: Raw) -> bool:
+    block = c.headers_block()
+    await c.send(frame_bytes(HEADERS, END_STREAM, 1, block[:2]))
+    await c.send(frame_bytes(CONT, END_HEADERS, 3, block[2:]))
+    return await c.connection_error(PROTOCOL_ERROR)
+
+
+@case("6.10/6 CONTINUATION after a closed stream's HEADERS ended")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    await c.send(frame_bytes(CONT, END_HEADERS, 1, c.headers_block()))
+    return await c.connection_error(PROTOCOL_ERROR)
+
+
+_header_case("8.1.2.3/5 duplicated :scheme", [(":scheme", "https")])
+_header_case("8.1.2.3/6 duplicated :path", [(":path", "/other")])
+
+
+def _block_case(name: str, fields: Callable[[Raw], list[tuple[str, str]]]) -> None:
+    @case(name)
+    async def _(c: Raw) -> bool:
+        block = c.encoder.encode(fields(c))
+        await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+        return await c.stream_error(PROTOCOL_ERROR)
+
+
+_block_case(
+    "8.1.2.3/3 missing :scheme",
+    lambda c: [(":method", "GET"), (":path", "/"), (":authority", c.authority)],
+)
+_block_case(
+    "8.1.2.3/4 missing :path",
+    lambda c: [(":method", "GET"), (":scheme", "http"), (":authority", c.authority)],
+)
+
+
+@case("8.1.2.1/5 pseudo-header in trailers")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, 0, 1, b"test"))
+    trailers = c.encoder.encode([(":method", "POST"), ("x-trailer", "1")])
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, trailers))
+    return await c.stream_error(PROTOCOL_ERROR)
+
+
+@case("8.1.2.6/2 DATA frames exceeding content-length")
+async def _(c: Raw) -> bool:
+    block = c.headers_block([("content-length", "4")], method="POST")
+    await c.send(frame_bytes(HEADERS, END_HEADERS, 1, block))
+    await c.send(frame_bytes(DATA, 0, 1, b"test"))
+    await c.send(frame_bytes(DATA, END_STREAM, 1, b"test"))
+    return await c.stream_error(PROTOCOL_ERROR)
+
+
+# -- h2spec's HPACK section --------------------------------------------------------------------
+
+
+@case("hpack 2.3.3/1 indexed field beyond the static and dynamic tables")
+async def _(c: Raw) -> bool:
+    block = c.headers_block() + b"\xff\x80\x80\x01"  # index 2^21: nothing there
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await c.connection_error(COMPRESSION_ERROR)
+
+
+@case("hpack 2.3.3/2 literal with a name index beyond the tables")
+async def _(c: Raw) -> bool:
+    block = c.headers_block() + b"\x7f\x80\x80\x01\x01a"
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await c.connection_error(COMPRESSION_ERROR)
+
+
+@case("hpack 4.2/1 dynamic table size update above the limit")
+async def _(c: Raw) -> bool:
+    block = b"\x3f\xe1\xff\x03" + c.headers_block()  # 65536 > 4096
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await c.connection_error(COMPRESSION_ERROR)
+
+
+@case("hpack 5.2/1 Huffman string with EOS padding beyond 7 bits")
+async def _(c: Raw) -> bool:
+    block = c.headers_block() + b"\x40\x81\xff\x81\xff"
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await c.connection_error(COMPRESSION_ERROR)
+
+
+@case("hpack 6.1/1 index 0")
+async def _(c: Raw) -> bool:
+    block = c.headers_block() + b"\x80"
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await c.connection_error(COMPRESSION_ERROR)
+
+
+# -- h2spec's generic section: what must simply work ---------------------------------------------
+
+
+async def _ok(c: Raw, stream: int = 1) -> bool:
+    return await c.response_status(stream) == 200
+
+
+@case("generic 2/1 PRIORITY on an idle stream")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(PRIORITY, 0, 3, u32(0) + b"\x10"))
+    await c.send(c.request_headers(1))
+    return await _ok(c)
+
+
+@case("generic 2/2 WINDOW_UPDATE on a half-closed (remote) stream")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1) + frame_bytes(WINDOW, 0, 1, u32(1)))
+    return await _ok(c)
+
+
+@case("generic 2/3 PRIORITY on a half-closed (remote) stream")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1) + frame_bytes(PRIORITY, 0, 1, u32(0) + b"\x10"))
+    return await _ok(c)
+
+
+@case("generic 2/4 RST_STREAM on a half-closed (remote) stream")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1) + frame_bytes(RST, 0, 1, u32(8)))
+    return await c.ping_answered()
+
+
+@case("generic 2/5 PRIORITY on a closed stream")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    await c.wait_for(lambda f: f.stream_id == 1 and "END_STREAM" in f.flags)
+    await c.send(frame_bytes(PRIORITY, 0, 1, u32(0) + b"\x10"))
+    return await c.ping_answered()
+
+
+@case("generic 3.1/1 DATA")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, END_STREAM, 1, b"test"))
+    return await _ok(c)
+
+
+@case("generic 3.1/2 several DATA frames")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, 0, 1, b"test") + frame_bytes(DATA, END_STREAM, 1, b"test"))
+    return await _ok(c)
+
+
+@case("generic 3.1/3 DATA with padding")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, END_STREAM | PADDED, 1, b"\x04test\x00\x00\x00\x00"))
+    return await _ok(c)
+
+
+@case("generic 3.2/1 HEADERS")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    return await _ok(c)
+
+
+@case("generic 3.2/2 HEADERS with padding")
+async def _(c: Raw) -> bool:
+    block = c.headers_block()
+    await c.send(
+        frame_bytes(HEADERS, END_HEADERS | END_STREAM | PADDED, 1, b"\x08" + block + b"\x00" * 8)
+    )
+    return await _ok(c)
+
+
+@case("generic 3.2/3 HEADERS with priority")
+async def _(c: Raw) -> bool:
+    block = u32(0) + b"\xff" + c.headers_block()
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM | PRIO, 1, block))
+    return await _ok(c)
+
+
+@case("generic 3.3/1 PRIORITY with weight 1")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(PRIORITY, 0, 1, u32(0) + b"\x00") + c.request_headers(1))
+    return await _ok(c)
+
+
+@case("generic 3.3/2 PRIORITY with weight 256")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(PRIORITY, 0, 1, u32(0) + b"\xff") + c.request_headers(1))
+    return await _ok(c)
+
+
+@case("generic 3.3/3 PRIORITY with a stream dependency")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    await c.send(frame_bytes(PRIORITY, 0, 3, u32(1) + b"\x10") + c.request_headers(3))
+    return await _ok(c, 3)
+
+
+@case("generic 3.3/4 PRIORITY with the exclusive flag")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    await c.send(frame_bytes(PRIORITY, 0, 3, u32(0x80000001) + b"\x10") + c.request_headers(3))
+    return await _ok(c, 3)
+
+
+@case("generic 3.3/5 PRIORITY for an idle stream, then HEADERS")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(PRIORITY, 0, 3, u32(0) + b"\x10") + c.request_headers(3))
+    return await _ok(c, 3)
+
+
+@case("generic 3.4/1 RST_STREAM")
+async def _(c: Raw) -> bool:
+    await c.send(
+        c.request_headers(1, end_stream=False, method="POST") + frame_bytes(RST, 0, 1, u32(8))
+    )
+    return await c.ping_answered()
+
+
+def _settings_case(name: str, ident: int, value: int) -> None:
+    @case(name)
+    async def _(c: Raw) -> bool:
+        await c.send(frame_bytes(SETTINGS, 0, 0, setting(ident, value)))
+        f = await c.wait_for(lambda f: f.type == SETTINGS and "ACK" in f.flags)
+        return f is not None
+
+
+_settings_case("generic 3.5/1 SETTINGS_HEADER_TABLE_SIZE", 0x1, 0)
+_settings_case("generic 3.5/2 SETTINGS_ENABLE_PUSH", 0x2, 0)
+_settings_case("generic 3.5/3 SETTINGS_MAX_CONCURRENT_STREAMS", 0x3, 0)
+_settings_case("generic 3.5/4 SETTINGS_INITIAL_WINDOW_SIZE", 0x4, 100)
+_settings_case("generic 3.5/5 SETTINGS_MAX_FRAME_SIZE", 0x5, 16384)
+_settings_case("generic 3.5/6 SETTINGS_MAX_HEADER_LIST_SIZE", 0x6, 65535)
+_settings_case("generic 3.5/7 an undefined setting", 0xFF, 0)
+
+
+@case("generic 3.7/1 PING")
+async def _(c: Raw) -> bool:
+    return await c.ping_answered()
+
+
+@case("generic 3.8/1 GOAWAY")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(GOAWAY, 0, 0, u32(0) + u32(0)))
+    # not an error: the server closes (nothing was in flight) without complaint
+    while (f := await c.next_frame()) is not None:
+        if isinstance(f, hf.GoAwayFrame) and f.error_code != 0:
+            return False
+    return c.closed
+
+
+@case("generic 3.9/1 WINDOW_UPDATE on the connection")
+async def _(c: Raw) -> bool:
+    await c.send(frame_bytes(WINDOW, 0, 0, u32(1)))
+    return await c.ping_answered()
+
+
+@case("generic 3.9/2 WINDOW_UPDATE on a stream")
+async def _(c: Raw) -> bool:
+    await c.send(
+        c.request_headers(1, end_stream=False, method="POST") + frame_bytes(WINDOW, 0, 1, u32(1))
+    )
+    return await c.ping_answered()
+
+
+@case("generic 3.10/1 CONTINUATION")
+async def _(c: Raw) -> bool:
+    block = c.headers_block()
+    await c.send(
+        frame_bytes(HEADERS, END_STREAM, 1, block[:3])
+        + frame_bytes(CONT, END_HEADERS, 1, block[3:])
+    )
+    return await _ok(c)
+
+
+@case("generic 3.10/2 several CONTINUATION frames")
+async def _(c: Raw) -> bool:
+    block = c.headers_block()
+    frames = frame_bytes(HEADERS, END_STREAM, 1, block[:2])
+    frames += frame_bytes(CONT, 0, 1, block[2:4]) + frame_bytes(CONT, END_HEADERS, 1, block[4:])
+    await c.send(frames)
+    return await _ok(c)
+
+
+@case("generic 4/1 GET")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1))
+    return await _ok(c)
+
+
+@case("generic 4/2 HEAD")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, method="HEAD"))
+    return await _ok(c)
+
+
+@case("generic 4/3 POST")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, END_STREAM, 1, b"test"))
+    return await _ok(c)
+
+
+@case("generic 4/4 POST with trailers")
+async def _(c: Raw) -> bool:
+    await c.send(c.request_headers(1, end_stream=False, method="POST"))
+    await c.send(frame_bytes(DATA, 0, 1, b"test"))
+    await c.send(
+        frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, c.encoder.encode([("x-trailer", "1")]))
+    )
+    return await _ok(c)
+
+
+def _hpack_ok(name: str, block: Callable[[Raw], bytes]) -> None:
+    @case(name)
+    async def _(c: Raw) -> bool:
+        await c.send(
+            frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, c.headers_block() + block(c))
+        )
+        return await _ok(c)
+
+
+_hpack_ok("generic 5/1 indexed header field", lambda c: b"\x90")  # accept-encoding: gzip
+_hpack_ok("generic 5/2 literal, incremental indexing, indexed name", lambda c: b"\x53\x03abc")
+_hpack_ok("generic 5/3 literal, incremental indexing, new name", lambda c: b"\x40\x04x-ab\x03abc")
+_hpack_ok("generic 5/4 literal without indexing, indexed name", lambda c: b"\x0f\x04\x03abc")
+_hpack_ok("generic 5/5 literal without indexing, new name", lambda c: b"\x00\x04x-ab\x03abc")
+_hpack_ok("generic 5/6 literal never indexed, indexed name", lambda c: b"\x1f\x04\x03abc")
+_hpack_ok("generic 5/7 literal never indexed, new name", lambda c: b"\x10\x04x-ab\x03abc")
+_hpack_ok(
+    "generic 5/9 Huffman string literal", lambda c: b"\x40\x84\x25\xa8\x49\xe9\x83\xf0\xe1\x07"
+)
+
+
+@case("generic 5/8 dynamic table size update")
+async def _(c: Raw) -> bool:
+    block = b"\x20" + c.headers_block()  # size 0: empties the table
+    await c.send(frame_bytes(HEADERS, END_HEADERS | END_STREAM, 1, block))
+    return await _ok(c)
 
 
 # -- the test ------------------------------------------------------------------------------
