@@ -1,7 +1,8 @@
 """Install the system tools the sidecar tests drive, when this machine lets us.
 
 The network-namespace tests (tests/sidecar, tests/test_iptables.py) need ``ip`` (iproute2),
-``iptables-restore`` (iptables) and ``setpriv`` (util-linux). Run by ``nox -s tests`` before
+``iptables-restore`` (iptables) and ``setpriv`` (util-linux); the HTTP/2 client tests
+``curl`` and ``h2load`` (nghttp2-client). Run by ``nox -s tests`` before
 pytest: as root with apt-get (CI, a Debian container) the missing packages are installed;
 otherwise it says what is missing and the tests that need it skip with that reason.
 """
@@ -13,7 +14,13 @@ import shutil
 import subprocess
 import sys
 
-NEEDED = {"ip": "iproute2", "iptables-restore": "iptables", "setpriv": "util-linux"}
+NEEDED = {
+    "ip": "iproute2",
+    "iptables-restore": "iptables",
+    "setpriv": "util-linux",
+    "curl": "curl",
+    "h2load": "nghttp2-client",
+}
 
 
 def main() -> int:

@@ -136,3 +136,40 @@ async def test_curl_http2_over_tls_with_alpn(nursery: trio.Nursery, tmp_path: ob
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"backend2"  # the body, then curl's "2" for HTTP/2
     assert proxy.stat("http.ingress_http.downstream_rq_http2_total") == 1
+
+
+@pytest.mark.skipif(CURL is None, reason="curl is not installed")
+async def test_curl_http2_prior_knowledge(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    assert CURL is not None
+    done = await trio.run_process(
+        [
+            CURL,
+            "-sS",
+            "--http2-prior-knowledge",
+            "-o",
+            "-",
+            "-w",
+            " %{http_version}",
+            f"http://127.0.0.1:{proxy.port}/pk",
+        ],
+        capture_stdout=True,
+    )
+    assert done.stdout == b"backend 2"
+    assert backend.requests[0].target == "/pk"
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed")
+async def test_h2load_through_the_proxy(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    done = await trio.run_process(
+        ["h2load", "-n", "200", "-c", "4", "-m", "5", f"http://127.0.0.1:{proxy.port}/load"],
+        capture_stdout=True,
+    )
+    out = done.stdout.decode()
+    assert "200 succeeded, 0 failed, 0 errored" in out, out
+    assert "status codes: 200 2xx" in out, out

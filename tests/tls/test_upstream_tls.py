@@ -223,3 +223,64 @@ typed_extension_protocol_options:
         assert proxy.stat("cluster.backend.ssl.handshake") == 1
     finally:
         server.stop(0)
+
+
+AUTO = """
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    auto_config: {}
+"""
+
+
+async def test_auto_config_uses_http1_when_alpn_says_so(
+    nursery: trio.Nursery, pki: dict[str, object]
+) -> None:
+    port, seen = await https_backend(nursery, pki["server"], pki["tmp"])  # type: ignore[arg-type]
+    proxy = await start_proxy(
+        nursery,
+        simple_config([port], cluster_extra=AUTO + tls_socket(pki["ca"])),  # type: ignore[arg-type]
+    )
+    client = await Client.connect(proxy.port)
+    try:
+        for _ in range(3):
+            resp, body = await client.request("GET", "/")
+            assert (resp.status_code, body) == (200, b"tls-backend")
+    finally:
+        await client.aclose()
+    assert seen[0]["alpn"] == "http/1.1"
+    assert proxy.stat("cluster.backend.upstream_cx_http1_total") == 1
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 0
+
+
+async def test_auto_config_uses_h2_when_alpn_offers_it(
+    nursery: trio.Nursery, pki: dict[str, object]
+) -> None:
+    server_leaf: Leaf = pki["server"]  # type: ignore[assignment]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.unary_unary_rpc_method_handler(lambda r, c: b"auto:" + r, _identity, _identity)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("test.Echo", {"Unary": handler}),)
+    )
+    port = server.add_secure_port(
+        "127.0.0.1:0", grpc.ssl_server_credentials([(server_leaf.key_pem, server_leaf.cert_pem)])
+    )
+    server.start()
+    try:
+        proxy = await start_proxy(
+            nursery,
+            simple_config([port], cluster_extra=AUTO + tls_socket(pki["ca"])),  # type: ignore[arg-type]
+        )
+
+        def call() -> bytes:
+            channel = grpc.insecure_channel(f"127.0.0.1:{proxy.port}")
+            try:
+                unary = channel.unary_unary("/test.Echo/Unary", _identity, _identity)
+                return unary(b"x", timeout=10) + unary(b"y", timeout=10)  # type: ignore[no-any-return]
+            finally:
+                channel.close()
+
+        assert await trio.to_thread.run_sync(call) == b"auto:xauto:y"
+        assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1
+    finally:
+        server.stop(0)

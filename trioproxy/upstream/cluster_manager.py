@@ -33,7 +33,7 @@ from trioproxy.upstream.address import parse_host_port
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, EndpointConfig
 from trioproxy.upstream.dns import DnsResolver, next_hosts
-from trioproxy.upstream.h2_client import H2Pool
+from trioproxy.upstream.h2_client import AutoPool, H2Pool
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
 from trioproxy.upstream.stats import ClusterStats
@@ -60,7 +60,7 @@ class Cluster:
         self.info = ClusterInfo(config.circuit_breakers, added_via_api)
         self.queue = PendingQueue()
         self.hosts: list[Host] = []
-        self._pools: dict[Host, Http1Pool | H2Pool] = {}
+        self._pools: dict[Host, Http1Pool | H2Pool | AutoPool] = {}
         #: The cluster manager's nursery: HTTP/2 connections run their reader tasks there.
         self.nursery: trio.Nursery | None = None
         self._lb = self._build_lb()
@@ -108,15 +108,22 @@ class Cluster:
             self.stats.lb_healthy_panic.value += 1
         return host
 
-    def pool(self, host: Host) -> Http1Pool | H2Pool:
+    def pool(self, host: Host) -> Http1Pool | H2Pool | AutoPool:
         pool = self._pools.get(host)
         if pool is None:
-            if self.config.http2:
-                if self.nursery is None:
-                    raise UpstreamError("the cluster manager is not running", flag="UF")
-                pool = H2Pool(host, self.config, self.stats, self.breakers, self.nursery)
-            else:
-                pool = Http1Pool(host, self.config, self.stats, self.breakers, self.queue)
+            config = self.config
+            auto = config.auto_http and config.upstream_tls is not None
+            if (config.http2 or auto) and self.nursery is None:
+                raise UpstreamError("the cluster manager is not running", flag="UF")
+            if auto:
+                http1 = Http1Pool(host, config, self.stats, self.breakers, self.queue)
+                assert self.nursery is not None
+                pool = AutoPool(host, config, self.stats, self.breakers, self.nursery, http1)
+            elif config.http2:
+                assert self.nursery is not None
+                pool = H2Pool(host, config, self.stats, self.breakers, self.nursery)
+            else:  # auto_config without TLS has no ALPN: HTTP/1.1, as in Envoy
+                pool = Http1Pool(host, config, self.stats, self.breakers, self.queue)
             self._pools[host] = pool
         return pool
 

@@ -313,17 +313,30 @@ def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
     return (policy, *_least_request(lr, "least_request_lb_config"))
 
 
-def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool]:
-    """The effective ``common_http_protocol_options`` and whether HTTP/2 is asked for."""
+def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool, bool]:
+    """The effective ``common_http_protocol_options``, whether HTTP/2 is asked for, and
+    whether the protocol is chosen per connection by ALPN (``auto_config``)."""
     common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
     http2 = "http2_protocol_options" in d
+    auto = False
     tepo = d.get("typed_extension_protocol_options") or {}
     opts = tepo.get(HTTP_PROTOCOL_OPTIONS)
     if opts is not None:
         common = opts.get("common_http_protocol_options") or common
         explicit = opts.get("explicit_http_config") or {}
         http2 = http2 or "http2_protocol_options" in explicit
-    return common, http2
+        auto = "auto_config" in opts
+        if auto and "http3_protocol_options" in (opts.get("auto_config") or {}):
+            raise ConfigError(
+                "HTTP/3 is not supported",
+                path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.auto_config",
+            )
+        if "use_downstream_protocol_config" in opts:
+            raise ConfigError(
+                "use_downstream_protocol_config is not supported yet",
+                path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}",
+            )
+    return common, http2, auto
 
 
 @attrs.frozen
@@ -404,6 +417,8 @@ class ClusterConfig:
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None: never close idle connections
     max_requests_per_connection: int = 0  # 0: unlimited
     http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
+    #: ``auto_config``: HTTP/2 or HTTP/1.1 as ALPN decides (HTTP/1.1 without TLS).
+    auto_http: bool = False
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config
@@ -506,7 +521,7 @@ class ClusterConfig:
         except ConfigError as e:
             raise e.at("circuit_breakers") from None
 
-        common, http2 = _http_options(d)
+        common, http2, auto = _http_options(d)
         idle: float | None = DEFAULT_IDLE_TIMEOUT
         if "idle_timeout" in common:
             idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
@@ -533,7 +548,8 @@ class ClusterConfig:
             from trioproxy.upstream.tls import cluster_tls
 
             # built now: a bad context is a config error, not a failed connect
-            upstream_tls = cluster_tls(ts, default_alpn=("h2",) if http2 else ("http/1.1",))
+            alpn = ("h2", "http/1.1") if auto else ("h2",) if http2 else ("http/1.1",)
+            upstream_tls = cluster_tls(ts, default_alpn=alpn)
             tls = ts.get("typed_config") or {}
         return cls(
             name=name,
@@ -552,6 +568,7 @@ class ClusterConfig:
             idle_timeout=idle,
             max_requests_per_connection=max_rpc,
             http2=http2,
+            auto_http=auto,
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,

@@ -462,6 +462,15 @@ class H2Pool:
         finally:
             self._connecting -= 1
             self._wake()
+        return await self.adopt(stream, created, counted=True)
+
+    async def adopt(
+        self, stream: UpstreamStream, created: float, *, counted: bool = False
+    ) -> H2Connection:
+        """Make ``stream`` one of this pool's connections, with one stream slot taken
+        (``AutoPool`` hands over a connection whose ALPN chose h2)."""
+        if not counted:
+            self.stats.upstream_cx_http2_total.value += 1
         conn = H2Connection(stream, self.host, created, self.nursery)
         try:
             await conn.start()
@@ -522,6 +531,78 @@ class H2Pool:
             if conn.active == 0:
                 conn.close()
         self._wake()
+
+    async def aclose(self) -> None:
+        self.drain()
+        await trio.lowlevel.checkpoint()
+
+
+class AutoPool:
+    """``auto_config``: the first connection's ALPN decides whether this host gets an
+    ``H2Pool`` or an ``Http1Pool`` (remembered, as Envoy's mixed pool does); the chosen pool
+    serves from then on."""
+
+    def __init__(
+        self,
+        host: Host,
+        config: ClusterConfig,
+        stats: ClusterStats,
+        breakers: CircuitBreakers,
+        nursery: trio.Nursery,
+        http1: Any,
+    ) -> None:
+        self.host = host
+        self.config = config
+        self.stats = stats
+        self.breakers = breakers
+        self.nursery = nursery
+        self._http1 = http1  # the Http1Pool to use if ALPN says http/1.1
+        self.chosen: Any = None
+        self._choosing = trio.Lock()
+
+    def has_idle(self) -> bool:
+        return self.chosen is not None and bool(self.chosen.has_idle())
+
+    async def acquire(self) -> Any:
+        if self.chosen is not None:
+            return await self.chosen.acquire()
+        async with self._choosing:
+            if self.chosen is not None:
+                return await self.chosen.acquire()
+            stream, created = await open_connection(
+                self.host,
+                self.stats,
+                self.breakers,
+                connect_timeout=self.config.connect_timeout,
+                source_address=self.config.source_address,
+                tls=self.config.upstream_tls,
+                tls_stats=self.stats.scope,
+            )
+            alpn = getattr(stream, "selected_alpn_protocol", lambda: None)()
+            if alpn == "h2":
+                h2pool = H2Pool(self.host, self.config, self.stats, self.breakers, self.nursery)
+                self.chosen = h2pool
+                return await h2pool.adopt(stream, created)
+            self.chosen = self._http1
+            return self._http1.adopt(stream, created)
+
+    def exchange(self, conn: Any, deadline: float) -> Any:
+        assert self.chosen is not None
+        return self.chosen.exchange(conn, deadline)
+
+    def release(self, conn: Any, reusable: bool, *, remote: bool = False) -> None:
+        assert self.chosen is not None
+        self.chosen.release(conn, reusable, remote=remote)
+
+    def sweep(self, now: float | None = None) -> None:
+        if self.chosen is not None:
+            self.chosen.sweep(now)
+
+    def drain(self) -> None:
+        if self.chosen is not None:
+            self.chosen.drain()
+        else:
+            self._http1.drain()
 
     async def aclose(self) -> None:
         self.drain()

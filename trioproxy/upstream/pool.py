@@ -309,6 +309,15 @@ class Http1Pool:
             raise
         return UpstreamConnection(stream=stream, host=self.host, raw=stream.socket, created=created)
 
+    def adopt(self, stream: UpstreamStream, created: float) -> UpstreamConnection:
+        """Take a connection opened elsewhere (``AutoPool``, after ALPN chose HTTP/1.1) as
+        this pool's, lent out for one request."""
+        self._open += 1
+        self.stats.upstream_cx_http1_total.value += 1
+        conn = UpstreamConnection(stream=stream, host=self.host, raw=stream.socket, created=created)
+        conn.requests = 1
+        return conn
+
     def _destroy(self, conn: UpstreamConnection, *, remote: bool) -> None:
         conn.closed = True
         # closing notifies trio first, so a task blocked on the connection is woken
