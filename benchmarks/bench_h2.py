@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""HTTP/2 proxy benchmark with h2load: h2c → HTTP/1.1 and h2c → h2c, Envoy and trioproxy
-beside a direct connection, measured in one run.
+"""HTTP/2 proxy benchmark with h2load: h2c → HTTP/1.1, h2c → h2c and h2 (TLS) → h2c, Envoy
+and trioproxy beside a direct connection, measured in one run.
 
 Not a test. Run ``python benchmarks/bench_h2.py [--duration S] [--clients 50] [--streams 10]``.
 
 Theory of operation: nginx (one worker) serves the same 100-byte body on an HTTP/1.1 listener
 and on an h2c (prior knowledge) listener. Envoy (``--concurrency 1``) and trioproxy each load
-two listeners of one config: ``h2c → h1`` routes to the HTTP/1.1 listener, ``h2c → h2c`` to
-the h2c one through a cluster with ``explicit_http_config.http2_protocol_options``. h2load
+three listeners of one config: ``h2c → h1`` routes to the HTTP/1.1 listener, ``h2c → h2c``
+to the h2c one through a cluster with ``explicit_http_config.http2_protocol_options``, and
+``h2 → h2c`` is the same behind TLS (ALPN h2, a throwaway trustme certificate). h2load
 (``-t1``, ``--warm-up-time``, ``-D``) drives each target in turn with ``-c`` clients of ``-m``
 concurrent streams. Pinning and the CPU measurement are those of ``bench_http.py``.
 """
@@ -73,7 +74,7 @@ LISTENER = """
   - name: {name}
     address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}
     filter_chains:
-    - filters:
+    - {tls}filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": {hcm}
@@ -115,18 +116,39 @@ CLUSTERS = """
 """
 
 
-def proxy_config(admin: int, to_h1: int, to_h2: int, h1: int, h2: int) -> str:
+TLS = """transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": {tls_type}
+          common_tls_context:
+            alpn_protocols: [h2]
+            tls_certificates:
+            - certificate_chain: {{filename: {cert}}}
+              private_key: {{filename: {key}}}
+      """
+
+
+def proxy_config(
+    admin: int, ports: tuple[int, int, int], h1: int, h2: int, cert: Path, key: Path
+) -> str:
+    tls_type = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+    tls = TLS.format(cert=cert, key=key, tls_type=tls_type)
     return (
         f"admin:\n  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin}}}}}\n"
         "static_resources:\n  listeners:"
-        + LISTENER.format(name="to_h1", port=to_h1, hcm=HCM_TYPE, cluster="h1")
-        + LISTENER.format(name="to_h2", port=to_h2, hcm=HCM_TYPE, cluster="h2")
+        + LISTENER.format(name="to_h1", port=ports[0], hcm=HCM_TYPE, cluster="h1", tls="")
+        + LISTENER.format(name="to_h2", port=ports[1], hcm=HCM_TYPE, cluster="h2", tls="")
+        + LISTENER.format(name="tls_to_h2", port=ports[2], hcm=HCM_TYPE, cluster="h2", tls=tls)
         + CLUSTERS.format(h1=h1, h2=h2)
     )
 
 
 def h2load(
-    port: int, args: argparse.Namespace, core: int | None, pid: int | None
+    port: int,
+    args: argparse.Namespace,
+    core: int | None,
+    pid: int | None,
+    scheme: str = "http",
 ) -> tuple[float, float, float | None, str]:
     """(req/s, mean ms per request, proxy CPU µs per request, errors)."""
     cmd = pinned(
@@ -137,7 +159,7 @@ def h2load(
             f"-m{args.streams}",
             f"--warm-up-time={args.warmup:g}",
             f"-D{args.duration:g}",
-            f"http://127.0.0.1:{port}/",
+            f"{scheme}://127.0.0.1:{port}/",
         ],
         core,
     )
@@ -188,11 +210,18 @@ def main() -> int:
         procs.append(nginx)
         if err := wait_http_ok(nginx, h1, 10):
             sys.exit(f"nginx failed: {err}\n{nginx.tail()}")
-        targets: dict[str, tuple[int, int, int | None]] = {}
+        import trustme
+
+        ca = trustme.CA()
+        leaf = ca.issue_cert("localhost")
+        cert, key = tmp / "cert.pem", tmp / "key.pem"
+        leaf.cert_chain_pems[0].write_to_path(str(cert))
+        leaf.private_key_pem.write_to_path(str(key))
+        targets: dict[str, tuple[int, int, int, int | None]] = {}
         for kind in ("envoy", "trioproxy"):
-            admin, to_h1, to_h2 = free_port(), free_port(), free_port()
+            admin, to_h1, to_h2, tls_h2 = free_port(), free_port(), free_port(), free_port()
             cfg = tmp / f"{kind}.yaml"
-            cfg.write_text(proxy_config(admin, to_h1, to_h2, h1, h2))
+            cfg.write_text(proxy_config(admin, (to_h1, to_h2, tls_h2), h1, h2, cert, key))
             if kind == "envoy":
                 cmd = [find_envoy(), "-c", str(cfg), "--concurrency", "1", "-l", "error"]
                 cmd.append("--use-dynamic-base-id")
@@ -202,18 +231,23 @@ def main() -> int:
             procs.append(proc)
             if err := wait_http_ok(proc, to_h1, START_DEADLINE):
                 sys.exit(f"{kind} failed: {err}\n{proc.tail()}")
-            targets[kind] = (to_h1, to_h2, proc.popen.pid)
+            targets[kind] = (to_h1, to_h2, tls_h2, proc.popen.pid)
         print(
             f"# h2load -t1 -c{args.clients} -m{args.streams}, {args.duration:g} s after "
             f"{args.warmup:g} s warm-up; 100-byte responses from nginx",
             flush=True,
         )
-        for route, direct_port, index in (("h2c → HTTP/1.1", None, 0), ("h2c → h2c", h2, 1)):
+        routes = (
+            ("h2c → HTTP/1.1", None, 0, "http"),
+            ("h2c → h2c", h2, 1, "http"),
+            ("h2 (TLS) → h2c", h2, 2, "https"),
+        )
+        for route, direct_port, index, scheme in routes:
             results: dict[str, tuple[float, float, float | None, str]] = {}
             if direct_port is not None:
                 results["direct (h2c)"] = h2load(direct_port, args, load_core, None)
             for kind, ports in targets.items():
-                results[kind] = h2load(ports[index], args, load_core, ports[2])
+                results[kind] = h2load(ports[index], args, load_core, ports[3], scheme)
                 print(f"  {route:<15} {kind:<10} {results[kind][0]:>10,.0f} req/s", flush=True)
             env = results["envoy"][0]
             direct = results.get("direct (h2c)", (0.0,))[0]

@@ -173,3 +173,23 @@ async def test_h2load_through_the_proxy(nursery: trio.Nursery) -> None:
     out = done.stdout.decode()
     assert "200 succeeded, 0 failed, 0 errored" in out, out
     assert "status codes: 200 2xx" in out, out
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "a\rb", "a\nb", " leading", "trailing "])
+async def test_h2_header_values_never_smuggle_into_http1(nursery: trio.Nursery, bad: str) -> None:
+    """CR, LF, NUL (and surrounding whitespace) in an HTTP/2 header value: the stream is
+    refused and nothing reaches the HTTP/1.1 upstream."""
+    from tests.h2spec.raw import PROTOCOL_ERROR, Raw, frame_bytes
+
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await Raw.connect(proxy.port)
+    try:
+        block = client.headers_block([("x-smuggle", bad)])
+        await client.send(frame_bytes(0x1, 0x5, 1, block))
+        with trio.fail_after(5):
+            assert await client.stream_error(PROTOCOL_ERROR)
+    finally:
+        await client.aclose()
+    assert backend.requests == []
