@@ -11,7 +11,9 @@ from concurrent import futures
 import grpc
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import hyperframe.frame
 import pytest
 import trio
 
@@ -106,9 +108,11 @@ async def test_grpc_unary_streaming_errors_and_deadlines(
 class H2Echo:
     """A small HTTP/2 server: answers each request with the size of its body."""
 
-    def __init__(self) -> None:
+    def __init__(self, goaway_after: int = 0) -> None:
         self.seen: list[list[tuple[bytes, bytes]]] = []
         self.port = 0
+        self.goaway_after = goaway_after  # like nginx's keepalive_requests: then GOAWAY
+        self.goaways = 0
         self._ready = threading.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -118,22 +122,39 @@ class H2Echo:
         await trio.serve_listeners(self._conn, listeners)
 
     async def _conn(self, stream: trio.SocketStream) -> None:
+        try:
+            await self._serve_conn(stream)
+        except trio.BrokenResourceError:
+            pass  # the proxy closed a connection we had sent GOAWAY on
+
+    async def _serve_conn(self, stream: trio.SocketStream) -> None:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
         conn.initiate_connection()
         await stream.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
+        served = 0
         async with stream:
             while data := await stream.receive_some(65536):
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
+                        served += 1
+                        if self.goaway_after and served > self.goaway_after:
+                            # past the limit: refused (the GOAWAY below said so)
+                            conn.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                            continue
                         self.seen.append([(bytes(k), bytes(v)) for k, v in ev.headers])
                         bodies[ev.stream_id] = b""
-                    elif isinstance(ev, h2.events.DataReceived):
+                        if served == self.goaway_after:
+                            self.goaways += 1
+                            frame = hyperframe.frame.GoAwayFrame(0)
+                            frame.last_stream_id = ev.stream_id
+                            await stream.send_all(conn.data_to_send() + frame.serialize())
+                    elif isinstance(ev, h2.events.DataReceived) and ev.stream_id in bodies:
                         bodies[ev.stream_id] += ev.data
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                    elif isinstance(ev, h2.events.StreamEnded):
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in bodies:
                         body = b"got %d bytes" % len(bodies.pop(ev.stream_id))
                         conn.send_headers(ev.stream_id, [(b":status", b"200")])
                         conn.send_data(ev.stream_id, body, end_stream=True)
@@ -219,3 +240,30 @@ async def test_grpc_timeout_header_bounds_the_route(
     assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "upstream request timeout")
     assert trio.current_time() - start < 0.9
     assert proxy.stat("cluster.backend.upstream_rq_timeout") == 1
+
+
+async def test_upstream_goaway_lets_streams_finish_and_new_ones_move(
+    nursery: trio.Nursery,
+) -> None:
+    """An upstream that sends GOAWAY every 3 requests (as nginx does after keepalive_requests):
+    the streams it accepted finish, the rest go to a new connection, no client sees an error."""
+    upstream = H2Echo(goaway_after=3)
+    await nursery.start(upstream.serve)
+    proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
+    statuses: list[int] = []
+
+    async def user(i: int) -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            for j in range(5):
+                resp, _ = await client.request("GET", f"/{i}/{j}")
+                statuses.append(resp.status_code)
+        finally:
+            await client.aclose()
+
+    async with trio.open_nursery() as users:
+        for i in range(6):
+            users.start_soon(user, i)
+    assert statuses == [200] * 30
+    assert upstream.goaways >= 5
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") >= 10

@@ -86,6 +86,7 @@ class H2Connection:
         self.idle_since = created
         self._send_lock = trio.Lock()
         self._window_changed = trio.Event()
+        self._inbuf = b""  # a partial frame, while looking for GOAWAY frames
 
     @property
     def max_streams(self) -> int:
@@ -129,7 +130,7 @@ class H2Connection:
                 if not data:
                     break
                 try:
-                    events = self.h2.receive_data(data)
+                    events = self.h2.receive_data(self._without_goaway(bytes(data)))
                 except h2.exceptions.ProtocolError:
                     self._fail_all("protocol error", flag="UPE")
                     break
@@ -142,6 +143,33 @@ class H2Connection:
         finally:
             self._fail_all("connection termination")
             self.closed = True
+
+    def _without_goaway(self, data: bytes) -> bytes:
+        """The bytes for h2, with GOAWAY frames taken out and handled here: h2 as a client
+        treats a GOAWAY as the end of every stream, while RFC 9113 §6.8 lets the streams up to
+        its last stream id finish (a server draining after N requests does exactly this)."""
+        buf = self._inbuf + data if self._inbuf else data
+        out = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 9:
+            length = int.from_bytes(buf[pos : pos + 3], "big")
+            if end - pos < 9 + length:
+                break
+            if buf[pos + 3] == 0x7:  # GOAWAY
+                last = int.from_bytes(buf[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
+                self._on_goaway(last)
+            else:
+                out.append(buf[pos : pos + 9 + length])
+            pos += 9 + length
+        self._inbuf = buf[pos:]
+        return b"".join(out)
+
+    def _on_goaway(self, last: int) -> None:
+        self.goaway = True
+        for stream_id, ex in list(self.exchanges.items()):
+            if stream_id > last:  # never processed: safe to send again elsewhere
+                ex._on_reset("connection termination", True)
 
     def _dispatch(self, ev: Any) -> None:
         sid = getattr(ev, "stream_id", None)
@@ -169,12 +197,8 @@ class H2Connection:
         elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._window_changed.set()
             self._window_changed = trio.Event()
-        elif isinstance(ev, h2.events.ConnectionTerminated):
-            self.goaway = True
-            last = ev.last_stream_id if ev.last_stream_id is not None else 0
-            for stream_id, other in list(self.exchanges.items()):
-                if stream_id > last:
-                    other._on_reset("connection termination", True)
+        elif isinstance(ev, h2.events.ConnectionTerminated):  # (h2 never sees a GOAWAY now)
+            self._on_goaway(ev.last_stream_id if ev.last_stream_id is not None else 0)
 
     def _fail_all(self, reason: str, flag: str = "UC") -> None:
         for ex in list(self.exchanges.values()):
@@ -275,12 +299,21 @@ class H2Exchange:
                 regular.append((name, value))
         if not any(n == ":scheme" for n, _ in pseudo):
             pseudo.append((":scheme", "http"))
+        if conn.closed or conn.goaway:
+            # the connection went away between acquire and now: nothing was sent
+            raise UpstreamError("connection termination", flag="UC")
         self.stream_id = h.get_next_available_stream_id()
         conn.exchanges[self.stream_id] = self
         encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo + regular]
         try:
             h.send_headers(self.stream_id, encoded, end_stream=end_stream and not body)
-        except (h2.exceptions.ProtocolError, ValueError) as exc:
+        except h2.exceptions.ProtocolError as exc:
+            self._forget()
+            if conn.closed or conn.goaway:
+                raise UpstreamError("connection termination", flag="UC") from exc
+            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
+        except ValueError as exc:
+            self._forget()
             raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
         await conn.flush()
         if body:
