@@ -193,3 +193,26 @@ async def test_h2_header_values_never_smuggle_into_http1(nursery: trio.Nursery, 
     finally:
         await client.aclose()
     assert backend.requests == []
+
+
+async def test_client_goaway_lets_open_streams_finish(nursery: trio.Nursery) -> None:
+    """RFC 9113 §6.8: after the client's GOAWAY its open streams still get their responses
+    (h2 alone would drop them), then the connection closes."""
+    from tests.h2spec.raw import Raw, frame_bytes
+    from tests.support import Reply
+
+    backend = Backend(handler=lambda rec: Reply(delay=0.3))
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        await client.send(frame_bytes(0x7, 0, 0, (0).to_bytes(4, "big") * 2))  # GOAWAY
+        with trio.fail_after(5):
+            assert await client.response_status(1) == 200
+            while await client.next_frame() is not None:
+                pass
+        assert client.closed
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_filter_error") == 0

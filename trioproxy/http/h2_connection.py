@@ -163,6 +163,11 @@ class Http2Connection:
         self._send_lock = trio.Lock()
         self._conn_window = trio.Event()
         self._goaway_sent = False
+        #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
+        #: would close everything on it, so GOAWAY frames are taken out of the input here.
+        self._peer_goaway = False
+        self._in_skip = 24  # bytes left of the frame (first: the preface) being walked
+        self._in_head = b""  # a partial frame header
         self._scheme = "https" if conn.info.tls else "http"
         remote, local = conn.info.remote_address, conn.info.local_address
         self._remote = f"{remote[0]}:{remote[1]}"
@@ -185,8 +190,9 @@ class Http2Connection:
                 await self.stream.send_all(data)
 
     async def _close_if_done(self) -> None:
-        """After our GOAWAY, close once the last stream is over and everything is sent."""
-        if not (self._goaway_sent and not self._streams):
+        """After a GOAWAY (ours or the client's), close once the last stream is over and
+        everything is sent."""
+        if not ((self._goaway_sent or self._peer_goaway) and not self._streams):
             return
         async with self._send_lock:
             data = self.h2.data_to_send()
@@ -224,7 +230,7 @@ class Http2Connection:
                         break
                     if not await self._feed(bytes(data)):
                         break
-                    if self._goaway_sent and not self._streams:
+                    if (self._goaway_sent or self._peer_goaway) and not self._streams:
                         break
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -249,10 +255,46 @@ class Http2Connection:
             await self.stream.send_all(self.h2.data_to_send() + frame.serialize())
         await self._close_if_done()
 
+    def _without_goaway(self, data: bytes) -> bytes:
+        """``data`` minus any GOAWAY frame, walking frame headers across reads (a header
+        split between reads is held back until it is whole)."""
+        if self._in_head:
+            data = self._in_head + data
+            self._in_head = b""
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        start = 0  # where the bytes to keep begin
+        while pos < end:
+            if self._in_skip:
+                n = min(self._in_skip, end - pos)
+                self._in_skip -= n
+                pos += n
+                continue
+            if end - pos < 9:
+                self._in_head = data[pos:]
+                end = pos
+                break
+            length = int.from_bytes(data[pos : pos + 3], "big")
+            if data[pos + 3] == 0x7:  # GOAWAY: keep what came before, drop the frame
+                if pos > start:
+                    out.append(data[start:pos])
+                self._peer_goaway = True
+                got = min(length, end - pos - 9)
+                self._in_skip = length - got
+                pos += 9 + got
+                start = pos
+                continue
+            self._in_skip = length
+            pos += 9
+        if start == 0 and not out and end == len(data):
+            return data
+        out.append(data[start:end])
+        return b"".join(out)
+
     async def _feed(self, data: bytes) -> bool:
         """Give ``data`` to h2 and act on its events; ``False`` when the connection is over."""
         try:
-            events = self.h2.receive_data(data)
+            events = self.h2.receive_data(self._without_goaway(data))
         except h2.exceptions.ProtocolError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self._remote, exc)
             self.stats.downstream_cx_protocol_error.value += 1
