@@ -57,9 +57,10 @@ STALE_RETRIES = 4
 
 
 def _stale(err: UpstreamError, conn: Any, exchange: Exchange) -> bool:
-    """The upstream closed a pooled connection before sending anything back: its keep-alive
-    timeout raced our reuse. Only bodiless requests on reused connections are retried."""
-    return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
+    """The upstream closed a pooled connection before sending anything back (its keep-alive
+    timeout raced our reuse), or said it never acted on the request (HTTP/2 REFUSED_STREAM,
+    GOAWAY). Only bodiless requests are sent again."""
+    return err.unprocessed or (err.flag == "UC" and conn.requests > 1 and exchange.rx == 0)
 
 
 #: Read (where built) and never forwarded, as Envoy's router does. They only reach the router

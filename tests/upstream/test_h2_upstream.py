@@ -3,6 +3,7 @@ and an HTTP/1.1 client reaching an HTTP/2 upstream (a small h2 server here)."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import h2.settings
 import hyperframe.frame
 import pytest
 import trio
@@ -108,11 +110,14 @@ async def test_grpc_unary_streaming_errors_and_deadlines(
 class H2Echo:
     """A small HTTP/2 server: answers each request with the size of its body."""
 
-    def __init__(self, goaway_after: int = 0) -> None:
+    def __init__(self, goaway_after: int = 0, max_streams: int | None = None) -> None:
         self.seen: list[list[tuple[bytes, bytes]]] = []
         self.port = 0
         self.goaway_after = goaway_after  # like nginx's keepalive_requests: then GOAWAY
         self.goaways = 0
+        self.max_streams = max_streams  # SETTINGS_MAX_CONCURRENT_STREAMS, enforced by h2
+        self.resets = 0  # RST_STREAM frames received
+        self.reset_seen = trio.Event()  # replaced after each
         self._ready = threading.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,9 +136,15 @@ class H2Echo:
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
+        if self.max_streams is not None:
+            conn.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams},
+            )
         conn.initiate_connection()
         await stream.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
+        held: set[int] = set()  # requests for /hold: never answered
         served = 0
         async with stream:
             while data := await stream.receive_some(65536):
@@ -146,6 +157,8 @@ class H2Echo:
                             continue
                         self.seen.append([(bytes(k), bytes(v)) for k, v in ev.headers])
                         bodies[ev.stream_id] = b""
+                        if (b":path", b"/hold") in ev.headers:
+                            held.add(ev.stream_id)
                         if served == self.goaway_after:
                             self.goaways += 1
                             frame = hyperframe.frame.GoAwayFrame(0)
@@ -154,6 +167,13 @@ class H2Echo:
                     elif isinstance(ev, h2.events.DataReceived) and ev.stream_id in bodies:
                         bodies[ev.stream_id] += ev.data
                         conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamReset):
+                        self.resets += 1
+                        self.reset_seen.set()
+                        self.reset_seen = trio.Event()
+                        held.discard(ev.stream_id)
+                    elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in held:
+                        pass
                     elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in bodies:
                         body = b"got %d bytes" % len(bodies.pop(ev.stream_id))
                         conn.send_headers(ev.stream_id, [(b":status", b"200")])
@@ -246,7 +266,10 @@ async def test_upstream_goaway_lets_streams_finish_and_new_ones_move(
     nursery: trio.Nursery,
 ) -> None:
     """An upstream that sends GOAWAY every 3 requests (as nginx does after keepalive_requests):
-    the streams it accepted finish, the rest go to a new connection, no client sees an error."""
+    the streams it accepted finish, the rest go to a new connection, no client sees an error.
+    (Three users: a refused stream is sent again a few times at most, and a server that
+    refuses all but three streams per connection could, with many more, refuse one request
+    more often than that.)"""
     upstream = H2Echo(goaway_after=3)
     await nursery.start(upstream.serve)
     proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
@@ -255,15 +278,51 @@ async def test_upstream_goaway_lets_streams_finish_and_new_ones_move(
     async def user(i: int) -> None:
         client = await Client.connect(proxy.port)
         try:
-            for j in range(5):
+            for j in range(10):
                 resp, _ = await client.request("GET", f"/{i}/{j}")
                 statuses.append(resp.status_code)
         finally:
             await client.aclose()
 
     async with trio.open_nursery() as users:
-        for i in range(6):
+        for i in range(3):
             users.start_soon(user, i)
     assert statuses == [200] * 30
     assert upstream.goaways >= 5
     assert proxy.stat("cluster.backend.upstream_cx_http2_total") >= 10
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_abandoned_streams_are_reset_upstream(nursery: trio.Nursery) -> None:
+    """HTTP/2 clients that give up mid-request leave no stream open upstream: against an
+    upstream allowing 4 concurrent streams, after 10 clients gave up on requests it never
+    answers, the next request is still served (the proxy sent RST_STREAM for each abandoned
+    one; without that the connection's stream slots stay taken and the proxy answers 503)."""
+    upstream = H2Echo(max_streams=4)
+    await nursery.start(upstream.serve)
+    proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
+    for _ in range(10):
+        done = await trio.run_process(
+            [
+                "curl",
+                "-sS",
+                "--http2-prior-knowledge",
+                "-m",
+                "0.2",
+                f"http://127.0.0.1:{proxy.port}/hold",
+            ],
+            capture_stderr=True,
+            check=False,
+        )
+        assert done.returncode == 28, done.stderr  # curl's "operation timed out"
+    with trio.fail_after(5):
+        while upstream.resets < 10:
+            await upstream.reset_seen.wait()
+    client = await Client.connect(proxy.port)
+    try:
+        resp, body = await client.request("GET", "/after")
+        assert (resp.status_code, body) == (200, b"got 0 bytes")
+    finally:
+        await client.aclose()
+    assert proxy.stat("cluster.backend.upstream_rq_total") == 11
+    assert proxy.stat("cluster.backend.upstream_cx_total") == 1  # the same connection

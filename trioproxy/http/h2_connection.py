@@ -516,7 +516,13 @@ class Http2Connection:
                 st.downstream_rq_rx_reset.value += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             info.response_flags.add("DC")
-        except Exception:
+        except Exception as exc:
+            if isinstance(exc, h2.exceptions.StreamClosedError) and s.scope.cancel_called:
+                # the client reset the stream while this task ran without a checkpoint, so
+                # the cancellation had not reached it yet: the same as being cancelled
+                info.response_flags.add("DC")
+                st.downstream_rq_rx_reset.value += 1
+                return
             log.exception("HTTP filter failed on %s %s", method, pseudo.get(":path"))
             self._filter_error.value += 1
             if info.response_code == 0:

@@ -230,6 +230,7 @@ class H2Exchange:
         self._error: UpstreamError | None = None
         self._changed = trio.Event()
         self._pump_scope: trio.CancelScope | None = None
+        self._reset_sent = False
 
     # -- events from the reader task -------------------------------------------------------
     def _wake(self) -> None:
@@ -260,11 +261,10 @@ class H2Exchange:
         self._forget()
         self._wake()
 
-    def _on_reset(self, reason: str, retryable: bool, flag: str = "UC") -> None:
+    def _on_reset(self, reason: str, unprocessed: bool, flag: str = "UC") -> None:
         if self.complete:
             return
-        self._error = UpstreamError(reason, flag=flag)
-        self._error.retryable = retryable  # type: ignore[attr-defined]
+        self._error = UpstreamError(reason, flag=flag, unprocessed=unprocessed)
         self._forget()
         self._wake()
 
@@ -275,14 +275,30 @@ class H2Exchange:
     def expire(self) -> None:
         """The route timeout fired: reset the stream and fail what waits on it."""
         self.timed_out = True
-        if not self.complete and self.stream_id:
-            try:
-                self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-            except h2.exceptions.ProtocolError:
-                pass
+        self._reset_upstream()
         self._error = UpstreamError("upstream request timeout", flag="UT")
         self._forget()
         self._wake()
+
+    def _reset_upstream(self) -> None:
+        """RST_STREAM (CANCEL) a stream we give up on, so that it stops counting against the
+        peer's SETTINGS_MAX_CONCURRENT_STREAMS on both sides; the frame goes out from a task
+        of the connection (this is called from synchronous clean-up)."""
+        conn = self.conn
+        if self.complete or not self.stream_id or self._reset_sent or conn.closed:
+            return
+        self._reset_sent = True
+        try:
+            conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
+        except h2.exceptions.ProtocolError:  # already closed on the h2 side
+            return
+        conn.nursery.start_soon(self._flush_quietly)
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.conn.flush()
+        except UpstreamError:
+            pass
 
     async def send_request_head(
         self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
@@ -301,7 +317,7 @@ class H2Exchange:
             pseudo.append((":scheme", "http"))
         if conn.closed or conn.goaway:
             # the connection went away between acquire and now: nothing was sent
-            raise UpstreamError("connection termination", flag="UC")
+            raise UpstreamError("connection termination", flag="UC", unprocessed=True)
         self.stream_id = h.get_next_available_stream_id()
         conn.exchanges[self.stream_id] = self
         encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo + regular]
@@ -310,7 +326,7 @@ class H2Exchange:
         except h2.exceptions.ProtocolError as exc:
             self._forget()
             if conn.closed or conn.goaway:
-                raise UpstreamError("connection termination", flag="UC") from exc
+                raise UpstreamError("connection termination", flag="UC", unprocessed=True) from exc
             raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
         except ValueError as exc:
             self._forget()
@@ -384,8 +400,14 @@ class H2Exchange:
                 self._on_reset(f"request body failed: {exc}", False)
 
     def cancel_body(self) -> None:
+        """The router is done with this exchange: stop the body task, and reset the stream
+        if the response did not complete (a client that went away, an error)."""
         if self._pump_scope is not None:
             self._pump_scope.cancel()
+        if not self.complete and self._error is None:
+            self._reset_upstream()
+            self._error = UpstreamError("request abandoned", flag="UC")
+            self._forget()
 
     async def read_response_head(self) -> tuple[ResponseHead, bytes]:
         while self._head is None or self._head.status < 200:
