@@ -34,6 +34,7 @@ from trioproxy.http.filter import (
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
 from trioproxy.http.request_headers import strip_hop_by_hop
+from trioproxy.http.retry import RetryState
 from trioproxy.http.stream_info import now as _now
 from trioproxy.upstream.http1_client import Exchange
 
@@ -79,8 +80,8 @@ _CONSUMED = (
 
 
 def _consume_control_headers(headers: Headers, timeout: float | None) -> float | None:
-    """``x-envoy-upstream-rq-timeout-ms`` replaces the route timeout (0: none); retry
-    headers are dropped (retries are not built yet)."""
+    """``x-envoy-upstream-rq-timeout-ms`` replaces the route timeout (0: none); the rest were
+    read already (``RetryState.create``, the per-try timeout) and are dropped."""
     present = [n for n in _CONSUMED if n in headers]
     if not present:
         return timeout
@@ -107,6 +108,58 @@ def _grpc_timeout(value: str | None, route: Any, default: float | None) -> float
     if seconds > route.grpc_timeout_offset:
         seconds -= route.grpc_timeout_offset
     return seconds or None
+
+
+def _per_try_timeout(route: Any, headers: Headers) -> float | None:
+    """The policy's ``per_try_timeout``, or ``x-envoy-upstream-rq-per-try-timeout-ms``."""
+    value = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
+    if value is not None and value.isdigit() and int(value):
+        return int(value) / 1000
+    policy = route.retry_policy
+    return policy.per_try_timeout if policy is not None else None
+
+
+def _retry_host(cluster: Any, stream: HttpStream, retry: RetryState, tried: list[Any]) -> Any:
+    """The host for a retry; with ``previous_hosts``, up to ``host_selection_retry_max_attempts``
+    picks avoid the hosts tried already (the last pick stands)."""
+    host = cluster.choose_host(stream)
+    if retry.policy.previous_hosts:
+        for _ in range(retry.policy.host_selection_max_attempts):
+            if host is None or host not in tried:
+                break
+            host = cluster.choose_host(stream)
+    return host
+
+
+class _Replay:
+    """A request body that can be sent again: chunks are kept as they go out, up to
+    ``limit`` bytes (``per_request_buffer_limit_bytes``); past it, no retry is possible."""
+
+    __slots__ = ("_source", "_chunks", "_size", "_limit", "_done", "replayable")
+
+    def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
+        self._source = source
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._limit = limit
+        self._done = False
+        self.replayable = True
+
+    async def attempt(self) -> AsyncIterator[bytes]:
+        for chunk in list(self._chunks):
+            yield chunk
+        if self._done:
+            return
+        async for chunk in self._source:
+            if self.replayable:
+                self._size += len(chunk)
+                if self._size > self._limit:
+                    self.replayable = False
+                    self._chunks.clear()
+                else:
+                    self._chunks.append(chunk)
+            yield chunk
+        self._done = True
 
 
 def _cancel_body(exchange: Any) -> None:
@@ -158,6 +211,14 @@ class _CodeStats:
         for c in counters:
             c.value += 1
 
+    def count_retried(self, status: int) -> None:
+        """A response that was retried: ``retry.upstream_rq_<code>``, ``_<class>xx`` and
+        ``retry.upstream_rq_completed`` (not on the hot path)."""
+        scope = self.scope
+        scope.counter(f"retry.upstream_rq_{status}").value += 1
+        scope.counter(f"retry.upstream_rq_{status // 100}xx").value += 1
+        scope.counter("retry.upstream_rq_completed").value += 1
+
 
 class Router(TerminalFilter):
     def __init__(self, config: RouterConfig, ctx: FactoryContext) -> None:
@@ -202,12 +263,15 @@ class Router(TerminalFilter):
         timeout = route.timeout
         if route.grpc_timeout_max is not None:
             timeout = _grpc_timeout(headers.get("grpc-timeout"), route, timeout)
+        retry = RetryState.create(route.retry_policy, headers)
+        per_try = _per_try_timeout(route, headers) if retry is not None else None
         timeout = _consume_control_headers(headers, timeout)
         span = stream.span
         if span is not None:
             span.inject(headers)
         if timeout and not self.config.suppress_envoy_headers:
-            headers.set("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
+            expected = min(timeout, per_try) if per_try else timeout
+            headers.set("x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)))
         stats = cluster.stats
         if not cluster.try_start_request():
             stats.upstream_rq_pending_overflow.value += 1
@@ -220,7 +284,123 @@ class Router(TerminalFilter):
             return NO_HEALTHY_UPSTREAM
         info.upstream_host = f"{host.address[0]}:{host.address[1]}"
         deadline = trio.current_time() + timeout if timeout else math.inf
-        return await self._forward(stream, route, cluster, host, body, deadline)
+        vh = route.virtual_host
+        if vh is not None and vh.include_request_attempt_count:
+            headers.set("x-envoy-attempt-count", "1")
+        if retry is None:
+            return await self._forward(stream, route, cluster, host, body, deadline)
+        return await self._retrying(stream, route, cluster, host, body, deadline, retry, per_try)
+
+    async def _retrying(
+        self,
+        stream: HttpStream,
+        route: Any,
+        cluster: Any,
+        host: Any,
+        body: AsyncIterator[bytes] | None,
+        deadline: float,
+        retry: RetryState,
+        per_try: float | None,
+    ) -> Response | LocalReply:
+        """Attempts until one's outcome is not to be retried (see ``trioproxy.http.retry``)."""
+        info = stream.info
+        stats = cluster.stats
+        replay = _Replay(body, route.buffer_limit) if body is not None else None
+        tried = [host]
+        flags = set(info.response_flags)
+        breaker = cluster.breakers.retries
+        retrying = False
+        while True:
+            attempt_deadline = deadline
+            if per_try is not None:
+                attempt_deadline = min(deadline, trio.current_time() + per_try)
+            result = await self._forward(
+                stream,
+                route,
+                cluster,
+                host,
+                replay.attempt() if replay is not None else None,
+                attempt_deadline,
+                retry=retry,
+                per_try=attempt_deadline < deadline,
+            )
+            if retrying:
+                breaker.dec()
+                retrying = False
+            if type(result) is LocalReply:
+                err = retry.last_error
+                want = err is not None and retry.wants_failure(err.flag, refused=err.unprocessed)
+                if err is not None and err.flag == "UT" and attempt_deadline >= deadline:
+                    want = False  # the route timeout is over: no time for another attempt
+            else:
+                assert isinstance(result, Response)
+                status = int(result.headers.get(":status") or 0)
+                want = retry.wants_response(status, result.headers)
+            if not want:
+                if info.attempt_count > 1 and (type(result) is not LocalReply):
+                    stats.upstream_rq_retry_success.value += 1
+                return self._with_attempt_count(result, route, info)
+            if replay is not None and not replay.replayable:
+                return self._with_attempt_count(result, route, info)
+            backoff = retry.take()
+            if backoff is None:
+                stats.upstream_rq_retry_limit_exceeded.value += 1
+                info.response_flags.add("URX")
+                return self._with_attempt_count(result, route, info)
+            if not breaker.can_create():
+                stats.upstream_rq_retry_overflow.value += 1
+                return self._with_attempt_count(result, route, info)
+            if type(result) is Response and result.body is not None:
+                await result.body.aclose()  # type: ignore[attr-defined]
+            if trio.current_time() + backoff >= deadline:
+                info.response_flags.add("UT")
+                stats.upstream_rq_timeout.value += 1
+                return UPSTREAM_TIMEOUT
+            breaker.inc()
+            retrying = True
+            stats.upstream_rq_retry.value += 1
+            stats.upstream_rq_retry_backoff_exponential.value += 1
+            try:
+                await trio.sleep(backoff)
+            except BaseException:
+                breaker.dec()
+                raise
+            # a new attempt: what the last one left in the stream info does not stand
+            info.response_flags.clear()
+            info.response_flags.update(flags)
+            info.upstream_transport_failure_reason = ""
+            retry.last_error = None
+            if not cluster.try_start_request():
+                breaker.dec()
+                stats.upstream_rq_pending_overflow.value += 1
+                info.response_flags.add("UO")
+                return OVERFLOW
+            host = _retry_host(cluster, stream, retry, tried)
+            if host is None:
+                breaker.dec()
+                cluster.finish_request()
+                stats.upstream_cx_none_healthy.value += 1
+                return NO_HEALTHY_UPSTREAM
+            tried.append(host)
+            info.upstream_host = f"{host.address[0]}:{host.address[1]}"
+            headers = stream.request_headers
+            vh = route.virtual_host
+            if vh is not None and vh.include_request_attempt_count:
+                headers.set("x-envoy-attempt-count", str(info.attempt_count + 1))
+            if "x-envoy-expected-rq-timeout-ms" in headers and deadline != math.inf:
+                # what is left of the route timeout (and at most one try's), as Envoy sends it
+                left = max(deadline - trio.current_time(), 0.001)
+                left = min(left, per_try) if per_try else left
+                headers.set("x-envoy-expected-rq-timeout-ms", str(int(left * 1000)))
+
+    @staticmethod
+    def _with_attempt_count(
+        result: Response | LocalReply, route: Any, info: Any
+    ) -> Response | LocalReply:
+        vh = route.virtual_host
+        if vh is not None and vh.include_attempt_count_in_response and type(result) is Response:
+            result.headers.set("x-envoy-attempt-count", str(info.attempt_count))
+        return result
 
     async def _forward(
         self,
@@ -230,7 +410,11 @@ class Router(TerminalFilter):
         host: Any,
         body: AsyncIterator[bytes] | None,
         deadline: float,
+        *,
+        retry: RetryState | None = None,
+        per_try: bool = False,
     ) -> Response | LocalReply:
+        """One attempt. ``per_try``: ``deadline`` is the attempt's own (``per_try_timeout``)."""
         info = stream.info
         stats = cluster.stats
         headers = stream.request_headers
@@ -278,15 +462,22 @@ class Router(TerminalFilter):
                 )
         except UpstreamError as err:
             info.response_flags.add(err.flag)
+            # an attempt that will be retried is charged no response code (as Envoy)
+            final = retry is None or not retry.may_retry(err)
+            if retry is not None:
+                retry.last_error = err
             if err.flag == "UT":
-                stats.upstream_rq_timeout.value += 1
+                if per_try:
+                    stats.upstream_rq_per_try_timeout.value += 1
+                else:
+                    stats.upstream_rq_timeout.value += 1
                 host.rq_timeout += 1
-                self._finish(cluster, host, started, 504, False, internal)
+                self._finish(cluster, host, started, 504 if final else None, False, internal)
             else:
                 info.upstream_transport_failure_reason = err.reason
                 if err.flag == "UC":
                     stats.upstream_rq_rx_reset.value += 1
-                self._finish(cluster, host, started, 503, False, internal)
+                self._finish(cluster, host, started, 503 if final else None, False, internal)
             done = True
             return _reset_reply(err)
         except BaseException:
@@ -316,8 +507,14 @@ class Router(TerminalFilter):
         route.apply_response_headers(resp_headers, info)
         if head.status == 101 and headers.get("upgrade"):
             return self._tunnel(resp_headers, head, exchange, conn, pool, cluster, host, started)
+        # an attempt to be retried is charged under cluster.<name>.retry.* (as Envoy)
+        retried = (
+            retry is not None
+            and retry.remaining > 0
+            and retry.wants_response(head.status, resp_headers)
+        )
         if exchange.complete:
-            self._finish(cluster, host, started, head.status, True, internal)
+            self._finish(cluster, host, started, head.status, True, internal, retried)
             stats.upstream_cx_rx_bytes_total.value += exchange.rx
             stats.upstream_cx_tx_bytes_total.value += exchange.tx
             dog.discard(exchange)
@@ -327,6 +524,7 @@ class Router(TerminalFilter):
         resp.body = _UpstreamBody(
             self, exchange, cluster, host, pool, started, head.status, deadline, resp, stream
         )
+        resp.body.retried = retried
         return resp
 
     @staticmethod
@@ -417,20 +615,24 @@ class Router(TerminalFilter):
         status: int | None,
         ok: bool,
         internal: bool = False,
+        retried: bool = False,
     ) -> None:
         stats = cluster.stats
         stats.upstream_rq_active.value -= 1
         host.rq_active -= 1
-        if ok and status is not None and status < 500:
+        if ok and status is not None and status < 500 and not retried:
             host.rq_success += 1
         else:
             host.rq_error += 1
         if status is not None:
-            stats.upstream_rq_completed.value += 1
             codes = self._codes.get(cluster.name)
             if codes is None or codes.scope is not cluster.scope:
                 codes = self._codes[cluster.name] = _CodeStats(cluster.scope)
-            codes.count(status, internal)
+            if retried:
+                codes.count_retried(status)
+            else:
+                stats.upstream_rq_completed.value += 1
+                codes.count(status, internal)
         cluster.finish_request()
 
 
@@ -452,6 +654,7 @@ class _UpstreamBody:
         "deadline",
         "resp",
         "stream",
+        "retried",
         "_it",
         "_settled",
     )
@@ -481,6 +684,7 @@ class _UpstreamBody:
         self.stream = stream
         self._it = exchange.iter_body()
         self._settled = False
+        self.retried = False
 
     def __aiter__(self) -> _UpstreamBody:
         return self
@@ -523,5 +727,6 @@ class _UpstreamBody:
             self.status,
             ok,
             self.stream.request_headers.get("x-envoy-internal") == "true",
+            self.retried,
         )
         self.pool.release(ex.conn, ok and ex.reusable)

@@ -30,6 +30,7 @@ from trioproxy.config.types import data_source, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
+from trioproxy.http.retry import RetryPolicy, compile_retry_policy
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.upstream.hashing import StreamHash, compile_http
 
@@ -245,6 +246,10 @@ class VirtualHost:
     request_mutations: HeaderMutations
     response_mutations: HeaderMutations
     per_filter: Mapping[str, Any]
+    retry_policy: RetryPolicy | None = None
+    #: ``x-envoy-attempt-count`` on requests to the upstream / on responses downstream
+    include_request_attempt_count: bool = False
+    include_attempt_count_in_response: bool = False
 
 
 @attrs.frozen(eq=False)
@@ -267,7 +272,10 @@ class Route:
     host_rewrite_header: str | None = None
     cluster_not_found_response_code: int = 503
     decorator: str | None = None
-    retry_policy: Mapping[str, Any] | None = None
+    #: The route's ``retry_policy``, else its virtual host's.
+    retry_policy: RetryPolicy | None = None
+    #: ``per_request_buffer_limit_bytes``: how much request body is kept for retries.
+    buffer_limit: int = 1 << 20
     hash_policy: tuple[Mapping[str, Any], ...] = ()
     #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
     hash_fn: StreamHash | None = None
@@ -505,7 +513,12 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     kw["cluster_not_found_response_code"] = _NOT_FOUND_CODES.get(
         a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503
     )
-    kw["retry_policy"] = a.get("retry_policy")
+    try:
+        kw["retry_policy"] = compile_retry_policy(a.get("retry_policy"))
+    except ConfigError as exc:
+        raise exc.at("route") from None
+    if d.get("per_request_buffer_limit_bytes") is not None:
+        kw["buffer_limit"] = int(d["per_request_buffer_limit_bytes"])
     msd = a.get("max_stream_duration") or {}
     if msd.get("max_stream_duration") is not None:
         raise ConfigError(
@@ -567,6 +580,11 @@ class RouteConfiguration:
                     request_mutations=_mutations(vd, "request"),
                     response_mutations=_mutations(vd, "response"),
                     per_filter=_per_filter(vd, per_filter_config),
+                    retry_policy=compile_retry_policy(vd.get("retry_policy")),
+                    include_request_attempt_count=bool(vd.get("include_request_attempt_count")),
+                    include_attempt_count_in_response=bool(
+                        vd.get("include_attempt_count_in_response")
+                    ),
                 )
             except ConfigError as exc:
                 raise exc.at(path) from None
@@ -606,6 +624,8 @@ class RouteConfiguration:
         for vh in vhosts:
             for r in vh.routes:
                 object.__setattr__(r, "virtual_host", vh)
+                if r.retry_policy is None and vh.retry_policy is not None:
+                    object.__setattr__(r, "retry_policy", vh.retry_policy)
                 object.__setattr__(r, "config", config)
         return config
 

@@ -49,6 +49,8 @@ class ClusterStats(StatBlock):
     upstream_rq_retry: Counter
     upstream_rq_retry_success: Counter
     upstream_rq_retry_overflow: Counter
+    upstream_rq_retry_limit_exceeded: Counter
+    upstream_rq_retry_backoff_exponential: Counter
     upstream_rq_pending_total: Counter
     upstream_rq_pending_active: Gauge
     upstream_rq_pending_overflow: Counter
