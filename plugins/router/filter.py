@@ -462,6 +462,9 @@ class Router(TerminalFilter):
                 )
         except UpstreamError as err:
             info.response_flags.add(err.flag)
+            outlier = cluster.outlier
+            if outlier is not None and err.flag != "UO":
+                outlier.report_local_failure(host, timeout=err.flag == "UT")
             # an attempt that will be retried is charged no response code (as Envoy)
             final = retry is None or not retry.may_retry(err)
             if retry is not None:
@@ -495,6 +498,9 @@ class Router(TerminalFilter):
                 if conn is not None:
                     pool.release(conn, False)
         assert exchange is not None and conn is not None
+        if cluster.outlier is not None:
+            cluster.outlier.report_local_success(host)
+            cluster.outlier.report_status(host, head.status)
         now = _now()
         info.first_upstream_rx = now
         info.response_code_details = "via_upstream"

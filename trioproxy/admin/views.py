@@ -177,7 +177,7 @@ def clusters_text(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
             region, zone, sub_zone = _locality(h)
             out += [
                 f"{a}::hostname::{h.hostname}",
-                f"{a}::health_flags::{'healthy' if h.healthy else '/failed_active_hc'}",
+                f"{a}::health_flags::{_health_flags(h)}",
                 f"{a}::weight::{h.weight}",
                 f"{a}::region::{region}",
                 f"{a}::zone::{zone}",
@@ -188,6 +188,14 @@ def clusters_text(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
                 f"{a}::local_origin_success_rate::-1",
             ]
     return "".join(line + "\n" for line in out)
+
+
+def _health_flags(h: Any) -> str:
+    """Envoy's ``health_flags``: ``healthy``, or the reasons a host is out of service."""
+    flags = ("" if h.healthy else "/failed_active_hc") + (
+        "/failed_outlier_check" if getattr(h, "ejected", False) else ""
+    )
+    return flags or "healthy"
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:
@@ -217,11 +225,13 @@ def clusters_json(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
                 k: v for k, v in (("region", region), ("zone", zone), ("sub_zone", sub_zone)) if v
             }
             entry: dict[str, Any] = {"address": _socket_address(*h.address), "stats": stats}
-            entry["health_status"] = (
-                {"eds_health_status": "HEALTHY"}
-                if h.healthy
-                else {"failed_active_health_check": True, "eds_health_status": "HEALTHY"}
-            )
+            health: dict[str, Any] = {}
+            if not h.healthy:
+                health["failed_active_health_check"] = True
+            if getattr(h, "ejected", False):
+                health["failed_outlier_check"] = True
+            health["eds_health_status"] = "HEALTHY"
+            entry["health_status"] = health
             entry["weight"] = h.weight
             if h.hostname:
                 entry["hostname"] = h.hostname

@@ -35,6 +35,7 @@ from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, E
 from trioproxy.upstream.dns import DnsResolver, next_hosts
 from trioproxy.upstream.h2_client import AutoPool, H2Pool
 from trioproxy.upstream.host import Host
+from trioproxy.upstream.outlier import OutlierDetector
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
 from trioproxy.upstream.stats import ClusterStats
 
@@ -64,6 +65,11 @@ class Cluster:
         #: The cluster manager's nursery: HTTP/2 connections run their reader tasks there.
         self.nursery: trio.Nursery | None = None
         self._lb = self._build_lb()
+        self.outlier: OutlierDetector | None = None
+        if config.outlier is not None:
+            self.outlier = OutlierDetector(
+                config.outlier, self.scope, lambda: self.hosts, self.on_health_change
+            )
         self.resolver: DnsResolver | None = None
         self._original_dst = config.original_dst
         self._last_used: dict[Host, float] = {}  # ORIGINAL_DST hosts → last pick
@@ -236,14 +242,14 @@ class Cluster:
         return True
 
     def on_health_change(self) -> None:
-        """Rebuild the balancer after a host's ``healthy`` flag changed (health checking)."""
+        """Rebuild the balancer after a host's ``healthy`` or ``ejected`` flag changed."""
         self._lb = self._build_lb()
         self._update_gauges()
 
     def _update_gauges(self) -> None:
         s = self.stats
         s.membership_total.value = len(self.hosts)
-        s.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        s.membership_healthy.value = sum(1 for h in self.hosts if h.usable)
         s.membership_degraded.value = 0
         s.membership_excluded.value = 0
         s.max_host_weight.value = max((h.weight for h in self.hosts), default=0)
@@ -259,6 +265,8 @@ class Cluster:
     def drain(self) -> None:
         for pool in self._pools.values():
             pool.drain()
+        if self.outlier is not None:
+            self.outlier.stop()
 
     async def aclose(self) -> None:
         self.drain()
@@ -315,6 +323,8 @@ class ClusterManager:
                 self._nursery = nursery
                 for c in self._clusters.values():
                     c.nursery = nursery
+                    if c.outlier is not None:
+                        nursery.start_soon(c.outlier.run)
                 nursery.start_soon(self._sweep_loop)
                 task_status.started()
         finally:
@@ -374,6 +384,8 @@ class ClusterManager:
             old_scope.cancel()
         cluster = Cluster(config, self.store, added_via_api=added_via_api)
         cluster.nursery = self._nursery
+        if cluster.outlier is not None and self._nursery is not None:
+            self._nursery.start_soon(cluster.outlier.run)
         if warm is not None:
             self.stats.warming_clusters.value += 1
             try:

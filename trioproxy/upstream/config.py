@@ -431,6 +431,8 @@ class ClusterConfig:
     source_address: tuple[str, int] | None = None
     original_dst: OriginalDstConfig | None = None
     hash_lb: HashLbSettings = HashLbSettings()
+    #: ``outlier_detection`` (``trioproxy.upstream.outlier.OutlierConfig``), if configured.
+    outlier: Any = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -578,8 +580,17 @@ class ClusterConfig:
             source_address=_bind_config(d),
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
             hash_lb=_hash_settings(d, lb_policy),
+            outlier=_outlier(d),
             raw=d,
         )
+
+
+def _outlier(d: Mapping[str, Any]) -> Any:
+    if "outlier_detection" not in d:
+        return None
+    from trioproxy.upstream.outlier import OutlierConfig  # (outlier → host → config)
+
+    return OutlierConfig.from_proto(d["outlier_detection"] or {})
 
 
 def assignment_endpoints(cla: Mapping[str, Any]) -> list[EndpointConfig]:

@@ -8,6 +8,8 @@ bump in place; the admin's ``/clusters`` renders them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from trioproxy.upstream.config import Locality
@@ -30,6 +32,8 @@ class Host:
     hostname: str = ""
     weight: int = 1
     healthy: bool = True
+    #: Out of load balancing by outlier detection (``trioproxy.upstream.outlier``).
+    ejected: bool = False
     locality: Locality = attrs.field(factory=Locality)
     priority: int = 0
     cx_active: int = 0
@@ -40,6 +44,12 @@ class Host:
     rq_success: int = 0
     rq_timeout: int = 0
     rq_total: int = 0
+    outlier: Any = None  # the outlier detector's per-host state
+
+    @property
+    def usable(self) -> bool:
+        """Healthy and not ejected: what load balancing takes."""
+        return self.healthy and not self.ejected
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the per-host stats, by Envoy's names."""
@@ -47,6 +57,8 @@ class Host:
 
     def __repr__(self) -> str:
         health = "healthy" if self.healthy else "unhealthy"
+        if self.ejected:
+            health += " ejected"
         return (
             f"<Host {self.address[0]}:{self.address[1]} weight={self.weight} {health}"
             f" rq_active={self.rq_active} cx_active={self.cx_active}>"

@@ -34,7 +34,7 @@ DEFAULT_PANIC_THRESHOLD = 50.0
 
 
 def _usable(hosts: Sequence[Host], panic_threshold: float) -> tuple[list[Host], bool]:
-    healthy = [h for h in hosts if h.healthy]
+    healthy = [h for h in hosts if h.usable]
     if hosts and len(healthy) * 100.0 < panic_threshold * len(hosts):
         return list(hosts), True
     return healthy, False
