@@ -192,9 +192,13 @@ def clusters_text(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
 
 def _health_flags(h: Any) -> str:
     """Envoy's ``health_flags``: ``healthy``, or the reasons a host is out of service."""
-    flags = ("" if h.healthy else "/failed_active_hc") + (
-        "/failed_outlier_check" if getattr(h, "ejected", False) else ""
-    )
+    flags = ""
+    if getattr(h, "hc_failed", False):
+        flags += "/failed_active_hc"
+    if getattr(h, "ejected", False):
+        flags += "/failed_outlier_check"
+    if not h.healthy:
+        flags += "/failed_eds_health"
     return flags or "healthy"
 
 
@@ -226,11 +230,11 @@ def clusters_json(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
             }
             entry: dict[str, Any] = {"address": _socket_address(*h.address), "stats": stats}
             health: dict[str, Any] = {}
-            if not h.healthy:
+            if getattr(h, "hc_failed", False):
                 health["failed_active_health_check"] = True
             if getattr(h, "ejected", False):
                 health["failed_outlier_check"] = True
-            health["eds_health_status"] = "HEALTHY"
+            health["eds_health_status"] = "HEALTHY" if h.healthy else "UNHEALTHY"
             entry["health_status"] = health
             entry["weight"] = h.weight
             if h.hostname:

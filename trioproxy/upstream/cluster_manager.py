@@ -34,6 +34,7 @@ from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.config import CircuitBreakerThresholds, ClusterConfig, EndpointConfig
 from trioproxy.upstream.dns import DnsResolver, next_hosts
 from trioproxy.upstream.h2_client import AutoPool, H2Pool
+from trioproxy.upstream.health_check import HealthChecker
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.outlier import OutlierDetector
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
@@ -69,6 +70,18 @@ class Cluster:
         if config.outlier is not None:
             self.outlier = OutlierDetector(
                 config.outlier, self.scope, lambda: self.hosts, self.on_health_change
+            )
+        self.health: HealthChecker | None = None
+        if config.health_check is not None:
+            self.health = HealthChecker(
+                config.health_check,
+                config.name,
+                self.scope,
+                lambda: self.hosts,
+                self.on_health_change,
+                lambda: self.stats.upstream_cx_total.value > 0,
+                connect_timeout=config.connect_timeout,
+                tls=config.upstream_tls,
             )
         self.resolver: DnsResolver | None = None
         self._original_dst = config.original_dst
@@ -229,6 +242,10 @@ class Cluster:
             self._update_gauges()
             return False
         known = set(old)
+        if self.health is not None:
+            for h in hosts:
+                if h not in known:
+                    h.hc_failed = True  # until its first check passes
         # Envoy resolves a transport socket for every new host: "default" is the match name
         # when a cluster has no transport_socket_matches.
         self._transport_socket_matches.value += sum(1 for h in hosts if h not in known)
@@ -239,6 +256,8 @@ class Cluster:
         kept = set(hosts)
         for host in [h for h in self._pools if h not in kept]:
             self._pools.pop(host).drain()
+        if self.health is not None:
+            self.health.hosts_changed()
         return True
 
     def on_health_change(self) -> None:
@@ -267,6 +286,8 @@ class Cluster:
             pool.drain()
         if self.outlier is not None:
             self.outlier.stop()
+        if self.health is not None:
+            self.health.stop()
 
     async def aclose(self) -> None:
         self.drain()
@@ -318,6 +339,11 @@ class ClusterManager:
                     for cluster in list(self._clusters.values()):
                         if cluster.resolver is not None:
                             init.start_soon(self._start_dns, nursery, cluster)
+                # health-checked clusters are ready once each host had its first check
+                async with trio.open_nursery() as init:
+                    for cluster in list(self._clusters.values()):
+                        if cluster.health is not None:
+                            init.start_soon(nursery.start, cluster.health.run)
                 self.stats.warming_clusters.value = 0
                 self.stats.active_clusters.value = len(self._clusters)
                 self._nursery = nursery
@@ -399,6 +425,12 @@ class ClusterManager:
                     await self._nursery.start(self._run_dns, cluster)
                 else:
                     await cluster.resolver.refresh()
+            finally:
+                self.stats.warming_clusters.value -= 1
+        if cluster.health is not None and self._nursery is not None:
+            self.stats.warming_clusters.value += 1
+            try:
+                await self._nursery.start(cluster.health.run)
             finally:
                 self.stats.warming_clusters.value -= 1
         if old is not None:

@@ -433,6 +433,8 @@ class ClusterConfig:
     hash_lb: HashLbSettings = HashLbSettings()
     #: ``outlier_detection`` (``trioproxy.upstream.outlier.OutlierConfig``), if configured.
     outlier: Any = None
+    #: ``health_checks`` (``trioproxy.upstream.health_check.HealthCheckConfig``), if any.
+    health_check: Any = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
 
     @property
@@ -581,6 +583,7 @@ class ClusterConfig:
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
             hash_lb=_hash_settings(d, lb_policy),
             outlier=_outlier(d),
+            health_check=_health_check(d),
             raw=d,
         )
 
@@ -591,6 +594,12 @@ def _outlier(d: Mapping[str, Any]) -> Any:
     from trioproxy.upstream.outlier import OutlierConfig  # (outlier → host → config)
 
     return OutlierConfig.from_proto(d["outlier_detection"] or {})
+
+
+def _health_check(d: Mapping[str, Any]) -> Any:
+    from trioproxy.upstream.health_check import parse_health_checks  # (→ host → config)
+
+    return parse_health_checks(d.get("health_checks") or ())
 
 
 def assignment_endpoints(cla: Mapping[str, Any]) -> list[EndpointConfig]:

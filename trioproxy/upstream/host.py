@@ -31,7 +31,9 @@ class Host:
     address: tuple[str, int]
     hostname: str = ""
     weight: int = 1
-    healthy: bool = True
+    healthy: bool = True  # as EDS says (health_status)
+    #: Failed active health checking (``trioproxy.upstream.health_check``).
+    hc_failed: bool = False
     #: Out of load balancing by outlier detection (``trioproxy.upstream.outlier``).
     ejected: bool = False
     locality: Locality = attrs.field(factory=Locality)
@@ -48,15 +50,15 @@ class Host:
 
     @property
     def usable(self) -> bool:
-        """Healthy and not ejected: what load balancing takes."""
-        return self.healthy and not self.ejected
+        """Healthy by EDS and health checks, and not ejected: what load balancing takes."""
+        return self.healthy and not self.hc_failed and not self.ejected
 
     def stats(self) -> dict[str, int]:
         """A snapshot of the per-host stats, by Envoy's names."""
         return {name: getattr(self, name) for name in HOST_STAT_NAMES}
 
     def __repr__(self) -> str:
-        health = "healthy" if self.healthy else "unhealthy"
+        health = "healthy" if self.healthy and not self.hc_failed else "unhealthy"
         if self.ejected:
             health += " ejected"
         return (
