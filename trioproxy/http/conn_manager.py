@@ -627,7 +627,7 @@ class Http1Connection:
         body_iter = resp.body
         initial = resp.initial_body
         chunked = False
-        if not no_body and (data_phases or "content-length" not in headers):
+        if not no_body and (chain.response_length_changes or "content-length" not in headers):
             headers.remove("content-length")
             if head.version == "1.1":
                 headers.add("transfer-encoding", "chunked")

@@ -115,6 +115,8 @@ class FilterChain:
     response_data: tuple[Callable[..., Any], ...]
     response_trailers: tuple[Callable[..., Any], ...]
     log: tuple[Callable[..., Any], ...]
+    #: a response data phase may change the body's length: Content-Length cannot stay
+    response_length_changes: bool = False
 
 
 def compile_chain(filters: list[tuple[str, object]]) -> FilterChain:
@@ -151,6 +153,10 @@ def compile_chain(filters: list[tuple[str, object]]) -> FilterChain:
         response_data=bound("on_response_data", reverse=True),
         response_trailers=bound("on_response_trailers", reverse=True),
         log=bound("on_log") + ((terminal.on_log,) if hasattr(terminal, "on_log") else ()),
+        response_length_changes=any(
+            "on_response_data" in ph and not getattr(f, "keeps_response_length", False)
+            for f, ph in phases
+        ),
     )
 
 

@@ -669,7 +669,7 @@ class Http2Connection:
             if rid:
                 headers.set("x-request-id", rid)
         no_body = head_only or status in _NO_BODY_STATUS
-        if chain.response_data:
+        if chain.response_length_changes:
             headers.remove("content-length")
         self._count_status(status)
         info.first_downstream_tx = _now()

@@ -57,10 +57,13 @@ class Gauge:
         self._used = True
 
     def inc(self, n: int = 1) -> None:
+        """(Marks the gauge used, as Envoy's does; hot paths add to ``value`` instead.)"""
         self.value += n
+        self._used = True
 
     def dec(self, n: int = 1) -> None:
         self.value -= n
+        self._used = True
 
     @property
     def used(self) -> bool:
