@@ -226,3 +226,56 @@ static_resources:
     assert results["trioproxy"][0] == results["envoy"][0]
     ours, envoys = results["trioproxy"][1].items(), results["envoy"][1].items()
     assert ours == envoys, (sorted(ours - envoys), sorted(envoys - ours))
+
+
+async def test_network_rbac_agrees(nursery: trio.Nursery) -> None:
+    """Network RBAC in front of tcp_proxy: connections from 127.0.0.2 are closed, others pass;
+    shadow rules only count."""
+    echo = (await nursery.start(partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")))[0]
+    clusters = static_cluster("echo", echo.socket.getsockname()[1])
+    results = {}
+    for kind in KINDS:
+        listen, admin_port = free_port(), free_port()
+        config = f"""
+static_resources:
+  listeners:
+  - name: l4
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: l4_
+          rules:
+            action: DENY
+            policies:
+              no-127-0-0-2:
+                permissions: [{{destination_port: {listen}}}]
+                principals: [{{direct_remote_ip: {{address_prefix: 127.0.0.2, prefix_len: 32}}}}]
+          shadow_rules:
+            action: ALLOW
+            policies:
+              only-3:
+                permissions: [{{any: true}}]
+                principals: [{{remote_ip: {{address_prefix: 127.0.0.3, prefix_len: 32}}}}]
+{_tcp_proxy("to_echo", "echo")[1:]}
+  clusters:{clusters}
+{admin(admin_port)}
+"""
+        async with proxy(kind, config, admin_port):
+            answers = []
+            for data, source in ((b"abc", "127.0.0.1"), (b"x", "127.0.0.2"), (b"yz", "127.0.0.3")):
+                try:
+                    answers.append(await _exchange(listen, data, source=source))
+                except trio.BrokenResourceError:
+                    answers.append(b"<reset>")
+            await trio.sleep(0.3)
+            stats = await nonzero_stats(admin_port, "l4_", "tcp.")
+        results[kind] = (answers, {k: v for k, v in stats.items() if "length_ms" not in k})
+    assert results["envoy"][0] == [b"cba", b"", b"zy"]  # the refused one: closed, no reset
+    assert results["trioproxy"][0] == results["envoy"][0]
+    # Envoy decides at the first byte, when tcp_proxy has already taken (and counted) the
+    # connection; trioproxy decides before tcp_proxy sees it: compare the rbac stats only
+    rbac = {kind: {k: v for k, v in r[1].items() if ".rbac." in k} for kind, r in results.items()}
+    assert rbac["trioproxy"] == rbac["envoy"]

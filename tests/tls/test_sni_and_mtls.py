@@ -281,3 +281,57 @@ async def test_mtls_verifies_clients_and_sets_xfcc(
         f'Subject="CN=client,O=trioproxy tests";URI={CLIENT_URI};DNS=client.example.com'
     )
     assert backend.requests[0].header("x-forwarded-client-cert") == expected
+
+
+async def test_rbac_allows_by_the_client_certificate(
+    nursery: trio.Nursery, pki: dict[str, Any]
+) -> None:
+    """RBAC's ``authenticated`` principal: the client certificate's URI SAN decides."""
+    backend = Backend(name="app")
+    await nursery.start(backend.serve)
+    rbac = {
+        "name": "envoy.filters.http.rbac",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+            "rules": {
+                "action": "ALLOW",
+                "policies": {
+                    "client-only": {
+                        "permissions": [{"any": True}],
+                        "principals": [
+                            {"authenticated": {"principal_name": {"exact": CLIENT_URI}}}
+                        ],
+                    }
+                },
+            },
+        },
+    }
+    manager = hcm("app")
+    manager["typed_config"]["http_filters"].insert(0, rbac)
+    listener = {
+        "filter_chains": [
+            {
+                "transport_socket": tls_socket(
+                    pki["a"],
+                    require_client_certificate=True,
+                    common={
+                        "validation_context": {"trusted_ca": {"inline_bytes": _b64(pki["ca"].pem)}}
+                    },
+                ),
+                "filters": [manager],
+            }
+        ]
+    }
+    proxy = await start_proxy(nursery, bootstrap(listener, [cluster("app", backend.port)]))
+    tmp = pki["tmp"]
+    with trio.fail_after(10):
+        ok = await https_get(
+            proxy.port, "a.example.com", client_context(pki["ca"], pki["client"], tmp)
+        )
+        other = await https_get(
+            proxy.port, "a.example.com", client_context(pki["ca"], pki["wrong_san"], tmp)
+        )
+    assert ok == (200, b"app")
+    assert other == (403, b"RBAC: access denied")
+    assert len(backend.requests) == 1
+    assert proxy.stat("http.https_app.rbac.denied") == 1

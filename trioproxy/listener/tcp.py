@@ -321,6 +321,7 @@ class Listener:
             )
             for filt in chain.filters:
                 if not await filt.on_new_connection(conn):
+                    await _refuse(stream)
                     return
             await chain.terminal.handle_connection(conn)
         except Exception:
@@ -338,3 +339,21 @@ class Listener:
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                         pass
             raw.close()
+
+
+#: How long a refused connection's input is read and dropped after our FIN.
+REFUSE_LINGER = 1.0
+
+
+async def _refuse(stream: trio.abc.Stream) -> None:
+    """Close a connection a network filter refused with a FIN, as Envoy does (it decides on
+    the first bytes, already read): closing with the client's bytes unread would make the
+    kernel answer RST. Send EOF, then drop what the client still sends for a moment."""
+    with trio.move_on_after(REFUSE_LINGER):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while await stream.receive_some(65536):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
