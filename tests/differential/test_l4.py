@@ -279,3 +279,45 @@ static_resources:
     # connection; trioproxy decides before tcp_proxy sees it: compare the rbac stats only
     rbac = {kind: {k: v for k, v in r[1].items() if ".rbac." in k} for kind, r in results.items()}
     assert rbac["trioproxy"] == rbac["envoy"]
+
+
+NETWORK_LRL = (
+    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
+)
+
+
+async def test_network_local_rate_limit_agrees(nursery: trio.Nursery) -> None:
+    """Two connections a minute: the third is closed, and counted."""
+    echo = (await nursery.start(partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")))[0]
+    clusters = static_cluster("echo", echo.socket.getsockname()[1])
+    results = {}
+    for kind in KINDS:
+        listen, admin_port = free_port(), free_port()
+        config = f"""
+static_resources:
+  listeners:
+  - name: l4
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.local_ratelimit
+        typed_config:
+          '@type': {NETWORK_LRL}
+          stat_prefix: conns
+          token_bucket: {{max_tokens: 2, fill_interval: 60s}}
+{_tcp_proxy("to_echo", "echo")[1:]}
+  clusters:{clusters}
+{admin(admin_port)}
+"""
+        async with proxy(kind, config, admin_port):
+            answers = []
+            for data in (b"ab", b"cd", b"ef"):
+                try:
+                    answers.append(await _exchange(listen, data))
+                except trio.BrokenResourceError:
+                    answers.append(b"<reset>")
+            await trio.sleep(0.3)
+            stats = await nonzero_stats(admin_port, "local_rate_limit.")
+        results[kind] = (answers, stats)
+    assert results["envoy"][0][:2] == [b"ba", b"dc"]
+    assert results["trioproxy"] == results["envoy"]

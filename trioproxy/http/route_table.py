@@ -30,6 +30,7 @@ from trioproxy.config.types import data_source, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
+from trioproxy.http.rate_limits import RateLimit, compile_rate_limits
 from trioproxy.http.retry import RetryPolicy, compile_retry_policy
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.upstream.hashing import StreamHash, compile_http
@@ -250,6 +251,7 @@ class VirtualHost:
     #: ``x-envoy-attempt-count`` on requests to the upstream / on responses downstream
     include_request_attempt_count: bool = False
     include_attempt_count_in_response: bool = False
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @attrs.frozen(eq=False)
@@ -276,6 +278,8 @@ class Route:
     retry_policy: RetryPolicy | None = None
     #: ``per_request_buffer_limit_bytes``: how much request body is kept for retries.
     buffer_limit: int = 1 << 20
+    #: The route action's ``rate_limits`` (``include_vh_rate_limits`` aside).
+    rate_limits: tuple[RateLimit, ...] = ()
     hash_policy: tuple[Mapping[str, Any], ...] = ()
     #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
     hash_fn: StreamHash | None = None
@@ -528,6 +532,10 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     if "grpc_timeout_header_max" in msd:
         kw["grpc_timeout_max"] = duration(msd["grpc_timeout_header_max"], 0.0) or 0.0
         kw["grpc_timeout_offset"] = duration(msd.get("grpc_timeout_header_offset"), 0.0) or 0.0
+    try:
+        kw["rate_limits"] = compile_rate_limits(a.get("rate_limits", ()))
+    except ConfigError as exc:
+        raise exc.at("route") from None
     kw["hash_policy"] = tuple(a.get("hash_policy", ()))
     try:
         kw["hash_fn"] = compile_http(kw["hash_policy"])
@@ -585,6 +593,7 @@ class RouteConfiguration:
                     include_attempt_count_in_response=bool(
                         vd.get("include_attempt_count_in_response")
                     ),
+                    rate_limits=compile_rate_limits(vd.get("rate_limits", ())),
                 )
             except ConfigError as exc:
                 raise exc.at(path) from None
