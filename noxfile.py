@@ -19,7 +19,8 @@ PY = ["3.11"]
 @nox.parametrize("codec", ["httptools", "h11"])
 def tests(session: nox.Session, codec: str) -> None:
     """The test suite; TRIOPROXY_H1_CODEC picks the HTTP/1.1 parser for every proxy started."""
-    session.install("-e", ".[test]")
+    # the external filter example installs as a user's plugin would, from its own pyproject
+    session.install("-e", ".[test]", "-e", "examples/external-filter")
     # iproute2, iptables, util-linux for the network-namespace tests (root + apt-get only)
     session.run("python", "tools/system_deps.py")
     session.env["TRIOPROXY_H1_CODEC"] = codec
@@ -50,5 +51,5 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PY)
 def examples(session: nox.Session) -> None:
     """Run the examples' end-to-end checks (the same ones the test suite runs)."""
-    session.install("-e", ".[test]")
+    session.install("-e", ".[test]", "-e", "examples/external-filter")
     session.run("python", "-m", "pytest", "tests/examples", *session.posargs)

@@ -31,7 +31,7 @@ def _config(raw: Mapping[str, Any]) -> LocalRateLimitConfig:
 
 
 def _create(config: LocalRateLimitConfig, ctx: FactoryContext) -> LocalRateLimitFilter:
-    store = ctx.cluster_manager.store  # the root scope: stats are <stat_prefix>.*
+    store = ctx.store or ctx.cluster_manager.store  # the root: stats are <stat_prefix>.*
     limiters: dict[int, Limiter] = {}
 
     def per_route(route_config: LocalRateLimitConfig) -> Limiter:

@@ -241,7 +241,9 @@ class HcmConfig:
         if codec_type == "HTTP3":
             raise ConfigError(f"codec_type {codec_type} is not supported yet", path="codec_type")
         scope = ctx.store.scope(f"http.{stat_prefix}.")
-        fctx = FactoryContext(stats=scope, cluster_manager=ctx.cluster_manager, node=ctx.node)
+        fctx = FactoryContext(
+            stats=scope, cluster_manager=ctx.cluster_manager, node=ctx.node, store=ctx.store
+        )
         built: list[tuple[str, object]] = []
         per_route: dict[str, Callable[[Mapping[str, Any]], Any]] = {}
         entries = d.get("http_filters", [])

@@ -34,7 +34,7 @@ from trioproxy.http.stream_info import StreamInfo
 if TYPE_CHECKING:
     import trio
 
-    from trioproxy.stats import Scope
+    from trioproxy.stats import Scope, Store
     from trioproxy.upstream.cluster_manager import ClusterManager
 
 
@@ -221,3 +221,6 @@ class FactoryContext:
     cluster_manager: ClusterManager
     nursery: trio.Nursery | None = None  # for a filter's long-lived helpers (server lifetime)
     node: Mapping[str, Any] = attrs.field(factory=dict)
+    #: The root of the stats, for a filter whose stats Envoy names outside the connection
+    #: manager's scope (``<stat_prefix>.http_local_rate_limit.*``).
+    store: Store | None = None
