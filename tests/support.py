@@ -319,14 +319,27 @@ async def body_chunks(parts: Sequence[bytes], delay: float = 0.0) -> AsyncIterat
         yield p
 
 
+_handed_out: list[int] = []  # recent answers, not given again (the kernel may reoffer them)
+
+
 def free_ports(n: int) -> list[int]:
-    """Ports that were free a moment ago (for configs and processes that need them written)."""
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
+    """Ports that were free a moment ago (for configs and processes that need them written);
+    distinct, and none handed out by a recent call."""
+    socks = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            if port not in _handed_out:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _handed_out.extend(ports)
+    del _handed_out[:-256]
     return ports
 
 

@@ -86,11 +86,21 @@ def find_envoy() -> str | None:
     return None
 
 
+_handed_out: list[int] = []  # recent answers of free_port, never given twice in a row
+
+
 def free_port() -> int:
-    """A port that was free a moment ago (the proxies need ports written into their config)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that was free a moment ago (the proxies need ports written into their config).
+    The kernel may offer a just-released port again: one handed out lately is skipped, so a
+    proxy's listener and admin ports never collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.append(port)
+            del _handed_out[:-256]
+            return port
 
 
 # -- recording upstream ----------------------------------------------------------------------

@@ -1,0 +1,58 @@
+"""A burst past the circuit breaker, as a client sees it: the requests over max_requests get
+503 with response flag UO at once, and the overflow counters move."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.support import Backend, Client, Reply, simple_config, start_proxy
+
+ACCESS_LOG = """
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {path}
+    log_format: {{text_format_source: {{inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS%\\n"}}}}
+"""
+
+
+async def test_a_burst_past_max_requests_gets_503_uo(nursery: trio.Nursery, tmp_path: Path) -> None:
+    backend = Backend(handler=lambda rec: Reply(delay=0.5))
+    port = await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    proxy = await start_proxy(
+        nursery,
+        simple_config(
+            [port],
+            hcm_extra=ACCESS_LOG.format(path=log),
+            cluster_extra="""
+    circuit_breakers:
+      thresholds: [{max_requests: 2, max_pending_requests: 1}]""",
+        ),
+    )
+    results: list[tuple[int, float]] = []
+
+    async def one() -> None:
+        client = await Client.connect(proxy.port)
+        start = trio.current_time()
+        try:
+            resp, _ = await client.request("GET", "/")
+        finally:
+            await client.aclose()
+        results.append((resp.status_code, trio.current_time() - start))
+
+    async with trio.open_nursery() as burst:
+        for _ in range(6):
+            burst.start_soon(one)
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200, 200, 503, 503, 503, 503]
+    assert all(took < 0.4 for s, took in results if s == 503)  # refused at once, not queued
+    assert len(backend.requests) == 2
+    assert proxy.stat("cluster.backend.upstream_rq_pending_overflow") == 4
+    assert proxy.stat("cluster.backend.circuit_breakers.default.rq_open") == 0  # closed again
+    await trio.sleep(1.2)  # access log files are flushed every second, as Envoy's
+    lines = sorted(log.read_text().splitlines())
+    assert lines == ["200 -", "200 -", "503 UO", "503 UO", "503 UO", "503 UO"]
