@@ -9,6 +9,11 @@ was waiting on it; the owner then sees why from its own state.
 
 Precision is ``TICK`` (50 ms), which is fine for timeouts configured in seconds; timeouts that
 are not on the hot path (connect, request headers) keep exact cancel scopes.
+
+The same tick ``probe()``s the *watched* entries: an HTTP/1.1 connection waiting on the
+upstream reads nothing from its client, so it cannot see the client go away; its probe peeks
+at the socket (one non-blocking syscall) and cancels the stream when the client closed, as
+Envoy notices a downstream close at once and resets the upstream request.
 """
 
 from __future__ import annotations
@@ -29,9 +34,20 @@ class Timed(Protocol):
     def expire(self) -> None: ...
 
 
+class Probed(Protocol):
+    def probe(self) -> None: ...
+
+
 class Watchdog:
     def __init__(self) -> None:
         self._entries: set[Timed] = set()
+        self._watched: set[Probed] = set()
+
+    def watch(self, entry: Probed) -> None:
+        self._watched.add(entry)
+
+    def unwatch(self, entry: Probed) -> None:
+        self._watched.discard(entry)
 
     def add(self, entry: Timed) -> None:
         self._entries.add(entry)
@@ -56,6 +72,9 @@ class Watchdog:
         while True:
             await trio.sleep(TICK)
             self.check(trio.current_time())
+            if self._watched:
+                for entry in list(self._watched):
+                    entry.probe()
 
 
 def current() -> Watchdog:

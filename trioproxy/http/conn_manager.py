@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -153,6 +154,22 @@ class Http1Connection:
         self._expired = "request" if self._rq_deadline <= now else "idle"
         self._scope.cancel()
 
+    def probe(self) -> None:
+        """The watchdog's peek while a request is in flight: if the client closed (or half-
+        closed: Envoy takes that as a close too), cancel the stream, which resets the
+        upstream request. Bytes waiting (a pipelined request, TLS records) mean nothing."""
+        if self._idle or self._expired is not None:
+            return
+        try:
+            data = self.conn.transport.socket.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._expired = "peer"
+            self._scope.cancel()
+
     def _touch(self) -> None:
         """Stream activity: push the stream idle timeout back."""
         idle = self.cfg.stream_idle_timeout
@@ -213,7 +230,9 @@ class Http1Connection:
                         st.downstream_cx_drain_close.value += 1
                         break
                     self.parser.start_next_cycle()
-            if self._expired is not None:
+            if self._expired == "peer":
+                self._peer_gone()
+            elif self._expired is not None:
                 await self._stream_timed_out()
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
@@ -227,6 +246,18 @@ class Http1Connection:
             st.downstream_cx_rx_bytes_total.value += self.rx
             st.downstream_cx_tx_bytes_total.value += self.tx
             st.downstream_cx_length_ms.record((_now() - started) * 1000)
+
+    def _peer_gone(self) -> None:
+        """The client closed while its request was in flight (``probe``)."""
+        stream = self._stream
+        assert stream is not None
+        st = self.stats
+        st.downstream_cx_destroy_remote.value += 1
+        st.downstream_cx_destroy_remote_active_rq.value += 1
+        st.downstream_rq_rx_reset.value += 1
+        stream.info.response_flags.add("DC")
+        stream.info.end_monotonic = _now()
+        self._log(stream)
 
     async def _stream_timed_out(self) -> None:
         """The watchdog cancelled the current stream: answer 408 if nothing was sent yet."""
@@ -384,6 +415,7 @@ class Http1Connection:
         self.deadline = min(now + idle if idle is not None else math.inf, self._rq_deadline)
         if self.deadline != math.inf:
             self._dog.add(self)
+        self._dog.watch(self)
         try:
             if reject is not None:
                 result: Response | LocalReply = reject
@@ -420,6 +452,7 @@ class Http1Connection:
             keep_alive = False
         finally:
             self._dog.discard(self)
+            self._dog.unwatch(self)
             st.downstream_rq_active.value -= 1
             info.end_monotonic = info.last_downstream_tx = _now()
             if info.first_downstream_tx is None and info.response_code:
