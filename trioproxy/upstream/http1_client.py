@@ -22,6 +22,8 @@ from trioproxy.http import h1
 from trioproxy.http.headers import Headers
 
 READ_SIZE = 65536
+#: Methods whose bodiless requests go out without ``content-length: 0`` (Envoy's rule).
+_NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
 
 
 class Exchange:
@@ -96,6 +98,14 @@ class Exchange:
                 continue
             items.append((name, value))
         items.insert(0, ("host", authority))
+        # a bodiless POST, PUT, OPTIONS … says so, as Envoy's HTTP/1 codec does
+        if (
+            end_stream
+            and not body
+            and method not in _NO_LENGTH_METHODS
+            and not any(name == "content-length" for name, _ in items)
+        ):
+            items.append(("content-length", "0"))
         await self.send(h1.encode_request_head(method, path, items) + body)
 
     async def _event(self) -> Any:
