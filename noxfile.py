@@ -44,6 +44,7 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks print ratios against Envoy and a direct connection; they are not tests."""
     session.install("-e", ".[test]")
+    session.run("python", "tools/system_deps.py", "--bench")  # nginx, wrk, h2load
     session.run("python", "benchmarks/bench_http.py", *session.posargs)
     session.run("python", "benchmarks/bench_h2.py")
 

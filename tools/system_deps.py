@@ -2,8 +2,8 @@
 
 The network-namespace tests (tests/sidecar, tests/test_iptables.py) need ``ip`` (iproute2),
 ``iptables-restore`` (iptables) and ``setpriv`` (util-linux); the HTTP/2 client tests
-``curl`` and ``h2load`` (nghttp2-client). Run by ``nox -s tests`` before
-pytest: as root with apt-get (CI, a Debian container) the missing packages are installed;
+``curl`` and ``h2load`` (nghttp2-client); with ``--bench``, the benchmarks' ``nginx`` and
+``wrk`` too (``nox -s bench``). Run by ``nox -s tests`` before pytest: as root with apt-get (CI, a Debian container) the missing packages are installed;
 otherwise it says what is missing and the tests that need it skip with that reason.
 """
 
@@ -21,10 +21,12 @@ NEEDED = {
     "curl": "curl",
     "h2load": "nghttp2-client",
 }
+BENCH = {"nginx": "nginx", "wrk": "wrk"}
 
 
-def main() -> int:
-    missing = sorted({pkg for tool, pkg in NEEDED.items() if shutil.which(tool) is None})
+def main(argv: list[str]) -> int:
+    needed = {**NEEDED, **BENCH} if "--bench" in argv else NEEDED
+    missing = sorted({pkg for tool, pkg in needed.items() if shutil.which(tool) is None})
     if not missing:
         return 0
     apt = shutil.which("apt-get")
@@ -46,4 +48,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -110,9 +110,9 @@ def _grpc_timeout(value: str | None, route: Any, default: float | None) -> float
     return seconds or None
 
 
-def _per_try_timeout(route: Any, headers: Headers) -> float | None:
+def _per_try_timeout(route: Any, headers: Headers | None) -> float | None:
     """The policy's ``per_try_timeout``, or ``x-envoy-upstream-rq-per-try-timeout-ms``."""
-    value = headers.get("x-envoy-upstream-rq-per-try-timeout-ms")
+    value = headers.get("x-envoy-upstream-rq-per-try-timeout-ms") if headers else None
     if value is not None and value.isdigit() and int(value):
         return int(value) / 1000
     policy = route.retry_policy
@@ -263,9 +263,17 @@ class Router(TerminalFilter):
         timeout = route.timeout
         if route.grpc_timeout_max is not None:
             timeout = _grpc_timeout(headers.get("grpc-timeout"), route, timeout)
-        retry = RetryState.create(route.retry_policy, headers)
-        per_try = _per_try_timeout(route, headers) if retry is not None else None
-        timeout = _consume_control_headers(headers, timeout)
+        # x-envoy-* control headers only reach the router on internal requests (the connection
+        # manager strips them from the rest): external ones skip looking for them
+        if headers.get("x-envoy-internal") == "true":
+            retry = RetryState.create(route.retry_policy, headers)
+            per_try = _per_try_timeout(route, headers) if retry is not None else None
+            timeout = _consume_control_headers(headers, timeout)
+        elif route.retry_policy is not None:
+            retry = RetryState.create(route.retry_policy, None)
+            per_try = _per_try_timeout(route, None) if retry is not None else None
+        else:
+            retry = per_try = None
         span = stream.span
         if span is not None:
             span.inject(headers)

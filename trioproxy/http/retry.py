@@ -169,6 +169,7 @@ def compile_retry_policy(d: Mapping[str, Any] | None) -> RetryPolicy | None:
 
 
 _EMPTY = RetryPolicy()
+_NO_HEADERS = Headers([])
 
 
 class RetryState:
@@ -205,10 +206,13 @@ class RetryState:
     def create(
         cls,
         policy: RetryPolicy | None,
-        headers: Headers,
+        headers: Headers | None,
         rng: Callable[[], float] = random.random,
     ) -> RetryState | None:
-        """The state for a request with these (internal-only) control headers, if any."""
+        """The state for a request with these (internal-only) control headers, if any
+        (``None``: an external request, which has none)."""
+        if headers is None:
+            headers = _NO_HEADERS
         on_header = headers.get("x-envoy-retry-on")
         grpc_header = headers.get("x-envoy-retry-grpc-on")
         if policy is None and on_header is None and grpc_header is None:
