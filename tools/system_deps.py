@@ -3,8 +3,9 @@
 The network-namespace tests (tests/sidecar, tests/test_iptables.py) need ``ip`` (iproute2),
 ``iptables-restore`` (iptables) and ``setpriv`` (util-linux); the HTTP/2 client tests
 ``curl`` and ``h2load`` (nghttp2-client); with ``--bench``, the benchmarks' ``nginx`` and
-``wrk`` too (``nox -s bench``). Run by ``nox -s tests`` before pytest: as root with apt-get (CI, a Debian container) the missing packages are installed;
-otherwise it says what is missing and the tests that need it skip with that reason.
+``wrk`` too (``nox -s bench``). Run by ``nox -s tests`` before pytest: as root with apt-get
+(CI, a Debian container) the missing packages are installed; otherwise it says what is
+missing and the tests that need it skip with that reason.
 """
 
 from __future__ import annotations
