@@ -1,5 +1,5 @@
 """A small HTTP/1.1 client over the cluster manager's pools, for the proxy's own calls
-(span reports to a collector; later ext_authz, health checks). Envoy's "async client".
+(span reports to a collector, ext_authz checks over HTTP and gRPC). Envoy's "async client".
 
 ``request`` picks a host of the cluster, takes a pooled connection, sends one request with a
 ``content-length`` body and reads the whole response, all under ``timeout``. It counts the
@@ -27,6 +27,7 @@ class ClientResponse:
     status: int
     headers: Headers
     body: bytes
+    trailers: Headers | None = None  # (HTTP/2: gRPC's status)
 
 
 async def request(
@@ -75,6 +76,7 @@ async def request(
                         parts.append(chunk)
                     reusable = exchange.reusable
                     status = head.status
+                    trailers = exchange.trailers
                 finally:
                     stats.upstream_cx_rx_bytes_total.value += exchange.rx
                     stats.upstream_cx_tx_bytes_total.value += exchange.tx
@@ -96,6 +98,6 @@ async def request(
                     host.rq_error += 1
             else:
                 host.rq_error += 1
-        return ClientResponse(status, Headers(list(head.headers)), b"".join(parts))
+        return ClientResponse(status, Headers(list(head.headers)), b"".join(parts), trailers)
     finally:
         cluster.finish_request()
