@@ -122,8 +122,9 @@ def analyse(
         elif c == "e":
             if name == "expect" and value.lower() == "100-continue":
                 expect = True
-        elif c == "u" and name == "upgrade":
-            upgrade = value
+        elif c == "u" and name == "upgrade" and value.strip():
+            # several Upgrade lines are one list (RFC 9110 §5.3), empty members dropped
+            upgrade = value if upgrade is None else f"{upgrade}, {value}"
     chunked = False
     length: int | None = None
     if te is not None:
