@@ -157,9 +157,11 @@ class HttpStream:
 class HttpFilter:
     """Base class of HTTP filters. Override the phases you need; see the module docstring."""
 
-    #: A filter with ``on_response_data`` that never changes the body's length (it only
-    #: looks, or paces) sets this, so responses keep their ``Content-Length``; otherwise the
-    #: connection manager drops it and frames the body itself (chunked, or DATA frames).
+    #: A filter with ``on_response_data`` that keeps ``Content-Length`` true on its own sets
+    #: this: it never changes the body's length (it only looks, or paces), or it removes the
+    #: header itself from the responses it changes (as Envoy's filters do). Otherwise the
+    #: connection manager drops it whenever the filter is in the chain and frames the body
+    #: itself (chunked, or DATA frames).
     keeps_response_length: bool = False
 
     async def on_request_headers(self, stream: HttpStream, headers: Headers) -> LocalReply | None:
