@@ -17,6 +17,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import trio
@@ -33,9 +34,11 @@ from trioproxy.http.filter import (
 )
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
+from trioproxy.http.mirror import mirror_headers, send_mirror
 from trioproxy.http.request_headers import strip_hop_by_hop
 from trioproxy.http.retry import RetryState
 from trioproxy.http.stream_info import now as _now
+from trioproxy.upstream import client
 from trioproxy.upstream.http1_client import Exchange
 
 from .config import RouterConfig
@@ -135,7 +138,7 @@ class _Replay:
     """A request body that can be sent again: chunks are kept as they go out, up to
     ``limit`` bytes (``per_request_buffer_limit_bytes``); past it, no retry is possible."""
 
-    __slots__ = ("_source", "_chunks", "_size", "_limit", "_done", "replayable")
+    __slots__ = ("_source", "_chunks", "_size", "_limit", "_done", "_finished", "replayable")
 
     def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
         self._source = source
@@ -143,7 +146,13 @@ class _Replay:
         self._size = 0
         self._limit = limit
         self._done = False
+        self._finished = trio.Event()  # the source was read to its end
         self.replayable = True
+
+    async def whole(self) -> bytes | None:
+        """The whole body once it has been read (``None`` if it was too large to keep)."""
+        await self._finished.wait()
+        return b"".join(self._chunks) if self.replayable else None
 
     async def attempt(self) -> AsyncIterator[bytes]:
         for chunk in list(self._chunks):
@@ -160,6 +169,7 @@ class _Replay:
                     self._chunks.append(chunk)
             yield chunk
         self._done = True
+        self._finished.set()
 
 
 def _cancel_body(exchange: Any) -> None:
@@ -295,9 +305,41 @@ class Router(TerminalFilter):
         vh = route.virtual_host
         if vh is not None and vh.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", "1")
+        replay = None
+        if route.mirrors:
+            replay = _Replay(body, route.buffer_limit) if body is not None else None
+            self._mirror(route, headers, replay, timeout)
         if retry is None:
+            if replay is not None:
+                body = replay.attempt()
             return await self._forward(stream, route, cluster, host, body, deadline)
-        return await self._retrying(stream, route, cluster, host, body, deadline, retry, per_try)
+        return await self._retrying(
+            stream, route, cluster, host, body, deadline, retry, per_try, replay
+        )
+
+    def _mirror(
+        self, route: Any, headers: Headers, replay: _Replay | None, timeout: float | None
+    ) -> None:
+        """Start the copies ``request_mirror_policies`` ask for (see ``trioproxy.http.mirror``)."""
+        for policy in route.mirrors:
+            if not policy.draws():
+                continue
+            name = policy.cluster_name(headers)
+            cluster = self.cm.get(name) if name else None
+            if cluster is None or cluster.nursery is None:
+                continue
+            method, path, authority, copy = mirror_headers(headers, policy)
+            cluster.nursery.start_soon(
+                send_mirror,
+                partial(client.request, self.cm),
+                cluster.name,
+                method,
+                path,
+                authority,
+                copy,
+                replay.whole if replay is not None else None,
+                timeout or 15.0,
+            )
 
     async def _retrying(
         self,
@@ -309,11 +351,13 @@ class Router(TerminalFilter):
         deadline: float,
         retry: RetryState,
         per_try: float | None,
+        replay: _Replay | None = None,
     ) -> Response | LocalReply:
         """Attempts until one's outcome is not to be retried (see ``trioproxy.http.retry``)."""
         info = stream.info
         stats = cluster.stats
-        replay = _Replay(body, route.buffer_limit) if body is not None else None
+        if replay is None and body is not None:
+            replay = _Replay(body, route.buffer_limit)
         tried = [host]
         flags = set(info.response_flags)
         breaker = cluster.breakers.retries
@@ -516,6 +560,8 @@ class Router(TerminalFilter):
         resp_headers = Headers([(":status", str(head.status))])
         resp_headers.items().extend(head.headers)
         strip_hop_by_hop(resp_headers, keep_te_trailers=False)
+        if head.status == 204:
+            resp_headers.remove("content-length")  # a 204 has none (RFC 9110 §8.6), as Envoy
         if not self.config.suppress_envoy_headers:
             resp_headers.set("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
         route.apply_response_headers(resp_headers, info)

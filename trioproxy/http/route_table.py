@@ -30,6 +30,7 @@ from trioproxy.config.types import data_source, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
+from trioproxy.http.mirror import MirrorPolicy, compile_mirrors
 from trioproxy.http.rate_limits import RateLimit, compile_rate_limits
 from trioproxy.http.retry import RetryPolicy, compile_retry_policy
 from trioproxy.http.stream_info import StreamInfo
@@ -280,6 +281,8 @@ class Route:
     buffer_limit: int = 1 << 20
     #: The route action's ``rate_limits`` (``include_vh_rate_limits`` aside).
     rate_limits: tuple[RateLimit, ...] = ()
+    #: ``request_mirror_policies`` (``trioproxy.http.mirror``).
+    mirrors: tuple[MirrorPolicy, ...] = ()
     hash_policy: tuple[Mapping[str, Any], ...] = ()
     #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
     hash_fn: StreamHash | None = None
@@ -476,7 +479,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     if "route" not in d:
         raise ConfigError("a route needs route, redirect or direct_response")
     a = d["route"]
-    for unsupported in ("request_mirror_policies", "internal_redirect_policy", "upgrade_configs"):
+    for unsupported in ("internal_redirect_policy", "upgrade_configs"):
         if a.get(unsupported):
             raise ConfigError(f"{unsupported} is not supported yet", path=f"route.{unsupported}")
     kw: dict[str, Any] = {}
@@ -534,6 +537,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
         kw["grpc_timeout_offset"] = duration(msd.get("grpc_timeout_header_offset"), 0.0) or 0.0
     try:
         kw["rate_limits"] = compile_rate_limits(a.get("rate_limits", ()))
+        kw["mirrors"] = compile_mirrors(a.get("request_mirror_policies"))
     except ConfigError as exc:
         raise exc.at("route") from None
     kw["hash_policy"] = tuple(a.get("hash_policy", ()))

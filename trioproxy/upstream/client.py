@@ -38,9 +38,12 @@ async def request(
     *,
     authority: str,
     headers: Sequence[tuple[str, str]] = (),
-    body: bytes = b"",
+    body: bytes | None = b"",
     deadline_s: float = 5.0,
 ) -> ClientResponse:
+    """One request; ``body=None``: none, and no ``content-length`` of ours (the codec's rule
+    applies, as for a routed request). A request carrying ``x-envoy-internal: true`` counts
+    under ``internal.`` too, as routed ones do."""
     cluster = cluster_manager.get(cluster_name)
     if cluster is None:
         raise UpstreamError(f"unknown cluster {cluster_name}", flag="NC")
@@ -68,8 +71,9 @@ async def request(
                     hdrs = Headers([(":authority", authority), (":path", path)])
                     for k, v in headers:
                         hdrs.add(k, v)
-                    hdrs.set("content-length", str(len(body)))
-                    await exchange.send_request_head(method, hdrs, body, end_stream=True)
+                    if body is not None:
+                        hdrs.set("content-length", str(len(body)))
+                    await exchange.send_request_head(method, hdrs, body or b"", end_stream=True)
                     head, first = await exchange.read_response_head()
                     parts = [first]
                     async for chunk in exchange.iter_body():
@@ -90,8 +94,13 @@ async def request(
             host.rq_active -= 1
             if status:
                 stats.upstream_rq_completed.value += 1
-                cluster.scope.counter(f"upstream_rq_{status}").value += 1
-                cluster.scope.counter(f"upstream_rq_{status // 100}xx").value += 1
+                scope = cluster.scope
+                scope.counter(f"upstream_rq_{status}").value += 1
+                scope.counter(f"upstream_rq_{status // 100}xx").value += 1
+                if any(k == "x-envoy-internal" and v == "true" for k, v in headers):
+                    scope.counter(f"internal.upstream_rq_{status}").value += 1
+                    scope.counter(f"internal.upstream_rq_{status // 100}xx").value += 1
+                    scope.counter("internal.upstream_rq_completed").value += 1
                 if status < 500:
                     host.rq_success += 1
                 else:
