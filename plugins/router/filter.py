@@ -399,7 +399,7 @@ class Router(TerminalFilter):
                 stats.upstream_rq_retry_limit_exceeded.value += 1
                 info.response_flags.add("URX")
                 return self._with_attempt_count(result, route, info)
-            if not breaker.can_create():
+            if not cluster.breakers.can_retry():
                 stats.upstream_rq_retry_overflow.value += 1
                 return self._with_attempt_count(result, route, info)
             if type(result) is Response and result.body is not None:

@@ -298,3 +298,32 @@ async def test_unbuilt_retry_fields_are_refused_by_name(tmp_path: Path) -> None:
     err = done.stderr.decode()
     assert ".routes[0].route.retry_policy.retry_priority: not supported yet" in err, err
     assert f"{path}:" in err  # with the line and column
+
+
+async def test_a_retry_budget_replaces_max_retries(nursery: trio.Nursery) -> None:
+    """budget 0 %, no minimum: no retry, though max_retries (3) alone would allow it; then a
+    budget with a minimum of one lets the retry through."""
+    cases = (
+        ("{budget_percent: {value: 0}, min_retry_concurrency: 0}", 1),
+        ("{budget_percent: {value: 20}, min_retry_concurrency: 1}", 2),
+    )
+    for budget, expected in cases:
+        backend = Backend(handler=lambda rec: Reply(503, body=b"busy"))
+        port = await nursery.start(backend.serve)
+        proxy = await start_proxy(
+            nursery,
+            simple_config(
+                [port],
+                routes=retry_routes("{retry_on: 5xx}"),
+                cluster_extra=f"""
+    circuit_breakers:
+      thresholds: [{{retry_budget: {budget}}}]""",
+            ),
+        )
+        client = await Client.connect(proxy.port)
+        try:
+            resp, _ = await client.request("GET", "/")
+        finally:
+            await client.aclose()
+        assert resp.status_code == 503
+        assert len(backend.requests) == expected

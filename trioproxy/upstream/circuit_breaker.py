@@ -61,6 +61,16 @@ class CircuitBreakers:
         self.requests = _Resource(t.max_requests, s.rq_open, r.remaining_rq if r else None)
         self.retries = _Resource(t.max_retries, s.rq_retry_open, r.remaining_retries if r else None)
 
+    def can_retry(self) -> bool:
+        """Room for one more retry: under ``max_retries``, or within the retry budget (a share
+        of the requests active and pending, at least ``min_retry_concurrency``)."""
+        percent = self.thresholds.retry_budget_percent
+        if percent is None:
+            return self.retries.can_create()
+        outstanding = self.requests.count + self.pending.count
+        limit = max(self.thresholds.min_retry_concurrency, percent / 100.0 * outstanding)
+        return self.retries.count < limit
+
     def __repr__(self) -> str:
         return (
             f"<CircuitBreakers cx={self.connections.count}/{self.connections.limit}"

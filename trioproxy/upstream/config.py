@@ -185,6 +185,11 @@ class CircuitBreakerThresholds:
     max_requests: int = 1024
     max_retries: int = 3
     track_remaining: bool = False
+    #: ``retry_budget``: concurrent retries allowed as a share of the active and pending
+    #: requests (``budget_percent``, default 20 %), at least ``min_retry_concurrency`` (3);
+    #: when set, it replaces ``max_retries``.
+    retry_budget_percent: float | None = None
+    min_retry_concurrency: int = 3
 
     @classmethod
     def from_proto(cls, d: Mapping[str, Any]) -> CircuitBreakerThresholds:
@@ -195,7 +200,25 @@ class CircuitBreakerThresholds:
             if prio != "DEFAULT":
                 continue
             p = f"thresholds[{i}]"
+            if t.get("max_connection_pools") is not None:
+                raise ConfigError("not supported yet", path=f"{p}.max_connection_pools")
+            budget = t.get("retry_budget")
+            percent: float | None = None
+            min_retries = 3
+            if budget is not None:
+                raw = budget.get("budget_percent")
+                raw = raw.get("value", 20.0) if isinstance(raw, Mapping) else raw
+                percent = 20.0 if raw is None else float(raw)
+                if not 0.0 <= percent <= 100.0:
+                    raise ConfigError(
+                        "must be between 0 and 100", path=f"{p}.retry_budget.budget_percent"
+                    )
+                mrc = budget.get("min_retry_concurrency")
+                mrc = mrc.get("value", 3) if isinstance(mrc, Mapping) else mrc
+                min_retries = 3 if mrc is None else int(mrc)
             return cls(
+                retry_budget_percent=percent,
+                min_retry_concurrency=min_retries,
                 max_connections=uint(t.get("max_connections", 1024), f"{p}.max_connections"),
                 max_pending_requests=uint(
                     t.get("max_pending_requests", 1024), f"{p}.max_pending_requests"
