@@ -67,7 +67,8 @@ class CircuitBreakers:
         percent = self.thresholds.retry_budget_percent
         if percent is None:
             return self.retries.can_create()
-        outstanding = self.requests.count + self.pending.count
+        # (the request asking is outstanding, whether or not its attempt let go of its slot)
+        outstanding = max(1, self.requests.count + self.pending.count)
         limit = max(self.thresholds.min_retry_concurrency, percent / 100.0 * outstanding)
         return self.retries.count < limit
 

@@ -207,7 +207,8 @@ class CircuitBreakerThresholds:
             min_retries = 3
             if budget is not None:
                 raw = budget.get("budget_percent")
-                raw = raw.get("value", 20.0) if isinstance(raw, Mapping) else raw
+                # a Percent message given without value is 0 (proto3 drops zero values)
+                raw = raw.get("value", 0.0) if isinstance(raw, Mapping) else raw
                 percent = 20.0 if raw is None else float(raw)
                 if not 0.0 <= percent <= 100.0:
                     raise ConfigError(
