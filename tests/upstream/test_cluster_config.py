@@ -131,7 +131,7 @@ def test_full_config() -> None:
     assert c.endpoints[1].priority == 1
     assert c.endpoints[1].locality.zone == "b"
     assert not c.endpoints[1].healthy
-    assert [e.address for e in c.primary_endpoints] == ["127.0.0.1"]
+    assert [(e.address, e.priority) for e in c.endpoints] == [("127.0.0.1", 0), ("::1", 1)]
 
 
 def test_older_hosts_field() -> None:

@@ -1,7 +1,7 @@
 """Clusters and the cluster manager.
 
 Theory of operation: a ``Cluster`` owns one config, its stats (``cluster.<name>.``), its circuit
-breakers, its current host list (priority 0), a load balancer built over that list and one
+breakers, its current host list (all priorities), a load balancer built over that list and one
 ``Http1Pool`` per host, created on first use. ``set_hosts`` swaps the host list and balancer in
 one step (no await in between, so a request sees the old set or the new one, never a mix) and
 drains the pools of hosts that left. STATIC clusters get their hosts at construction; DNS
@@ -97,8 +97,9 @@ class Cluster:
                         healthy=e.healthy,
                         locality=e.locality,
                         priority=e.priority,
+                        locality_weight=e.locality_weight,
                     )
-                    for e in config.primary_endpoints
+                    for e in config.endpoints
                 ]
             )
         elif config.type not in ("EDS", "ORIGINAL_DST"):  # EDS: hosts come from ``assign``
@@ -107,9 +108,13 @@ class Cluster:
     def assign(self, endpoints: Sequence[EndpointConfig]) -> bool:
         """EDS: replace the hosts, keeping those whose address did not change (their pools and
         stats live on). ``False`` when nothing changed."""
-        return self.set_hosts(
-            next_hosts(self.hosts, [(e, (e.address,)) for e in endpoints if e.priority == 0])
-        )
+        before = [(h.weight, h.priority, h.healthy, h.locality_weight) for h in self.hosts]
+        changed = self.set_hosts(next_hosts(self.hosts, [(e, (e.address,)) for e in endpoints]))
+        after = [(h.weight, h.priority, h.healthy, h.locality_weight) for h in self.hosts]
+        if not changed and after != before:  # the same hosts, with new weights or health
+            self.on_health_change()
+            return True
+        return changed
 
     # ---------------------------------------------------------------- per request
 
@@ -222,9 +227,11 @@ class Cluster:
         c = self.config
         if c.lb_policy == "CLUSTER_PROVIDED":  # ORIGINAL_DST picks in ``choose_host``
             return lb.LoadBalancer(())
-        return lb.build(
+        return lb.build_for_cluster(
             c.lb_policy,
             self.hosts,
+            locality_weighted=c.locality_weighted,
+            overprovisioning=c.overprovisioning,
             choice_count=c.choice_count,
             active_request_bias=c.active_request_bias,
             panic_threshold=c.healthy_panic_threshold,

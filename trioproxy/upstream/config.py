@@ -4,8 +4,8 @@ Theory of operation: ``ClusterConfig.from_proto`` takes the canonical proto-JSON
 names, durations as ``"5s"``, enums as names, integers possibly as strings, wrapper types either
 bare or as ``{"value": n}``) and checks what trioproxy acts on. Errors carry the field path
 relative to the dict handed in. Endpoints from ``load_assignment`` and from the older ``hosts``
-field become one flat tuple of ``EndpointConfig``; priorities are kept on each endpoint, but only
-priority 0 is used for load balancing for now. Fields we do not act on yet are kept raw
+field become one flat tuple of ``EndpointConfig``, each with its priority and its locality's
+weight (``lb.build_for_cluster`` spreads load across them). Fields we do not act on yet are kept raw
 (``typed_extension_protocol_options``, ``transport_socket``) and the whole dict is kept for
 ``/config_dump``.
 
@@ -112,6 +112,8 @@ class EndpointConfig:
     priority: int = 0
     locality: Locality = Locality()
     healthy: bool = True
+    #: the ``LocalityLbEndpoints.load_balancing_weight`` of its locality (0: none given)
+    locality_weight: int = 0
 
 
 def _socket_address(d: Mapping[str, Any], path: str) -> tuple[str, int]:
@@ -141,6 +143,9 @@ def _endpoints(d: Mapping[str, Any]) -> list[EndpointConfig]:
         lpath = f"load_assignment.endpoints[{i}]"
         locality = Locality.from_proto(loc.get("locality") or {})
         priority = uint(loc.get("priority", 0), f"{lpath}.priority")
+        locality_weight = uint(
+            loc.get("load_balancing_weight", 0), f"{lpath}.load_balancing_weight"
+        )
         for j, lbe in enumerate(loc.get("lb_endpoints", ())):
             epath = f"{lpath}.lb_endpoints[{j}]"
             if "endpoint_name" in lbe:
@@ -168,6 +173,7 @@ def _endpoints(d: Mapping[str, Any]) -> list[EndpointConfig]:
                     priority=priority,
                     locality=locality,
                     healthy=status not in UNHEALTHY_STATUSES,
+                    locality_weight=locality_weight,
                 )
             )
     for i, h in enumerate(d.get("hosts", ())):
@@ -431,6 +437,10 @@ class ClusterConfig:
     choice_count: int = 2  # LEAST_REQUEST
     active_request_bias: float = 1.0  # LEAST_REQUEST, weighted
     healthy_panic_threshold: float = 50.0  # percent; 0 disables panic mode
+    #: ``common_lb_config.locality_weighted_lb_config``: pick a locality by weight first.
+    locality_weighted: bool = False
+    #: ``load_assignment.policy.overprovisioning_factor`` (percent, default 140).
+    overprovisioning: int = 140
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     endpoints: tuple[EndpointConfig, ...] = ()
     dns_refresh_rate: float = DEFAULT_DNS_REFRESH_RATE
@@ -460,11 +470,6 @@ class ClusterConfig:
     #: ``health_checks`` (``trioproxy.upstream.health_check.HealthCheckConfig``), if any.
     health_check: Any = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, eq=False)
-
-    @property
-    def primary_endpoints(self) -> tuple[EndpointConfig, ...]:
-        """Priority 0, the only priority load-balanced for now."""
-        return tuple(e for e in self.endpoints if e.priority == 0)
 
     @classmethod
     def from_proto(cls, d: Mapping[str, Any]) -> ClusterConfig:
@@ -586,6 +591,8 @@ class ClusterConfig:
             choice_count=choice_count,
             active_request_bias=bias,
             healthy_panic_threshold=panic,
+            locality_weighted="locality_weighted_lb_config" in common_lb,
+            overprovisioning=_overprovisioning(d),
             connect_timeout=connect_timeout,
             endpoints=tuple(endpoints),
             dns_refresh_rate=refresh,
@@ -610,6 +617,20 @@ class ClusterConfig:
             health_check=_health_check(d),
             raw=d,
         )
+
+
+def _overprovisioning(d: Mapping[str, Any]) -> int:
+    policy = (d.get("load_assignment") or {}).get("policy") or {}
+    value = policy.get("overprovisioning_factor")
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    if value is None:
+        return 140
+    if int(value) < 1:
+        raise ConfigError(
+            "must be greater than 0", path="load_assignment.policy.overprovisioning_factor"
+        )
+    return int(value)
 
 
 def _outlier(d: Mapping[str, Any]) -> Any:

@@ -93,9 +93,14 @@ def next_hosts(
                     healthy=ep.healthy,
                     locality=ep.locality,
                     priority=ep.priority,
+                    locality_weight=ep.locality_weight,
                 )
-            else:
+            else:  # the same host: what EDS or DNS may change about it
                 h.weight = ep.weight
+                h.priority = ep.priority
+                h.locality = ep.locality
+                h.locality_weight = ep.locality_weight
+                h.healthy = ep.healthy
             out.append(h)
     return out
 
@@ -106,7 +111,7 @@ class DnsResolver:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         config: ClusterConfig = cluster.config
-        self.endpoints = config.primary_endpoints
+        self.endpoints = config.endpoints
         self.logical = config.type == "LOGICAL_DNS"
         self.family = config.dns_lookup_family
         # last good addresses per endpoint index, kept when a later resolution fails

@@ -38,6 +38,7 @@ class Host:
     ejected: bool = False
     locality: Locality = attrs.field(factory=Locality)
     priority: int = 0
+    locality_weight: int = 0  # its locality's load_balancing_weight (0: none given)
     cx_active: int = 0
     cx_connect_fail: int = 0
     cx_total: int = 0

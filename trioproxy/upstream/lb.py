@@ -1,6 +1,7 @@
 """Load balancers: sans-IO pickers over a fixed list of hosts.
 
-Theory of operation: a balancer is built over a snapshot of the cluster's hosts (priority 0) and
+Theory of operation: a balancer is built over a snapshot of the cluster's hosts (one priority;
+``PriorityBalancer`` at the end spreads load over several, and over localities) and
 keeps only the healthy ones; when membership or health changes the cluster builds a new one
 (cheap, and it keeps ``choose`` free of filtering). Envoy's panic mode applies at build time:
 when fewer than ``panic_threshold`` percent of the hosts are healthy, all hosts are used and
@@ -296,3 +297,162 @@ class Maglev(LoadBalancer):
         if h is None:
             h = self._rng.getrandbits(64)
         return self._table[h % len(self._table)]
+
+
+# -- priorities and localities -------------------------------------------------------------
+
+
+def _availability(hosts: Sequence[Host], overprovisioning: int) -> int:
+    """A level's health in percent, times the overprovisioning factor, capped at 100 (Envoy's
+    integer arithmetic)."""
+    if not hosts:
+        return 0
+    usable = sum(1 for h in hosts if h.usable)
+    return min(100, overprovisioning * usable // len(hosts))
+
+
+class _Localities(LoadBalancer):
+    """``locality_weighted_lb_config`` within one priority: a locality by its weight times its
+    availability (smooth weighted round robin over localities), then a host of it by the
+    cluster's policy."""
+
+    __slots__ = ("_current", "_levels", "_weights")
+
+    def __init__(
+        self,
+        policy: str,
+        hosts: Sequence[Host],
+        *,
+        overprovisioning: int,
+        panic_threshold: float,
+        rng: random.Random | None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        groups: dict[Any, list[Host]] = {}
+        for h in hosts:
+            groups.setdefault(h.locality, []).append(h)
+        self._levels: list[LoadBalancer] = []
+        self._weights: list[int] = []
+        for members in groups.values():
+            weight = members[0].locality_weight * _availability(members, overprovisioning)
+            if weight <= 0 and not self.panic:
+                continue  # no weight, or no available host: no traffic
+            # the locality level already decided panic for the whole priority
+            inner_threshold = 100.1 if self.panic else 0.0
+            inner = build(policy, members, panic_threshold=inner_threshold, rng=rng, **kw)
+            self._levels.append(inner)
+            self._weights.append(max(weight, 1) if self.panic else weight)
+        self._current = [0] * len(self._levels)
+
+    def choose(self, context: Any = None) -> Host | None:
+        if not self._levels:
+            return None
+        total = sum(self._weights)
+        best = 0
+        for i, w in enumerate(self._weights):
+            self._current[i] += w
+            if self._current[i] > self._current[best]:
+                best = i
+        self._current[best] -= total
+        return self._levels[best].choose(context)
+
+
+class PriorityBalancer(LoadBalancer):
+    """Several priorities (Envoy's priority load): each level's availability is its healthy
+    share times the overprovisioning factor (140 %) capped at 100; load goes to the first
+    levels as far as their availability reaches, normalised when the total is under 100.
+    While the total is 100 there is no panic; under it, a level whose healthy share is below
+    the panic threshold balances over all its hosts; with no availability at all, priority 0
+    takes everything in panic. ``panic`` reflects the level of the last pick."""
+
+    __slots__ = ("_cumulative", "_levels")
+
+    def __init__(
+        self,
+        policy: str,
+        hosts: Sequence[Host],
+        *,
+        overprovisioning: int = 140,
+        locality_weighted: bool = False,
+        panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+        rng: random.Random | None = None,
+        **kw: Any,
+    ) -> None:
+        self._rng = rng or random.Random()
+        self.hosts = list(hosts)
+        self.panic = False
+        priorities = sorted({h.priority for h in hosts})
+        levels = [[h for h in hosts if h.priority == p] for p in priorities]
+        health = [_availability(lv, overprovisioning) for lv in levels]
+        total = min(100, sum(health))
+        loads = [0] * len(levels)
+        if total == 0:
+            if loads:
+                loads[0] = 100
+        else:
+            remaining = 100
+            for i, h in enumerate(health):
+                loads[i] = min(remaining, h * 100 // total)
+                remaining -= loads[i]
+            first = next(i for i, h in enumerate(health) if h > 0)
+            loads[first] += remaining
+        # panic thresholds only count while the levels together cannot take all the load
+        threshold = panic_threshold if total < 100 else 0.0
+        if total == 0:
+            threshold = 100.1
+        self._levels: list[LoadBalancer] = []
+        self._cumulative: list[float] = []
+        acc = 0
+        for level, load in zip(levels, loads, strict=True):
+            if load <= 0:
+                continue
+            if locality_weighted:
+                inner: LoadBalancer = _Localities(
+                    policy,
+                    level,
+                    overprovisioning=overprovisioning,
+                    panic_threshold=threshold,
+                    rng=self._rng,
+                    **kw,
+                )
+            else:
+                inner = build(policy, level, panic_threshold=threshold, rng=self._rng, **kw)
+            acc += load
+            self._levels.append(inner)
+            self._cumulative.append(acc)
+
+    def choose(self, context: Any = None) -> Host | None:
+        levels = self._levels
+        if not levels:
+            return None
+        if len(levels) == 1:
+            inner = levels[0]
+        else:
+            point = self._rng.random() * self._cumulative[-1]
+            inner = levels[bisect.bisect_right(self._cumulative, point)]
+        self.panic = inner.panic
+        return inner.choose(context)
+
+
+def build_for_cluster(
+    policy: str,
+    hosts: Sequence[Host],
+    *,
+    locality_weighted: bool = False,
+    overprovisioning: int = 140,
+    panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
+    **kw: Any,
+) -> LoadBalancer:
+    """A cluster's balancer: the plain one for a single priority without locality weights
+    (the common case, no extra step per pick), else a ``PriorityBalancer``."""
+    if not locality_weighted and len({h.priority for h in hosts}) <= 1:
+        return build(policy, hosts, panic_threshold=panic_threshold, **kw)
+    return PriorityBalancer(
+        policy,
+        hosts,
+        overprovisioning=overprovisioning,
+        locality_weighted=locality_weighted,
+        panic_threshold=panic_threshold,
+        **kw,
+    )
