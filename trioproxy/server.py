@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 import trio
 
+from trioproxy import runtime
 from trioproxy.accesslog.loggers import flush_all, run_flusher
 from trioproxy.background import Background
 from trioproxy.config import LoadedConfig
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 # Bootstrap sections that are accepted but not acted on yet: say so rather than pretend.
 _NOT_YET = (
-    "layered_runtime",
     "overload_manager",
     "cluster_manager",
     "watchdogs",
@@ -171,6 +171,14 @@ def build(
         except ConfigError as exc:
             raise loaded.locate(exc.at("dynamic_resources")) from None
     background = Background()
+    try:
+        rt = runtime.Runtime.from_bootstrap(
+            boot.get("layered_runtime"), store, str(node.get("cluster", ""))
+        )
+    except ConfigError as exc:
+        raise loaded.locate(exc) from None
+    runtime.install(rt)
+    background.start_soon(rt.watch)
     bootstrap_tracing = (boot.get("tracing") or {}).get("http")
     ctx = BuildContext(
         background=background,

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import trio
 
+from trioproxy import runtime
 from trioproxy.admin.backend import AdminBackend
 from trioproxy.admin.config_dump import ConfigDumpError, build_config_dump
 from trioproxy.admin.views import (
@@ -172,7 +173,11 @@ def handle(backend: AdminBackend, method: str, target: str) -> Response:
     if path == "/runtime_modify":
         if not params:
             return 400, TEXT, "usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
-        return 503, TEXT, "No admin layer specified\n"  # trioproxy has no runtime layer
+        if not runtime.current().modify(dict(params)):
+            return 503, TEXT, "No admin layer specified\n"
+        return 200, TEXT, "OK\n"
+    if path == "/runtime":
+        return 200, JSON, _dumps(runtime.current().dump())
     if path == "/memory":
         return _memory()
     if path == "/certs":

@@ -50,6 +50,7 @@ ENDPOINTS: tuple[tuple[str, str, bool, tuple[tuple[str, str], ...]], ...] = (
     ("/quitquitquit", "exit the server", True, ()),
     ("/ready", "print server state, return 200 if LIVE, otherwise return 503", False, ()),
     ("/reset_counters", "reset all counters to zero", True, ()),
+    ("/runtime", "Print runtime values", False, ()),
     ("/runtime_modify", "Adds or modifies runtime values as passed in query parameters.", True, ()),
     ("/server_info", "print server version/status information", False, ()),
     (

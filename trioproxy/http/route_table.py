@@ -19,6 +19,7 @@ mutations of route, virtual host and route configuration in Envoy's order.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from urllib.parse import parse_qsl
 
 import attrs
 
+from trioproxy import runtime
 from trioproxy.config.types import data_source, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
@@ -264,6 +266,9 @@ class Route:
     cluster_header: str | None = None
     weighted: tuple[WeightedCluster, ...] = ()
     total_weight: int = 0
+    #: ``weighted_clusters.runtime_key_prefix``: weights read from the runtime per request
+    #: (``<prefix>.<cluster>``), the configured ones as defaults.
+    weights_runtime_prefix: str = ""
     direct_response: DirectResponse | None = None
     redirect: Redirect | None = None
     timeout: float | None = _DEFAULT_TIMEOUT
@@ -304,12 +309,30 @@ class Route:
         if self.cluster_header is not None:
             return headers.get(self.cluster_header) or None
         if self.weighted:
+            if self.weights_runtime_prefix:
+                return self._runtime_weighted(random_value)
             point = random_value % self.total_weight
             for wc in self.weighted:
                 if point < wc.weight:
                     return wc.name
                 point -= wc.weight
             return self.weighted[-1].name
+        return None
+
+    def _runtime_weighted(self, random_value: int) -> str | None:
+        rt = runtime.current()
+        prefix = self.weights_runtime_prefix
+        weights = [rt.get_int(f"{prefix}.{wc.name}", wc.weight) for wc in self.weighted]
+        total = sum(w for w in weights if w > 0)
+        if total <= 0:
+            return None
+        point = random_value % total
+        for wc, w in zip(self.weighted, weights, strict=True):
+            if w <= 0:
+                continue
+            if point < w:
+                return wc.name
+            point -= w
         return None
 
     def rewrite(self, headers: Headers) -> None:
@@ -446,9 +469,22 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
     if "grpc" in m:
         preds.append(lambda path, h: (h.get("content-type") or "").startswith("application/grpc"))
     if "runtime_fraction" in m:
-        fraction = fractional_percent(m["runtime_fraction"].get("default_value"), 0.0)
-        # No runtime layer yet: the default value decides, on the request's random value.
-        preds.append(lambda path, h: (hash(h.get("x-request-id")) % 1_000_000) < fraction * 1e6)
+        rf = m["runtime_fraction"]
+        default = rf.get("default_value") or {}
+        fractional_percent(default)  # validates the denominator
+        denominator = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[
+            default.get("denominator", "HUNDRED")
+        ]
+        numerator = int(default.get("numerator", 0))
+        key = str(rf.get("runtime_key", ""))
+
+        def runtime_ok(path: str, h: Headers) -> bool:
+            # the runtime's value for the key if it has one, else the default; drawn on a
+            # random value per request
+            draw = random.getrandbits(32)
+            return runtime.current().feature_enabled(key, numerator, denominator, draw)
+
+        preds.append(runtime_ok)
     if len(preds) == 1:
         return preds[0], prefix
     ps = tuple(preds)
@@ -502,6 +538,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
             )
         kw["weighted"] = tuple(wcs)
         kw["total_weight"] = total
+        kw["weights_runtime_prefix"] = str(a["weighted_clusters"].get("runtime_key_prefix", ""))
     else:
         raise ConfigError(
             "a route action needs cluster, cluster_header or weighted_clusters", path="route"
