@@ -145,3 +145,36 @@ async def test_weighted_clusters_read_weights_from_the_runtime(nursery: trio.Nur
     target = "/runtime_modify?routing.split.backend=0&routing.split.canary=100"
     assert (await admin(proxy.admin_port, "POST", target))[0] == 200
     assert await bodies() == {b"canary"}
+
+
+async def test_filters_read_their_runtime_keys(nursery: trio.Nursery) -> None:
+    """local_ratelimit's filter_enabled points at a runtime key the static layer sets to 0:
+    the filter limits nothing although its default is 100 %."""
+    port = await nursery.start(Backend().serve)
+    limiter = """
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+    stat_prefix: lrl
+    token_bucket: {max_tokens: 1, fill_interval: 60s}
+    filter_enabled: {default_value: {numerator: 100}, runtime_key: lrl.enabled}
+    filter_enforced: {default_value: {numerator: 100}}"""
+    layers = """
+  - name: base
+    static_layer: {lrl: {enabled: 0}}
+  - name: admin
+    admin_layer: {}"""
+    proxy = await start_proxy(
+        nursery, with_runtime(simple_config([port], http_filters=limiter), layers)
+    )
+
+    async def statuses() -> list[int]:
+        client = await Client.connect(proxy.port)
+        try:
+            return [(await client.request("GET", "/"))[0].status_code for _ in range(3)]
+        finally:
+            await client.aclose()
+
+    assert await statuses() == [200, 200, 200]
+    await admin(proxy.admin_port, "POST", "/runtime_modify?lrl.enabled=100")
+    assert await statuses() == [200, 429, 429]

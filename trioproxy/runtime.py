@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import attrs
 import trio
 
 from trioproxy.errors import ConfigError
@@ -212,6 +214,36 @@ class Runtime:
 _current = Runtime([])
 
 
+@attrs.frozen
+class RuntimeFraction:
+    """A ``RuntimeFractionalPercent`` (``filter_enabled`` and the like): ``default_value``,
+    unless the runtime has a value for ``runtime_key`` (a numerator over the default's
+    denominator), drawn per request."""
+
+    numerator: int
+    denominator: int = 100
+    key: str = ""
+
+    @classmethod
+    def from_proto(cls, d: Mapping[str, Any] | None, default_percent: int) -> RuntimeFraction:
+        if d is None:
+            return cls(default_percent, 100)
+        value = d.get("default_value") or {}
+        denominator = _DENOMINATORS.get(value.get("denominator", "HUNDRED"))
+        if denominator is None:
+            raise ConfigError("invalid enum value", path="default_value.denominator")
+        return cls(int(value.get("numerator", 0)), denominator, str(d.get("runtime_key", "")))
+
+    def enabled(self, rng: Callable[[], float] = random.random) -> bool:
+        if self.key:
+            return _current.feature_enabled(
+                self.key, self.numerator, self.denominator, random.getrandbits(32)
+            )
+        if self.numerator >= self.denominator:
+            return True
+        return self.numerator > 0 and rng() * self.denominator < self.numerator
+
+
 def current() -> Runtime:
     """The runtime of the server running in this process (an empty one before)."""
     return _current
@@ -220,3 +252,7 @@ def current() -> Runtime:
 def install(runtime: Runtime) -> None:
     global _current
     _current = runtime
+
+
+ALWAYS = RuntimeFraction(100)
+NEVER = RuntimeFraction(0)

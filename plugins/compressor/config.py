@@ -82,6 +82,8 @@ class CompressorConfig:
     library_name: str
     gzip: Gzip
     enabled: bool = True
+    #: the ``RuntimeFeatureFlag``'s ``runtime_key``: the runtime's value wins when it has one
+    enabled_key: str = ""
     min_content_length: int = 30
     content_types: frozenset[str] = DEFAULT_TYPES
     disable_on_etag: bool = False
@@ -110,7 +112,8 @@ class CompressorConfig:
             )
         response = d.get("response_direction_config") or {}
         common = response.get("common_config") or {}
-        enabled = (common.get("enabled") or d.get("runtime_enabled") or {}).get("default_value")
+        flag = common.get("enabled") or d.get("runtime_enabled") or {}
+        enabled = flag.get("default_value")
         if isinstance(enabled, Mapping):
             enabled = enabled.get("value", True)
         # (the top-level fields are Envoy's deprecated spellings of the same settings)
@@ -124,6 +127,7 @@ class CompressorConfig:
             library_name=str(library.get("name", "")),
             gzip=gzip,
             enabled=True if enabled is None else bool(enabled),
+            enabled_key=str(flag.get("runtime_key", "")),
             min_content_length=_uint(min_length, 30),
             content_types=frozenset(t.lower() for t in types) if types else DEFAULT_TYPES,
             disable_on_etag=bool(etag),

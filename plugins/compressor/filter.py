@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from trioproxy import runtime
 from trioproxy.http.filter import HttpFilter, HttpStream, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Scope
@@ -91,6 +92,13 @@ class CompressorFilter(HttpFilter):
             headers.remove("accept-encoding")
         return None
 
+    def _enabled(self) -> bool:
+        key = self.config.enabled_key
+        value = runtime.current().get(key) if key else None
+        if value is None:
+            return self.config.enabled
+        return value.lower() in ("true", "1")
+
     def _length_ok(self, headers: Headers) -> bool:
         length = headers.get("content-length")
         small = length is not None and length.isdigit()
@@ -114,7 +122,7 @@ class CompressorFilter(HttpFilter):
         # content type, then the rest; Vary goes on every compressible response
         status = int(headers.get(":status") or 0)
         end = status in _NO_BODY or status < 200 or stream.request_headers.get(":method") == "HEAD"
-        length_ok = self.config.enabled and self._length_ok(headers)
+        length_ok = self._enabled() and self._length_ok(headers)
         type_ok = self._type_ok(headers)
         compressible = (
             length_ok

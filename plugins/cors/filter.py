@@ -23,19 +23,11 @@ from trioproxy.errors import ConfigError
 from trioproxy.http.filter import HttpFilter, HttpStream, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import string_matcher
+from trioproxy.runtime import ALWAYS, NEVER, RuntimeFraction
 from trioproxy.stats import Scope
 
 NAME = "envoy.filters.http.cors"
 _STATE = "envoy.filters.http.cors"
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
-
-
-def _fraction(d: Mapping[str, Any] | None, default: float) -> float:
-    if d is None:
-        return default
-    value = d.get("default_value") or {}
-    denominator = _DENOMINATORS.get(value.get("denominator", "HUNDRED"), 100)
-    return int(value.get("numerator", 0)) / denominator
 
 
 def _bool(value: Any, default: bool) -> bool:
@@ -52,8 +44,8 @@ class CorsPolicy:
     expose_headers: str = ""
     max_age: str = ""
     allow_credentials: bool = False
-    enabled: float = 1.0
-    shadow: float = 0.0
+    enabled: RuntimeFraction = ALWAYS
+    shadow: RuntimeFraction = NEVER
     forward_not_matching_preflights: bool = True
 
     @classmethod
@@ -73,8 +65,8 @@ class CorsPolicy:
             expose_headers=str(d.get("expose_headers", "")),
             max_age=str(d.get("max_age", "")),
             allow_credentials=_bool(d.get("allow_credentials"), False),
-            enabled=_fraction(d.get("filter_enabled"), 1.0),
-            shadow=_fraction(d.get("shadow_enabled"), 0.0),
+            enabled=RuntimeFraction.from_proto(d.get("filter_enabled"), 100),
+            shadow=RuntimeFraction.from_proto(d.get("shadow_enabled"), 0),
             forward_not_matching_preflights=_bool(d.get("forward_not_matching_preflights"), True),
         )
 
@@ -89,14 +81,11 @@ class CorsFilter(HttpFilter):
         self.invalid = cors.counter("origin_invalid")
         self.rng = rng
 
-    def _on(self, fraction: float) -> bool:
-        return fraction >= 1.0 or (fraction > 0 and self.rng() < fraction)
-
     async def on_request_headers(self, stream: HttpStream, headers: Headers) -> LocalReply | None:
         policy = stream.per_filter_config(NAME)
         if not isinstance(policy, CorsPolicy):
             return None
-        enabled, shadow = self._on(policy.enabled), self._on(policy.shadow)
+        enabled, shadow = policy.enabled.enabled(self.rng), policy.shadow.enabled(self.rng)
         if not enabled and not shadow:
             return None
         origin = headers.get("origin")

@@ -11,6 +11,7 @@ import attrs
 from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.http.matchers import string_matcher
+from trioproxy.runtime import ALWAYS, RuntimeFraction
 
 Match = Callable[[str], bool]
 _REFUSED = (
@@ -30,7 +31,6 @@ _REFUSED = (
     "charge_cluster_response_stats",
     "include_tls_session",
 )
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 
 
 def _patterns(d: Mapping[str, Any] | None, path: str) -> tuple[Match, ...] | None:
@@ -68,7 +68,7 @@ class ExtAuthzConfig:
     status_on_error: int = 403
     stat_prefix: str = ""
     clear_route_cache: bool = False
-    enabled: float = 1.0
+    enabled: RuntimeFraction = ALWAYS
     deny_at_disable: bool = False
 
     @classmethod
@@ -91,11 +91,7 @@ class ExtAuthzConfig:
             kw["status_on_error"] = int(code) if str(code).isdigit() else _code(str(code))
         kw["stat_prefix"] = str(d.get("stat_prefix", ""))
         kw["clear_route_cache"] = bool(d.get("clear_route_cache", False))
-        enabled = d.get("filter_enabled")
-        if enabled is not None:
-            value = enabled.get("default_value") or {}
-            denominator = _DENOMINATORS.get(value.get("denominator", "HUNDRED"), 100)
-            kw["enabled"] = int(value.get("numerator", 0)) / denominator
+        kw["enabled"] = RuntimeFraction.from_proto(d.get("filter_enabled"), 100)
         deny = d.get("deny_at_disable")
         if deny is not None:
             default = deny.get("default_value", False)

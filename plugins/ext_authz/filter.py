@@ -55,7 +55,7 @@ class ExtAuthzFilter(HttpFilter):
         if isinstance(per_route, PerRoute) and per_route.disabled:
             return None
         c = self.config
-        if c.enabled < 1.0 and self.rng() >= c.enabled:
+        if not c.enabled.enabled(self.rng):
             self.scope.counter("disabled").value += 1
             if c.deny_at_disable:
                 return LocalReply(c.status_on_error, b"", details="ext_authz_disabled", flag="UAEX")

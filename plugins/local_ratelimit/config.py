@@ -10,6 +10,7 @@ import attrs
 
 from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
+from trioproxy.runtime import NEVER, RuntimeFraction
 
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 _REFUSED = (
@@ -42,17 +43,6 @@ class BucketConfig:
         return cls(max_tokens, int(1 if per_fill is None else per_fill), interval)
 
 
-def _percent(d: Mapping[str, Any] | None) -> float:
-    """A ``RuntimeFractionalPercent``'s default, as a fraction (absent: 0)."""
-    if not d:
-        return 0.0
-    value = d.get("default_value") or {}
-    denominator = _DENOMINATORS.get(value.get("denominator", "HUNDRED"))
-    if denominator is None:
-        raise ConfigError("invalid enum value", path="default_value.denominator")
-    return min(1.0, int(value.get("numerator", 0)) / denominator)
-
-
 def _header_options(items: Any, path: str) -> tuple[tuple[str, str, bool], ...]:
     out = []
     for i, opt in enumerate(items or ()):
@@ -76,8 +66,8 @@ class LocalRateLimitConfig:
     stat_prefix: str
     status: int = 429
     bucket: BucketConfig | None = None
-    enabled: float = 0.0
-    enforced: float = 0.0
+    enabled: RuntimeFraction = NEVER
+    enforced: RuntimeFraction = NEVER
     response_headers: tuple[tuple[str, str, bool], ...] = ()
     headers_when_not_enforced: tuple[tuple[str, str, bool], ...] = ()
     descriptors: tuple[Descriptor, ...] = ()
@@ -104,8 +94,8 @@ class LocalRateLimitConfig:
                 kw["bucket"] = BucketConfig.from_proto(d["token_bucket"])
             except ConfigError as exc:
                 raise exc.at("token_bucket") from None
-        kw["enabled"] = _percent(d.get("filter_enabled"))
-        kw["enforced"] = _percent(d.get("filter_enforced"))
+        kw["enabled"] = RuntimeFraction.from_proto(d.get("filter_enabled"), 0)
+        kw["enforced"] = RuntimeFraction.from_proto(d.get("filter_enforced"), 0)
         kw["response_headers"] = _header_options(
             d.get("response_headers_to_add"), "response_headers_to_add"
         )

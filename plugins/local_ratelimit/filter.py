@@ -93,7 +93,7 @@ class LocalRateLimitFilter(HttpFilter):
             self.per_route(override) if isinstance(override, LocalRateLimitConfig) else self.limiter
         )
         c = limiter.config
-        if c.enabled <= 0 or (c.enabled < 1 and self.rng() >= c.enabled):
+        if not c.enabled.enabled(self.rng):
             return None
         limiter.enabled.value += 1
         wanted = self._descriptors(stream, c) if limiter.descriptors else []
@@ -104,7 +104,7 @@ class LocalRateLimitFilter(HttpFilter):
             limiter.ok.value += 1
             return None
         limiter.rate_limited.value += 1
-        if c.enforced <= 0 or (c.enforced < 1 and self.rng() >= c.enforced):
+        if not c.enforced.enabled(self.rng):
             for key, value, append in c.headers_when_not_enforced:
                 if append:
                     headers.add(key, value)
