@@ -143,15 +143,14 @@ def check_request(stream: HttpStream, headers: Headers, extensions: Mapping[str,
 
 
 def _header_options(items: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``HeaderValueOption`` list → (to set, to append)."""
+    """``HeaderValueOption`` list → (to set, to append). In a ``CheckResponse`` an unset
+    ``append`` means overwrite (its documented default there); ``append: true`` appends;
+    an explicit ``append_action`` other than the default overwrites."""
     set_, append = [], []
     for opt in items:
         pair = (opt.header.key.lower(), opt.header.value)
-        appending = opt.append.value if opt.HasField("append") else False
-        if opt.append_action == 0 and appending:  # APPEND_IF_EXISTS_OR_ADD with append=true
+        if opt.append_action == 0 and opt.HasField("append") and opt.append.value:
             append.append(pair)
-        elif opt.append_action == 0 and not opt.HasField("append"):
-            append.append(pair)  # append_action's default: append, or add
         else:
             set_.append(pair)
     return set_, append

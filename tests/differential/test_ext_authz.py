@@ -252,6 +252,7 @@ async def observe_grpc(kind: str) -> dict[str, object]:
     listeners = await backend.listen()
     requests = [
         build_request("GET", "/allow/x?q=1", headers=[("x-user-token", "secret"), ("x-a", "1")]),
+        build_request("GET", "/allow/y", headers=[("x-auth-user", "mallory")]),  # overwritten
         build_request("GET", "/deny"),
         build_request("GET", "/other"),
         build_request("GET", "/public/page"),
@@ -276,7 +277,9 @@ async def observe_grpc(kind: str) -> dict[str, object]:
 
 async def test_ext_authz_grpc_service_matches_envoy() -> None:
     envoy = await observe_grpc("envoy")
-    assert [r[0] for r in envoy["responses"]] == [200, 401, 403, 200]  # type: ignore[index]
+    assert [r[0] for r in envoy["responses"]] == [200, 200, 401, 403, 200]  # type: ignore[index]
+    second = envoy["upstream"][1]  # type: ignore[index]
+    assert ("x-auth-user", "bob") in second[2] and ("x-auth-user", "mallory") not in second[2]
     ours = await observe_grpc("trioproxy")
     for key in ("responses", "asked", "upstream", "stats"):
         assert ours[key] == envoy[key], (key, ours[key], envoy[key])
