@@ -178,3 +178,32 @@ async def test_filters_read_their_runtime_keys(nursery: trio.Nursery) -> None:
     assert await statuses() == [200, 200, 200]
     await admin(proxy.admin_port, "POST", "/runtime_modify?lrl.enabled=100")
     assert await statuses() == [200, 429, 429]
+
+
+async def test_the_fault_filter_reads_envoys_runtime_keys(nursery: trio.Nursery) -> None:
+    """A fault configured at 0 % aborts every request once the runtime says 100 %, with the
+    status the runtime gives (Envoy's default key names)."""
+    port = await nursery.start(Backend().serve)
+    fault = """
+- name: envoy.filters.http.fault
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+    abort: {http_status: 503, percentage: {numerator: 0}}"""
+    layers = """
+  - name: admin
+    admin_layer: {}"""
+    proxy = await start_proxy(
+        nursery, with_runtime(simple_config([port], http_filters=fault), layers)
+    )
+
+    async def status() -> int:
+        client = await Client.connect(proxy.port)
+        try:
+            return (await client.request("GET", "/"))[0].status_code
+        finally:
+            await client.aclose()
+
+    assert await status() == 200
+    target = "/runtime_modify?fault.http.abort.abort_percent=100&fault.http.abort.http_status=418"
+    await admin(proxy.admin_port, "POST", target)
+    assert await status() == 418

@@ -245,7 +245,8 @@ class RuntimeFraction:
 
 
 def current() -> Runtime:
-    """The runtime of the server running in this process (an empty one before)."""
+    """The runtime of the server running in this process (installed while it runs; an empty
+    one otherwise)."""
     return _current
 
 

@@ -100,6 +100,7 @@ class Built:
     ctx: BuildContext
     background: Background
     stats_flusher: StatsFlusher
+    runtime: runtime.Runtime
 
 
 def _node(loaded: LoadedConfig, options: Options) -> dict[str, Any]:
@@ -177,7 +178,6 @@ def build(
         )
     except ConfigError as exc:
         raise loaded.locate(exc) from None
-    runtime.install(rt)
     background.start_soon(rt.watch)
     bootstrap_tracing = (boot.get("tracing") or {}).get("http")
     ctx = BuildContext(
@@ -243,6 +243,7 @@ def build(
         ctx,
         background,
         flusher,
+        rt,
     )
 
 
@@ -313,9 +314,12 @@ class Server:
         self.stats.concurrency.set(1)
         self.stats.version.set(0)
         self.stats.hot_restart_epoch.set(0)
+        runtime.install(built.runtime)  # what routes and filters read at request time
         try:
             await self._run(task_status)
         finally:
+            if runtime.current() is built.runtime:
+                runtime.install(runtime.Runtime([]))
             with trio.CancelScope(shield=True):
                 await built.cluster_manager.aclose()
                 flush_all()

@@ -7,21 +7,23 @@ from typing import Any
 
 import attrs
 
+from trioproxy import runtime
 from trioproxy.config.types import duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import header_matcher
 
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
-_RUNTIME_KEYS = (
-    "delay_percent_runtime",
-    "abort_percent_runtime",
-    "delay_duration_runtime",
-    "abort_http_status_runtime",
-    "max_active_faults_runtime",
-    "response_rate_limit_percent_runtime",
-    "abort_grpc_status_runtime",
-)
+#: The runtime keys Envoy's fault filter reads (their ``*_runtime`` fields rename them).
+RUNTIME_DEFAULTS = {
+    "delay_percent_runtime": "fault.http.delay.fixed_delay_percent",
+    "abort_percent_runtime": "fault.http.abort.abort_percent",
+    "delay_duration_runtime": "fault.http.delay.fixed_duration_ms",
+    "abort_http_status_runtime": "fault.http.abort.http_status",
+    "max_active_faults_runtime": "fault.http.max_active_faults",
+    "response_rate_limit_percent_runtime": "fault.http.rate_limit.response_percent",
+    "abort_grpc_status_runtime": "fault.http.abort.grpc_status",
+}
 
 
 @attrs.frozen
@@ -46,8 +48,16 @@ class Percentage:
             return self
         return Percentage(min(int(header_value), self.numerator), self.denominator)
 
-    def hit(self, rng: Callable[[], float]) -> bool:
-        return rng() * self.denominator < self.numerator
+    def hit(self, rng: Callable[[], float], key: str = "") -> bool:
+        """Drawn at this percentage, or at the runtime's numerator for ``key`` if it has one."""
+        value = runtime.current().get(key) if key else None
+        numerator = self.numerator
+        if value is not None:
+            try:
+                numerator = min(int(float(value)), self.denominator)
+            except ValueError:
+                pass
+        return rng() * self.denominator < numerator
 
 
 @attrs.frozen
@@ -67,6 +77,8 @@ class FaultConfig:
     downstream_nodes: frozenset[str] = frozenset()
     max_active_faults: int | None = None
     disable_downstream_cluster_stats: bool = False
+    #: runtime key names by field (``RUNTIME_DEFAULTS`` unless renamed)
+    runtime_keys: Mapping[str, str] = attrs.field(factory=lambda: dict(RUNTIME_DEFAULTS))
 
     @property
     def has_delay(self) -> bool:
@@ -83,9 +95,7 @@ class FaultConfig:
 
     @classmethod
     def from_proto(cls, d: Mapping[str, Any]) -> FaultConfig:
-        for key in _RUNTIME_KEYS:
-            if key in d:
-                raise ConfigError("runtime keys are not supported yet", path=key)
+        keys = {name: str(d.get(name) or default) for name, default in RUNTIME_DEFAULTS.items()}
         if "filter_metadata" in d:
             raise ConfigError("not supported yet", path="filter_metadata")
         kw: dict[str, Any] = {}
@@ -144,6 +154,7 @@ class FaultConfig:
         kw["downstream_nodes"] = frozenset(str(n) for n in d.get("downstream_nodes", ()))
         if d.get("max_active_faults") is not None:
             kw["max_active_faults"] = int(d["max_active_faults"])
+        kw["runtime_keys"] = keys
         kw["disable_downstream_cluster_stats"] = bool(
             d.get("disable_downstream_cluster_stats", False)
         )

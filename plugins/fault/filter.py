@@ -15,6 +15,10 @@ connection manager's scope: ``fault.delays_injected``, ``aborts_injected``,
 ``response_rl_injected``, ``faults_overflow``, ``active_faults``, and per
 ``x-envoy-downstream-service-cluster``, ``fault.<cluster>.delays_injected`` and
 ``aborts_injected``.
+
+The runtime (``trioproxy.runtime``) overrides percentages, the delay, the abort statuses and
+``max_active_faults`` through Envoy's keys (``fault.http.abort.abort_percent`` …; the
+``*_runtime`` fields rename them).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable
 
 import trio
 
+from trioproxy import runtime
 from trioproxy.http.filter import HttpFilter, HttpStream, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Scope
@@ -83,7 +88,10 @@ class FaultFilter(HttpFilter):
         state = stream.filter_state.get(_STATE)
         if isinstance(state, _Active):
             return state
-        if c.max_active_faults is not None and self.active.value >= c.max_active_faults:
+        limit = c.max_active_faults
+        key = c.runtime_keys["max_active_faults_runtime"]
+        limit = runtime.current().get_int(key, -1 if limit is None else limit)
+        if limit >= 0 and self.active.value >= limit:
             self.overflow.value += 1
             return None
         state = _Active()
@@ -97,10 +105,12 @@ class FaultFilter(HttpFilter):
         if cluster and not c.disable_downstream_cluster_stats:
             self.scope.counter(f"{cluster}.{name}").value += 1
 
-    def _drawn(self, pct: Percentage, header: str | None, headers: Headers) -> bool:
+    def _drawn(
+        self, pct: Percentage, header: str | None, headers: Headers, runtime_key: str
+    ) -> bool:
         if header is not None:
             pct = pct.capped(headers.get(header))
-        return pct.hit(self.rng)
+        return pct.hit(self.rng, runtime_key)
 
     async def on_request_headers(self, stream: HttpStream, headers: Headers) -> LocalReply | None:
         c = self._config_for(stream)
@@ -114,7 +124,13 @@ class FaultFilter(HttpFilter):
             value = headers.get("x-envoy-fault-delay-request")
             delay = int(value) / 1000 if value is not None and value.isdigit() else None
         pct_header = "x-envoy-fault-delay-request-percentage" if c.header_delay else None
-        drawn = bool(delay) and self._drawn(c.delay_percentage, pct_header, headers)
+        keys = c.runtime_keys
+        if delay and not c.header_delay:
+            ms = runtime.current().get_int(keys["delay_duration_runtime"], int(delay * 1000))
+            delay = ms / 1000
+        drawn = bool(delay) and self._drawn(
+            c.delay_percentage, pct_header, headers, keys["delay_percent_runtime"]
+        )
         if drawn and self._start(c, stream) is not None:
             self.delays.value += 1
             self._downstream(c, headers, "delays_injected")
@@ -124,7 +140,9 @@ class FaultFilter(HttpFilter):
         reply = self._abort(c, headers)
         if reply is not None:
             pct_header = "x-envoy-fault-abort-request-percentage" if c.header_abort else None
-            drawn = self._drawn(c.abort_percentage, pct_header, headers)
+            drawn = self._drawn(
+                c.abort_percentage, pct_header, headers, keys["abort_percent_runtime"]
+            )
             if drawn and self._start(c, stream) is not None:
                 self.aborts.value += 1
                 self._downstream(c, headers, "aborts_injected")
@@ -135,7 +153,8 @@ class FaultFilter(HttpFilter):
             value = headers.get("x-envoy-fault-throughput-response")
             kbps = int(value) if value is not None and value.isdigit() and int(value) else None
         pct_header = "x-envoy-fault-throughput-response-percentage" if c.header_limit else None
-        if kbps and self._drawn(c.rate_limit_percentage, pct_header, headers):
+        rl_key = keys["response_rate_limit_percent_runtime"]
+        if kbps and self._drawn(c.rate_limit_percentage, pct_header, headers, rl_key):
             state = self._start(c, stream)
             if state is not None:
                 self.limits.value += 1
@@ -145,6 +164,11 @@ class FaultFilter(HttpFilter):
     @staticmethod
     def _abort(c: FaultConfig, headers: Headers) -> LocalReply | None:
         status, grpc_status = c.abort_status, c.abort_grpc_status
+        rt = runtime.current()
+        if status is not None:
+            status = rt.get_int(c.runtime_keys["abort_http_status_runtime"], status)
+        if grpc_status is not None:
+            grpc_status = rt.get_int(c.runtime_keys["abort_grpc_status_runtime"], grpc_status)
         if c.header_abort:
             status = grpc_status = None
             value = headers.get("x-envoy-fault-abort-request")
