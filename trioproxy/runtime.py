@@ -24,11 +24,11 @@ from typing import Any
 import attrs
 import trio
 
+from trioproxy.config.types import DENOMINATORS
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Store
 
 log = logging.getLogger(__name__)
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -229,7 +229,7 @@ class RuntimeFraction:
         if d is None:
             return cls(default_percent, 100)
         value = d.get("default_value") or {}
-        denominator = _DENOMINATORS.get(value.get("denominator", "HUNDRED"))
+        denominator = DENOMINATORS.get(value.get("denominator", "HUNDRED"))
         if denominator is None:
             raise ConfigError("invalid enum value", path="default_value.denominator")
         return cls(int(value.get("numerator", 0)), denominator, str(d.get("runtime_key", "")))

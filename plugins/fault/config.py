@@ -8,12 +8,11 @@ from typing import Any
 import attrs
 
 from trioproxy import runtime
-from trioproxy.config.types import duration, fractional_percent
+from trioproxy.config.types import DENOMINATORS, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import header_matcher
 
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 #: The runtime keys Envoy's fault filter reads (their ``*_runtime`` fields rename them).
 RUNTIME_DEFAULTS = {
     "delay_percent_runtime": "fault.http.delay.fixed_delay_percent",
@@ -38,7 +37,7 @@ class Percentage:
         if d is None:
             return cls()
         fractional_percent(d)  # validates the denominator
-        denominator = _DENOMINATORS[d.get("denominator", "HUNDRED")]
+        denominator = DENOMINATORS[d.get("denominator", "HUNDRED")]
         return cls(min(int(d.get("numerator", 0)), denominator), denominator)
 
     def capped(self, header_value: str | None) -> Percentage:

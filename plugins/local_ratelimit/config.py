@@ -12,7 +12,6 @@ from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.runtime import NEVER, RuntimeFraction
 
-_DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 _REFUSED = (
     "local_cluster_rate_limit",
     "rate_limits",

@@ -9,8 +9,9 @@ from typing import Any
 import attrs
 
 from trioproxy.errors import ConfigError
+from trioproxy.stats import Scope
 
-from .policy import Engine
+from .policy import Attributes, Engine
 
 _REFUSED = ("matcher", "shadow_matcher", "track_per_rule_stats", "delay_deny")
 
@@ -58,3 +59,30 @@ class RbacConfig:
             return cls.from_proto(d.get("rbac") or {})
         except ConfigError as exc:
             raise exc.at("rbac") from None
+
+
+def _prefix(value: str) -> str:
+    return f"{value}." if value else ""
+
+
+class Counted:
+    """Evaluates a config's shadow rules (counted only) and rules (counted and enforced),
+    under ``scope`` with the filter's own stat prefixes — a per-route config's decisions
+    count under the filter's names too, as in Envoy."""
+
+    def __init__(self, scope: Scope, config: RbacConfig) -> None:
+        self.scope = scope
+        self.rules_prefix = _prefix(config.rules_stat_prefix)
+        self.shadow_prefix = _prefix(config.shadow_rules_stat_prefix)
+
+    def decide(self, c: RbacConfig, a: Attributes) -> tuple[bool, str | None]:
+        """(allowed, the policy that decided); no rules allow."""
+        if c.shadow is not None:
+            ok, _ = c.shadow.evaluate(a)
+            name = "shadow_allowed" if ok else "shadow_denied"
+            self.scope.counter(self.shadow_prefix + name).value += 1
+        if c.rules is None:
+            return True, None
+        ok, policy = c.rules.evaluate(a)
+        self.scope.counter(self.rules_prefix + ("allowed" if ok else "denied")).value += 1
+        return ok, policy

@@ -14,7 +14,7 @@ from trioproxy.http.filter import HttpFilter, HttpStream, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Scope
 
-from .config import RbacConfig
+from .config import Counted, RbacConfig
 from .policy import Attributes
 
 NAME = "envoy.filters.http.rbac"
@@ -47,11 +47,7 @@ def attributes(stream: HttpStream, headers: Headers) -> Attributes:
 class RbacFilter(HttpFilter):
     def __init__(self, config: RbacConfig, scope: Scope) -> None:
         self.config = config
-        self.scope = scope.scope("rbac.")
-        # the filter's own prefixes name the stats, per-route configs included (as Envoy)
-        self._rules_prefix = f"{config.rules_stat_prefix}." if config.rules_stat_prefix else ""
-        shadow = config.shadow_rules_stat_prefix
-        self._shadow_prefix = f"{shadow}." if shadow else ""
+        self.counted = Counted(scope.scope("rbac."), config)
 
     async def on_request_headers(self, stream: HttpStream, headers: Headers) -> LocalReply | None:
         c = stream.per_filter_config(NAME)
@@ -59,15 +55,7 @@ class RbacFilter(HttpFilter):
             c = self.config
         if c.rules is None and c.shadow is None:
             return None
-        a = attributes(stream, headers)
-        if c.shadow is not None:
-            ok, _ = c.shadow.evaluate(a)
-            name = "shadow_allowed" if ok else "shadow_denied"
-            self.scope.counter(self._shadow_prefix + name).value += 1
-        if c.rules is None:
-            return None
-        ok, policy = c.rules.evaluate(a)
-        self.scope.counter(self._rules_prefix + ("allowed" if ok else "denied")).value += 1
+        ok, policy = self.counted.decide(c, attributes(stream, headers))
         if ok:
             return None
         return LocalReply(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from trioproxy.network.filter import DownstreamConnection, NetworkFilter
 from trioproxy.stats import Scope
 
-from .config import RbacConfig
+from .config import Counted, RbacConfig
 from .policy import Attributes
 
 
@@ -25,12 +25,9 @@ def _join(prefix: str, name: str) -> str:
 class NetworkRbacFilter(NetworkFilter):
     def __init__(self, config: RbacConfig, store: Scope) -> None:
         self.config = config
-        self.scope = store.scope(_join(config.stat_prefix, "rbac."))
-        shadow = config.shadow_rules_stat_prefix
-        self._shadow_prefix = f"{shadow}." if shadow else ""
+        self.counted = Counted(store.scope(_join(config.stat_prefix, "rbac.")), config)
 
     async def on_new_connection(self, conn: DownstreamConnection) -> bool:
-        c = self.config
         info = conn.info
         a = Attributes(
             headers=None,
@@ -41,12 +38,5 @@ class NetworkRbacFilter(NetworkFilter):
             sni=info.sni,
             peer_certificate=info.peer_certificate,
         )
-        if c.shadow is not None:
-            ok, _ = c.shadow.evaluate(a)
-            name = "shadow_allowed" if ok else "shadow_denied"
-            self.scope.counter(self._shadow_prefix + name).value += 1
-        if c.rules is None:
-            return True
-        ok, _ = c.rules.evaluate(a)
-        self.scope.counter("allowed" if ok else "denied").value += 1
+        ok, _ = self.counted.decide(self.config, a)
         return ok

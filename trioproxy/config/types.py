@@ -16,7 +16,9 @@ from typing import Any
 from trioproxy.errors import ConfigError
 
 _DUR = re.compile(r"^(-)?(\d+)(?:\.(\d{1,9}))?s$")
-_DENOM = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+#: ``envoy.type.v3.FractionalPercent.DenominatorType`` by name.
+DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
+_DENOM = DENOMINATORS
 
 
 def duration(value: str | None, default: float | None) -> float | None:

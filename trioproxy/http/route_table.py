@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 import attrs
 
 from trioproxy import runtime
-from trioproxy.config.types import data_source, duration, fractional_percent
+from trioproxy.config.types import DENOMINATORS, data_source, duration, fractional_percent
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.matchers import compile_regex, header_matcher, query_parameter_matcher
@@ -472,9 +472,7 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
         rf = m["runtime_fraction"]
         default = rf.get("default_value") or {}
         fractional_percent(default)  # validates the denominator
-        denominator = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}[
-            default.get("denominator", "HUNDRED")
-        ]
+        denominator = DENOMINATORS[default.get("denominator", "HUNDRED")]
         numerator = int(default.get("numerator", 0))
         key = str(rf.get("runtime_key", ""))
 
