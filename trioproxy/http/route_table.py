@@ -19,6 +19,7 @@ mutations of route, virtual host and route configuration in Envoy's order.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from trioproxy.http.rate_limits import RateLimit, compile_rate_limits
 from trioproxy.http.retry import RetryPolicy, compile_retry_policy
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.upstream.hashing import StreamHash, compile_http
+
+log = logging.getLogger(__name__)
 
 PerFilterConverter = Callable[[str, Mapping[str, Any]], Any]
 
@@ -513,6 +516,11 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     if "route" not in d:
         raise ConfigError("a route needs route, redirect or direct_response")
     a = d["route"]
+    if a.get("priority") == "HIGH":
+        log.warning(
+            "route %r: priority HIGH is served with the DEFAULT circuit breakers and pools",
+            d.get("name", ""),
+        )
     for unsupported in ("internal_redirect_policy", "upgrade_configs"):
         if a.get(unsupported):
             raise ConfigError(f"{unsupported} is not supported yet", path=f"route.{unsupported}")

@@ -17,6 +17,7 @@ breakers 1024/1024/1024/3.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,8 @@ DEFAULT_BUFFER_LIMIT = 32 * 1024
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 _DURATION = re.compile(r"^(-?\d+(?:\.\d{0,9})?)s$")
+
+log = logging.getLogger(__name__)
 
 
 def duration(value: Any, path: str) -> float:
@@ -204,6 +207,11 @@ class CircuitBreakerThresholds:
             if prio not in ("DEFAULT", "HIGH"):
                 raise ConfigError(f"unknown priority {prio!r}", path=f"thresholds[{i}].priority")
             if prio != "DEFAULT":
+                log.warning(
+                    "circuit_breakers thresholds[%d]: priority HIGH is accepted but not acted "
+                    "on yet (HIGH-priority routes use the DEFAULT thresholds)",
+                    i,
+                )
                 continue
             p = f"thresholds[{i}]"
             if t.get("max_connection_pools") is not None:
