@@ -31,6 +31,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -328,6 +329,83 @@ class ProxyProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         except OSError:
             return ""
+
+
+HCM_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+    "HttpConnectionManager"
+)
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+
+
+def _block(yaml_text: str, indent: int) -> str:
+    """``yaml_text`` (written from column 0 in the caller) indented to ``indent``."""
+    text = textwrap.dedent(yaml_text).strip("\n")
+    return textwrap.indent(text, " " * indent) + "\n" if text else ""
+
+
+def http_config(
+    routes: str,
+    *,
+    http_filters: str = "",
+    vhost_extra: str = "",
+    hcm_extra: str = "",
+    clusters: str = "",
+) -> str:
+    """The Envoy config most differential cases need, as a template for ``run_proxy``: admin,
+    one listener with a connection manager (``stat_prefix: ingress_http``) whose one virtual
+    host ``backend`` (every domain) has ``routes``; ``http_filters`` ahead of the router; the
+    ``backend`` cluster at ``{upstream_port}`` and any ``clusters`` after it. Each argument is
+    YAML written from column 0; it is indented here."""
+    return f"""
+admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {{listener_port}}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": {HCM_TYPE}
+          stat_prefix: ingress_http
+{_block(hcm_extra, 10)}          route_config:
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+{_block(vhost_extra, 14)}              routes:
+{_block(routes, 14)}          http_filters:
+{_block(http_filters, 10)}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": {ROUTER_TYPE}
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{socket_address: {{address: 127.0.0.1, port_value: {{upstream_port}}}}}}
+{_block(clusters, 2)}"""
+
+
+def static_cluster(name: str, port_placeholder: str) -> str:
+    """One more STATIC cluster for ``http_config(clusters=...)``, its port a placeholder
+    (``{authz_port}``) the test fills in."""
+    return f"""
+- name: {name}
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: {name}
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address: {{socket_address: {{address: 127.0.0.1, port_value: {port_placeholder}}}}}
+"""
 
 
 def render(template: str, **ports: int) -> str:

@@ -15,57 +15,31 @@ from .harness import (
     Reply,
     build_request,
     find_envoy,
+    http_config,
     run_proxy,
     send_raw,
 )
-from .test_http1_basic import HCM_TYPE
 
 pytestmark = [
     pytest.mark.envoy,
     pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
 ]
 
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": HCM
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.compressor
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
-              compressor_library:
-                name: text_optimized
-                typed_config:
-                  "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-""".replace("HCM", HCM_TYPE)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/"}
+  route: {cluster: backend}
+""",
+    http_filters="""
+- name: envoy.filters.http.compressor
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor
+    compressor_library:
+      name: text_optimized
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip
+""",
+)
 BIG = b"hello world " * 200
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import STAT_ALLOW_LIST, Reply, build_request, compare, find_envoy, run_case
-from .test_http1_basic import HCM_TYPE
+from .harness import (
+    STAT_ALLOW_LIST,
+    Reply,
+    build_request,
+    compare,
+    find_envoy,
+    http_config,
+    run_case,
+)
 
 pytestmark = [
     pytest.mark.envoy,
@@ -15,58 +22,31 @@ pytestmark = [
 ]
 
 POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/api"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.cors:
-                    "@type": {policy}
-                    allow_origin_string_match:
-                    - exact: https://app.example.com
-                    - suffix: .trusted.example
-                    allow_methods: GET, POST
-                    allow_headers: content-type, x-token
-                    expose_headers: x-request-cost
-                    max_age: "600"
-                    allow_credentials: true
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.cors
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-"""
-CONFIG = CONFIG.replace("{hcm_type}", HCM_TYPE).replace("{policy}", POLICY)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/api"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.cors:
+      "@type": {policy}
+      allow_origin_string_match:
+      - exact: https://app.example.com
+      - suffix: .trusted.example
+      allow_methods: GET, POST
+      allow_headers: content-type, x-token
+      expose_headers: x-request-cost
+      max_age: "600"
+      allow_credentials: true
+- match: {prefix: "/"}
+  route: {cluster: backend}
+""",
+    http_filters="""
+- name: envoy.filters.http.cors
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+""",
+)
+CONFIG = CONFIG.replace("{policy}", POLICY)
 
 
 def preflight(path: str, origin: str) -> bytes:

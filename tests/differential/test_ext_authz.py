@@ -16,10 +16,11 @@ from .harness import (
     build_request,
     find_envoy,
     get_stat_names,
+    http_config,
     run_proxy,
     send_raw,
+    static_cluster,
 )
-from .test_http1_basic import HCM_TYPE
 
 pytestmark = [
     pytest.mark.envoy,
@@ -27,68 +28,36 @@ pytestmark = [
 ]
 
 AUTHZ = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3"
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/public"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.ext_authz:
-                    "@type": {authz}.ExtAuthzPerRoute
-                    disabled: true
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": {authz}.ExtAuthz
-              http_service:
-                server_uri: {uri: "http://authz", cluster: authz, timeout: 1s}
-                path_prefix: /check
-                authorization_request:
-                  allowed_headers: {patterns: [{exact: x-user-token}]}
-                  headers_to_add: [{key: x-authz-origin, value: proxy}]
-                authorization_response:
-                  allowed_upstream_headers: {patterns: [{exact: x-auth-user}]}
-                  allowed_upstream_headers_to_append: {patterns: [{exact: x-auth-group}]}
-                  allowed_client_headers: {patterns: [{exact: x-auth-reason}]}
-                  allowed_client_headers_on_success: {patterns: [{exact: x-auth-session}]}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-  - name: authz
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: authz
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {authz_port}}}
-""".replace("{hcm_type}", HCM_TYPE).replace("{authz}", AUTHZ)
+ROUTES = """
+- match: {prefix: "/public"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.ext_authz:
+      "@type": {authz}.ExtAuthzPerRoute
+      {per_route}
+- match: {prefix: "/"}
+  route: {cluster: backend}
+"""
+CONFIG = http_config(
+    routes=ROUTES.replace("{per_route}", "disabled: true"),
+    http_filters="""
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": {authz}.ExtAuthz
+    http_service:
+      server_uri: {uri: "http://authz", cluster: authz, timeout: 1s}
+      path_prefix: /check
+      authorization_request:
+        allowed_headers: {patterns: [{exact: x-user-token}]}
+        headers_to_add: [{key: x-authz-origin, value: proxy}]
+      authorization_response:
+        allowed_upstream_headers: {patterns: [{exact: x-auth-user}]}
+        allowed_upstream_headers_to_append: {patterns: [{exact: x-auth-group}]}
+        allowed_client_headers: {patterns: [{exact: x-auth-reason}]}
+        allowed_client_headers_on_success: {patterns: [{exact: x-auth-session}]}
+""",
+    clusters=static_cluster("authz", "{authz_port}"),
+).replace("{authz}", AUTHZ)
 
 REQUESTS = [
     build_request(
@@ -152,31 +121,33 @@ async def test_ext_authz_http_service_matches_envoy() -> None:
 
 
 GRPC_FILTER = """
-          - name: envoy.filters.http.ext_authz
-            typed_config:
-              "@type": {authz}.ExtAuthz
-              transport_api_version: V3
-              grpc_service:
-                envoy_grpc: {cluster_name: authz}
-                timeout: 2s"""
+- name: envoy.filters.http.ext_authz
+  typed_config:
+    "@type": {authz}.ExtAuthz
+    transport_api_version: V3
+    grpc_service:
+      envoy_grpc: {cluster_name: authz}
+      timeout: 2s
+"""
 H2 = """
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}"""
+  typed_extension_protocol_options:
+    envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+      "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+      explicit_http_config: {http2_protocol_options: {}}"""
 
 
 def grpc_config() -> str:
-    start = CONFIG.index("          - name: envoy.filters.http.ext_authz")
-    end = CONFIG.index("          - name: envoy.filters.http.router")
-    config = CONFIG[:start] + GRPC_FILTER.replace("{authz}", AUTHZ)[1:] + "\n" + CONFIG[end:]
-    config = config.replace(
-        "                    disabled: true",
-        "                    check_settings: {context_extensions: {tier: public}}",
+    """The same routes, the gRPC service instead (over HTTP/2), context extensions on /public."""
+    authz_cluster = static_cluster("authz", "{authz_port}").replace(
+        "  connect_timeout: 1s\n", "  connect_timeout: 1s" + H2 + "\n"
     )
-    return config.replace(
-        "  - name: authz\n    connect_timeout: 1s", "  - name: authz\n    connect_timeout: 1s" + H2
-    )
+    return http_config(
+        routes=ROUTES.replace(
+            "{per_route}", "check_settings: {context_extensions: {tier: public}}"
+        ),
+        http_filters=GRPC_FILTER,
+        clusters=authz_cluster,
+    ).replace("{authz}", AUTHZ)
 
 
 class GrpcAuthz:

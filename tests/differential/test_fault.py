@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import STAT_ALLOW_LIST, Reply, build_request, compare, find_envoy, run_case
-from .test_http1_basic import HCM_TYPE
+from .harness import (
+    STAT_ALLOW_LIST,
+    Reply,
+    build_request,
+    compare,
+    find_envoy,
+    http_config,
+    run_case,
+)
 
 pytestmark = [
     pytest.mark.envoy,
@@ -15,65 +22,38 @@ pytestmark = [
 ]
 
 FAULT_TYPE = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/broken"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.fault:
-                    "@type": {fault_type}
-                    abort: {http_status: 418, percentage: {numerator: 100}}
-              - match: {prefix: "/grpc"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.fault:
-                    "@type": {fault_type}
-                    abort: {grpc_status: 14, percentage: {numerator: 100}}
-              - match: {prefix: "/matched"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.fault:
-                    "@type": {fault_type}
-                    abort: {http_status: 503, percentage: {numerator: 100}}
-                    headers: [{name: x-chaos, string_match: {exact: "on"}}]
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.fault
-            typed_config:
-              "@type": {fault_type}
-              abort: {header_abort: {}, percentage: {numerator: 100}}
-              delay: {header_delay: {}, percentage: {numerator: 100}}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-""".replace("{hcm_type}", HCM_TYPE).replace("{fault_type}", FAULT_TYPE)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/broken"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      "@type": {fault_type}
+      abort: {http_status: 418, percentage: {numerator: 100}}
+- match: {prefix: "/grpc"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      "@type": {fault_type}
+      abort: {grpc_status: 14, percentage: {numerator: 100}}
+- match: {prefix: "/matched"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.fault:
+      "@type": {fault_type}
+      abort: {http_status: 503, percentage: {numerator: 100}}
+      headers: [{name: x-chaos, string_match: {exact: "on"}}]
+- match: {prefix: "/"}
+  route: {cluster: backend}
+""",
+    http_filters="""
+- name: envoy.filters.http.fault
+  typed_config:
+    "@type": {fault_type}
+    abort: {header_abort: {}, percentage: {numerator: 100}}
+    delay: {header_delay: {}, percentage: {numerator: 100}}
+""",
+).replace("{fault_type}", FAULT_TYPE)
 
 
 async def test_fault_injection_matches_envoy() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import Reply, build_request, compare, find_envoy, run_case
+from .harness import HCM_TYPE, Reply, build_request, compare, find_envoy, run_case
 
 pytestmark = [
     pytest.mark.envoy,
@@ -18,10 +18,6 @@ pytestmark = [
     ),
 ]
 
-HCM_TYPE = (
-    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
-    "HttpConnectionManager"
-)
 CONFIG = """
 admin:
   address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}

@@ -228,9 +228,13 @@ static_resources:
     assert ours == envoys, (sorted(ours - envoys), sorted(envoys - ours))
 
 
-async def test_network_rbac_agrees(nursery: trio.Nursery) -> None:
-    """Network RBAC in front of tcp_proxy: connections from 127.0.0.2 are closed, others pass;
-    shadow rules only count."""
+async def _filtered_echo(
+    nursery: trio.Nursery, network_filter: str, sends: list[tuple[bytes, str]], *families: str
+) -> dict[str, tuple[list[bytes], dict[str, str]]]:
+    """Envoy, then trioproxy, with ``network_filter`` (YAML at the filters' indentation;
+    ``{listen}`` is the listener's port) ahead of tcp_proxy to an echo server: per send
+    (data, source address) what came back (``<reset>`` for a reset), and the non-zero stats
+    of ``families``."""
     echo = (await nursery.start(partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")))[0]
     clusters = static_cluster("echo", echo.socket.getsockname()[1])
     results = {}
@@ -243,6 +247,25 @@ static_resources:
     address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
     filter_chains:
     - filters:
+{network_filter.replace("{listen}", str(listen)).strip(chr(10))}
+{_tcp_proxy("to_echo", "echo")[1:]}
+  clusters:{clusters}
+{admin(admin_port)}
+"""
+        async with proxy(kind, config, admin_port):
+            answers = []
+            for data, source in sends:
+                try:
+                    answers.append(await _exchange(listen, data, source=source))
+                except trio.BrokenResourceError:
+                    answers.append(b"<reset>")
+            await trio.sleep(0.3)
+            stats = await nonzero_stats(admin_port, *families)
+        results[kind] = (answers, {k: v for k, v in stats.items() if "length_ms" not in k})
+    return results
+
+
+NETWORK_RBAC = """
       - name: envoy.filters.network.rbac
         typed_config:
           '@type': type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
@@ -251,28 +274,21 @@ static_resources:
             action: DENY
             policies:
               no-127-0-0-2:
-                permissions: [{{destination_port: {listen}}}]
-                principals: [{{direct_remote_ip: {{address_prefix: 127.0.0.2, prefix_len: 32}}}}]
+                permissions: [{destination_port: {listen}}]
+                principals: [{direct_remote_ip: {address_prefix: 127.0.0.2, prefix_len: 32}}]
           shadow_rules:
             action: ALLOW
             policies:
               only-3:
-                permissions: [{{any: true}}]
-                principals: [{{remote_ip: {{address_prefix: 127.0.0.3, prefix_len: 32}}}}]
-{_tcp_proxy("to_echo", "echo")[1:]}
-  clusters:{clusters}
-{admin(admin_port)}
-"""
-        async with proxy(kind, config, admin_port):
-            answers = []
-            for data, source in ((b"abc", "127.0.0.1"), (b"x", "127.0.0.2"), (b"yz", "127.0.0.3")):
-                try:
-                    answers.append(await _exchange(listen, data, source=source))
-                except trio.BrokenResourceError:
-                    answers.append(b"<reset>")
-            await trio.sleep(0.3)
-            stats = await nonzero_stats(admin_port, "l4_", "tcp.")
-        results[kind] = (answers, {k: v for k, v in stats.items() if "length_ms" not in k})
+                permissions: [{any: true}]
+                principals: [{remote_ip: {address_prefix: 127.0.0.3, prefix_len: 32}}]"""
+
+
+async def test_network_rbac_agrees(nursery: trio.Nursery) -> None:
+    """Network RBAC in front of tcp_proxy: connections from 127.0.0.2 are closed, others pass;
+    shadow rules only count."""
+    sends = [(b"abc", "127.0.0.1"), (b"x", "127.0.0.2"), (b"yz", "127.0.0.3")]
+    results = await _filtered_echo(nursery, NETWORK_RBAC, sends, "l4_", "tcp.")
     assert results["envoy"][0] == [b"cba", b"", b"zy"]  # the refused one: closed, no reset
     assert results["trioproxy"][0] == results["envoy"][0]
     # Envoy decides at the first byte, when tcp_proxy has already taken (and counted) the
@@ -281,43 +297,17 @@ static_resources:
     assert rbac["trioproxy"] == rbac["envoy"]
 
 
-NETWORK_LRL = (
-    "type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit"
-)
+NETWORK_LRL = """
+      - name: envoy.filters.network.local_ratelimit
+        typed_config:
+          '@type': type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: conns
+          token_bucket: {max_tokens: 2, fill_interval: 60s}"""  # noqa: E501
 
 
 async def test_network_local_rate_limit_agrees(nursery: trio.Nursery) -> None:
     """Two connections a minute: the third is closed, and counted."""
-    echo = (await nursery.start(partial(trio.serve_tcp, _echo, 0, host="127.0.0.1")))[0]
-    clusters = static_cluster("echo", echo.socket.getsockname()[1])
-    results = {}
-    for kind in KINDS:
-        listen, admin_port = free_port(), free_port()
-        config = f"""
-static_resources:
-  listeners:
-  - name: l4
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {listen}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.local_ratelimit
-        typed_config:
-          '@type': {NETWORK_LRL}
-          stat_prefix: conns
-          token_bucket: {{max_tokens: 2, fill_interval: 60s}}
-{_tcp_proxy("to_echo", "echo")[1:]}
-  clusters:{clusters}
-{admin(admin_port)}
-"""
-        async with proxy(kind, config, admin_port):
-            answers = []
-            for data in (b"ab", b"cd", b"ef"):
-                try:
-                    answers.append(await _exchange(listen, data))
-                except trio.BrokenResourceError:
-                    answers.append(b"<reset>")
-            await trio.sleep(0.3)
-            stats = await nonzero_stats(admin_port, "local_rate_limit.")
-        results[kind] = (answers, stats)
+    sends = [(b"ab", "127.0.0.1"), (b"cd", "127.0.0.1"), (b"ef", "127.0.0.1")]
+    results = await _filtered_echo(nursery, NETWORK_LRL, sends, "local_rate_limit.")
     assert results["envoy"][0][:2] == [b"ba", b"dc"]
     assert results["trioproxy"] == results["envoy"]

@@ -7,8 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import STAT_ALLOW_LIST, Reply, build_request, compare, find_envoy, run_case
-from .test_http1_basic import HCM_TYPE
+from .harness import (
+    STAT_ALLOW_LIST,
+    Reply,
+    build_request,
+    compare,
+    find_envoy,
+    http_config,
+    run_case,
+)
 
 pytestmark = [
     pytest.mark.envoy,
@@ -16,78 +23,51 @@ pytestmark = [
 ]
 
 LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/own"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.local_ratelimit:
-                    "@type": {lrl}
-                    stat_prefix: own_bucket
-                    token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
-                    filter_enabled: {default_value: {numerator: 100}}
-                    filter_enforced: {default_value: {numerator: 100}}
-                    response_headers_to_add:
-                    - header: {key: x-limited-by, value: own}
-              - match: {prefix: "/soft"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.local_ratelimit:
-                    "@type": {lrl}
-                    stat_prefix: soft_bucket
-                    token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
-                    filter_enabled: {default_value: {numerator: 100}}
-                    request_headers_to_add_when_not_enforced:
-                    - header: {key: x-would-be-limited, value: "true"}
-              - match: {prefix: "/"}
-                route:
-                  cluster: backend
-                  rate_limits:
-                  - actions:
-                    - request_headers: {header_name: x-client, descriptor_key: client}
-          http_filters:
-          - name: envoy.filters.http.local_ratelimit
-            typed_config:
-              "@type": {lrl}
-              stat_prefix: main
-              token_bucket: {max_tokens: 4, tokens_per_fill: 4, fill_interval: 60s}
-              filter_enabled: {default_value: {numerator: 100}}
-              filter_enforced: {default_value: {numerator: 100}}
-              enable_x_ratelimit_headers: DRAFT_VERSION_03
-              descriptors:
-              - entries: [{key: client, value: greedy}]
-                token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-"""
-CONFIG = CONFIG.replace("{hcm_type}", HCM_TYPE).replace("{lrl}", LRL)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/own"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.local_ratelimit:
+      "@type": {lrl}
+      stat_prefix: own_bucket
+      token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+      filter_enabled: {default_value: {numerator: 100}}
+      filter_enforced: {default_value: {numerator: 100}}
+      response_headers_to_add:
+      - header: {key: x-limited-by, value: own}
+- match: {prefix: "/soft"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.local_ratelimit:
+      "@type": {lrl}
+      stat_prefix: soft_bucket
+      token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+      filter_enabled: {default_value: {numerator: 100}}
+      request_headers_to_add_when_not_enforced:
+      - header: {key: x-would-be-limited, value: "true"}
+- match: {prefix: "/"}
+  route:
+    cluster: backend
+    rate_limits:
+    - actions:
+      - request_headers: {header_name: x-client, descriptor_key: client}
+""",
+    http_filters="""
+- name: envoy.filters.http.local_ratelimit
+  typed_config:
+    "@type": {lrl}
+    stat_prefix: main
+    token_bucket: {max_tokens: 4, tokens_per_fill: 4, fill_interval: 60s}
+    filter_enabled: {default_value: {numerator: 100}}
+    filter_enforced: {default_value: {numerator: 100}}
+    enable_x_ratelimit_headers: DRAFT_VERSION_03
+    descriptors:
+    - entries: [{key: client, value: greedy}]
+      token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 60s}
+""",
+)
+CONFIG = CONFIG.replace("{lrl}", LRL)
 
 
 async def test_local_rate_limit_matches_envoy() -> None:

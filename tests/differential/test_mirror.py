@@ -15,61 +15,28 @@ from .harness import (
     build_request,
     find_envoy,
     get_stat_names,
+    http_config,
     run_proxy,
     send_raw,
+    static_cluster,
 )
-from .test_http1_basic import HCM_TYPE
 
 pytestmark = [
     pytest.mark.envoy,
     pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
 ]
 
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": HCM
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/"}
-                route:
-                  cluster: backend
-                  request_mirror_policies:
-                  - cluster: shadow
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-  - name: shadow
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: shadow
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {shadow_port}}}
-""".replace("HCM", HCM_TYPE)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/"}
+  route:
+    cluster: backend
+    request_mirror_policies:
+    - cluster: shadow
+""",
+    clusters=static_cluster("shadow", "{shadow_port}"),
+)
+
 REQUESTS = [
     build_request("GET", "/a?x=1", headers=[("x-t", "1")]),
     build_request("POST", "/b", body=b"payload"),

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import STAT_ALLOW_LIST, Reply, build_request, compare, find_envoy, run_case
-from .test_http1_basic import HCM_TYPE
+from .harness import (
+    STAT_ALLOW_LIST,
+    Reply,
+    build_request,
+    compare,
+    find_envoy,
+    http_config,
+    run_case,
+)
 
 pytestmark = [
     pytest.mark.envoy,
@@ -16,101 +23,72 @@ pytestmark = [
 
 RBAC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
 PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          normalize_path: true  # trioproxy's default; Envoy's is false
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {prefix: "/open"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.rbac:
-                    "@type": {per_route}
-              - match: {prefix: "/admin"}
-                route: {cluster: backend}
-                typed_per_filter_config:
-                  envoy.filters.http.rbac:
-                    "@type": {per_route}
-                    rbac:
-                      rules:
-                        action: DENY
-                        policies:
-                          no-admin:
-                            permissions: [{any: true}]
-                            principals:
-                            - not_id: {header: {name: x-role, string_match: {exact: root}}}
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.rbac
-            typed_config:
-              "@type": {rbac_type}
-              rules_stat_prefix: "main_"
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/open"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.rbac:
+      "@type": {per_route}
+- match: {prefix: "/admin"}
+  route: {cluster: backend}
+  typed_per_filter_config:
+    envoy.filters.http.rbac:
+      "@type": {per_route}
+      rbac:
+        rules:
+          action: DENY
+          policies:
+            no-admin:
+              permissions: [{any: true}]
+              principals:
+              - not_id: {header: {name: x-role, string_match: {exact: root}}}
+- match: {prefix: "/"}
+  route: {cluster: backend}
+""",
+    http_filters="""
+- name: envoy.filters.http.rbac
+  typed_config:
+    "@type": {rbac_type}
+    rules_stat_prefix: "main_"
+    rules:
+      action: ALLOW
+      policies:
+        readers:
+          permissions:
+          - and_rules:
               rules:
-                action: ALLOW
-                policies:
-                  readers:
-                    permissions:
-                    - and_rules:
-                        rules:
-                        - header: {name: ":method", string_match: {exact: GET}}
-                        - url_path: {path: {prefix: "/api/"}}
-                    principals:
-                    - direct_remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}
-                  writers:
-                    permissions:
-                    - or_rules:
-                        rules:
-                        - header: {name: ":method", string_match: {exact: POST}}
-                        - header: {name: ":method", string_match: {exact: PUT}}
-                    principals:
-                    - header: {name: x-token, string_match: {exact: secret}}
-                  port-check:
-                    permissions:
-                    - and_rules:
-                        rules:
-                        - destination_port: {listener_port}
-                        - url_path: {path: {exact: "/port"}}
-                    principals: [{any: true}]
-              shadow_rules:
-                action: DENY
-                policies:
-                  shadow-ua:
-                    permissions: [{header: {name: user-agent, string_match: {contains: bot}}}]
-                    principals: [{any: true}]
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-"""
-CONFIG = (
-    CONFIG.replace("{hcm_type}", HCM_TYPE)
-    .replace("{rbac_type}", RBAC_TYPE)
-    .replace("{per_route}", PER_ROUTE)
+              - header: {name: ":method", string_match: {exact: GET}}
+              - url_path: {path: {prefix: "/api/"}}
+          principals:
+          - direct_remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}
+        writers:
+          permissions:
+          - or_rules:
+              rules:
+              - header: {name: ":method", string_match: {exact: POST}}
+              - header: {name: ":method", string_match: {exact: PUT}}
+          principals:
+          - header: {name: x-token, string_match: {exact: secret}}
+        port-check:
+          permissions:
+          - and_rules:
+              rules:
+              - destination_port: {listener_port}
+              - url_path: {path: {exact: "/port"}}
+          principals: [{any: true}]
+    shadow_rules:
+      action: DENY
+      policies:
+        shadow-ua:
+          permissions: [{header: {name: user-agent, string_match: {contains: bot}}}]
+          principals: [{any: true}]
+""",
+    hcm_extra="""
+normalize_path: true  # trioproxy's default; Envoy's is false
+""",
 )
+CONFIG = CONFIG.replace("{rbac_type}", RBAC_TYPE).replace("{per_route}", PER_ROUTE)
 
 
 async def test_rbac_matches_envoy() -> None:

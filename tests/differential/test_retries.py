@@ -12,67 +12,40 @@ from .harness import (
     build_request,
     compare,
     find_envoy,
+    http_config,
     run_case,
 )
-from .test_http1_basic import HCM_TYPE
 
 pytestmark = [
     pytest.mark.envoy,
     pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
 ]
 
-CONFIG = """
-admin:
-  address: {socket_address: {address: 127.0.0.1, port_value: {admin_port}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {socket_address: {address: 127.0.0.1, port_value: {listener_port}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {hcm_type}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              include_request_attempt_count: true
-              include_attempt_count_in_response: true
-              retry_policy: {retry_on: gateway-error, num_retries: 1}
-              routes:
-              - match: {prefix: "/flaky"}
-                route:
-                  cluster: backend
-                  retry_policy: {retry_on: 5xx, num_retries: 2}
-              - match: {prefix: "/teapot"}
-                route:
-                  cluster: backend
-                  retry_policy:
-                    retry_on: retriable-status-codes
-                    retriable_status_codes: [418]
-              - match: {prefix: "/conflict"}
-                route:
-                  cluster: backend
-                  retry_policy: {retry_on: retriable-4xx}
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-  clusters:
-  - name: backend
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
-""".replace("{hcm_type}", HCM_TYPE)
+CONFIG = http_config(
+    routes="""
+- match: {prefix: "/flaky"}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: 5xx, num_retries: 2}
+- match: {prefix: "/teapot"}
+  route:
+    cluster: backend
+    retry_policy:
+      retry_on: retriable-status-codes
+      retriable_status_codes: [418]
+- match: {prefix: "/conflict"}
+  route:
+    cluster: backend
+    retry_policy: {retry_on: retriable-4xx}
+- match: {prefix: "/"}
+  route: {cluster: backend}
+""",
+    vhost_extra="""
+include_request_attempt_count: true
+include_attempt_count_in_response: true
+retry_policy: {retry_on: gateway-error, num_retries: 1}
+""",
+)
 
 
 def script(req: RecordedRequest) -> Reply:
