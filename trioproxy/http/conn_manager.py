@@ -53,6 +53,7 @@ from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
     filtered_request_body,
+    filtered_response_body,
     log_stream,
     start_span,
 )
@@ -703,32 +704,11 @@ class Http1Connection:
 
     async def _stream_body(self, stream: HttpStream, resp: Response, chunked: bool) -> int:
         chain = self.cfg.chain
-        data_phases = chain.response_data
         sent = 0
-
-        async def emit(chunk: bytes) -> None:
-            nonlocal sent
-            if not chunk:
-                return
+        async for chunk in filtered_response_body(chain, stream, resp):
             sent += len(chunk)
             self._touch()
             await self._send(h1.encode_chunk(chunk) if chunked else chunk)
-
-        async def pieces() -> AsyncIterator[bytes]:
-            if resp.initial_body:
-                yield resp.initial_body
-            if resp.body is not None:
-                async for c in resp.body:
-                    yield c
-
-        async for chunk in pieces():
-            for phase in data_phases:
-                chunk = await phase(stream, chunk, False)
-            await emit(chunk)
-        last = b""
-        for phase in data_phases:
-            last = await phase(stream, last, True)
-        await emit(last)
         trailers = resp.trailers
         if trailers is not None:
             stream.response_trailers = trailers

@@ -44,7 +44,7 @@ import math
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import h2.config
@@ -74,6 +74,7 @@ from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
     filtered_request_body,
+    filtered_response_body,
     log_stream,
     start_span,
 )
@@ -698,27 +699,11 @@ class Http2Connection:
             return
         sent = 0
 
-        async def pieces() -> AsyncGenerator[bytes, None]:
-            if resp.initial_body:
-                yield resp.initial_body
-            if resp.body is not None:
-                async for c in resp.body:
-                    yield c
-
         # closed even when the stream is cancelled mid-body (client reset, shutdown)
-        async with contextlib.aclosing(pieces()) as body:
+        async with contextlib.aclosing(filtered_response_body(chain, stream, resp)) as body:
             async for chunk in body:
-                for phase in chain.response_data:
-                    chunk = await phase(stream, chunk, False)
-                if chunk:
-                    sent += len(chunk)
-                    await self._send_data(s, chunk)
-        last = b""
-        for phase in chain.response_data:
-            last = await phase(stream, last, True)
-        if last:
-            sent += len(last)
-            await self._send_data(s, last)
+                sent += len(chunk)
+                await self._send_data(s, chunk)
         info.bytes_sent = sent
         trailers = resp.trailers
         if trailers is not None and len(list(trailers.regular())):

@@ -1,18 +1,18 @@
 """Per-stream steps shared by the HTTP/1.1 and HTTP/2 connection managers.
 
 Each is the same whatever the codec: running the request-data and request-trailer phases over
-a body, counting a response's status class, starting the stream's trace span, and the
-end-of-stream log (the span's tags and end, filters' ``on_log``, then access loggers; none
-may fail the stream).
+a body, the response-data phases over a response's body, counting a response's status class,
+starting the stream's trace span, and the end-of-stream log (the span's tags and end,
+filters' ``on_log``, then access loggers; none may fail the stream).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from trioproxy.http.conn_manager_config import FilterChain, HcmConfig, HcmStats, ListenerHttpStats
-from trioproxy.http.filter import HttpStream
+from trioproxy.http.filter import HttpStream, Response
 from trioproxy.tracing.http import HttpTracing
 
 log = logging.getLogger("trioproxy.http.conn_manager")
@@ -35,6 +35,36 @@ async def filtered_request_body(
     if stream.request_trailers is not None:
         for tphase in chain.request_trailers:
             await tphase(stream, stream.request_trailers)
+
+
+async def filtered_response_body(
+    chain: FilterChain, stream: HttpStream, resp: Response
+) -> AsyncGenerator[bytes, None]:
+    """A response's body (``initial_body``, then ``body``) through the response-data phases,
+    ending with what the phases give for the end of the stream; empty chunks are skipped.
+    Trailers are the caller's: each codec sends (and filters) them its own way."""
+    phases = chain.response_data
+
+    async def through(chunk: bytes) -> bytes:
+        for phase in phases:
+            chunk = await phase(stream, chunk, False)
+        return chunk
+
+    # (no inner generator: closing this one must leave nothing unclosed behind it)
+    if resp.initial_body:
+        chunk = await through(resp.initial_body)
+        if chunk:
+            yield chunk
+    if resp.body is not None:
+        async for piece in resp.body:
+            chunk = await through(piece)
+            if chunk:
+                yield chunk
+    last = b""
+    for phase in phases:
+        last = await phase(stream, last, True)
+    if last:
+        yield last
 
 
 def count_status(st: HcmStats, ls: ListenerHttpStats, status: int) -> None:

@@ -54,7 +54,7 @@ from trioproxy.http.filter import (
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import for_request, reply_headers
 from trioproxy.http.route_table import RouteConfiguration
-from trioproxy.http.stream_common import filtered_request_body
+from trioproxy.http.stream_common import filtered_request_body, filtered_response_body
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.registry import build_registry
 from trioproxy.stats import Store
@@ -294,23 +294,7 @@ class FilterHarness:
             await hphase(stream, headers)
         if chain.response_length_changes:
             headers.remove("content-length")
-        out = b""
-
-        async def pieces() -> AsyncIterator[bytes]:
-            if resp.initial_body:
-                yield resp.initial_body
-            if resp.body is not None:
-                async for c in resp.body:
-                    yield c
-
-        async for chunk in pieces():
-            for dphase in chain.response_data:
-                chunk = await dphase(stream, chunk, False)
-            out += chunk
-        last = b""
-        for dphase in chain.response_data:
-            last = await dphase(stream, last, True)
-        out += last
+        out = b"".join([c async for c in filtered_response_body(self.chain, stream, resp)])
         if resp.trailers is not None:
             stream.response_trailers = resp.trailers
             for tphase in chain.response_trailers:
