@@ -47,12 +47,6 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         except OSError:  # pragma: no cover - unix sockets
             pass
 
-    async def _maybe_checkpoint(self) -> None:
-        self._ops += 1
-        if self._ops >= CHECKPOINT_EVERY:
-            self._ops = 0
-            await trio.lowlevel.checkpoint()
-
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
@@ -69,18 +63,31 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("stream is closed") from None
                 raise _map_oserror(exc) from exc
-            await self._maybe_checkpoint()
+            # (the checkpoint inlined: this runs once per read on the hot path)
+            self._ops += 1
+            if self._ops >= CHECKPOINT_EVERY:
+                self._ops = 0
+                await trio.lowlevel.checkpoint()
             return data
 
     async def receive_some_after_wait(self, max_bytes: int | None = None) -> bytes:
         """Like ``receive_some`` when the caller expects to wait (a response to a request
         just sent, the next request on a keep-alive connection): skip the recv() that would
-        only say EAGAIN and go straight to waiting."""
+        only say EAGAIN and go straight to waiting. The wait is the checkpoint."""
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
         self._ops = 0
-        await trio.lowlevel.wait_readable(self.socket)
-        return await self.receive_some(max_bytes)
+        sock = self.socket
+        await trio.lowlevel.wait_readable(sock)
+        while True:
+            try:
+                return sock.recv(max_bytes or DEFAULT_RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream is closed") from None
+                raise _map_oserror(exc) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
@@ -88,9 +95,26 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         if self._shut_wr:
             raise trio.ClosedResourceError("can't send data after sending EOF")
         sock = self.socket
+        total = len(data)
+        try:
+            sent = sock.send(data)  # the common case: the kernel takes it all at once
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed") from None
+            raise _map_oserror(exc) from exc
+        if sent < total:
+            await self._send_rest(data, sent)
+        self._ops += 1
+        if self._ops >= CHECKPOINT_EVERY:
+            self._ops = 0
+            await trio.lowlevel.checkpoint()
+
+    async def _send_rest(self, data: bytes | bytearray | memoryview, sent: int) -> None:
+        sock = self.socket
         view = memoryview(data)
         total = len(view)
-        sent = 0
         try:
             while sent < total:
                 try:
@@ -104,7 +128,6 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                     raise _map_oserror(exc) from exc
         finally:
             view.release()
-        await self._maybe_checkpoint()
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.wait_writable(self.socket)

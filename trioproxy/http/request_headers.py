@@ -9,6 +9,7 @@ headers go, ``server`` is set.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 
@@ -89,9 +90,26 @@ _EDGE_STRIP = (
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
 )
+_EXTERNAL_STRIP_SET = frozenset(_EXTERNAL_STRIP)
+_EDGE_STRIP_SET = frozenset(_EDGE_STRIP)
+#: Every request header ``mutate_request_headers`` reads, replaces or removes.
+_ACTED_ON = (
+    HOP_BY_HOP
+    | _EXTERNAL_STRIP_SET
+    | _EDGE_STRIP_SET
+    | {
+        "x-envoy-internal",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-envoy-external-address",
+        "via",
+        "x-request-id",
+    }
+)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
@@ -150,10 +168,17 @@ def mutate_request_headers(
     ``x-envoy-external-address`` and, unless ``preserve_external_request_id``, a new
     ``x-request-id``. A loopback peer is recorded in ``x-forwarded-for`` as this host's own
     address, as Envoy does."""
-    strip_hop_by_hop(headers)
-    headers.remove("x-envoy-internal")
+    items = headers.items()
+    # One pass in C over the names: most requests carry none of the headers acted on, and
+    # each check below is then a set lookup instead of a scan of the map.
+    present = _ACTED_ON.intersection([name for name, _ in items])
+    if present:
+        if not HOP_BY_HOP.isdisjoint(present):
+            strip_hop_by_hop(headers)
+        if "x-envoy-internal" in present:
+            headers.remove("x-envoy-internal")
     scheme = "https" if tls else "http"
-    xff = headers.get("x-forwarded-for")
+    xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
     if use_remote_address:
         final: str | None = remote_ip
         single = xff is None
@@ -162,32 +187,40 @@ def mutate_request_headers(
             final = hop or remote_ip
         if not skip_xff_append:
             appended = local_ip if _is_loopback(remote_ip) else remote_ip
-            headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
-        headers.set("x-forwarded-proto", scheme)
+            if xff is None:
+                items.append(("x-forwarded-for", appended))
+            else:
+                headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
+        if "x-forwarded-proto" in present:
+            headers.set("x-forwarded-proto", scheme)
+        else:
+            items.append(("x-forwarded-proto", scheme))
     else:
         final, single = _last_xff(xff, xff_num_trusted_hops)
-        if "x-forwarded-proto" not in headers:
-            headers.set("x-forwarded-proto", scheme)
+        if "x-forwarded-proto" not in present:
+            items.append(("x-forwarded-proto", scheme))
     internal = single and final is not None and _in(final, internal_networks)
     edge = not internal and use_remote_address
     if internal:
         headers.set("x-envoy-internal", "true")
-    else:
-        for name in _EXTERNAL_STRIP:
-            if name in headers:
-                headers.remove(name)
+    elif present:
+        for name in _EXTERNAL_STRIP_SET.intersection(present):
+            headers.remove(name)
         if edge:
-            for name in _EDGE_STRIP:
-                if name in headers:
-                    headers.remove(name)
+            for name in _EDGE_STRIP_SET.intersection(present):
+                headers.remove(name)
     if edge and final is not None:
-        headers.set("x-envoy-external-address", final)
+        if "x-envoy-external-address" in present:
+            headers.set("x-envoy-external-address", final)
+        else:
+            items.append(("x-envoy-external-address", final))
     if via:
-        v = headers.get("via")
+        v = headers.get("via") if "via" in present else None
         headers.set("via", f"{v}, {via}" if v else via)
     if generate_request_id:
-        rid = headers.get("x-request-id")
-        if rid is None or (edge and not preserve_external_request_id):
+        if "x-request-id" not in present:
+            items.append(("x-request-id", new_request_id()))
+        elif edge and not preserve_external_request_id:
             headers.set("x-request-id", new_request_id())
     return final or remote_ip
 
