@@ -766,7 +766,7 @@ class _UpstreamBody:
             raise
 
     async def aclose(self) -> None:
-        await self._it.aclose()  # type: ignore[attr-defined]
+        await self._it.aclose()
         self._settle(False)
 
     def _settle(self, ok: bool) -> None:

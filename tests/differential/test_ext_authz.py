@@ -155,8 +155,7 @@ class GrpcAuthz:
 
     def __init__(self) -> None:
         from google.protobuf import json_format
-
-        from plugins.ext_authz.check import _message
+        from trioproxy_plugins.ext_authz.check import _message
 
         self.asked: list[dict[str, object]] = []
         self._json = json_format

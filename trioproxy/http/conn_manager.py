@@ -477,32 +477,10 @@ class Http1Connection:
                 return reply  # type: ignore[no-any-return]
         body: AsyncIterator[bytes] | None = None
         if not self._body_done:
-            body = self._request_body(stream)
+            body = _RequestBody(self, stream)
             if chain.request_data or chain.request_trailers:
                 body = filtered_request_body(self.cfg.chain, stream, body)
         return await chain.terminal.serve(stream, body)
-
-    async def _request_body(self, stream: HttpStream) -> AsyncIterator[bytes]:
-        if self._continue_pending:
-            self._continue_pending = False
-            await self._send(_CONTINUE)
-        info = stream.info
-        while True:
-            ev = await self._next_event()
-            if type(ev) is h1.Data:
-                info.bytes_received += len(ev.data)
-                self._touch()
-                yield ev.data
-            elif type(ev) is h1.EndOfMessage:
-                self._body_done = True
-                self._rq_deadline = math.inf
-                self._touch()
-                info.last_downstream_rx = _now()
-                if ev.trailers:
-                    stream.request_trailers = Headers(ev.trailers)
-                return
-            else:  # pragma: no cover - the parser's contract
-                raise ProtocolError(f"unexpected event {ev!r} in a request body")
 
     # -- responses ------------------------------------------------------------------------
     async def _write_local_reply(
@@ -720,6 +698,47 @@ class Http1Connection:
 
     def _log(self, stream: HttpStream) -> None:
         log_stream(self.cfg, stream)
+
+
+class _RequestBody:
+    """The request body as an async iterator of chunks: a class, not an async generator,
+    so that mypyc can compile this module (setup.py)."""
+
+    __slots__ = ("conn", "stream")
+
+    def __init__(self, conn: Http1Connection, stream: HttpStream) -> None:
+        self.conn = conn
+        self.stream = stream
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        conn = self.conn
+        if conn._continue_pending:
+            conn._continue_pending = False
+            await conn._send(_CONTINUE)
+        info = self.stream.info
+        while not conn._body_done:
+            ev = await conn._next_event()
+            if type(ev) is h1.Data:
+                info.bytes_received += len(ev.data)
+                conn._touch()
+                return ev.data
+            if type(ev) is h1.EndOfMessage:
+                conn._body_done = True
+                conn._rq_deadline = math.inf
+                conn._touch()
+                info.last_downstream_rx = _now()
+                if ev.trailers:
+                    self.stream.request_trailers = Headers(ev.trailers)
+                break
+            raise ProtocolError(f"unexpected event {ev!r} in a request body")  # parser contract
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """(Nothing to release: what is left of the body stays on the connection, which
+        closes when a response ends before its request.)"""
 
 
 def _encode_head(headers: Headers) -> bytes:

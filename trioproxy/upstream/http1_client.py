@@ -12,7 +12,6 @@ Upstream failures are mapped to ``UpstreamError`` with Envoy's response flags: `
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -160,17 +159,38 @@ class Exchange:
         if ev.trailers:
             self.trailers = Headers(ev.trailers)
 
-    async def iter_body(self) -> AsyncIterator[bytes]:
+    def iter_body(self) -> _ResponseBody:
         """The rest of the response body (the route timeout still applies: see ``expire``)."""
-        while not self.complete:
-            ev = await self._event()
-            if type(ev) is h1.Data:
-                yield ev.data
-            elif type(ev) is h1.EndOfMessage:
-                self._finish(ev)
-            else:  # pragma: no cover - parser contract
-                raise UpstreamError(f"unexpected event {ev!r}", flag="UPE")
+        return _ResponseBody(self)
 
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive
+
+
+class _ResponseBody:
+    """``Exchange.iter_body``: a class, not an async generator, so that mypyc can compile
+    this module (setup.py)."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: Exchange) -> None:
+        self.exchange = exchange
+
+    def __aiter__(self) -> _ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        ex = self.exchange
+        while not ex.complete:
+            ev = await ex._event()
+            if type(ev) is h1.Data:
+                return ev.data
+            if type(ev) is h1.EndOfMessage:
+                ex._finish(ev)
+            else:  # pragma: no cover - parser contract
+                raise UpstreamError(f"unexpected event {ev!r}", flag="UPE")
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """(Nothing to release: the router decides whether the connection is reused.)"""

@@ -107,6 +107,12 @@ class _Base:
         self._max_uri = max_uri
         self._raw_limit = max_header_bytes + max_uri + 1024
 
+    def _failed(self) -> bool:
+        """Whether an error is recorded. (Loops that call ``_feed``, which may record one,
+        ask this method: mypy keeps ``self._error`` narrowed across the call, and code
+        compiled by mypyc would trust the narrowed type.)"""
+        return self._error is not None
+
     def _fail(self, exc: ProtocolError) -> None:
         self._abort = exc
         raise _Abort()
@@ -339,7 +345,7 @@ class ClientParser(_Base):
 
     def _feed_head_only(self, data: bytes) -> None:
         buf = self._buf + data
-        while self._error is None:
+        while not self._failed():
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if b"\n" in buf.replace(b"\r\n", b""):
@@ -352,8 +358,8 @@ class ClientParser(_Base):
             self._dead = True
             n = len(self._events)
             self._feed(head)
-            if self._error is not None or len(self._events) == n:
-                if self._error is None:
+            if self._failed() or len(self._events) == n:
+                if not self._failed():
                     self._error = common.error("malformed response head")
                 break
             if not self._interim:

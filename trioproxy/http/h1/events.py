@@ -27,6 +27,32 @@ NEED_DATA: Final = _Sentinel("NEED_DATA")
 PAUSED: Final = _Sentinel("PAUSED")
 
 
+def _fields(head: RequestHead | ResponseHead) -> tuple[object, ...]:
+    """(For ``__eq__``, which tests use; compiled by mypyc, classes have no ``__slots__``.)"""
+    if type(head) is RequestHead:
+        return (
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            head.keep_alive,
+            head.chunked,
+            head.content_length,
+            head.expect_continue,
+            head.upgrade,
+        )
+    assert type(head) is ResponseHead
+    return (
+        head.status,
+        head.reason,
+        head.version,
+        head.headers,
+        head.keep_alive,
+        head.chunked,
+        head.content_length,
+    )
+
+
 class RequestHead:
     __slots__ = (
         "chunked",
@@ -73,7 +99,7 @@ class RequestHead:
     def __eq__(self, other: object) -> bool:
         if type(other) is not RequestHead:
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return _fields(self) == _fields(other)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -117,7 +143,7 @@ class ResponseHead:
     def __eq__(self, other: object) -> bool:
         if type(other) is not ResponseHead:
             return NotImplemented
-        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+        return _fields(self) == _fields(other)
 
     __hash__ = None  # type: ignore[assignment]
 
