@@ -1,11 +1,15 @@
 """Sessions: tests (over both HTTP/1 codecs), lint, typecheck, bench, examples.
 
 nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
+nox -s tests_compiled   # the suite against the mypyc-compiled hot path (setup.py)
 nox -s lint typecheck
 nox -s bench            # prints figures against Envoy and a direct connection
 """
 
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import nox
 
@@ -24,6 +28,44 @@ def tests(session: nox.Session, codec: str) -> None:
     # iproute2, iptables, util-linux for the network-namespace tests (root + apt-get only)
     session.run("python", "tools/system_deps.py")
     session.env["TRIOPROXY_H1_CODEC"] = codec
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+def install_compiled(session: nox.Session) -> None:
+    """trioproxy with its hot path compiled by mypyc (setup.py), not editable: a compiled
+    module next to its source would hide later edits of it."""
+    session.install(".[test]", "mypy>=1.10", "types-PyYAML", "setuptools>=77")
+    shutil.rmtree("build", ignore_errors=True)  # setuptools would reuse stale extensions
+    session.run(
+        "python", "-m", "pip", "install", "-q", "--no-build-isolation", "--force-reinstall",
+        "--no-deps", ".", env={"TRIOPROXY_MYPYC": "1"},
+    )  # fmt: skip
+    shutil.rmtree("build", ignore_errors=True)
+    session.run("python", "-m", "trioproxy", "--version")
+
+
+@nox.session(python=PY)
+def tests_compiled(session: nox.Session) -> None:
+    """The suite against the compiled install. It runs from a copy of tests/ and examples/
+    (with ../shared beside it, as the repository has it): from the repository, the sources
+    would be imported instead of the installed package."""
+    install_compiled(session)
+    session.install("-e", "examples/external-filter")
+    session.run("python", "tools/system_deps.py")
+    here = Path.cwd()
+    copy = Path(session.create_tmp()) / "compiled-tests"
+    shutil.rmtree(copy, ignore_errors=True)
+    (copy / "main").mkdir(parents=True)
+    shutil.copytree("tests", copy / "main" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree("examples", copy / "main" / "examples", symlinks=True)
+    shutil.copy("pyproject.toml", copy / "main")
+    (copy / "shared").symlink_to(here.parent / "shared")
+    session.env["TRIOPROXY_SOURCE_ROOT"] = str(here)  # tests/test_packaging.py reads sources
+    session.chdir(copy / "main")
+    session.run(
+        "python", "-c",
+        "import sys, trioproxy; sys.exit(not trioproxy.compiled_modules() and 'not compiled')",
+    )  # fmt: skip
     session.run("python", "-m", "pytest", *session.posargs)
 
 

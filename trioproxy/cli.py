@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trioproxy import __version__
+from trioproxy import __version__, compiled_modules
 from trioproxy.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trioproxy", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"trioproxy {__version__}")
+    build = "compiled hot path (mypyc)" if compiled_modules() else "pure Python"
+    parser.add_argument("--version", action="version", version=f"trioproxy {__version__}, {build}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub.add_parser("serve", help="run the proxy"))
     validate = sub.add_parser("validate", help="check a config and exit")

@@ -1,0 +1,43 @@
+"""Optional compilation of the hot-path modules with mypyc.
+
+``TRIOPROXY_MYPYC=1 pip install --no-build-isolation .`` compiles the modules listed in
+``COMPILED`` to C extensions. It needs an environment with the project's dependencies, mypy
+and types-PyYAML (mypyc type-checks before it compiles); ``nox -s tests_compiled`` and
+``nox -s bench`` do all of it. The modules stay plain typed Python: the same files run
+interpreted in every other install, and the test suite runs against both. Without the
+variable this file adds nothing and the package is pure Python. Editable installs are never
+compiled: a compiled module next to its source would hide later edits of it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+
+#: Typed modules of the HTTP/1.1 hot path (see docs/benchmarks.md for what it buys).
+COMPILED = [
+    "trioproxy/http/headers.py",
+    "trioproxy/http/h1/events.py",
+    "trioproxy/http/h1/common.py",
+    "trioproxy/http/h1/serialize.py",
+    "trioproxy/http/h1/_httptools.py",
+    "trioproxy/http/request_headers.py",
+    "trioproxy/http/request_head.py",
+    "trioproxy/http/matchers.py",
+    "trioproxy/http/local_reply.py",
+    "trioproxy/http/conn_manager.py",
+    "trioproxy/upstream/http1_client.py",
+    "trioproxy/upstream/lb.py",
+    "trioproxy/watchdog.py",
+    "trioproxy/io.py",
+]
+
+ext_modules = []
+if os.environ.get("TRIOPROXY_MYPYC") == "1" and "editable_wheel" not in sys.argv:
+    from mypyc.build import mypycify
+
+    ext_modules = mypycify(COMPILED, opt_level="3")
+
+setup(ext_modules=ext_modules)
