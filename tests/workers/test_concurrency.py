@@ -273,3 +273,82 @@ async def test_sigterm_drains_every_worker_and_exits_zero(tmp_path: Path) -> Non
                 assert await p.process.wait() == 0
             assert "received SIGTERM" in p.log_text()
         nursery.cancel_scope.cancel()
+
+
+UDP_CONFIG = """
+static_resources:
+  listeners:
+  - name: udp
+    address: {socket_address: {protocol: UDP, address: 127.0.0.1, port_value: 0}}
+    listener_filters:
+    - name: envoy.filters.udp_listener.udp_proxy
+      typed_config:
+        '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig
+        stat_prefix: service
+        matcher:
+          on_no_match:
+            action:
+              name: route
+              typed_config:
+                '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route
+                cluster: echo
+  clusters:
+  - name: echo
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {socket_address: {address: 127.0.0.1, port_value: ECHO_PORT}}
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+"""
+
+
+def _udp_ports_of(pid: int) -> set[int]:
+    """Local ports of the IPv4 UDP sockets process ``pid`` holds (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[9] in inodes:
+            ports.add(int(fields[1].split(":")[1], 16))
+    return ports
+
+
+async def test_udp_flows_spread_over_the_workers(tmp_path: Path) -> None:
+    echo = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
+    await echo.bind(("127.0.0.1", 0))
+    senders: list[int] = []
+
+    async def serve_echo() -> None:
+        while True:
+            data, addr = await echo.recvfrom(2048)
+            senders.append(addr[1])
+            await echo.sendto(data, addr)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_echo)
+        config = UDP_CONFIG.replace("ECHO_PORT", str(echo.getsockname()[1]))
+        async with serve(tmp_path, config, "--concurrency", "2") as p:
+            port = await listener_port(p)  # port 0: probed by the main, bound by both
+            for i in range(16):  # one session per client address
+                with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as client:
+                    await client.sendto(b"ping %d" % i, ("127.0.0.1", port))
+                    with trio.fail_after(5):
+                        assert await client.recv(2048) == b"ping %d" % i
+            s = await stats(p.admin_port)
+            assert s["udp.service.downstream_sess_total"] == 16
+            assert s["udp.service.downstream_sess_rx_datagrams"] == 16
+            assert s["cluster.echo.udp.sess_tx_datagrams"] == 16
+            # Each session's upstream socket belongs to the worker that got its flow.
+            by_worker = [len(set(senders) & _udp_ports_of(pid)) for pid in p.worker_pids().values()]
+            assert sum(by_worker) == 16
+            assert all(n > 0 for n in by_worker), by_worker
+        nursery.cancel_scope.cancel()
+    echo.close()
