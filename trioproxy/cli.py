@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trioproxy import __version__
-from trioproxy.errors import ConfigError
+from trioproxy.errors import ConfigError, config_error_in
 
 if TYPE_CHECKING:
     from trioproxy.config import LoadedConfig
@@ -174,11 +174,14 @@ def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     try:
         trio.run(run)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        error = config_error_in(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -352,3 +352,23 @@ async def test_udp_flows_spread_over_the_workers(tmp_path: Path) -> None:
             assert all(n > 0 for n in by_worker), by_worker
         nursery.cancel_scope.cancel()
     echo.close()
+
+
+async def test_a_port_taken_by_another_process_fails_the_start(tmp_path: Path) -> None:
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = simple_config([1]).replace("port_value: 0}", f"port_value: {port}}}", 1)
+    path = tmp_path / "envoy.yaml"
+    path.write_text(config)
+    with trio.fail_after(30):
+        done = await trio.run_process(
+            [sys.executable, "-m", "trioproxy", "serve", "-c", str(path), "--concurrency", "2"],
+            capture_stderr=True,
+            check=False,
+        )
+    taken.close()
+    assert done.returncode == 1
+    assert f"error: listener main: cannot bind '127.0.0.1:{port}'" in done.stderr.decode()
+    assert b"Traceback" not in done.stderr

@@ -28,7 +28,7 @@ import trio
 from trioproxy.admin.server import handle
 from trioproxy.admin_backend import ServerAdminBackend
 from trioproxy.config import Document, LoadedConfig
-from trioproxy.errors import ConfigError
+from trioproxy.errors import ConfigError, config_error_in
 from trioproxy.server import Options, Server
 from trioproxy.stats.merge import snapshot
 from trioproxy.workers.clusters import cluster_records
@@ -72,8 +72,11 @@ async def run_worker(channel: Channel) -> int:
     async with trio.open_nursery() as nursery:
         try:
             ports = await nursery.start(_serve, server, nursery.cancel_scope)
-        except ConfigError as exc:
-            await channel.send({"error": str(exc)})
+        except Exception as exc:
+            error = config_error_in(exc)  # a listener that cannot bind, within a group
+            if error is None:
+                raise
+            await channel.send({"error": str(error)})
             return 1
         await channel.send({"ports": list(ports), "pid": os.getpid()})
         nursery.start_soon(_control, server, channel)
