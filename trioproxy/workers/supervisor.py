@@ -43,6 +43,7 @@ from trioproxy.registry import Registry
 from trioproxy.server import Options, ServerStats, build
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.stats.merge import Snapshot, retire
+from trioproxy.workers.admin import MainAdmin, serve_main_admin
 from trioproxy.workers.child import options_message
 from trioproxy.workers.ipc import Channel, ChannelClosed
 
@@ -139,16 +140,14 @@ class Supervisor:
                 self.stats.state.set(2)
                 ports = await self._start_all(root)
                 if self.built.admin_address is not None:
-                    from trioproxy.workers.admin import MainAdmin, serve_main_admin
-
                     host, port = self.built.admin_address
                     self.admin_port = await root.start(
                         serve_main_admin, MainAdmin(self), host, port
                     )
                 root.start_soon(self._signals)
                 root.start_soon(self._housekeeping)
+                root.start_soon(self._wait_live)
                 task_status.started(ports)
-                await self._wait_live()
                 await self._shutdown.wait()
                 await self._drain()
                 root.cancel_scope.cancel()
@@ -355,11 +354,14 @@ class Supervisor:
     # ------------------------------------------------------------------ life cycle
 
     async def _wait_live(self) -> None:
-        while True:
+        """LIVE once every worker is (its xDS initialised), unless draining by then."""
+        while self.state == "INITIALIZING":
             states = [reply.get("state") for reply in await self.snapshots()]
             if len(states) == len(self.workers) and all(s == "LIVE" for s in states):
                 break
             await trio.sleep(0.05)
+        if self.state != "INITIALIZING":
+            return
         self.state = "LIVE"
         self.stats.state.set(0)
         self.stats.live.set(1)
