@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """HTTP/1.1 proxy benchmark: direct nginx vs Envoy vs trioproxy, measured in one run.
 
-Not a test. Run ``python benchmarks/bench_http.py [--duration S] [--quick] [--tracing]``.
+Not a test. Run ``python benchmarks/bench_http.py [--duration S] [--quick] [--tracing]
+[--workers N]``. ``--workers N`` adds both proxies with ``--concurrency N``, not pinned (their
+workers share the cores with wrk and nginx); CPU per request counts every process of the tree.
 ``--tracing`` adds both proxies with Zipkin tracing of every request (reported to the
 collector stand-in of examples/jaeger) and a column comparing each with its untraced run.
 
@@ -321,9 +323,11 @@ def table(results: list[Result]) -> list[list[str]]:
     by = {(r.target, r.connections): r for r in results}
     for r in results:
         base, _, suffix = r.target.partition("+")
-        env = by.get(("envoy" + (f"+{suffix}" if suffix else ""), r.connections))
+        kind, _, workers = base.partition("-")  # trioproxy-c2 is compared with envoy-c2
+        env_name = "envoy" + (f"-{workers}" if workers else "") + (f"+{suffix}" if suffix else "")
+        env = by.get((env_name, r.connections))
         direct = by.get(("direct", r.connections))
-        ratio_env = f"{r.rps / env.rps:.2f}" if env and env.rps and base == "trioproxy" else ""
+        ratio_env = f"{r.rps / env.rps:.2f}" if env and env.rps and kind == "trioproxy" else ""
         ratio_dir = (
             f"{r.rps / direct.rps:.2f}" if direct and direct.rps and r.target != "direct" else ""
         )
@@ -376,6 +380,13 @@ def main() -> int:
     ap.add_argument("--connections", default="1,50", help="comma-separated wrk -c values")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     ap.add_argument("--skip-trioproxy", action="store_true", help="direct and Envoy only")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run both proxies with --concurrency N, unpinned (rows '-cN')",
+    )
     ap.add_argument(
         "--tracing",
         action="store_true",
@@ -479,6 +490,27 @@ def main() -> int:
                 else:
                     targets.append((f"trioproxy{suffix}", tp_port, tp.popen.pid))
 
+        if args.workers > 1:
+            n = str(args.workers)
+            env_port, env_admin = free_port(), free_port()
+            (tmp / "envoy-workers.yaml").write_text(conf(env_port, env_admin, False))
+            env_cmd = [find_envoy(), "-c", str(tmp / "envoy-workers.yaml"), "--concurrency", n]
+            envoy = start(f"envoy-c{n}", [*env_cmd, "-l", "error", "--use-dynamic-base-id"], tmp)
+            procs.append(envoy)
+            if err := wait_http_ok(envoy, env_port, START_DEADLINE):
+                sys.exit(f"Envoy failed: {err}\n{envoy.tail()}")
+            targets.append((f"envoy-c{n}", env_port, envoy.popen.pid))
+            if not args.skip_trioproxy:
+                tp_port, tp_admin = free_port(), free_port()
+                cfg = tmp / "trioproxy-workers.yaml"
+                cfg.write_text(conf(tp_port, tp_admin, False))
+                cmd = [a.replace("{config}", str(cfg)) for a in TRIOPROXY_COMMAND]
+                tp = start(f"trioproxy-c{n}", [*cmd, "--concurrency", n], tmp)
+                procs.append(tp)
+                if err := wait_http_ok(tp, tp_port, START_DEADLINE):
+                    sys.exit(f"trioproxy --concurrency {n} failed: {err}\n{tp.tail()}")
+                targets.append((f"trioproxy-c{n}", tp_port, tp.popen.pid))
+
         pin_note = (
             f"pinned: proxies on core {proxy_core}, wrk + nginx on core {load_core} (taskset)"
             if can_pin
@@ -496,7 +528,7 @@ def main() -> int:
                 results.append(r)
                 note = f"  ({r.errors})" if r.errors else ""
                 print(
-                    f"  {name:<10} -c{c:<4} {r.rps:>10,.0f} req/s{note}",
+                    f"  {name:<12} -c{c:<4} {r.rps:>10,.0f} req/s{note}",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -15,7 +15,7 @@ from trioproxy.xds.resources import CLUSTER as CDS
 from trioproxy.xds.resources import LISTENER as LDS
 
 if TYPE_CHECKING:
-    from trioproxy.server import Server
+    from trioproxy.server import Options, Server
 
 HCM_TYPE = (
     "type.googleapis.com/"
@@ -55,6 +55,31 @@ def _secrets_dump(xds: XdsManager) -> dict[str, Any]:
     if warming:
         out["dynamic_warming_secrets"] = warming
     return out
+
+
+def server_info(
+    state: str, opts: Options, node: Mapping[str, Any], started_wall: float
+) -> dict[str, Any]:
+    """Envoy's ``ServerInfo`` fields."""
+    uptime = int(time.time() - started_wall)
+    return {
+        "version": f"trioproxy/{__version__}/Clean/RELEASE/BoringSSL-compatible",
+        "state": state,
+        "hot_restart_version": "disabled",
+        "command_line_options": {
+            "base_id": "0",
+            "concurrency": opts.concurrency,
+            "config_path": opts.config_path,
+            "service_cluster": opts.service_cluster,
+            "service_node": opts.service_node,
+            "service_zone": opts.service_zone,
+            "drain_time": f"{opts.drain_time:g}s",
+            "mode": "Serve",
+        },
+        "node": dict(node),
+        "uptime_current_epoch": f"{uptime}s",
+        "uptime_all_epochs": f"{uptime}s",
+    }
 
 
 class ServerAdminBackend:
@@ -128,26 +153,7 @@ class ServerAdminBackend:
 
     def server_info(self) -> dict[str, Any]:
         s = self.server
-        uptime = int(time.time() - s.started_wall)
-        opts = s.options
-        return {
-            "version": f"trioproxy/{__version__}/Clean/RELEASE/BoringSSL-compatible",
-            "state": s.state,
-            "hot_restart_version": "disabled",
-            "command_line_options": {
-                "base_id": "0",
-                "concurrency": opts.concurrency,
-                "config_path": opts.config_path,
-                "service_cluster": opts.service_cluster,
-                "service_node": opts.service_node,
-                "service_zone": opts.service_zone,
-                "drain_time": f"{opts.drain_time:g}s",
-                "mode": "Serve",
-            },
-            "node": dict(s.built.node),
-            "uptime_current_epoch": f"{uptime}s",
-            "uptime_all_epochs": f"{uptime}s",
-        }
+        return server_info(s.state, s.options, s.built.node, s.started_wall)
 
     def is_ready(self) -> bool:
         return self.server.state == "LIVE"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trioproxy import __version__, compiled_modules
-from trioproxy.errors import ConfigError
+from trioproxy.errors import ConfigError, config_error_in
 
 if TYPE_CHECKING:
     from trioproxy.config import LoadedConfig
@@ -46,9 +46,11 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-l", "--log-level", default="info", choices=sorted(_LEVELS))
     parser.add_argument(
         "--concurrency",
-        type=int,
+        type=_positive,
         default=1,
-        help="worker processes (accepted; more than one arrives with the performance work)",
+        help="worker processes sharing each listening port with SO_REUSEPORT, behind a main "
+        "process that serves admin and merges stats (default 1: one process, no main; "
+        "see trioproxy.workers for why not the number of cores, as in Envoy)",
     )
     parser.add_argument(
         "--drain-time-s",
@@ -63,6 +65,13 @@ def _serve_parser(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="HTTP/1.1 parser (default: httptools when installed)",
     )
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -142,36 +151,38 @@ def _validate(path: str | None, yaml_text: str | None) -> int:
 def _serve(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from trioproxy.server import Options, Server
 
-    log = logging.getLogger("trioproxy")
-    if args.concurrency != 1:
-        log.warning(
-            "--concurrency %d: worker processes are not implemented yet; running one",
-            args.concurrency,
-        )
     try:
         loaded, registry = _load(args.config_path, args.config_yaml)
         options = Options(
             service_cluster=args.service_cluster,
             service_node=args.service_node,
             service_zone=args.service_zone,
-            concurrency=1,
+            concurrency=args.concurrency,
             drain_time=args.drain_time_s,
             h1_codec=args.h1_codec,
             command_line=tuple(argv),
             config_path=args.config_path or "",
         )
-        server = Server(loaded, options, registry)
+        if args.concurrency == 1:
+            run = Server(loaded, options, registry).run
+        else:
+            from trioproxy.workers.supervisor import Supervisor
+
+            run = Supervisor(loaded, options, registry, _LEVELS[args.log_level]).run
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 
     try:
-        trio.run(server.run)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        trio.run(run)
     except KeyboardInterrupt:
         pass
+    except BaseException as exc:
+        error = config_error_in(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -39,3 +39,5 @@ class BuildContext:
     bootstrap_tracing: Mapping[str, Any] | None = None
     #: Long-lived helper tasks (span reporters, stats sinks).
     background: Background | None = None
+    #: This process's worker number under ``--concurrency N`` (``listener.*.worker_<n>.*``).
+    worker_index: int = 0

@@ -92,3 +92,16 @@ class UpstreamError(TrioproxyError):
         #: stream above a GOAWAY's last stream id): safe to send again (RFC 9113 §8.7).
         self.unprocessed = unprocessed
         super().__init__(f"{flag}: {reason}")
+
+
+def config_error_in(exc: BaseException) -> ConfigError | None:
+    """The ``ConfigError`` that ``exc`` is or that a nursery's exception group carries
+    (a listener that cannot bind fails inside the server's nursery), else None."""
+    if isinstance(exc, ConfigError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = config_error_in(inner)
+            if found is not None:
+                return found
+    return None

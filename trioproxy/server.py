@@ -83,6 +83,11 @@ class Options:
     h1_codec: str | None = None
     command_line: tuple[str, ...] = ()
     config_path: str = ""
+    # Set by the main process of ``--concurrency N`` for each worker (trioproxy.workers):
+    worker_index: int = 0  # listener.*.worker_<n>.* stats
+    reuse_port: bool = False  # listeners bound with SO_REUSEPORT, beside the other workers'
+    serve_admin: bool = True  # False: the main process serves the bootstrap's admin
+    static_ports: tuple[int, ...] = ()  # ports chosen for static listeners configured on port 0
 
 
 @attrs.frozen
@@ -193,6 +198,7 @@ def build(
         h1_codec=options.h1_codec,
         rds=xds,
         secrets=xds,
+        worker_index=options.worker_index,
     )
     listeners: list[ListenerConfig] = []
     seen: dict[tuple[str, int], int] = {}
@@ -286,7 +292,9 @@ class Server:
         self.store = Store()
         self.built = build(loaded, options, self.store, registry)
         self.stats = ServerStats(self.store.scope("server."))
-        self.listener_manager = ListenerManager(self.store, options.drain_time)
+        self.listener_manager = ListenerManager(
+            self.store, options.drain_time, reuse_port=options.reuse_port
+        )
         self.state = "PRE_INITIALIZING"
         self.started_wall = time.time()
         self.loaded_at = time.time()
@@ -311,7 +319,7 @@ class Server:
         self, *, task_status: trio.TaskStatus[Sequence[int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         built = self.built
-        self.stats.concurrency.set(1)
+        self.stats.concurrency.set(self.options.concurrency)
         self.stats.version.set(0)
         self.stats.hot_restart_epoch.set(0)
         runtime.install(built.runtime)  # what routes and filters read at request time
@@ -333,7 +341,7 @@ class Server:
             await root.start(Watchdog().run)
             await root.start(built.cluster_manager.run)
             await root.start(built.background.run)
-            if built.admin_address is not None:
+            if built.admin_address is not None and self.options.serve_admin:
                 from trioproxy.admin.server import serve_admin
                 from trioproxy.admin_backend import ServerAdminBackend
 
@@ -342,7 +350,9 @@ class Server:
                     serve_admin, ServerAdminBackend(self), host, port
                 )
             await root.start(self.listener_manager.run)
-            ports = await self.listener_manager.add_static(built.listeners)
+            ports = await self.listener_manager.add_static(
+                built.listeners, self.options.static_ports
+            )
             built.xds.ctx = built.ctx
             built.xds.listener_manager = self.listener_manager
             await root.start(built.xds.run)

@@ -15,7 +15,7 @@ import logging
 import re
 import resource
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
@@ -53,6 +53,9 @@ HTML = "text/html; charset=UTF-8"
 PROMETHEUS = "text/plain; charset=UTF-8"  # what Envoy 1.40 sends
 
 Response = tuple[int, str, str]
+#: Answers (method, target); by default ``handle`` over the backend. The main process of
+#: ``--concurrency N`` gives its own, which merges or forwards to the workers.
+Respond = Callable[[str, str], Awaitable[Response]]
 _LEVELS = ("trace", "debug", "info", "warning", "error", "critical", "off")
 _PY_LEVELS = {"trace": 5, "debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50,
               "off": 100}  # fmt: skip
@@ -215,7 +218,9 @@ class AdminListenerStats(StatBlock):
     downstream_cx_active: Gauge
 
 
-async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) -> None:
+async def _serve_connection(
+    backend: AdminBackend, respond: Respond, stream: trio.SocketStream
+) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
     store = backend.stats
     st = AdminStats(store.scope("http.admin."))
@@ -251,7 +256,7 @@ async def _serve_connection(backend: AdminBackend, stream: trio.SocketStream) ->
                 method = event.method.decode("ascii", "replace")
                 target = event.target.decode("latin-1")
                 try:
-                    status, ctype, text = handle(backend, method, target)
+                    status, ctype, text = await respond(method, target)
                 except Exception:
                     log.exception("admin handler failed for %s %s", method, target)
                     status, ctype, text = 500, TEXT, "internal error\n"
@@ -287,15 +292,22 @@ async def serve_admin(
     host: str,
     port: int,
     *,
+    respond: Respond | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the admin endpoint on ``host:port`` (0 picks a port) until cancelled."""
+    """Serve the admin endpoint on ``host:port`` (0 picks a port) until cancelled.
+
+    The admin's own traffic is counted in ``backend.stats``; requests are answered by
+    ``respond`` when given, else by ``handle(backend, …)``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
     log.info("admin address: %s:%d", host, bound)
 
+    async def answer(method: str, target: str) -> Response:
+        return handle(backend, method, target)
+
     async def one(stream: trio.SocketStream) -> None:
-        await _serve_connection(backend, stream)
+        await _serve_connection(backend, respond or answer, stream)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, one, listeners)

@@ -55,7 +55,7 @@ class ListenerStats(StatBlock):
 
 
 class WorkerListenerStats(StatBlock):
-    """``listener.<address>.worker_<n>.*`` (one worker per process for now)."""
+    """``listener.<address>.worker_<n>.*`` (a process is one worker: ``ctx.worker_index``)."""
 
     downstream_cx_total: Counter
     downstream_cx_active: Gauge
@@ -142,7 +142,7 @@ class ListenerConfig:
             "buffer_limit": int(d.get("per_connection_buffer_limit_bytes", 32 * 1024)),
             "scope": scope,
             "stats": ListenerStats(scope),
-            "worker_stats": WorkerListenerStats(scope.scope("worker_0.")),
+            "worker_stats": WorkerListenerStats(scope.scope(f"worker_{ctx.worker_index}.")),
             "max_connections": 10_000,
             "canonical": d,
             "bind_to_port": _bool(d.get("bind_to_port", True)),

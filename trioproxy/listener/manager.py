@@ -67,9 +67,13 @@ class Entry:
 
 
 class ListenerManager:
-    def __init__(self, store: Store, drain_time: float = 5.0) -> None:
+    """``reuse_port``: bind with ``SO_REUSEPORT``, so that the worker processes of
+    ``--concurrency N`` each hold their own socket on every listening address."""
+
+    def __init__(self, store: Store, drain_time: float = 5.0, *, reuse_port: bool = False) -> None:
         self.stats = ListenerManagerStats(store.scope("listener_manager."))
         self.drain_time = drain_time
+        self.reuse_port = reuse_port
         self.active: dict[str, Entry] = {}
         self.warming: dict[str, Entry] = {}
         self.draining: list[Entry] = []
@@ -88,16 +92,23 @@ class ListenerManager:
         """The accepting listeners, in the order they were added."""
         return [e.listener for e in self.active.values() if e.listener is not None]
 
-    async def add_static(self, configs: Sequence[ListenerConfig]) -> list[int]:
-        """Bind and start the bootstrap's listeners; their bound ports, in order."""
-        ports = []
-        for config in configs:
+    async def add_static(
+        self, configs: Sequence[ListenerConfig], ports: Sequence[int] = ()
+    ) -> list[int]:
+        """Bind and start the bootstrap's listeners; their bound ports, in order.
+
+        ``ports[i]``, when given and not 0, is the port to bind for ``configs[i]`` instead of
+        its configured port 0 (the main process of ``--concurrency N`` picks one port for
+        every worker)."""
+        bound = []
+        for i, config in enumerate(configs):
             entry = Entry(config, static=True)
-            ports.append(await self._start(entry, sock=None))
+            port = ports[i] if i < len(ports) else 0
+            bound.append(await self._start(entry, sock=None, port=port or None))
             self.active[config.name] = entry
             self.stats.listener_added.value += 1
         self._gauges()
-        return ports
+        return bound
 
     def find(self, address: tuple[str, int]) -> Listener | None:
         """The active TCP listener for an original destination (``use_original_dst``): the one
@@ -116,13 +127,15 @@ class ListenerManager:
                 wildcard = listener
         return wildcard
 
-    async def _start(self, entry: Entry, sock: Any) -> int:
+    async def _start(self, entry: Entry, sock: Any, port: int | None = None) -> int:
         assert self._nursery is not None, "ListenerManager.run is not running"
         config = entry.config
         if sock is None and config.bind_to_port:
             try:
                 sock = bind_socket(
-                    *config.address,
+                    config.address[0],
+                    config.address[1] if port is None else port,
+                    reuse_port=self.reuse_port,
                     udp=config.protocol == "UDP",
                     ipv4_compat=config.ipv4_compat,
                 )
@@ -138,9 +151,9 @@ class ListenerManager:
         else:
             listener = Listener(config, sock, self.find)
         entry.listener = listener
-        port: int = await self._nursery.start(self._serve, entry)
+        bound: int = await self._nursery.start(self._serve, entry)
         self.stats.listener_create_success.value += 1
-        return port
+        return bound
 
     async def _serve(self, entry: Entry, *, task_status: trio.TaskStatus[int]) -> None:
         assert entry.listener is not None

@@ -34,6 +34,10 @@ class Counter:
     def used(self) -> bool:
         return self._used or self.value != 0
 
+    def mark_used(self) -> None:
+        """(For a merged view: a worker's counter was used.)"""
+        self._used = True
+
     def reset(self) -> None:
         if self.value:
             self._used = True
@@ -68,6 +72,9 @@ class Gauge:
     @property
     def used(self) -> bool:
         return self._used or self.value != 0
+
+    def mark_used(self) -> None:
+        self._used = True
 
     def __repr__(self) -> str:
         return f"<Gauge {self.name}={self.value}>"
