@@ -269,7 +269,8 @@ class Router(TerminalFilter):
             return LocalReply(code, b"", details="cluster_not_found", flag="NC")
         info.upstream_cluster = cluster.name
         route.rewrite(headers)
-        route.apply_request_headers(headers, info)
+        if route.mutates_headers:
+            route.apply_request_headers(headers, info)
         timeout = route.timeout
         if route.grpc_timeout_max is not None:
             timeout = _grpc_timeout(headers.get("grpc-timeout"), route, timeout)
@@ -564,7 +565,8 @@ class Router(TerminalFilter):
             resp_headers.remove("content-length")  # a 204 has none (RFC 9110 §8.6), as Envoy
         if not self.config.suppress_envoy_headers:
             resp_headers.set("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
-        route.apply_response_headers(resp_headers, info)
+        if route.mutates_headers:
+            route.apply_response_headers(resp_headers, info)
         if head.status == 101 and headers.get("upgrade"):
             return self._tunnel(resp_headers, head, exchange, conn, pool, cluster, host, started)
         # an attempt to be retried is charged under cluster.<name>.retry.* (as Envoy)

@@ -304,6 +304,18 @@ class Route:
     # set after the virtual host and route configuration are built
     virtual_host: Any = None
     config: Any = None
+    #: Whether any level (weighted cluster, route, virtual host, route configuration) adds
+    #: or removes headers; most routes do not, and then the router skips both calls below.
+    mutates_headers: bool = True
+
+    def _any_mutations(self) -> bool:
+        levels: list[HeaderMutations] = [self.request_mutations, self.response_mutations]
+        for wc in self.weighted:
+            levels += (wc.request_mutations, wc.response_mutations)
+        for holder in (self.virtual_host, self.config):
+            if holder is not None:
+                levels += (holder.request_mutations, holder.response_mutations)
+        return not all(m.empty for m in levels)
 
     # -- what the router calls ----------------------------------------------------------
     def cluster_name(self, headers: Headers, random_value: int = 0) -> str | None:
@@ -683,6 +695,7 @@ class RouteConfiguration:
                 if r.retry_policy is None and vh.retry_policy is not None:
                     object.__setattr__(r, "retry_policy", vh.retry_policy)
                 object.__setattr__(r, "config", config)
+                object.__setattr__(r, "mutates_headers", r._any_mutations())
         return config
 
     def find_virtual_host(self, headers: Headers) -> VirtualHost | None:
