@@ -21,6 +21,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -485,6 +486,10 @@ class Rig:
 
     def __enter__(self) -> Rig:
         import trustme
+
+        # SIGTERM (nox interrupted, a `kill`) unwinds through __exit__ like Ctrl-C, so no
+        # nginx or proxy outlives the run.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
         ca = trustme.CA()
         leaf = ca.issue_cert("localhost", "127.0.0.1")
