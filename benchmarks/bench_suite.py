@@ -132,7 +132,7 @@ def run_details(args: argparse.Namespace, pinning: Pinning) -> str:
         "(one worker), trioproxy (one process); access logs off; the backend is nginx answering "
         "100 bytes\n"
         f"- machine: {os.cpu_count()} x {cpu_model()}, Linux {platform.release()}; "
-        f"{pinning.note()}\n"
+        f"{pinning.note()}; load average {os.getloadavg()[0]:.2f} when the run started\n"
         f"- load: wrk -t1 and h2load -t1 -c{args.clients} -m{args.streams}, {args.duration:g} s "
         f"per run after {args.warmup:g} s of warm-up; CPU is the proxy's user+system time per "
         "request from /proc"
@@ -207,7 +207,8 @@ def main() -> int:
     )
     args = ap.parse_args()
     started = time.monotonic()
-    command = " ".join(["python", "benchmarks/bench_suite.py", *sys.argv[1:]])
+    argv = " ".join(sys.argv[1:])
+    command = f"python benchmarks/bench_suite.py {argv}\n# or: python3 -m nox -s bench -- {argv}"
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("taskset", "util-linux")):
         require(tool, package)
     http_plan = bench_http.plan(args)  # --quick shortens the runs here
