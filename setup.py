@@ -12,7 +12,9 @@ compiled: a compiled module next to its source would hide later edits of it.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from pathlib import Path
 
 from setuptools import setup
 
@@ -34,10 +36,18 @@ COMPILED = [
     "trioproxy/io.py",
 ]
 
+#: Built-in plugins to compile. plugins/ installs as ``trioproxy_plugins``, and mypyc names a
+#: module after its path, so they are compiled from a copy under that name.
+COMPILED_PLUGINS = ["router/filter.py"]
+STAGING = Path("build") / "mypyc-src"
+
 ext_modules = []
 if os.environ.get("TRIOPROXY_MYPYC") == "1" and "editable_wheel" not in sys.argv:
     from mypyc.build import mypycify
 
-    ext_modules = mypycify(COMPILED, opt_level="3")
+    shutil.rmtree(STAGING, ignore_errors=True)
+    shutil.copytree("plugins", STAGING / "trioproxy_plugins")
+    plugins = [str(STAGING / "trioproxy_plugins" / p) for p in COMPILED_PLUGINS]
+    ext_modules = mypycify([*COMPILED, *plugins], opt_level="3")
 
 setup(ext_modules=ext_modules)

@@ -35,6 +35,7 @@ from trioproxy.http.filter import (
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import NO_HEALTHY_UPSTREAM, NO_ROUTE, OVERFLOW, UPSTREAM_TIMEOUT
 from trioproxy.http.mirror import mirror_headers, send_mirror
+from trioproxy.http.replay import Replay
 from trioproxy.http.request_headers import strip_hop_by_hop
 from trioproxy.http.retry import RetryState
 from trioproxy.http.stream_info import now as _now
@@ -132,44 +133,6 @@ def _retry_host(cluster: Any, stream: HttpStream, retry: RetryState, tried: list
                 break
             host = cluster.choose_host(stream)
     return host
-
-
-class _Replay:
-    """A request body that can be sent again: chunks are kept as they go out, up to
-    ``limit`` bytes (``per_request_buffer_limit_bytes``); past it, no retry is possible."""
-
-    __slots__ = ("_source", "_chunks", "_size", "_limit", "_done", "_finished", "replayable")
-
-    def __init__(self, source: AsyncIterator[bytes], limit: int) -> None:
-        self._source = source
-        self._chunks: list[bytes] = []
-        self._size = 0
-        self._limit = limit
-        self._done = False
-        self._finished = trio.Event()  # the source was read to its end
-        self.replayable = True
-
-    async def whole(self) -> bytes | None:
-        """The whole body once it has been read (``None`` if it was too large to keep)."""
-        await self._finished.wait()
-        return b"".join(self._chunks) if self.replayable else None
-
-    async def attempt(self) -> AsyncIterator[bytes]:
-        for chunk in list(self._chunks):
-            yield chunk
-        if self._done:
-            return
-        async for chunk in self._source:
-            if self.replayable:
-                self._size += len(chunk)
-                if self._size > self._limit:
-                    self.replayable = False
-                    self._chunks.clear()
-                else:
-                    self._chunks.append(chunk)
-            yield chunk
-        self._done = True
-        self._finished.set()
 
 
 def _cancel_body(exchange: Any) -> None:
@@ -308,7 +271,7 @@ class Router(TerminalFilter):
             headers.set("x-envoy-attempt-count", "1")
         replay = None
         if route.mirrors:
-            replay = _Replay(body, route.buffer_limit) if body is not None else None
+            replay = Replay(body, route.buffer_limit) if body is not None else None
             self._mirror(route, headers, replay, timeout)
         if retry is None:
             if replay is not None:
@@ -319,7 +282,7 @@ class Router(TerminalFilter):
         )
 
     def _mirror(
-        self, route: Any, headers: Headers, replay: _Replay | None, timeout: float | None
+        self, route: Any, headers: Headers, replay: Replay | None, timeout: float | None
     ) -> None:
         """Start the copies ``request_mirror_policies`` ask for (see ``trioproxy.http.mirror``)."""
         for policy in route.mirrors:
@@ -352,13 +315,13 @@ class Router(TerminalFilter):
         deadline: float,
         retry: RetryState,
         per_try: float | None,
-        replay: _Replay | None = None,
+        replay: Replay | None = None,
     ) -> Response | LocalReply:
         """Attempts until one's outcome is not to be retried (see ``trioproxy.http.retry``)."""
         info = stream.info
         stats = cluster.stats
         if replay is None and body is not None:
-            replay = _Replay(body, route.buffer_limit)
+            replay = Replay(body, route.buffer_limit)
         tried = [host]
         flags = set(info.response_flags)
         breaker = cluster.breakers.retries
