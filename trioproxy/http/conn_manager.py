@@ -222,6 +222,7 @@ class Http1Connection:
                     if head is None:
                         break
                     keep_alive = await self._serve_request(head)
+                    head = None  # an idle connection keeps nothing of its last request
                     if not keep_alive:
                         st.downstream_cx_destroy_local.value += 1
                         break
@@ -466,6 +467,7 @@ class Http1Connection:
             # bytes cannot be trusted to be a new request.
             st.downstream_rq_response_before_rq_complete.value += 1
             keep_alive = False
+        self._stream = None  # (kept above for a stream that times out or loses its client)
         return keep_alive
 
     async def _decode(self, stream: HttpStream) -> Response | LocalReply:

@@ -117,8 +117,16 @@ class Listener:
                             stats.downstream_cx_overflow.value += 1
                             conn.close()
                             continue
+                        try:
+                            local = conn.getsockname()[:2]
+                        except OSError:
+                            conn.close()
+                            continue
                         self.active += 1  # now, not when the task starts: a drain must see it
-                        handlers.start_soon(self._accepted, conn, addr)
+                        # (the task starts in _run_connection: one coroutine frame less held
+                        # by every connection)
+                        accepted = AcceptedSocket(conn, (addr[0], addr[1]), local)
+                        handlers.start_soon(self._run_connection, accepted)
                         await trio.lowlevel.checkpoint()
                 # Stopped accepting (drain): close the socket — unless a newer listener
                 # took it over — and let connections finish.
@@ -166,15 +174,6 @@ class Listener:
     async def _cancel_on_drain(self, scope: trio.CancelScope) -> None:
         await self.drain.wait_draining()
         scope.cancel()
-
-    async def _accepted(self, sock: socket.socket, addr: tuple[str, int]) -> None:
-        try:
-            local = sock.getsockname()[:2]
-        except OSError:
-            sock.close()
-            self._connection_done()
-            return
-        await self._run_connection(AcceptedSocket(sock, (addr[0], addr[1]), local))
 
     def _connection_done(self) -> None:
         self.active -= 1

@@ -1,9 +1,9 @@
 """The llhttp backend (PyPI ``httptools``): the hot path.
 
 llhttp drives callbacks on this object while ``feed`` runs; the callbacks only append to an
-event deque, and ``next_event`` pops from it.  A message's EndOfMessage pauses the parser
+event list, and ``next_event`` pops from it.  A message's EndOfMessage pauses the parser
 until ``start_next_cycle`` (llhttp may already have parsed pipelined successors; they wait in
-the deque).  Errors are deferred: events parsed before the bad byte are still delivered, then
+the list).  Errors are deferred: events parsed before the bad byte are still delivered, then
 ``next_event`` raises the ProtocolError.  Our own checks (limits, ``common.analyse``) raise
 ``_Abort`` inside a callback, which llhttp turns into a callback error that ``feed`` unwraps.
 
@@ -13,7 +13,6 @@ HEAD is parsed by feeding only its head bytes to a throw-away parser.
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import httptools
@@ -45,6 +44,9 @@ def _new(cls: Any, proto: Any) -> Any:
 # Wire header name → lower-case str; bounded so hostile peers cannot grow it without limit.
 _NAMES: dict[bytes, str] = {}
 _FINAL = object()  # queued after the EndOfMessage of a message that is not keep-alive
+#: ``_headers`` between a head and the next message (never appended to: ``on_message_begin``
+#: starts a new list, and headers after the head are trailers).
+_NO_HEADERS: list[tuple[str, str]] = []
 
 
 class _Abort(Exception):
@@ -70,6 +72,7 @@ class _Base:
         "_eof",
         "_error",
         "_events",
+        "_pos",
         "_headers",
         "_hsize",
         "_in_head",
@@ -89,7 +92,11 @@ class _Base:
     _p: Any
 
     def __init__(self, max_header_bytes: int, max_headers: int, max_uri: int) -> None:
-        self._events: deque[Any] = deque()
+        # A list read from ``_pos`` rather than a deque: an idle keep-alive connection keeps
+        # its parser, and an empty deque holds a 64-slot block (760 bytes) where a list
+        # holds nothing; emptied whenever it has been read to the end.
+        self._events: list[Any] = []
+        self._pos = 0
         self._error: ProtocolError | None = None
         self._abort: ProtocolError | None = None
         self._paused = False
@@ -176,7 +183,13 @@ class _Base:
             return PAUSED
         events = self._events
         if events:
-            ev = events.popleft()
+            pos = self._pos
+            ev = events[pos]
+            pos += 1
+            if pos == len(events):
+                events.clear()
+                pos = 0
+            self._pos = pos
             if type(ev) is EndOfMessage:
                 self._paused = True
             elif ev is _FINAL:
@@ -249,6 +262,7 @@ class ServerParser(_Base):
         self._in_head = False
         self._raw = 0
         self._trailers = []
+        self._headers = _NO_HEADERS  # the event owns them; an idle parser keeps nothing
 
     def on_message_complete(self) -> None:
         self._events.append(EndOfMessage(self._trailers or []))
@@ -334,6 +348,7 @@ class ClientParser(_Base):
         self._in_head = False
         self._raw = 0
         self._trailers = []
+        self._headers = _NO_HEADERS  # the event owns them; an idle parser keeps nothing
 
     def on_message_complete(self) -> None:
         if self._interim or self._head_only:
@@ -356,9 +371,9 @@ class ClientParser(_Base):
             head, buf = buf[: end + 4], buf[end + 4 :]
             self._p = _new(httptools.HttpResponseParser, self)
             self._dead = True
-            n = len(self._events)
+            n = len(self._events) - self._pos
             self._feed(head)
-            if self._failed() or len(self._events) == n:
+            if self._failed() or len(self._events) - self._pos == n:
                 if not self._failed():
                     self._error = common.error("malformed response head")
                 break
