@@ -65,7 +65,7 @@ def done_when(
     idle: Sequence[bench_idle.Idle],
 ) -> list[list[str]]:
     """Issue 8's figures: trioproxy beside Envoy and nginx, from this run's results."""
-    names = ("trioproxy", "envoy", "nginx")
+    names = ("trioproxy", "trioproxy-pure", "envoy", "nginx")
 
     def h1(conns: int, p50: bool = False) -> dict[str, float | None]:
         found = {r.target.name: r for r in http if r.role == "h1" and r.connections == conns}
@@ -87,7 +87,7 @@ def done_when(
         t, e = values["trioproxy"], values["envoy"]
         return [label, *cells, f"**{t / e:.2f}x**" if t and e else "not run"]
 
-    rows = [["figure", "trioproxy", "Envoy", "nginx", "trioproxy ÷ Envoy"]]
+    rows = [["figure", "trioproxy", "trioproxy-pure", "Envoy", "nginx", "trioproxy ÷ Envoy"]]
     rows.append(row("HTTP/1.1, 50 connections (wrk)", h1(50), "req/s", 0))
     rows.append(row("h2c → HTTP/1.1 (h2load -c50 -m10)", h2c_h1(), "req/s", 0))
     rows.append(row("p50 latency, 1 connection (wrk)", h1(1, p50=True), "ms", 3))
@@ -119,7 +119,14 @@ def cpu_model() -> str:
 
 
 def run_details(args: argparse.Namespace, pinning: Pinning) -> str:
-    from trioproxy import __version__
+    from trioproxy import __version__, compiled_modules
+
+    build = "compiled by mypyc (setup.py)" if compiled_modules() else "pure Python"
+    pure = (
+        f"; trioproxy-pure: the same code, pure Python (`{args.pure_python}`)"
+        if args.pure_python
+        else ""
+    )
 
     codec = os.environ.get("TRIOPROXY_H1_CODEC", "httptools (default)")
     envoy = tool_version([find_envoy(), "--version"], r"version: \S+?/([\d.]+)/")
@@ -128,6 +135,7 @@ def run_details(args: argparse.Namespace, pinning: Pinning) -> str:
     return (
         f"- run: {when}, trioproxy {__version__} at {git_describe()}, HTTP/1.1 codec {codec}, "
         f"Python {platform.python_version()}\n"
+        f"- trioproxy: {build}{pure}\n"
         f"- proxies: Envoy {envoy} (`--concurrency 1`), nginx {nginx} "
         "(one worker), trioproxy (one process); access logs off; the backend is nginx answering "
         "100 bytes\n"
