@@ -99,6 +99,8 @@ def bench(session: nox.Session) -> None:
     args = list(session.posargs)
     if "--pure-python" not in args:
         args += ["--pure-python", str(pure / "bin" / "python")]
+    if "--floor" not in args:
+        args.append("--floor")  # trio-floor: what a trio forwarder costs at the least
     session.run("python", "benchmarks/bench_suite.py", *args)
 
 

@@ -42,6 +42,7 @@ from benchlib import (
     require,
     text_table,
     tree_cpu_seconds,
+    wait_http_ok,
     wrk,
 )
 
@@ -141,6 +142,18 @@ def report(results: Sequence[Result], markdown: bool) -> str:
     return "\n\n".join(out)
 
 
+def start_floor(rig: Rig) -> Target:
+    """The trio + llhttp floor (floor_forwarder.py), pinned like the proxies, HTTP/1.1 only."""
+    assert rig.backend is not None
+    port = free_port()
+    script = Path(__file__).with_name("floor_forwarder.py")
+    cmd = [sys.executable, str(script), str(port), str(rig.backend.h1)]
+    proc = rig.spawn("trio-floor", pinned(cmd, rig.pinning.proxy_core))
+    if err := wait_http_ok(proc, port, 10):
+        sys.exit(f"floor_forwarder failed: {err}\n{proc.tail()}")
+    return Target("trio-floor", "floor", proc.popen.pid, {"h1": port})
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The options bench_suite.py shares."""
     ap.add_argument("--duration", type=float, default=8.0, help="seconds measured per run")
@@ -153,6 +166,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--connections", default="1,50,200", help="wrk -c values, cleartext")
     ap.add_argument("--tls-connections", default="1,50", help="wrk -c values over TLS")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    ap.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run benchmarks/floor_forwarder.py, the least a trio forwarder does (HTTP/1.1)",
+    )
     ap.add_argument(
         "--pure-python",
         metavar="PYTHON",
@@ -200,6 +218,8 @@ def main() -> int:
             targets.append(
                 rig.start_proxy("trioproxy", ["h1"], "trioproxy-pure", python=args.pure_python)
             )
+        if args.floor:
+            targets.append(start_floor(rig))
         if args.workers > 1:
             for kind in ("envoy", "trioproxy"):
                 if kind in proxies:

@@ -235,6 +235,8 @@ def main() -> int:
         if args.pure_python and "trioproxy" in proxies:
             pure = rig.start_proxy("trioproxy", roles, "trioproxy-pure", python=args.pure_python)
             targets.append(pure)
+        if args.floor:
+            targets.append(bench_http.start_floor(rig))
         http = bench_http.run(targets, http_plan, args.duration, args.warmup, pinning)
         h2 = bench_h2.run(targets, args, pinning)
         for t in targets[1:]:
