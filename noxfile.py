@@ -41,14 +41,14 @@ def install_compiled(session: nox.Session) -> None:
         "--no-deps", ".", env={"TRIOPROXY_MYPYC": "1"},
     )  # fmt: skip
     shutil.rmtree("build", ignore_errors=True)
-    session.run("python", "-m", "trioproxy", "--version")
+    session.run("python", "-I", "-m", "trioproxy", "--version")  # -I: not the sources in cwd
 
 
 @nox.session(python=PY)
 def tests_compiled(session: nox.Session) -> None:
-    """The suite against the compiled install. It runs from a copy of tests/ and examples/
-    (with ../shared beside it, as the repository has it): from the repository, the sources
-    would be imported instead of the installed package."""
+    """The suite against the compiled install. It runs from a copy of tests/, examples/ and
+    benchmarks/ (with ../shared beside it, as the repository has it): from the repository,
+    the sources would be imported instead of the installed package."""
     install_compiled(session)
     session.install("-e", "examples/external-filter")
     session.run("python", "tools/system_deps.py")
@@ -58,6 +58,7 @@ def tests_compiled(session: nox.Session) -> None:
     (copy / "main").mkdir(parents=True)
     shutil.copytree("tests", copy / "main" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree("examples", copy / "main" / "examples", symlinks=True)
+    shutil.copytree("benchmarks", copy / "main" / "benchmarks")
     shutil.copy("pyproject.toml", copy / "main")
     (copy / "shared").symlink_to(here.parent / "shared")
     session.env["TRIOPROXY_SOURCE_ROOT"] = str(here)  # tests/test_packaging.py reads sources
