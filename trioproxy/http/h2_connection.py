@@ -2,8 +2,10 @@
 
 Theory of operation
 -------------------
-``Http2Connection.run`` owns the socket. Its reader feeds bytes to ``h2`` and dispatches the
-events: a new request starts a stream task in the connection's nursery; request DATA goes to
+``Http2Connection.run`` owns the socket. Every task only queues frames in ``h2``; one writer
+task (``h2_writer.FrameWriter``) sends what all streams queued in a scheduler tick with one
+write, and holds back tasks that queue DATA faster than the client reads. The reader feeds bytes
+to ``h2`` and dispatches the events: a new request starts a stream task in the connection's nursery; request DATA goes to
 that stream's channel and its flow-control credit is returned only when the stream's consumer
 (the router, forwarding upstream) takes the chunk — so a slow upstream pushes back on the
 client instead of filling memory. A stream task runs the same filter chain as HTTP/1.1 (request
@@ -19,9 +21,10 @@ connection window 1 MiB, header list ``max_request_headers_kb``, and Envoy's flo
 protections, each closing the connection and counted in ``http2.*``:
 
 - control frames queued for the client (PING and SETTINGS acknowledgements, resets) beyond
-  ``max_outbound_control_frames`` (1 000) in one read: ``outbound_control_flood``. Data and
-  header frames never queue beyond a read's worth — every write waits for the socket — so
-  ``max_outbound_frames`` (10 000) cannot be reached;
+  ``max_outbound_control_frames`` (1 000) in one read: ``outbound_control_flood``. The reader
+  does not read again while the writer is stuck on a client that does not read, and DATA waits
+  once the connection's buffer limit is queued, so ``max_outbound_frames`` (10 000) cannot be
+  reached;
 - more than ``max_consecutive_inbound_frames_with_empty_payload`` (1) DATA frames in a row
   without payload or END_STREAM: ``inbound_empty_frames_flood``;
 - rapid reset: once 500 streams have closed on a connection, more than half of them reset by
@@ -60,6 +63,7 @@ from trioproxy.errors import ProtocolError
 from trioproxy.http import h1
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.h2_writer import FrameWriter
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
     FILTER_ERROR,
@@ -104,6 +108,9 @@ MAX_OUTBOUND_CONTROL_FRAMES = 1000
 MAX_CONSECUTIVE_EMPTY_FRAMES = 1
 PREMATURE_RESET_WINDOW = 1.0  # seconds
 PREMATURE_RESET_MIN_STREAMS = 500
+#: How long the last frames (a GOAWAY) may take to go out before the connection closes anyway
+#: (Envoy's ``delayed_close_timeout`` default).
+FINAL_FLUSH_TIMEOUT = 1.0
 
 
 class _Stream:
@@ -161,7 +168,9 @@ class Http2Connection:
             },
         )
         self._streams: dict[int, _Stream] = {}
-        self._send_lock = trio.Lock()
+        self._writer = FrameWriter(
+            self.h2, self.stream, high_water=conn.buffer_limit, close=self._stop
+        )
         self._conn_window = trio.Event()
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
@@ -182,24 +191,16 @@ class Http2Connection:
 
     # ------------------------------------------------------------------ I/O
 
-    async def _flush(self) -> None:
-        # Taken under the lock: bytes h2 queued are never held by a task that then waits
-        # while the connection closes (see ``_close_if_done``).
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                await self.stream.send_all(data)
+    def _stop(self) -> None:
+        """The last frames are out: stop reading, end the streams (the listener closes)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
-    async def _close_if_done(self) -> None:
+    def _close_if_done(self) -> None:
         """After a GOAWAY (ours or the client's), close once the last stream is over and
         everything is sent."""
-        if not ((self._goaway_sent or self._peer_goaway) and not self._streams):
-            return
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                await self.stream.send_all(data)
-            self.conn.transport.close()
+        if (self._goaway_sent or self._peer_goaway) and not self._streams:
+            self._writer.close_when_sent()
 
     async def run(self) -> None:
         st = self.stats
@@ -215,33 +216,39 @@ class Http2Connection:
         extra = self.cfg.http2.initial_connection_window_size - 65535
         if extra > 0:
             h.increment_flow_control_window(extra)
+        writer = self._writer
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._goaway_on_drain)
-                if self._preface:
-                    await self._feed(self._preface)
-                await self._flush()
-                while True:
-                    try:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not data:
-                        break
-                    if not await self._feed(bytes(data)):
-                        break
-                    if (self._goaway_sent or self._peer_goaway) and not self._streams:
-                        break
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            async with trio.open_nursery() as outer:
+                outer.start_soon(writer.run)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._goaway_on_drain)
+                    if not self._preface or await self._feed(self._preface):
+                        await self._read_loop()
+                    nursery.cancel_scope.cancel()
+                # the streams are over: what they left goes out, then the connection closes
+                writer.close_when_sent()
+                outer.cancel_scope.deadline = trio.current_time() + FINAL_FLUSH_TIMEOUT
         finally:
             st.downstream_cx_destroy.value += 1
             st.downstream_cx_active.value -= 1
             st.downstream_cx_http2_active.value -= 1
             if self.conn.info.tls:
                 st.downstream_cx_ssl_active.value -= 1
+
+    async def _read_loop(self) -> None:
+        writer = self._writer
+        while True:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data or not await self._feed(bytes(data)):
+                return
+            if (self._goaway_sent or self._peer_goaway) and not self._streams:
+                return
+            # a client that does not read what we answer is not read either
+            await writer.wait_sent()
 
     async def _goaway_on_drain(self) -> None:
         await self.conn.drain.wait_draining()
@@ -252,9 +259,8 @@ class Http2Connection:
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = 0
-        async with self._send_lock:
-            await self.stream.send_all(self.h2.data_to_send() + frame.serialize())
-        await self._close_if_done()
+        self._writer.send_raw(frame.serialize())
+        self._close_if_done()
 
     def _without_goaway(self, data: bytes) -> bytes:
         """``data`` minus any GOAWAY frame, walking frame headers across reads (a header
@@ -305,14 +311,13 @@ class Http2Connection:
                 code = h2.errors.ErrorCodes.FRAME_SIZE_ERROR
             if code is not None:
                 # h2 says PROTOCOL_ERROR where RFC 9113 names a precise code
-                self.h2.data_to_send()
+                self._writer.discard()
                 frame = hyperframe.frame.GoAwayFrame(0)
                 frame.last_stream_id = self.h2.highest_inbound_stream_id
                 frame.error_code = code
-                async with self._send_lock:
-                    await self.stream.send_all(frame.serialize())
-                return False
-            await self._flush()  # h2 queued the GOAWAY
+                self._writer.send_raw(frame.serialize())
+            else:
+                self._writer.wake()  # h2 queued the GOAWAY
             return False
         control = 0
         for ev in events:
@@ -367,9 +372,9 @@ class Http2Connection:
                     for s in self._streams.values():
                         s.window.set()
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                await self._flush()
+                self._writer.wake()
                 return not self._goaway_sent and bool(self._streams)
-        await self._flush()
+        self._writer.wake()
         return True
 
     async def _flood(self, stat: str) -> bool:
@@ -380,7 +385,7 @@ class Http2Connection:
         self.conn.transport.close()
         return False
 
-    async def _stream_closed(self) -> None:
+    def _stream_closed(self) -> None:
         """Rapid reset: too many streams reset by the client right after opening them."""
         self._closed_streams += 1
         if (
@@ -393,14 +398,9 @@ class Http2Connection:
             self._goaway_sent = True
             try:
                 self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-                await self._flush()
-            except (
-                h2.exceptions.ProtocolError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-            ):
+            except h2.exceptions.ProtocolError:
                 pass
-            self.conn.transport.close()
+            self._writer.close_when_sent()
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
@@ -415,18 +415,20 @@ class Http2Connection:
         raw = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
         self._nursery.start_soon(self._run_stream, s, raw)
 
-    async def _credit(self, s: _Stream, n: int) -> None:
+    def _credit(self, s: _Stream, n: int) -> None:
         if n:
             try:
                 self.h2.acknowledge_received_data(n, s.sid)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 return
-            await self._flush()
+            self._writer.wake()
 
     async def _send_data(self, s: _Stream, data: bytes, end: bool = False) -> None:
         view = memoryview(data)
         h = self.h2
+        writer = self._writer
         while view:
+            await writer.wait_room()
             window = min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
             if window <= 0:
                 s.window = trio.Event()
@@ -435,10 +437,10 @@ class Http2Connection:
             chunk = view[:window]
             view = view[window:]
             h.send_data(s.sid, bytes(chunk), end_stream=end and not view)
-            await self._flush()
+            writer.queued(len(chunk))
         if end and not data:
             h.end_stream(s.sid)
-            await self._flush()
+            writer.wake()
 
     # ------------------------------------------------------------------ one stream
 
@@ -551,11 +553,11 @@ class Http2Connection:
             try:
                 if leftover:
                     self.h2.acknowledge_received_data(leftover, s.sid)
-                await self._flush()
-                await self._close_if_done()
-                await self._stream_closed()
-            except Exception:
+            except h2.exceptions.ProtocolError:
                 pass
+            self._writer.wake()
+            self._close_if_done()
+            self._stream_closed()
 
     def _reset(self, s: _Stream) -> None:
         try:
@@ -583,7 +585,7 @@ class Http2Connection:
         info = stream.info
         async for data, flow in s.body:
             info.bytes_received += len(data)
-            await self._credit(s, flow)  # forwarded: the client may send more
+            self._credit(s, flow)  # forwarded: the client may send more
             if data:
                 yield data
         info.last_downstream_rx = _now()
@@ -632,7 +634,7 @@ class Http2Connection:
         info.bytes_sent = len(body)
         self._count_status(reply.status)
         self.h2.send_headers(s.sid, self._head(headers), end_stream=not body)
-        await self._flush()
+        self._writer.wake()
         if body:
             await self._send_data(s, body, end=True)
 
@@ -688,10 +690,10 @@ class Http2Connection:
             h.send_headers(s.sid, self._head(headers))
             h.send_data(s.sid, initial, end_stream=True)
             info.bytes_sent = len(initial)
-            await self._flush()
+            self._writer.queued(len(initial))
             return
         h.send_headers(s.sid, self._head(headers), end_stream=not has_more)
-        await self._flush()
+        self._writer.wake()
         if not has_more:
             if resp.body is not None:
                 async for _ in resp.body:
@@ -711,7 +713,7 @@ class Http2Connection:
             for tphase in chain.response_trailers:
                 await tphase(stream, trailers)
             self.h2.send_headers(s.sid, list(trailers.regular()), end_stream=True)
-            await self._flush()
+            self._writer.wake()
         else:
             await self._send_data(s, b"", end=True)
 
