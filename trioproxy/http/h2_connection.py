@@ -4,14 +4,15 @@ Theory of operation
 -------------------
 ``Http2Connection.run`` owns the socket. Every task only queues frames in ``h2``; one writer
 task (``h2_writer.FrameWriter``) sends what all streams queued in a scheduler tick with one
-write, and holds back tasks that queue DATA faster than the client reads. The reader feeds bytes
-to ``h2`` and dispatches the events: a new request starts a stream task in the connection's nursery; request DATA goes to
-that stream's channel and its flow-control credit is returned only when the stream's consumer
-(the router, forwarding upstream) takes the chunk — so a slow upstream pushes back on the
-client instead of filling memory. A stream task runs the same filter chain as HTTP/1.1 (request
-phases, the router, response phases, access log) and sends its response within the peer's
-windows, waiting for WINDOW_UPDATE when they are spent. RST_STREAM from the client cancels that
-stream's scope, and whatever its filters awaited with it; the connection lives on.
+write, and holds back tasks that queue DATA faster than the client reads. The reader feeds
+bytes to ``h2`` and dispatches the events: a new request starts a stream task in the
+connection's nursery; request DATA goes to that stream's channel and its flow-control credit is
+returned only when the stream's consumer (the router, forwarding upstream) takes the chunk — so
+a slow upstream pushes back on the client instead of filling memory. A stream task runs the
+same filter chain as HTTP/1.1 (request phases, the router, response phases, access log) and
+sends its response within the peer's windows, waiting for WINDOW_UPDATE when they are spent.
+RST_STREAM from the client cancels that stream's scope, and whatever its filters awaited with
+it; the connection lives on.
 
 A drain (shutdown or a listener update) sends GOAWAY with the last stream id: streams in flight
 finish, new ones are refused, and the connection closes when the last one ends.

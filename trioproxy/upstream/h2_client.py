@@ -7,9 +7,11 @@ with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a 
 streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
 connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
 connection has one reader task (in the cluster manager's nursery) that feeds ``h2`` and hands
-events to the stream they belong to; writers share a lock. Flow control: DATA credit is
+events to the stream they belong to, and one writer task (``h2_writer.FrameWriter``) sends
+what all streams queued in a scheduler tick with one write. Flow control: DATA credit is
 returned to the upstream only when the router has taken the data (back-pressure), and a
-request body waits for window updates before it sends.
+request body waits for window updates before it sends, and for the writer once the cluster's
+``per_connection_buffer_limit_bytes`` is queued.
 
 Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` folds into
 ``:authority``), connection-specific headers are dropped, and ``h2`` rejects CR, LF and NUL in
@@ -34,6 +36,7 @@ import h2.settings
 import trio
 
 from trioproxy.errors import UpstreamError
+from trioproxy.http.h2_writer import FrameWriter
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
@@ -67,7 +70,12 @@ class H2Connection:
     """One upstream HTTP/2 connection and its streams."""
 
     def __init__(
-        self, stream: UpstreamStream, host: Host, created: float, nursery: trio.Nursery
+        self,
+        stream: UpstreamStream,
+        host: Host,
+        created: float,
+        nursery: trio.Nursery,
+        buffer_limit: int = 32 * 1024,
     ) -> None:
         self.stream = stream
         self.nursery = nursery
@@ -84,7 +92,9 @@ class H2Connection:
         self.destroyed = False
         self.goaway = False
         self.idle_since = created
-        self._send_lock = trio.Lock()
+        self.writer = FrameWriter(
+            self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
+        )
         self._window_changed = trio.Event()
         self._inbuf = b""  # a partial frame, while looking for GOAWAY frames
 
@@ -106,21 +116,25 @@ class H2Connection:
         )
         h.initiate_connection()
         h.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        await self.flush()
+        try:  # (before the writer runs)
+            await self.stream.send_all(h.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError("connection termination", flag="UC") from exc
 
-    async def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if not data:
-            return
-        async with self._send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail_all("connection termination")
-                raise UpstreamError("connection termination", flag="UC") from exc
+    def _broken(self) -> None:
+        """The writer could not send: every stream fails, the reader stops."""
+        self._fail_all("connection termination")
+        self.close()
+
+    async def run(self) -> None:
+        """The connection's reader and writer: run until the connection closes."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.writer.run)
+            await self.read_loop()
+            nursery.cancel_scope.cancel()
 
     async def read_loop(self) -> None:
-        """The connection's reader task: runs until the connection closes."""
+        writer = self.writer
         try:
             while not self.closed:
                 try:
@@ -136,10 +150,8 @@ class H2Connection:
                     break
                 for ev in events:
                     self._dispatch(ev)
-                try:
-                    await self.flush()
-                except UpstreamError:
-                    break
+                writer.wake()
+                await writer.wait_sent()  # an upstream that does not read is not read either
         finally:
             self._fail_all("connection termination")
             self.closed = True
@@ -292,13 +304,7 @@ class H2Exchange:
             conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.ProtocolError:  # already closed on the h2 side
             return
-        conn.nursery.start_soon(self._flush_quietly)
-
-    async def _flush_quietly(self) -> None:
-        try:
-            await self.conn.flush()
-        except UpstreamError:
-            pass
+        conn.writer.wake()
 
     async def send_request_head(
         self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
@@ -331,7 +337,7 @@ class H2Exchange:
         except ValueError as exc:
             self._forget()
             raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
-        await conn.flush()
+        conn.writer.wake()
         if body:
             await self.send(body)
             if end_stream:
@@ -340,8 +346,10 @@ class H2Exchange:
     async def send(self, data: bytes) -> None:
         conn = self.conn
         h = conn.h2
+        writer = conn.writer
         view = memoryview(data)
         while view:
+            await writer.wait_room()
             if self._error is not None:
                 raise self._error
             window = min(h.local_flow_control_window(self.stream_id), h.max_outbound_frame_size)
@@ -352,7 +360,7 @@ class H2Exchange:
             h.send_data(self.stream_id, chunk.tobytes())
             self.tx += len(chunk)
             view = view[len(chunk) :]
-            await conn.flush()
+            writer.queued(len(chunk))
 
     async def send_body(self, chunk: bytes, chunked: bool) -> None:
         await self.send(chunk)
@@ -368,7 +376,9 @@ class H2Exchange:
             h.send_headers(self.stream_id, items, end_stream=True)
         else:
             h.end_stream(self.stream_id)
-        await self.conn.flush()
+        self.conn.writer.wake()
+        if self._error is not None:
+            raise self._error
 
     def stream_body(
         self, body: AsyncIterator[bytes], trailers: Callable[[], Headers | None]
@@ -394,8 +404,8 @@ class H2Exchange:
                 if not self.complete and self.stream_id and not self.conn.closed:
                     try:
                         self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-                        await self.conn.flush()
-                    except (h2.exceptions.ProtocolError, UpstreamError):
+                        self.conn.writer.wake()
+                    except h2.exceptions.ProtocolError:
                         pass
                 self._on_reset(f"request body failed: {exc}", False)
 
@@ -417,15 +427,14 @@ class H2Exchange:
         # Body bytes already here go with the head (all of it when the stream has ended,
         # which is how the router tells a complete response).
         initial = []
+        flow = 0
         while self._data:
-            flow = 0
-            while self._data:
-                data, n = self._data.popleft()
-                initial.append(data)
-                flow += n
-            if flow and not self.conn.closed:
-                self.conn.h2.acknowledge_received_data(flow, self.stream_id)
-                await self.conn.flush()  # more may arrive meanwhile: the loop takes it too
+            data, n = self._data.popleft()
+            initial.append(data)
+            flow += n
+        if flow and not self.conn.closed:
+            self.conn.h2.acknowledge_received_data(flow, self.stream_id)
+            self.conn.writer.wake()
         return self._head, b"".join(initial)
 
     async def iter_body(self) -> Any:
@@ -436,7 +445,7 @@ class H2Exchange:
                 if flow and not conn.closed:
                     # the credit goes back only now that the data is taken: back-pressure
                     conn.h2.acknowledge_received_data(flow, self.stream_id)
-                    await conn.flush()
+                    conn.writer.wake()
                 if data:
                     yield data
             if self._error is not None:
@@ -526,7 +535,13 @@ class H2Pool:
         (``AutoPool`` hands over a connection whose ALPN chose h2)."""
         if not counted:
             self.stats.upstream_cx_http2_total.value += 1
-        conn = H2Connection(stream, self.host, created, self.nursery)
+        conn = H2Connection(
+            stream,
+            self.host,
+            created,
+            self.nursery,
+            self.config.per_connection_buffer_limit_bytes,
+        )
         try:
             await conn.start()
         except UpstreamError:
@@ -540,7 +555,7 @@ class H2Pool:
 
     async def _run(self, conn: H2Connection) -> None:
         try:
-            await conn.read_loop()
+            await conn.run()
         finally:
             self._destroy(conn, remote=not conn.closed)
 
