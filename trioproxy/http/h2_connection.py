@@ -51,7 +51,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import h2.config
 import h2.connection
 import h2.errors
 import h2.events
@@ -61,7 +60,7 @@ import hyperframe.frame
 import trio
 
 from trioproxy.errors import ProtocolError
-from trioproxy.http import h1
+from trioproxy.http import h1, h2_headers
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.filter import HttpStream, LocalReply, Response
 from trioproxy.http.h2_writer import FrameWriter
@@ -75,7 +74,7 @@ from trioproxy.http.local_reply import (
     reply_headers,
 )
 from trioproxy.http.request_head import request_headers
-from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
+from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
     filtered_request_body,
@@ -154,10 +153,7 @@ class Http2Connection:
         self.lstats = lstats
         self.stream = conn.stream
         self._preface = preface
-        config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=False))
         opts = cfg.http2
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -598,12 +594,6 @@ class Http2Connection:
     def _count_status(self, status: int) -> None:
         count_status(self.stats, self.lstats, status)
 
-    def _head(self, headers: Headers) -> list[tuple[str, str]]:
-        """Response headers for HTTP/2: ``:status`` first, no connection-specific ones."""
-        out = [(":status", headers.get(":status") or "502")]
-        out += [(k, v) for k, v in headers.regular() if k not in HOP_BY_HOP]
-        return out
-
     async def _local_reply(
         self,
         stream: HttpStream,
@@ -634,7 +624,7 @@ class Http2Connection:
         info.response_headers = headers
         info.bytes_sent = len(body)
         self._count_status(reply.status)
-        self.h2.send_headers(s.sid, self._head(headers), end_stream=not body)
+        self.h2.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not body)
         self._writer.wake()
         if body:
             await self._send_data(s, body, end=True)
@@ -688,12 +678,12 @@ class Http2Connection:
             and len(initial) <= min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
         ):
             # The whole response is in hand and fits the window: HEADERS and DATA in one write.
-            h.send_headers(s.sid, self._head(headers))
+            h.send_headers(s.sid, h2_headers.response_block(headers))
             h.send_data(s.sid, initial, end_stream=True)
             info.bytes_sent = len(initial)
             self._writer.queued(len(initial))
             return
-        h.send_headers(s.sid, self._head(headers), end_stream=not has_more)
+        h.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not has_more)
         self._writer.wake()
         if not has_more:
             if resp.body is not None:
@@ -713,7 +703,8 @@ class Http2Connection:
             stream.response_trailers = trailers
             for tphase in chain.response_trailers:
                 await tphase(stream, trailers)
-            self.h2.send_headers(s.sid, list(trailers.regular()), end_stream=True)
+            block = h2_headers.trailers_block(trailers.regular())
+            self.h2.send_headers(s.sid, block, end_stream=True)
             self._writer.wake()
         else:
             await self._send_data(s, b"", end=True)

@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import h2.config
 import h2.connection
 import h2.errors
 import h2.events
@@ -36,6 +35,7 @@ import h2.settings
 import trio
 
 from trioproxy.errors import UpstreamError
+from trioproxy.http import h2_headers
 from trioproxy.http.h2_writer import FrameWriter
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 READ_SIZE = 65536
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
-_CONNECTION_SPECIFIC = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"}
-)
 
 
 def _decode(headers: Any) -> list[tuple[str, str]]:
@@ -81,10 +78,7 @@ class H2Connection:
         self.nursery = nursery
         self.host = host
         self.created = created
-        config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=True))
         self.exchanges: dict[int, H2Exchange] = {}
         self.active = 0
         self.requests = 0
@@ -311,24 +305,17 @@ class H2Exchange:
     ) -> None:
         conn = self.conn
         h = conn.h2
-        pseudo = [(":method", method)]
-        regular = []
-        for name, value in headers:
-            if name[0] == ":":
-                if name in (":authority", ":path", ":scheme"):
-                    pseudo.append((name, value))
-            elif name not in _CONNECTION_SPECIFIC and not (name == "te" and value != "trailers"):
-                regular.append((name, value))
-        if not any(n == ":scheme" for n, _ in pseudo):
-            pseudo.append((":scheme", "http"))
+        try:
+            block = h2_headers.request_block(method, headers)
+        except ValueError as exc:
+            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
         if conn.closed or conn.goaway:
             # the connection went away between acquire and now: nothing was sent
             raise UpstreamError("connection termination", flag="UC", unprocessed=True)
         self.stream_id = h.get_next_available_stream_id()
         conn.exchanges[self.stream_id] = self
-        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo + regular]
         try:
-            h.send_headers(self.stream_id, encoded, end_stream=end_stream and not body)
+            h.send_headers(self.stream_id, block, end_stream=end_stream and not body)
         except h2.exceptions.ProtocolError as exc:
             self._forget()
             if conn.closed or conn.goaway:
@@ -368,12 +355,7 @@ class H2Exchange:
     async def end_body(self, trailers: Headers | None, chunked: bool = False) -> None:
         h = self.conn.h2
         if trailers:
-            items = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in trailers
-                if k not in _CONNECTION_SPECIFIC
-            ]
-            h.send_headers(self.stream_id, items, end_stream=True)
+            h.send_headers(self.stream_id, h2_headers.trailers_block(trailers), end_stream=True)
         else:
             h.end_stream(self.stream_id)
         self.conn.writer.wake()

@@ -1,0 +1,127 @@
+"""Header blocks built for h2 to send as they are (its outbound normalisation is off): what
+h2 used to guarantee still holds, checked through a stock, validating h2 peer."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from hpack import NeverIndexedHeaderTuple
+
+from trioproxy.http import h2_headers
+from trioproxy.http.headers import Headers
+
+Conn = h2.connection.H2Connection
+
+
+def pair(client: Conn, server: Conn) -> tuple[Conn, Conn]:
+    client.initiate_connection()
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    return client, server
+
+
+def stock(*, client_side: bool) -> Conn:
+    return Conn(h2.config.H2Configuration(client_side=client_side, header_encoding=None))
+
+
+def sent_request(block: h2_headers.Block) -> list[tuple[bytes, bytes]]:
+    ours, peer = pair(Conn(h2_headers.config(client_side=True)), stock(client_side=False))
+    ours.send_headers(1, block, end_stream=True)
+    (event,) = [
+        e for e in peer.receive_data(ours.data_to_send()) if hasattr(e, "headers") and e.headers
+    ]
+    assert isinstance(event, h2.events.RequestReceived)
+    return list(event.headers)
+
+
+def sent_response(block: h2_headers.Block) -> list[tuple[bytes, bytes]]:
+    peer, ours = pair(stock(client_side=True), Conn(h2_headers.config(client_side=False)))
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")]
+    peer.send_headers(1, request, end_stream=True)
+    ours.receive_data(peer.data_to_send())
+    ours.send_headers(1, block, end_stream=True)
+    (event,) = [
+        e for e in peer.receive_data(ours.data_to_send()) if hasattr(e, "headers") and e.headers
+    ]
+    assert isinstance(event, h2.events.ResponseReceived)
+    return list(event.headers)
+
+
+def test_a_response_keeps_status_first_and_drops_connection_specific_fields() -> None:
+    headers = Headers(
+        [
+            (":status", "200"),
+            ("content-type", " text/plain "),
+            ("Connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("keep-alive", "5"),
+            ("X-Mixed", "\xe9t\xe9"),  # latin-1 text: the same bytes go out, not UTF-8
+        ]
+    )
+    assert sent_response(h2_headers.response_block(headers)) == [
+        (b":status", b"200"),
+        (b"content-type", b"text/plain"),
+        (b"x-mixed", b"\xe9t\xe9"),
+    ]
+
+
+def test_a_request_gets_its_pseudo_headers_and_loses_host_and_hop_by_hop() -> None:
+    headers = Headers(
+        [
+            (":authority", "example.com"),
+            (":path", "/p?q"),
+            ("host", "example.com"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAA"),
+            ("x-a", "1"),
+        ]
+    )
+    assert sent_request(h2_headers.request_block("POST", headers)) == [
+        (b":method", b"POST"),
+        (b":scheme", b"http"),
+        (b":authority", b"example.com"),
+        (b":path", b"/p?q"),
+        (b"te", b"trailers"),
+        (b"x-a", b"1"),
+    ]
+    gzip_te = Headers([(":authority", "a"), (":path", "/"), (":scheme", "https"), ("te", "gzip")])
+    assert sent_request(h2_headers.request_block("GET", gzip_te))[1:] == [
+        (b":scheme", b"https"),
+        (b":authority", b"a"),
+        (b":path", b"/"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [[(":path", "/")], [(":authority", "a")], [(":authority", "a"), (":path", "")]],
+)
+def test_a_request_without_authority_or_path_is_refused(headers: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValueError):
+        h2_headers.request_block("GET", Headers(headers))
+
+
+def test_credentials_stay_out_of_the_hpack_table() -> None:
+    block = h2_headers.request_block(
+        "GET",
+        Headers(
+            [
+                (":authority", "a"),
+                (":path", "/"),
+                ("authorization", "Bearer x"),
+                ("cookie", "short=1"),
+                ("cookie", "a-long-enough-cookie=1234567890"),
+            ]
+        ),
+    )
+    never = [type(f) is NeverIndexedHeaderTuple for f in block[4:]]
+    assert never == [True, True, False]
+
+
+def test_trailers_are_regular_fields_only() -> None:
+    fields = [(":status", "200"), ("grpc-status", "0"), ("Connection", "x"), ("te", "trailers")]
+    assert h2_headers.trailers_block(fields) == [(b"grpc-status", b"0")]
