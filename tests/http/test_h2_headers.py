@@ -6,6 +6,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import pytest
 from hpack import NeverIndexedHeaderTuple
 
@@ -125,3 +126,68 @@ def test_credentials_stay_out_of_the_hpack_table() -> None:
 def test_trailers_are_regular_fields_only() -> None:
     fields = [(":status", "200"), ("grpc-status", "0"), ("Connection", "x"), ("te", "trailers")]
     assert h2_headers.trailers_block(fields) == [(b"grpc-status", b"0")]
+
+
+GOOD = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")]
+
+
+def test_a_request_block_splits_into_pseudo_and_regular_fields() -> None:
+    block = [*GOOD, (b"cookie", b"a=1"), (b"x-b", b"\xe9"), (b"cookie", b"b=2"), (b"host", b"a")]
+    pseudo, regular = h2_headers.request_fields(block)
+    assert pseudo == {":method": "GET", ":scheme": "https", ":path": "/", ":authority": "a"}
+    assert regular == [("x-b", "\xe9"), ("host", "a"), ("cookie", "a=1; b=2")]
+    host_only = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b"host", b"h")]
+    assert h2_headers.request_fields(host_only)[1] == [("host", "h")]
+    connect = [(b":method", b"CONNECT"), (b":authority", b"a:443")]
+    assert h2_headers.request_fields(connect)[0] == {":method": "CONNECT", ":authority": "a:443"}
+    assert h2_headers.request_fields([*GOOD, (b"te", b"Trailers"), (b"x-empty", b"")])
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        [*GOOD, (b"X-Upper", b"1")],
+        [*GOOD, (b"x:colon", b"1")],
+        [*GOOD, (b"x y", b"1")],
+        [*GOOD, (b"x-\xe9", b"1")],
+        [*GOOD, (b"", b"1")],
+        [*GOOD, (b"x", b"a\r\nb")],
+        [*GOOD, (b"x", b"a\nb")],
+        [*GOOD, (b"x", b"a\x00")],
+        [*GOOD, (b"x", b" padded")],
+        [*GOOD, (b"x", b"padded\t")],
+        [*GOOD, (b"connection", b"close")],
+        [*GOOD, (b"keep-alive", b"5")],
+        [*GOOD, (b"te", b"gzip")],
+        [*GOOD, (b":status", b"200")],
+        [*GOOD, (b":unknown", b"1")],
+        [*GOOD, (b":path", b"/again")],
+        [*GOOD[:2], (b"x", b"1"), *GOOD[2:]],
+        GOOD[1:],
+        [GOOD[0], GOOD[2], GOOD[3]],
+        [*GOOD[:2], GOOD[3]],
+        [*GOOD[:2], (b":path", b""), GOOD[3]],
+        GOOD[:3],
+        [*GOOD, (b"host", b"other")],
+        [*GOOD[:3], (b"host", b"a"), (b"host", b"a")],
+        [(b":method", b"CONNECT"), (b":authority", b"a"), (b":path", b"/")],
+        [*GOOD, (b":protocol", b"websocket")],
+    ],
+)
+def test_a_malformed_request_block_is_refused(block: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(h2_headers.MalformedHeaders):
+        h2_headers.request_fields(block)
+    # as h2's own validation (which this replaces) refuses it
+    ours, peer = pair(Conn(h2_headers.config(client_side=True)), stock(client_side=False))
+    ours.send_headers(1, block, end_stream=True)
+    with pytest.raises(h2.exceptions.ProtocolError):
+        peer.receive_data(ours.data_to_send())
+
+
+def test_received_trailers_carry_no_pseudo_header() -> None:
+    assert h2_headers.trailer_fields([(b"grpc-status", b"0")]) == [("grpc-status", "0")]
+    assert h2_headers.trailer_fields([]) == []
+    with pytest.raises(h2_headers.MalformedHeaders):
+        h2_headers.trailer_fields([(b":method", b"POST")])
+    with pytest.raises(h2_headers.MalformedHeaders):
+        h2_headers.trailer_fields([(b"x", b"a\rb")])

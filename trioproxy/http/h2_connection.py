@@ -319,7 +319,10 @@ class Http2Connection:
         control = 0
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self._start_stream(ev)
+                try:
+                    self._start_stream(ev)
+                except h2_headers.MalformedHeaders as exc:
+                    return self._malformed(exc)
             elif isinstance(ev, h2.events.DataReceived):
                 if not ev.data and ev.stream_ended is None:
                     self._empty_frames += 1
@@ -333,9 +336,13 @@ class Http2Connection:
                 else:  # data for a stream we no longer track: give the credit back
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.TrailersReceived):
+                try:
+                    trailers = h2_headers.trailer_fields(ev.headers)
+                except h2_headers.MalformedHeaders as exc:
+                    return self._malformed(exc)
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
-                    s.trailers = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
+                    s.trailers = trailers
             elif isinstance(ev, h2.events.StreamEnded):
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
@@ -374,6 +381,16 @@ class Http2Connection:
         self._writer.wake()
         return True
 
+    def _malformed(self, exc: Exception) -> bool:
+        """A request or trailer block that breaks RFC 9113 §8.2/§8.3: a connection error, as
+        h2 made it (and Envoy does by default)."""
+        log.debug("HTTP/2 malformed headers from %s: %s", self._remote, exc)
+        self.stats.downstream_cx_protocol_error.value += 1
+        self._http2.counter("rx_messaging_error").value += 1
+        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._writer.wake()
+        return False
+
     async def _flood(self, stat: str) -> bool:
         """A flood limit was crossed: count it and close the connection (Envoy sends no
         GOAWAY here: the peer is not reading, or not behaving)."""
@@ -407,10 +424,10 @@ class Http2Connection:
         if ev.stream_ended is not None:
             s.ended = s.no_body = True
             s.body_in.close()
+        pseudo, regular = h2_headers.request_fields(ev.headers)
         self._streams[ev.stream_id] = s
         assert self._nursery is not None
-        raw = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
-        self._nursery.start_soon(self._run_stream, s, raw)
+        self._nursery.start_soon(self._run_stream, s, pseudo, regular)
 
     def _credit(self, s: _Stream, n: int) -> None:
         if n:
@@ -441,27 +458,30 @@ class Http2Connection:
 
     # ------------------------------------------------------------------ one stream
 
-    async def _run_stream(self, s: _Stream, raw: list[tuple[str, str]]) -> None:
+    async def _run_stream(
+        self, s: _Stream, pseudo: dict[str, str], regular: list[tuple[str, str]]
+    ) -> None:
         cfg = self.cfg
         st = self.stats
         t0 = _now()
         st.downstream_rq_total.value += 1
         st.downstream_rq_http2_total.value += 1
         st.downstream_rq_active.value += 1
-        pseudo = {k: v for k, v in raw if k.startswith(":")}
         method = pseudo.get(":method", "")
-        regular = [(k, v) for k, v in raw if not k.startswith(":")]
-        cookies = [v for k, v in regular if k == "cookie"]
-        if len(cookies) > 1:  # RFC 9113 §8.2.3: one cookie header towards HTTP/1.1
-            regular = [(k, v) for k, v in regular if k != "cookie"] + [
-                ("cookie", "; ".join(cookies))
-            ]
-        length = next((v for k, v in regular if k == "content-length"), None)
+        length = None
+        authority = pseudo.get(":authority")
+        for k, v in regular:
+            if k == "content-length":
+                length = v
+            elif k == "host":
+                authority = authority or v
+        if authority is not None:  # (``host`` alone stands for ``:authority``)
+            regular = [("host", authority), *(p for p in regular if p[0] != "host")]
         head = h1.RequestHead(
             method,
             pseudo.get(":path", ""),
             "1.1",
-            [("host", pseudo.get(":authority", "")), *(p for p in regular if p[0] != "host")],
+            regular,
             True,
             False,
             int(length) if length and length.isdigit() else None,
