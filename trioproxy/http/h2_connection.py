@@ -128,15 +128,28 @@ class _Stream:
         "window",
     )
 
-    def __init__(self, sid: int) -> None:
+    def __init__(self, sid: int, no_body: bool) -> None:
         self.sid = sid
         self.opened = trio.current_time()
-        self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
-        self.ended = False
-        self.no_body = False  # END_STREAM on the request's HEADERS
+        #: the request body as (data, flow-controlled length), unless END_STREAM came on the
+        #: request's HEADERS (``no_body``: no channel at all)
+        self.body_in: trio.MemorySendChannel[tuple[bytes, int]] | None = None
+        self.body: trio.MemoryReceiveChannel[tuple[bytes, int]] | None = None
+        if not no_body:
+            self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
+        self.ended = self.no_body = no_body
         self.trailers: list[tuple[str, str]] | None = None
         self.scope = trio.CancelScope()
-        self.window = trio.Event()  # set when the peer grants more send window
+        #: set when the peer grants more send window (made when a send waits for it)
+        self.window: trio.Event | None = None
+
+    def end_body(self) -> None:
+        if self.body_in is not None:
+            self.body_in.close()
+
+    def window_changed(self) -> None:
+        if self.window is not None:
+            self.window.set()
 
 
 class Http2Connection:
@@ -168,7 +181,6 @@ class Http2Connection:
         self._writer = FrameWriter(
             self.h2, self.stream, high_water=conn.buffer_limit, close=self._stop
         )
-        self._conn_window = trio.Event()
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
         #: would close everything on it, so GOAWAY frames are taken out of the input here.
@@ -331,7 +343,7 @@ class Http2Connection:
                 else:
                     self._empty_frames = 0
                 s = self._streams.get(ev.stream_id)
-                if s is not None:
+                if s is not None and s.body_in is not None:
                     s.body_in.send_nowait((ev.data, ev.flow_controlled_length))
                 else:  # data for a stream we no longer track: give the credit back
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -347,7 +359,7 @@ class Http2Connection:
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
                     s.ended = True
-                    s.body_in.close()
+                    s.end_body()
             elif isinstance(ev, h2.events.StreamReset):
                 s = self._streams.get(ev.stream_id)
                 self._http2.counter("rx_reset").value += 1
@@ -355,26 +367,24 @@ class Http2Connection:
                     if trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
                         self._premature_resets += 1
                     s.scope.cancel()
-                    s.body_in.close()
+                    s.end_body()
             elif isinstance(ev, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
                 control += 1  # h2 queued an acknowledgement
                 if isinstance(ev, h2.events.RemoteSettingsChanged) and (
                     h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings
                 ):
                     for s in self._streams.values():  # every stream window moved
-                        s.window.set()
+                        s.window_changed()
                 if control > MAX_OUTBOUND_CONTROL_FRAMES:
                     return await self._flood("outbound_control_flood")
             elif isinstance(ev, h2.events.WindowUpdated):
                 if ev.stream_id:
                     s = self._streams.get(ev.stream_id)
                     if s is not None:
-                        s.window.set()
+                        s.window_changed()
                 else:
-                    self._conn_window.set()
-                    self._conn_window = trio.Event()
                     for s in self._streams.values():
-                        s.window.set()
+                        s.window_changed()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self._writer.wake()
                 return not self._goaway_sent and bool(self._streams)
@@ -420,11 +430,8 @@ class Http2Connection:
         if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
             self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        s = _Stream(ev.stream_id)
-        if ev.stream_ended is not None:
-            s.ended = s.no_body = True
-            s.body_in.close()
         pseudo, regular = h2_headers.request_fields(ev.headers)
+        s = _Stream(ev.stream_id, ev.stream_ended is not None)
         self._streams[ev.stream_id] = s
         assert self._nursery is not None
         self._nursery.start_soon(self._run_stream, s, pseudo, regular)
@@ -561,7 +568,7 @@ class Http2Connection:
             self._log(stream)
             # credit for request data nobody will read
             leftover = 0
-            while True:
+            while s.body is not None:
                 try:
                     _, n = s.body.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
@@ -600,6 +607,7 @@ class Http2Connection:
 
     async def _request_body(self, stream: HttpStream, s: _Stream) -> AsyncIterator[bytes]:
         info = stream.info
+        assert s.body is not None
         async for data, flow in s.body:
             info.bytes_received += len(data)
             self._credit(s, flow)  # forwarded: the client may send more
