@@ -106,7 +106,7 @@ def test_a_request_without_authority_or_path_is_refused(headers: list[tuple[str,
         h2_headers.request_block("GET", Headers(headers))
 
 
-def test_credentials_stay_out_of_the_hpack_table() -> None:
+def test_credentials_and_request_ids_stay_out_of_the_hpack_table() -> None:
     block = h2_headers.request_block(
         "GET",
         Headers(
@@ -116,11 +116,12 @@ def test_credentials_stay_out_of_the_hpack_table() -> None:
                 ("authorization", "Bearer x"),
                 ("cookie", "short=1"),
                 ("cookie", "a-long-enough-cookie=1234567890"),
+                ("x-request-id", "9f1c4b1e-0d7e-4d0c-9a57-6c1f3f0a2b11"),
             ]
         ),
     )
     never = [type(f) is NeverIndexedHeaderTuple for f in block[4:]]
-    assert never == [True, True, False]
+    assert never == [True, True, False, True]
 
 
 def test_trailers_are_regular_fields_only() -> None:

@@ -23,7 +23,8 @@ Outbound, every block made here has: names in lower case, values latin-1 bytes w
 whitespace; no connection-specific field (RFC 9113 §8.2.2), and ``te`` only as ``trailers``
 in requests; pseudo-headers first and only those of its kind (none in trailers);
 ``authorization``, ``proxy-authorization`` and short ``cookie`` values never indexed
-(RFC 7541 §7.1.3, the rule ``h2`` applies).
+(RFC 7541 §7.1.3, the rule ``h2`` applies), nor the per-request ids (``x-request-id``, trace
+ids), which would only churn the table.
 """
 
 from __future__ import annotations
@@ -54,6 +55,11 @@ _REQUEST_DROPPED = frozenset(
     }
 )
 _SENSITIVE = frozenset({"authorization", "proxy-authorization"})
+#: Fields whose value is new on every request: kept out of the HPACK table, where each would
+#: evict an entry worth keeping and make every later block longer and slower to encode.
+_UNIQUE = frozenset(
+    {"x-request-id", "x-client-trace-id", "traceparent", "x-b3-traceid", "x-b3-spanid"}
+)
 _REQUEST_PSEUDO = (":authority", ":path", ":scheme")
 
 #: Field names, joined by LF: each one or more of 0x21-0x7e except upper case and the colon,
@@ -170,7 +176,7 @@ def trailer_fields(block: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]
 
 def _field(name: str, value: str) -> tuple[bytes, bytes]:
     raw = value.encode("latin-1").strip()
-    if name in _SENSITIVE or (name == "cookie" and len(raw) < 20):
+    if name in _SENSITIVE or name in _UNIQUE or (name == "cookie" and len(raw) < 20):
         return NeverIndexedHeaderTuple(name.encode("latin-1"), raw)
     return (name.encode("latin-1"), raw)
 

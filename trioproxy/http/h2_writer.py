@@ -33,6 +33,32 @@ from typing import Protocol
 import trio
 
 
+class Wakeup:
+    """One task waits, others wake it: a re-armed event without an allocation per use. A
+    ``wake()`` with nobody waiting is a no-op, so the waiter checks its condition in a loop."""
+
+    __slots__ = ("_task",)
+
+    def __init__(self) -> None:
+        self._task: trio.lowlevel.Task | None = None
+
+    def wake(self) -> None:
+        task = self._task
+        if task is not None:
+            self._task = None
+            trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        assert self._task is None, "one waiter at a time"
+        self._task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 class _Framer(Protocol):
     def data_to_send(self, amount: int | None = None) -> bytes: ...
 
@@ -44,10 +70,10 @@ class FrameWriter:
         "_extra",
         "_framer",
         "_on_broken",
-        "_parked",
         "_progress",
         "_queued",
         "_stream",
+        "_wakeup",
         "done",
         "high_water",
         "sending",
@@ -69,7 +95,7 @@ class FrameWriter:
         self._on_broken = on_broken
         self._extra: list[bytes] = []  # frames built by hand, in order with h2's
         self._queued = 0  # DATA bytes queued and not yet taken
-        self._parked: trio.lowlevel.Task | None = None
+        self._wakeup = Wakeup()
         self._progress = trio.lowlevel.ParkingLot()
         self._closing = False
         #: the writer is inside a send (which waits only when the peer does not read)
@@ -80,10 +106,7 @@ class FrameWriter:
     # -- what the connection's tasks call -----------------------------------------------------
     def wake(self) -> None:
         """Frames were queued: have them sent in the next scheduler batch."""
-        task = self._parked
-        if task is not None:
-            self._parked = None
-            trio.lowlevel.reschedule(task)
+        self._wakeup.wake()
 
     def queued(self, nbytes: int) -> None:
         """``nbytes`` of DATA were queued (counted against ``high_water``)."""
@@ -149,17 +172,7 @@ class FrameWriter:
                     self._close()
                     return
                 else:
-                    await self._park()
+                    await self._wakeup.wait()
         finally:
             self.done = True
-            self._parked = None
             self._progress.unpark_all()
-
-    async def _park(self) -> None:
-        self._parked = trio.lowlevel.current_task()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._parked = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)

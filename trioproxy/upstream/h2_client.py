@@ -36,7 +36,7 @@ import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.http import h2_headers
-from trioproxy.http.h2_writer import FrameWriter
+from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
@@ -234,14 +234,13 @@ class H2Exchange:
         self._head: ResponseHead | None = None
         self._data: deque[tuple[bytes, int]] = deque()
         self._error: UpstreamError | None = None
-        self._changed = trio.Event()
+        self._changed = Wakeup()  # the router task waits on it for the events below
         self._pump_scope: trio.CancelScope | None = None
         self._reset_sent = False
 
     # -- events from the reader task -------------------------------------------------------
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.wake()
 
     def _on_headers(self, headers: list[tuple[str, str]]) -> None:
         status = 0
