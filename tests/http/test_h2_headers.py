@@ -192,3 +192,35 @@ def test_received_trailers_carry_no_pseudo_header() -> None:
         h2_headers.trailer_fields([(b":method", b"POST")])
     with pytest.raises(h2_headers.MalformedHeaders):
         h2_headers.trailer_fields([(b"x", b"a\rb")])
+
+
+def test_a_response_block_gives_status_and_fields() -> None:
+    block = [(b":status", b"204"), (b"server", b"x"), (b"x-v", b"\xe9")]
+    assert h2_headers.response_fields(block) == (204, [("server", "x"), ("x-v", "\xe9")])
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        [(b"server", b"x")],
+        [(b"server", b"x"), (b":status", b"200")],
+        [(b":status", b"200"), (b":status", b"200")],
+        [(b":status", b"200"), (b":path", b"/")],
+        [(b":status", b"200"), (b"Server", b"x")],
+        [(b":status", b"200"), (b"x", b"a\rb")],
+        [(b":status", b"200"), (b"transfer-encoding", b"chunked")],
+    ],
+)
+def test_a_malformed_response_block_is_refused(block: list[tuple[bytes, bytes]]) -> None:
+    with pytest.raises(h2_headers.MalformedHeaders):
+        h2_headers.response_fields(block)
+    peer, ours = pair(stock(client_side=True), Conn(h2_headers.config(client_side=False)))
+    peer.send_headers(
+        1,
+        [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"), (b":authority", b"a")],
+        end_stream=True,
+    )
+    ours.receive_data(peer.data_to_send())
+    ours.send_headers(1, block, end_stream=True)
+    with pytest.raises(h2.exceptions.ProtocolError):  # as h2's own validation
+        peer.receive_data(ours.data_to_send())

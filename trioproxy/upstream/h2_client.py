@@ -51,11 +51,6 @@ STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
 
 
-def _decode(headers: Any) -> list[tuple[str, str]]:
-    """h2's header tuples (bytes) as ``Headers`` keeps them: latin-1 strings."""
-    return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in headers]
-
-
 @attrs.define
 class ResponseHead:
     status: int
@@ -139,11 +134,11 @@ class H2Connection:
                     break
                 try:
                     events = self.h2.receive_data(self._without_goaway(bytes(data)))
-                except h2.exceptions.ProtocolError:
+                    for ev in events:
+                        self._dispatch(ev)
+                except (h2.exceptions.ProtocolError, h2_headers.MalformedHeaders):
                     self._fail_all("protocol error", flag="UPE")
                     break
-                for ev in events:
-                    self._dispatch(ev)
                 writer.wake()
                 await writer.wait_sent()  # an upstream that does not read is not read either
         finally:
@@ -181,8 +176,9 @@ class H2Connection:
         sid = getattr(ev, "stream_id", None)
         ex = self.exchanges.get(sid) if sid else None
         if isinstance(ev, h2.events.ResponseReceived):
+            status, fields = h2_headers.response_fields(ev.headers)
             if ex is not None:
-                ex._on_headers(_decode(ev.headers))
+                ex._on_head(ResponseHead(status, fields))
         elif isinstance(ev, h2.events.InformationalResponseReceived):
             pass
         elif isinstance(ev, h2.events.DataReceived):
@@ -191,8 +187,9 @@ class H2Connection:
             else:
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.TrailersReceived):
+            trailers = h2_headers.trailer_fields(ev.headers)
             if ex is not None:
-                ex._on_trailers(_decode(ev.headers))
+                ex._on_trailers(trailers)
         elif isinstance(ev, h2.events.StreamEnded):
             if ex is not None:
                 ex._on_end()
@@ -242,15 +239,8 @@ class H2Exchange:
     def _wake(self) -> None:
         self._changed.wake()
 
-    def _on_headers(self, headers: list[tuple[str, str]]) -> None:
-        status = 0
-        regular = []
-        for k, v in headers:
-            if k == ":status":
-                status = int(v)
-            elif k[:1] != ":":
-                regular.append((k, v))
-        self._head = ResponseHead(status, regular)
+    def _on_head(self, head: ResponseHead) -> None:
+        self._head = head
         self._wake()
 
     def _on_data(self, data: bytes, flow: int) -> None:
