@@ -85,11 +85,9 @@ class H2Connection:
             self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
         )
         self._window_changed = trio.Event()
+        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (kept here: the pool asks per request)
+        self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
         self._inbuf = b""  # a partial frame, while looking for GOAWAY frames
-
-    @property
-    def max_streams(self) -> int:
-        return int(self.h2.remote_settings.max_concurrent_streams)
 
     def has_capacity(self) -> bool:
         return not self.closed and not self.goaway and self.active < self.max_streams
@@ -198,6 +196,8 @@ class H2Connection:
                 refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 ex._on_reset("refused stream" if refused else "remote reset", refused)
         elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
             self._window_changed.set()
             self._window_changed = trio.Event()
         elif isinstance(ev, h2.events.ConnectionTerminated):  # (h2 never sees a GOAWAY now)
