@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 import trustme
 
-from tests.h2client import H2Client
+from tests.h2client import H2Client, H2Error
 from tests.support import Backend, simple_config, start_proxy
 
 CURL = shutil.which("curl")
@@ -251,3 +252,39 @@ async def test_a_client_that_reads_late_gets_the_whole_large_response(
             inner.start_soon(client.reader)
     assert result == [(200, chunk * 64)]
     await client.aclose()
+
+
+async def test_streams_cut_off_by_the_client_closing_are_logged_dc(
+    nursery: trio.Nursery, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from tests.support import Reply
+
+    log = Path(str(tmp_path)) / "access.log"
+    backend = Backend(handler=lambda rec: Reply(delay=2.0))
+    port = await nursery.start(backend.serve)
+    access_log = f"""
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format: {{text_format_source: {{inline_string: "%RESPONSE_FLAGS%\\n"}}}}"""
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=access_log))
+    client = await H2Client.connect(proxy.port)
+
+    async def request() -> None:
+        with contextlib.suppress(H2Error):  # (the connection is gone before the answer)
+            await client.request("GET", "/slow")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(client.reader)
+        for _ in range(2):
+            inner.start_soon(request)
+        await trio.sleep(0.3)
+        await client.aclose()  # both streams are in flight
+    with trio.fail_after(5):
+        while not log.exists() or log.read_text().count("\n") < 2:  # noqa: ASYNC110 (a file)
+            await trio.sleep(0.02)
+    assert log.read_text().split() == ["DC", "DC"]

@@ -179,8 +179,14 @@ class Http2Connection:
         )
         self._streams: dict[int, _Stream] = {}
         self._writer = FrameWriter(
-            self.h2, self.stream, high_water=conn.buffer_limit, close=self._stop
+            self.h2,
+            self.stream,
+            high_water=conn.buffer_limit,
+            close=self._stop,
+            on_broken=self._writer_broken,
         )
+        #: the client closed or reset the connection: streams still running end as ``DC``
+        self._client_gone = False
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
         #: would close everything on it, so GOAWAY frames are taken out of the input here.
@@ -204,6 +210,10 @@ class Http2Connection:
         """The last frames are out: stop reading, end the streams (the listener closes)."""
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    def _writer_broken(self) -> None:
+        self._client_gone = True
+        self._stop()
 
     def _close_if_done(self) -> None:
         """After a GOAWAY (ours or the client's), close once the last stream is over and
@@ -250,9 +260,14 @@ class Http2Connection:
         while True:
             try:
                 data = await self.stream.receive_some(READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except trio.BrokenResourceError:
                 data = b""
-            if not data or not await self._feed(bytes(data)):
+            except trio.ClosedResourceError:  # closed here (a flood)
+                return
+            if not data:
+                self._client_gone = True
+                return
+            if not await self._feed(bytes(data)):
                 return
             if (self._goaway_sent or self._peer_goaway) and not self._streams:
                 return
@@ -543,6 +558,10 @@ class Http2Connection:
                 st.downstream_rq_rx_reset.value += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             info.response_flags.add("DC")
+        except trio.Cancelled:
+            if self._client_gone:  # the connection's end cancelled this stream
+                info.response_flags.add("DC")
+            raise
         except Exception as exc:
             if isinstance(exc, h2.exceptions.StreamClosedError) and s.scope.cancel_called:
                 # the client reset the stream while this task ran without a checkpoint, so
