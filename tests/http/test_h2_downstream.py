@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 import trustme
 
-from tests.h2client import H2Client
+from tests.h2client import H2Client, H2Error
 from tests.support import Backend, simple_config, start_proxy
 
 CURL = shutil.which("curl")
@@ -216,3 +217,74 @@ async def test_client_goaway_lets_open_streams_finish(nursery: trio.Nursery) -> 
     finally:
         await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_filter_error") == 0
+
+
+async def test_a_client_that_reads_late_gets_the_whole_large_response(
+    nursery: trio.Nursery,
+) -> None:
+    """A client with windows that never stop the proxy, reading only after a while: the
+    proxy's writer is stuck on a full socket meanwhile and the response stream waits for it
+    (back-pressure) instead of queuing the body; once the client reads, every byte arrives."""
+    import h2.settings
+
+    from tests.support import Reply
+
+    chunk = bytes(range(256)) * 256  # 64 KiB
+    backend = Backend(handler=lambda rec: Reply(body=[chunk] * 64, chunked=True))  # 4 MiB
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    client = await H2Client.connect(proxy.port)
+    big = 2**31 - 1
+    client.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: big})
+    client.conn.increment_flow_control_window(big - 65535)
+    await client._flush()
+    result: list[tuple[int, bytes]] = []
+
+    async def get(done: trio.CancelScope) -> None:
+        status, _, body = await client.request("GET", "/large")
+        result.append((status, body))
+        done.cancel()  # (the reader too)
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(get, inner.cancel_scope)
+            await trio.sleep(0.5)  # not reading: the proxy's socket buffer fills
+            inner.start_soon(client.reader)
+    assert result == [(200, chunk * 64)]
+    await client.aclose()
+
+
+async def test_streams_cut_off_by_the_client_closing_are_logged_dc(
+    nursery: trio.Nursery, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from tests.support import Reply
+
+    log = Path(str(tmp_path)) / "access.log"
+    backend = Backend(handler=lambda rec: Reply(delay=2.0))
+    port = await nursery.start(backend.serve)
+    access_log = f"""
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {log}
+              log_format: {{text_format_source: {{inline_string: "%RESPONSE_FLAGS%\\n"}}}}"""
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=access_log))
+    client = await H2Client.connect(proxy.port)
+
+    async def request() -> None:
+        with contextlib.suppress(H2Error):  # (the connection is gone before the answer)
+            await client.request("GET", "/slow")
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(client.reader)
+        for _ in range(2):
+            inner.start_soon(request)
+        await trio.sleep(0.3)
+        await client.aclose()  # both streams are in flight
+    with trio.fail_after(5):
+        while not log.exists() or log.read_text().count("\n") < 2:  # noqa: ASYNC110 (a file)
+            await trio.sleep(0.02)
+    assert log.read_text().split() == ["DC", "DC"]

@@ -145,6 +145,7 @@ class H2Echo:
         await stream.send_all(conn.data_to_send())
         bodies: dict[int, bytes] = {}
         held: set[int] = set()  # requests for /hold: never answered
+        smuggle: set[int] = set()  # requests for /smuggle: a malformed response
         served = 0
         async with stream:
             while data := await stream.receive_some(65536):
@@ -159,6 +160,8 @@ class H2Echo:
                         bodies[ev.stream_id] = b""
                         if (b":path", b"/hold") in ev.headers:
                             held.add(ev.stream_id)
+                        if (b":path", b"/smuggle") in ev.headers:
+                            smuggle.add(ev.stream_id)
                         if served == self.goaway_after:
                             self.goaways += 1
                             frame = hyperframe.frame.GoAwayFrame(0)
@@ -176,7 +179,10 @@ class H2Echo:
                         pass
                     elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in bodies:
                         body = b"got %d bytes" % len(bodies.pop(ev.stream_id))
-                        conn.send_headers(ev.stream_id, [(b":status", b"200")])
+                        head = [(b":status", b"200")]
+                        if ev.stream_id in smuggle:  # CR LF in a value: never relayed
+                            head.append((b"x-smuggled", b"a\r\nset-cookie: x"))
+                        conn.send_headers(ev.stream_id, head)
                         conn.send_data(ev.stream_id, body, end_stream=True)
                 await stream.send_all(conn.data_to_send())
 
@@ -326,3 +332,23 @@ async def test_abandoned_streams_are_reset_upstream(nursery: trio.Nursery) -> No
         await client.aclose()
     assert proxy.stat("cluster.backend.upstream_rq_total") == 11
     assert proxy.stat("cluster.backend.upstream_cx_total") == 1  # the same connection
+
+
+async def test_a_malformed_upstream_response_is_refused_and_the_next_request_served(
+    nursery: trio.Nursery,
+) -> None:
+    """CR/LF in an upstream HTTP/2 header never reaches the client (RFC 9113 §8.2.1): the
+    response is a protocol error (UPE, 503) and the connection is replaced."""
+    upstream = H2Echo()
+    await nursery.start(upstream.serve)
+    proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
+    client = await Client.connect(proxy.port)
+    try:
+        resp, _ = await client.request("GET", "/smuggle")
+        assert resp.status_code == 503  # Envoy's answer to a reset before the headers
+        assert b"set-cookie" not in dict(resp.headers)
+        resp, body = await client.request("GET", "/after")
+        assert (resp.status_code, body) == (200, b"got 0 bytes")
+    finally:
+        await client.aclose()
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2

@@ -2,14 +2,17 @@
 
 Theory of operation
 -------------------
-``Http2Connection.run`` owns the socket. Its reader feeds bytes to ``h2`` and dispatches the
-events: a new request starts a stream task in the connection's nursery; request DATA goes to
-that stream's channel and its flow-control credit is returned only when the stream's consumer
-(the router, forwarding upstream) takes the chunk — so a slow upstream pushes back on the
-client instead of filling memory. A stream task runs the same filter chain as HTTP/1.1 (request
-phases, the router, response phases, access log) and sends its response within the peer's
-windows, waiting for WINDOW_UPDATE when they are spent. RST_STREAM from the client cancels that
-stream's scope, and whatever its filters awaited with it; the connection lives on.
+``Http2Connection.run`` owns the socket. Every task only queues frames in ``h2``; one writer
+task (``h2_writer.FrameWriter``) sends what all streams queued in a scheduler tick with one
+write, and holds back tasks that queue DATA faster than the client reads. The reader feeds
+bytes to ``h2`` and dispatches the events: a new request starts a stream task in the
+connection's nursery; request DATA goes to that stream's channel and its flow-control credit is
+returned only when the stream's consumer (the router, forwarding upstream) takes the chunk — so
+a slow upstream pushes back on the client instead of filling memory. A stream task runs the
+same filter chain as HTTP/1.1 (request phases, the router, response phases, access log) and
+sends its response within the peer's windows, waiting for WINDOW_UPDATE when they are spent.
+RST_STREAM from the client cancels that stream's scope, and whatever its filters awaited with
+it; the connection lives on.
 
 A drain (shutdown or a listener update) sends GOAWAY with the last stream id: streams in flight
 finish, new ones are refused, and the connection closes when the last one ends.
@@ -19,9 +22,10 @@ connection window 1 MiB, header list ``max_request_headers_kb``, and Envoy's flo
 protections, each closing the connection and counted in ``http2.*``:
 
 - control frames queued for the client (PING and SETTINGS acknowledgements, resets) beyond
-  ``max_outbound_control_frames`` (1 000) in one read: ``outbound_control_flood``. Data and
-  header frames never queue beyond a read's worth — every write waits for the socket — so
-  ``max_outbound_frames`` (10 000) cannot be reached;
+  ``max_outbound_control_frames`` (1 000) in one read: ``outbound_control_flood``. The reader
+  does not read again while the writer is stuck on a client that does not read, and DATA waits
+  once the connection's buffer limit is queued, so ``max_outbound_frames`` (10 000) cannot be
+  reached;
 - more than ``max_consecutive_inbound_frames_with_empty_payload`` (1) DATA frames in a row
   without payload or END_STREAM: ``inbound_empty_frames_flood``;
 - rapid reset: once 500 streams have closed on a connection, more than half of them reset by
@@ -47,7 +51,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import h2.config
 import h2.connection
 import h2.errors
 import h2.events
@@ -57,9 +60,10 @@ import hyperframe.frame
 import trio
 
 from trioproxy.errors import ProtocolError
-from trioproxy.http import h1
+from trioproxy.http import h1, h2_headers
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.h2_writer import FrameWriter
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
     FILTER_ERROR,
@@ -70,7 +74,7 @@ from trioproxy.http.local_reply import (
     reply_headers,
 )
 from trioproxy.http.request_head import request_headers
-from trioproxy.http.request_headers import HOP_BY_HOP, mutate_response_headers
+from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
     filtered_request_body,
@@ -104,6 +108,9 @@ MAX_OUTBOUND_CONTROL_FRAMES = 1000
 MAX_CONSECUTIVE_EMPTY_FRAMES = 1
 PREMATURE_RESET_WINDOW = 1.0  # seconds
 PREMATURE_RESET_MIN_STREAMS = 500
+#: How long the last frames (a GOAWAY) may take to go out before the connection closes anyway
+#: (Envoy's ``delayed_close_timeout`` default).
+FINAL_FLUSH_TIMEOUT = 1.0
 
 
 class _Stream:
@@ -121,15 +128,28 @@ class _Stream:
         "window",
     )
 
-    def __init__(self, sid: int) -> None:
+    def __init__(self, sid: int, no_body: bool) -> None:
         self.sid = sid
         self.opened = trio.current_time()
-        self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
-        self.ended = False
-        self.no_body = False  # END_STREAM on the request's HEADERS
+        #: the request body as (data, flow-controlled length), unless END_STREAM came on the
+        #: request's HEADERS (``no_body``: no channel at all)
+        self.body_in: trio.MemorySendChannel[tuple[bytes, int]] | None = None
+        self.body: trio.MemoryReceiveChannel[tuple[bytes, int]] | None = None
+        if not no_body:
+            self.body_in, self.body = trio.open_memory_channel[tuple[bytes, int]](math.inf)
+        self.ended = self.no_body = no_body
         self.trailers: list[tuple[str, str]] | None = None
         self.scope = trio.CancelScope()
-        self.window = trio.Event()  # set when the peer grants more send window
+        #: set when the peer grants more send window (made when a send waits for it)
+        self.window: trio.Event | None = None
+
+    def end_body(self) -> None:
+        if self.body_in is not None:
+            self.body_in.close()
+
+    def window_changed(self) -> None:
+        if self.window is not None:
+            self.window.set()
 
 
 class Http2Connection:
@@ -146,10 +166,7 @@ class Http2Connection:
         self.lstats = lstats
         self.stream = conn.stream
         self._preface = preface
-        config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=False))
         opts = cfg.http2
         self.h2.local_settings = h2.settings.Settings(
             client=False,
@@ -161,8 +178,15 @@ class Http2Connection:
             },
         )
         self._streams: dict[int, _Stream] = {}
-        self._send_lock = trio.Lock()
-        self._conn_window = trio.Event()
+        self._writer = FrameWriter(
+            self.h2,
+            self.stream,
+            high_water=conn.buffer_limit,
+            close=self._stop,
+            on_broken=self._writer_broken,
+        )
+        #: the client closed or reset the connection: streams still running end as ``DC``
+        self._client_gone = False
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
         #: would close everything on it, so GOAWAY frames are taken out of the input here.
@@ -182,24 +206,20 @@ class Http2Connection:
 
     # ------------------------------------------------------------------ I/O
 
-    async def _flush(self) -> None:
-        # Taken under the lock: bytes h2 queued are never held by a task that then waits
-        # while the connection closes (see ``_close_if_done``).
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                await self.stream.send_all(data)
+    def _stop(self) -> None:
+        """The last frames are out: stop reading, end the streams (the listener closes)."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
-    async def _close_if_done(self) -> None:
+    def _writer_broken(self) -> None:
+        self._client_gone = True
+        self._stop()
+
+    def _close_if_done(self) -> None:
         """After a GOAWAY (ours or the client's), close once the last stream is over and
         everything is sent."""
-        if not ((self._goaway_sent or self._peer_goaway) and not self._streams):
-            return
-        async with self._send_lock:
-            data = self.h2.data_to_send()
-            if data:
-                await self.stream.send_all(data)
-            self.conn.transport.close()
+        if (self._goaway_sent or self._peer_goaway) and not self._streams:
+            self._writer.close_when_sent()
 
     async def run(self) -> None:
         st = self.stats
@@ -215,33 +235,44 @@ class Http2Connection:
         extra = self.cfg.http2.initial_connection_window_size - 65535
         if extra > 0:
             h.increment_flow_control_window(extra)
+        writer = self._writer
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._goaway_on_drain)
-                if self._preface:
-                    await self._feed(self._preface)
-                await self._flush()
-                while True:
-                    try:
-                        data = await self.stream.receive_some(READ_SIZE)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError):
-                        data = b""
-                    if not data:
-                        break
-                    if not await self._feed(bytes(data)):
-                        break
-                    if (self._goaway_sent or self._peer_goaway) and not self._streams:
-                        break
-                nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            async with trio.open_nursery() as outer:
+                outer.start_soon(writer.run)
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._goaway_on_drain)
+                    if not self._preface or await self._feed(self._preface):
+                        await self._read_loop()
+                    nursery.cancel_scope.cancel()
+                # the streams are over: what they left goes out, then the connection closes
+                writer.close_when_sent()
+                outer.cancel_scope.deadline = trio.current_time() + FINAL_FLUSH_TIMEOUT
         finally:
             st.downstream_cx_destroy.value += 1
             st.downstream_cx_active.value -= 1
             st.downstream_cx_http2_active.value -= 1
             if self.conn.info.tls:
                 st.downstream_cx_ssl_active.value -= 1
+
+    async def _read_loop(self) -> None:
+        writer = self._writer
+        while True:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except trio.BrokenResourceError:
+                data = b""
+            except trio.ClosedResourceError:  # closed here (a flood)
+                return
+            if not data:
+                self._client_gone = True
+                return
+            if not await self._feed(bytes(data)):
+                return
+            if (self._goaway_sent or self._peer_goaway) and not self._streams:
+                return
+            # a client that does not read what we answer is not read either
+            await writer.wait_sent()
 
     async def _goaway_on_drain(self) -> None:
         await self.conn.drain.wait_draining()
@@ -252,9 +283,8 @@ class Http2Connection:
         frame = hyperframe.frame.GoAwayFrame(0)
         frame.last_stream_id = self.h2.highest_inbound_stream_id
         frame.error_code = 0
-        async with self._send_lock:
-            await self.stream.send_all(self.h2.data_to_send() + frame.serialize())
-        await self._close_if_done()
+        self._writer.send_raw(frame.serialize())
+        self._close_if_done()
 
     def _without_goaway(self, data: bytes) -> bytes:
         """``data`` minus any GOAWAY frame, walking frame headers across reads (a header
@@ -305,19 +335,21 @@ class Http2Connection:
                 code = h2.errors.ErrorCodes.FRAME_SIZE_ERROR
             if code is not None:
                 # h2 says PROTOCOL_ERROR where RFC 9113 names a precise code
-                self.h2.data_to_send()
+                self._writer.discard()
                 frame = hyperframe.frame.GoAwayFrame(0)
                 frame.last_stream_id = self.h2.highest_inbound_stream_id
                 frame.error_code = code
-                async with self._send_lock:
-                    await self.stream.send_all(frame.serialize())
-                return False
-            await self._flush()  # h2 queued the GOAWAY
+                self._writer.send_raw(frame.serialize())
+            else:
+                self._writer.wake()  # h2 queued the GOAWAY
             return False
         control = 0
         for ev in events:
             if isinstance(ev, h2.events.RequestReceived):
-                self._start_stream(ev)
+                try:
+                    self._start_stream(ev)
+                except h2_headers.MalformedHeaders as exc:
+                    return self._malformed(exc)
             elif isinstance(ev, h2.events.DataReceived):
                 if not ev.data and ev.stream_ended is None:
                     self._empty_frames += 1
@@ -326,19 +358,23 @@ class Http2Connection:
                 else:
                     self._empty_frames = 0
                 s = self._streams.get(ev.stream_id)
-                if s is not None:
+                if s is not None and s.body_in is not None:
                     s.body_in.send_nowait((ev.data, ev.flow_controlled_length))
                 else:  # data for a stream we no longer track: give the credit back
                     self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
             elif isinstance(ev, h2.events.TrailersReceived):
+                try:
+                    trailers = h2_headers.trailer_fields(ev.headers)
+                except h2_headers.MalformedHeaders as exc:
+                    return self._malformed(exc)
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
-                    s.trailers = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
+                    s.trailers = trailers
             elif isinstance(ev, h2.events.StreamEnded):
                 s = self._streams.get(ev.stream_id)
                 if s is not None:
                     s.ended = True
-                    s.body_in.close()
+                    s.end_body()
             elif isinstance(ev, h2.events.StreamReset):
                 s = self._streams.get(ev.stream_id)
                 self._http2.counter("rx_reset").value += 1
@@ -346,31 +382,39 @@ class Http2Connection:
                     if trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
                         self._premature_resets += 1
                     s.scope.cancel()
-                    s.body_in.close()
+                    s.end_body()
             elif isinstance(ev, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
                 control += 1  # h2 queued an acknowledgement
                 if isinstance(ev, h2.events.RemoteSettingsChanged) and (
                     h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings
                 ):
                     for s in self._streams.values():  # every stream window moved
-                        s.window.set()
+                        s.window_changed()
                 if control > MAX_OUTBOUND_CONTROL_FRAMES:
                     return await self._flood("outbound_control_flood")
             elif isinstance(ev, h2.events.WindowUpdated):
                 if ev.stream_id:
                     s = self._streams.get(ev.stream_id)
                     if s is not None:
-                        s.window.set()
+                        s.window_changed()
                 else:
-                    self._conn_window.set()
-                    self._conn_window = trio.Event()
                     for s in self._streams.values():
-                        s.window.set()
+                        s.window_changed()
             elif isinstance(ev, h2.events.ConnectionTerminated):
-                await self._flush()
+                self._writer.wake()
                 return not self._goaway_sent and bool(self._streams)
-        await self._flush()
+        self._writer.wake()
         return True
+
+    def _malformed(self, exc: Exception) -> bool:
+        """A request or trailer block that breaks RFC 9113 §8.2/§8.3: a connection error, as
+        h2 made it (and Envoy does by default)."""
+        log.debug("HTTP/2 malformed headers from %s: %s", self._remote, exc)
+        self.stats.downstream_cx_protocol_error.value += 1
+        self._http2.counter("rx_messaging_error").value += 1
+        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self._writer.wake()
+        return False
 
     async def _flood(self, stat: str) -> bool:
         """A flood limit was crossed: count it and close the connection (Envoy sends no
@@ -380,7 +424,7 @@ class Http2Connection:
         self.conn.transport.close()
         return False
 
-    async def _stream_closed(self) -> None:
+    def _stream_closed(self) -> None:
         """Rapid reset: too many streams reset by the client right after opening them."""
         self._closed_streams += 1
         if (
@@ -393,40 +437,34 @@ class Http2Connection:
             self._goaway_sent = True
             try:
                 self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-                await self._flush()
-            except (
-                h2.exceptions.ProtocolError,
-                trio.BrokenResourceError,
-                trio.ClosedResourceError,
-            ):
+            except h2.exceptions.ProtocolError:
                 pass
-            self.conn.transport.close()
+            self._writer.close_when_sent()
 
     def _start_stream(self, ev: h2.events.RequestReceived) -> None:
         if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
             self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        s = _Stream(ev.stream_id)
-        if ev.stream_ended is not None:
-            s.ended = s.no_body = True
-            s.body_in.close()
+        pseudo, regular = h2_headers.request_fields(ev.headers)
+        s = _Stream(ev.stream_id, ev.stream_ended is not None)
         self._streams[ev.stream_id] = s
         assert self._nursery is not None
-        raw = [(k.decode(), v.decode("latin-1")) for k, v in ev.headers]
-        self._nursery.start_soon(self._run_stream, s, raw)
+        self._nursery.start_soon(self._run_stream, s, pseudo, regular)
 
-    async def _credit(self, s: _Stream, n: int) -> None:
+    def _credit(self, s: _Stream, n: int) -> None:
         if n:
             try:
                 self.h2.acknowledge_received_data(n, s.sid)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 return
-            await self._flush()
+            self._writer.wake()
 
     async def _send_data(self, s: _Stream, data: bytes, end: bool = False) -> None:
         view = memoryview(data)
         h = self.h2
+        writer = self._writer
         while view:
+            await writer.wait_room()
             window = min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
             if window <= 0:
                 s.window = trio.Event()
@@ -435,34 +473,37 @@ class Http2Connection:
             chunk = view[:window]
             view = view[window:]
             h.send_data(s.sid, bytes(chunk), end_stream=end and not view)
-            await self._flush()
+            writer.queued(len(chunk))
         if end and not data:
             h.end_stream(s.sid)
-            await self._flush()
+            writer.wake()
 
     # ------------------------------------------------------------------ one stream
 
-    async def _run_stream(self, s: _Stream, raw: list[tuple[str, str]]) -> None:
+    async def _run_stream(
+        self, s: _Stream, pseudo: dict[str, str], regular: list[tuple[str, str]]
+    ) -> None:
         cfg = self.cfg
         st = self.stats
         t0 = _now()
         st.downstream_rq_total.value += 1
         st.downstream_rq_http2_total.value += 1
         st.downstream_rq_active.value += 1
-        pseudo = {k: v for k, v in raw if k.startswith(":")}
         method = pseudo.get(":method", "")
-        regular = [(k, v) for k, v in raw if not k.startswith(":")]
-        cookies = [v for k, v in regular if k == "cookie"]
-        if len(cookies) > 1:  # RFC 9113 §8.2.3: one cookie header towards HTTP/1.1
-            regular = [(k, v) for k, v in regular if k != "cookie"] + [
-                ("cookie", "; ".join(cookies))
-            ]
-        length = next((v for k, v in regular if k == "content-length"), None)
+        length = None
+        authority = pseudo.get(":authority")
+        for k, v in regular:
+            if k == "content-length":
+                length = v
+            elif k == "host":
+                authority = authority or v
+        if authority is not None:  # (``host`` alone stands for ``:authority``)
+            regular = [("host", authority), *(p for p in regular if p[0] != "host")]
         head = h1.RequestHead(
             method,
             pseudo.get(":path", ""),
             "1.1",
-            [("host", pseudo.get(":authority", "")), *(p for p in regular if p[0] != "host")],
+            regular,
             True,
             False,
             int(length) if length and length.isdigit() else None,
@@ -517,6 +558,10 @@ class Http2Connection:
                 st.downstream_rq_rx_reset.value += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             info.response_flags.add("DC")
+        except trio.Cancelled:
+            if self._client_gone:  # the connection's end cancelled this stream
+                info.response_flags.add("DC")
+            raise
         except Exception as exc:
             if isinstance(exc, h2.exceptions.StreamClosedError) and s.scope.cancel_called:
                 # the client reset the stream while this task ran without a checkpoint, so
@@ -542,7 +587,7 @@ class Http2Connection:
             self._log(stream)
             # credit for request data nobody will read
             leftover = 0
-            while True:
+            while s.body is not None:
                 try:
                     _, n = s.body.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
@@ -551,11 +596,11 @@ class Http2Connection:
             try:
                 if leftover:
                     self.h2.acknowledge_received_data(leftover, s.sid)
-                await self._flush()
-                await self._close_if_done()
-                await self._stream_closed()
-            except Exception:
+            except h2.exceptions.ProtocolError:
                 pass
+            self._writer.wake()
+            self._close_if_done()
+            self._stream_closed()
 
     def _reset(self, s: _Stream) -> None:
         try:
@@ -581,9 +626,10 @@ class Http2Connection:
 
     async def _request_body(self, stream: HttpStream, s: _Stream) -> AsyncIterator[bytes]:
         info = stream.info
+        assert s.body is not None
         async for data, flow in s.body:
             info.bytes_received += len(data)
-            await self._credit(s, flow)  # forwarded: the client may send more
+            self._credit(s, flow)  # forwarded: the client may send more
             if data:
                 yield data
         info.last_downstream_rx = _now()
@@ -594,12 +640,6 @@ class Http2Connection:
 
     def _count_status(self, status: int) -> None:
         count_status(self.stats, self.lstats, status)
-
-    def _head(self, headers: Headers) -> list[tuple[str, str]]:
-        """Response headers for HTTP/2: ``:status`` first, no connection-specific ones."""
-        out = [(":status", headers.get(":status") or "502")]
-        out += [(k, v) for k, v in headers.regular() if k not in HOP_BY_HOP]
-        return out
 
     async def _local_reply(
         self,
@@ -631,8 +671,8 @@ class Http2Connection:
         info.response_headers = headers
         info.bytes_sent = len(body)
         self._count_status(reply.status)
-        self.h2.send_headers(s.sid, self._head(headers), end_stream=not body)
-        await self._flush()
+        self.h2.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not body)
+        self._writer.wake()
         if body:
             await self._send_data(s, body, end=True)
 
@@ -685,13 +725,13 @@ class Http2Connection:
             and len(initial) <= min(h.local_flow_control_window(s.sid), h.max_outbound_frame_size)
         ):
             # The whole response is in hand and fits the window: HEADERS and DATA in one write.
-            h.send_headers(s.sid, self._head(headers))
+            h.send_headers(s.sid, h2_headers.response_block(headers))
             h.send_data(s.sid, initial, end_stream=True)
             info.bytes_sent = len(initial)
-            await self._flush()
+            self._writer.queued(len(initial))
             return
-        h.send_headers(s.sid, self._head(headers), end_stream=not has_more)
-        await self._flush()
+        h.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not has_more)
+        self._writer.wake()
         if not has_more:
             if resp.body is not None:
                 async for _ in resp.body:
@@ -710,8 +750,9 @@ class Http2Connection:
             stream.response_trailers = trailers
             for tphase in chain.response_trailers:
                 await tphase(stream, trailers)
-            self.h2.send_headers(s.sid, list(trailers.regular()), end_stream=True)
-            await self._flush()
+            block = h2_headers.trailers_block(trailers.regular())
+            self.h2.send_headers(s.sid, block, end_stream=True)
+            self._writer.wake()
         else:
             await self._send_data(s, b"", end=True)
 

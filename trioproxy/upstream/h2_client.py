@@ -7,9 +7,11 @@ with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a 
 streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
 connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
 connection has one reader task (in the cluster manager's nursery) that feeds ``h2`` and hands
-events to the stream they belong to; writers share a lock. Flow control: DATA credit is
+events to the stream they belong to, and one writer task (``h2_writer.FrameWriter``) sends
+what all streams queued in a scheduler tick with one write. Flow control: DATA credit is
 returned to the upstream only when the router has taken the data (back-pressure), and a
-request body waits for window updates before it sends.
+request body waits for window updates before it sends, and for the writer once the cluster's
+``per_connection_buffer_limit_bytes`` is queued.
 
 Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` folds into
 ``:authority``), connection-specific headers are dropped, and ``h2`` rejects CR, LF and NUL in
@@ -25,7 +27,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import h2.config
 import h2.connection
 import h2.errors
 import h2.events
@@ -34,6 +35,8 @@ import h2.settings
 import trio
 
 from trioproxy.errors import UpstreamError
+from trioproxy.http import h2_headers
+from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
@@ -46,14 +49,6 @@ if TYPE_CHECKING:
 READ_SIZE = 65536
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
-_CONNECTION_SPECIFIC = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"}
-)
-
-
-def _decode(headers: Any) -> list[tuple[str, str]]:
-    """h2's header tuples (bytes) as ``Headers`` keeps them: latin-1 strings."""
-    return [(bytes(k).decode("latin-1"), bytes(v).decode("latin-1")) for k, v in headers]
 
 
 @attrs.define
@@ -67,16 +62,18 @@ class H2Connection:
     """One upstream HTTP/2 connection and its streams."""
 
     def __init__(
-        self, stream: UpstreamStream, host: Host, created: float, nursery: trio.Nursery
+        self,
+        stream: UpstreamStream,
+        host: Host,
+        created: float,
+        nursery: trio.Nursery,
+        buffer_limit: int = 32 * 1024,
     ) -> None:
         self.stream = stream
         self.nursery = nursery
         self.host = host
         self.created = created
-        config = h2.config.H2Configuration(
-            client_side=True, header_encoding=None, validate_inbound_headers=True
-        )
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=True))
         self.exchanges: dict[int, H2Exchange] = {}
         self.active = 0
         self.requests = 0
@@ -84,13 +81,13 @@ class H2Connection:
         self.destroyed = False
         self.goaway = False
         self.idle_since = created
-        self._send_lock = trio.Lock()
+        self.writer = FrameWriter(
+            self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
+        )
         self._window_changed = trio.Event()
+        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (kept here: the pool asks per request)
+        self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
         self._inbuf = b""  # a partial frame, while looking for GOAWAY frames
-
-    @property
-    def max_streams(self) -> int:
-        return int(self.h2.remote_settings.max_concurrent_streams)
 
     def has_capacity(self) -> bool:
         return not self.closed and not self.goaway and self.active < self.max_streams
@@ -106,21 +103,25 @@ class H2Connection:
         )
         h.initiate_connection()
         h.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        await self.flush()
+        try:  # (before the writer runs)
+            await self.stream.send_all(h.data_to_send())
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise UpstreamError("connection termination", flag="UC") from exc
 
-    async def flush(self) -> None:
-        data = self.h2.data_to_send()
-        if not data:
-            return
-        async with self._send_lock:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._fail_all("connection termination")
-                raise UpstreamError("connection termination", flag="UC") from exc
+    def _broken(self) -> None:
+        """The writer could not send: every stream fails, the reader stops."""
+        self._fail_all("connection termination")
+        self.close()
+
+    async def run(self) -> None:
+        """The connection's reader and writer: run until the connection closes."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.writer.run)
+            await self.read_loop()
+            nursery.cancel_scope.cancel()
 
     async def read_loop(self) -> None:
-        """The connection's reader task: runs until the connection closes."""
+        writer = self.writer
         try:
             while not self.closed:
                 try:
@@ -131,15 +132,13 @@ class H2Connection:
                     break
                 try:
                     events = self.h2.receive_data(self._without_goaway(bytes(data)))
-                except h2.exceptions.ProtocolError:
+                    for ev in events:
+                        self._dispatch(ev)
+                except (h2.exceptions.ProtocolError, h2_headers.MalformedHeaders):
                     self._fail_all("protocol error", flag="UPE")
                     break
-                for ev in events:
-                    self._dispatch(ev)
-                try:
-                    await self.flush()
-                except UpstreamError:
-                    break
+                writer.wake()
+                await writer.wait_sent()  # an upstream that does not read is not read either
         finally:
             self._fail_all("connection termination")
             self.closed = True
@@ -175,8 +174,9 @@ class H2Connection:
         sid = getattr(ev, "stream_id", None)
         ex = self.exchanges.get(sid) if sid else None
         if isinstance(ev, h2.events.ResponseReceived):
+            status, fields = h2_headers.response_fields(ev.headers)
             if ex is not None:
-                ex._on_headers(_decode(ev.headers))
+                ex._on_head(ResponseHead(status, fields))
         elif isinstance(ev, h2.events.InformationalResponseReceived):
             pass
         elif isinstance(ev, h2.events.DataReceived):
@@ -185,8 +185,9 @@ class H2Connection:
             else:
                 self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.TrailersReceived):
+            trailers = h2_headers.trailer_fields(ev.headers)
             if ex is not None:
-                ex._on_trailers(_decode(ev.headers))
+                ex._on_trailers(trailers)
         elif isinstance(ev, h2.events.StreamEnded):
             if ex is not None:
                 ex._on_end()
@@ -195,6 +196,8 @@ class H2Connection:
                 refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
                 ex._on_reset("refused stream" if refused else "remote reset", refused)
         elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
             self._window_changed.set()
             self._window_changed = trio.Event()
         elif isinstance(ev, h2.events.ConnectionTerminated):  # (h2 never sees a GOAWAY now)
@@ -228,24 +231,16 @@ class H2Exchange:
         self._head: ResponseHead | None = None
         self._data: deque[tuple[bytes, int]] = deque()
         self._error: UpstreamError | None = None
-        self._changed = trio.Event()
+        self._changed = Wakeup()  # the router task waits on it for the events below
         self._pump_scope: trio.CancelScope | None = None
         self._reset_sent = False
 
     # -- events from the reader task -------------------------------------------------------
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        self._changed.wake()
 
-    def _on_headers(self, headers: list[tuple[str, str]]) -> None:
-        status = 0
-        regular = []
-        for k, v in headers:
-            if k == ":status":
-                status = int(v)
-            elif k[:1] != ":":
-                regular.append((k, v))
-        self._head = ResponseHead(status, regular)
+    def _on_head(self, head: ResponseHead) -> None:
+        self._head = head
         self._wake()
 
     def _on_data(self, data: bytes, flow: int) -> None:
@@ -292,37 +287,24 @@ class H2Exchange:
             conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
         except h2.exceptions.ProtocolError:  # already closed on the h2 side
             return
-        conn.nursery.start_soon(self._flush_quietly)
-
-    async def _flush_quietly(self) -> None:
-        try:
-            await self.conn.flush()
-        except UpstreamError:
-            pass
+        conn.writer.wake()
 
     async def send_request_head(
         self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
     ) -> None:
         conn = self.conn
         h = conn.h2
-        pseudo = [(":method", method)]
-        regular = []
-        for name, value in headers:
-            if name[0] == ":":
-                if name in (":authority", ":path", ":scheme"):
-                    pseudo.append((name, value))
-            elif name not in _CONNECTION_SPECIFIC and not (name == "te" and value != "trailers"):
-                regular.append((name, value))
-        if not any(n == ":scheme" for n, _ in pseudo):
-            pseudo.append((":scheme", "http"))
+        try:
+            block = h2_headers.request_block(method, headers)
+        except ValueError as exc:
+            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
         if conn.closed or conn.goaway:
             # the connection went away between acquire and now: nothing was sent
             raise UpstreamError("connection termination", flag="UC", unprocessed=True)
         self.stream_id = h.get_next_available_stream_id()
         conn.exchanges[self.stream_id] = self
-        encoded = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pseudo + regular]
         try:
-            h.send_headers(self.stream_id, encoded, end_stream=end_stream and not body)
+            h.send_headers(self.stream_id, block, end_stream=end_stream and not body)
         except h2.exceptions.ProtocolError as exc:
             self._forget()
             if conn.closed or conn.goaway:
@@ -331,7 +313,7 @@ class H2Exchange:
         except ValueError as exc:
             self._forget()
             raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
-        await conn.flush()
+        conn.writer.wake()
         if body:
             await self.send(body)
             if end_stream:
@@ -340,8 +322,10 @@ class H2Exchange:
     async def send(self, data: bytes) -> None:
         conn = self.conn
         h = conn.h2
+        writer = conn.writer
         view = memoryview(data)
         while view:
+            await writer.wait_room()
             if self._error is not None:
                 raise self._error
             window = min(h.local_flow_control_window(self.stream_id), h.max_outbound_frame_size)
@@ -352,7 +336,7 @@ class H2Exchange:
             h.send_data(self.stream_id, chunk.tobytes())
             self.tx += len(chunk)
             view = view[len(chunk) :]
-            await conn.flush()
+            writer.queued(len(chunk))
 
     async def send_body(self, chunk: bytes, chunked: bool) -> None:
         await self.send(chunk)
@@ -360,15 +344,12 @@ class H2Exchange:
     async def end_body(self, trailers: Headers | None, chunked: bool = False) -> None:
         h = self.conn.h2
         if trailers:
-            items = [
-                (k.encode("latin-1"), v.encode("latin-1"))
-                for k, v in trailers
-                if k not in _CONNECTION_SPECIFIC
-            ]
-            h.send_headers(self.stream_id, items, end_stream=True)
+            h.send_headers(self.stream_id, h2_headers.trailers_block(trailers), end_stream=True)
         else:
             h.end_stream(self.stream_id)
-        await self.conn.flush()
+        self.conn.writer.wake()
+        if self._error is not None:
+            raise self._error
 
     def stream_body(
         self, body: AsyncIterator[bytes], trailers: Callable[[], Headers | None]
@@ -394,8 +375,8 @@ class H2Exchange:
                 if not self.complete and self.stream_id and not self.conn.closed:
                     try:
                         self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-                        await self.conn.flush()
-                    except (h2.exceptions.ProtocolError, UpstreamError):
+                        self.conn.writer.wake()
+                    except h2.exceptions.ProtocolError:
                         pass
                 self._on_reset(f"request body failed: {exc}", False)
 
@@ -417,15 +398,14 @@ class H2Exchange:
         # Body bytes already here go with the head (all of it when the stream has ended,
         # which is how the router tells a complete response).
         initial = []
+        flow = 0
         while self._data:
-            flow = 0
-            while self._data:
-                data, n = self._data.popleft()
-                initial.append(data)
-                flow += n
-            if flow and not self.conn.closed:
-                self.conn.h2.acknowledge_received_data(flow, self.stream_id)
-                await self.conn.flush()  # more may arrive meanwhile: the loop takes it too
+            data, n = self._data.popleft()
+            initial.append(data)
+            flow += n
+        if flow and not self.conn.closed:
+            self.conn.h2.acknowledge_received_data(flow, self.stream_id)
+            self.conn.writer.wake()
         return self._head, b"".join(initial)
 
     async def iter_body(self) -> Any:
@@ -436,7 +416,7 @@ class H2Exchange:
                 if flow and not conn.closed:
                     # the credit goes back only now that the data is taken: back-pressure
                     conn.h2.acknowledge_received_data(flow, self.stream_id)
-                    await conn.flush()
+                    conn.writer.wake()
                 if data:
                     yield data
             if self._error is not None:
@@ -526,7 +506,13 @@ class H2Pool:
         (``AutoPool`` hands over a connection whose ALPN chose h2)."""
         if not counted:
             self.stats.upstream_cx_http2_total.value += 1
-        conn = H2Connection(stream, self.host, created, self.nursery)
+        conn = H2Connection(
+            stream,
+            self.host,
+            created,
+            self.nursery,
+            self.config.per_connection_buffer_limit_bytes,
+        )
         try:
             await conn.start()
         except UpstreamError:
@@ -540,7 +526,7 @@ class H2Pool:
 
     async def _run(self, conn: H2Connection) -> None:
         try:
-            await conn.read_loop()
+            await conn.run()
         finally:
             self._destroy(conn, remote=not conn.closed)
 
