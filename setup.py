@@ -31,6 +31,8 @@ COMPILED = [
     "trioproxy/http/local_reply.py",
     "trioproxy/http/conn_manager.py",
     "trioproxy/upstream/http1_client.py",
+    "trioproxy/upstream/pool.py",
+    "trioproxy/upstream/circuit_breaker.py",
     "trioproxy/upstream/lb.py",
     "trioproxy/watchdog.py",
     "trioproxy/io.py",

@@ -31,7 +31,6 @@ import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 
 from trioproxy.errors import UpstreamError
@@ -49,18 +48,23 @@ if TYPE_CHECKING:
 QUIET_CHECK_AFTER = 0.5
 
 
-@attrs.define(eq=False)
 class UpstreamConnection:
-    """A connection lent to the router; ``codec`` is the router's slot for its parser state."""
+    """A connection lent to the router; ``codec`` is the router's slot for its parser state.
+    (A plain class, not attrs: this module is compiled by mypyc in a compiled build.)"""
 
-    stream: UpstreamStream
-    host: Host
-    raw: socket.socket  # the same socket, for the synchronous quiet check and close
-    created: float
-    requests: int = 0
-    codec: Any = None
-    idle_since: float = 0.0
-    closed: bool = False
+    __slots__ = ("stream", "host", "raw", "created", "requests", "codec", "idle_since", "closed")
+
+    def __init__(
+        self, stream: UpstreamStream, host: Host, raw: socket.socket, created: float
+    ) -> None:
+        self.stream = stream
+        self.host = host
+        self.raw = raw  # the same socket, for the synchronous quiet check and close
+        self.created = created
+        self.requests = 0
+        self.codec: Any = None
+        self.idle_since = 0.0
+        self.closed = False
 
     def is_quiet(self) -> bool:
         """True when nothing is readable: no EOF, no stray bytes from the upstream."""
@@ -141,11 +145,13 @@ class PendingQueue:
                     break
 
 
-@attrs.frozen
 class PoolStatistics:
-    active: int
-    idle: int
-    pending: int
+    __slots__ = ("active", "idle", "pending")
+
+    def __init__(self, active: int, idle: int, pending: int) -> None:
+        self.active = active
+        self.idle = idle
+        self.pending = pending
 
 
 class Http1Pool:
