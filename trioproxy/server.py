@@ -18,7 +18,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -34,6 +34,7 @@ from trioproxy.listener.manager import AnyListener, ListenerManager
 from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.stats.flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig, duration
 from trioproxy.watchdog import Watchdog
@@ -54,6 +55,20 @@ _NOT_YET = (
 
 class ServerStats(StatBlock):
     """``server.*``."""
+
+    #: The server's state: the main process of --concurrency N sets its own.
+    import_modes: ClassVar[dict[str, ImportMode]] = {
+        name: NEVER_IMPORT
+        for name in (
+            "live",
+            "uptime",
+            "concurrency",
+            "state",
+            "version",
+            "hot_restart_epoch",
+            "days_until_first_cert_expiring",
+        )
+    }
 
     live: Gauge
     uptime: Gauge
