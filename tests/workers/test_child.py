@@ -1,0 +1,59 @@
+"""A worker's side of the control channel (``trioproxy.workers.child``), over a real socket
+pair, and the pieces of the start message."""
+
+from __future__ import annotations
+
+import textwrap
+
+import trio
+
+from tests.support import simple_config
+from trioproxy.config import load_bootstrap
+from trioproxy.server import Options, Server
+from trioproxy.workers.admin import AdminChanges
+from trioproxy.workers.child import _control, options_from_message, options_message
+from trioproxy.workers.ipc import Channel
+
+
+async def test_a_failing_request_is_answered_with_an_error_and_the_worker_serves_on() -> None:
+    loaded = load_bootstrap(yaml_text=textwrap.dedent(simple_config([1])))
+    server = Server(loaded, Options())
+    mine, theirs = trio.socket.socketpair()
+    main = Channel(trio.SocketStream(mine))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_control, server, Channel(trio.SocketStream(theirs)))
+        reply = await main.request({"op": "admin"})  # no method, no target: the handler raises
+        assert "KeyError" in reply["error"]
+        assert await main.request({"op": "state"}) == {"state": "PRE_INITIALIZING"}
+        await main.aclose()  # the main is gone: the worker asks its server to drain
+    assert server._shutdown.is_set()
+
+
+def test_options_cross_the_channel_unchanged() -> None:
+    options = Options(
+        service_cluster="c",
+        concurrency=3,
+        drain_time=2.5,
+        h1_codec="h11",
+        command_line=("serve", "-c", "x.yaml"),
+        worker_index=2,
+        reuse_port=True,
+        serve_admin=False,
+        static_ports=(0, 8080),
+    )
+    assert options_from_message(options_message(options)) == options
+
+
+def test_admin_changes_keep_only_the_last_value_of_each() -> None:
+    changes = AdminChanges()
+    for i in range(1000):
+        changes.record(f"/runtime_modify?a={i}&b=x")
+        changes.record("/healthcheck/fail" if i % 2 else "/healthcheck/ok")
+        changes.record("/logging?level=debug")
+    changes.record("/runtime_modify?b=")  # removed
+    changes.record("/logging?level=warning")
+    assert changes.targets() == [
+        "/healthcheck/fail",
+        "/logging?level=warning",
+        "/runtime_modify?a=999",
+    ]
