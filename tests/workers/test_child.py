@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import textwrap
 
+import pytest
 import trio
 
 from tests.support import simple_config
+from trioproxy.cli import main
 from trioproxy.config import load_bootstrap
 from trioproxy.server import Options, Server
 from trioproxy.workers.admin import AdminChanges
@@ -57,3 +59,13 @@ def test_admin_changes_keep_only_the_last_value_of_each() -> None:
         "/logging?level=warning",
         "/runtime_modify?a=999",
     ]
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_concurrency_below_one_is_refused_with_exit_status_2(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "-c", "envoy.yaml", "--concurrency", value])
+    assert exited.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err
