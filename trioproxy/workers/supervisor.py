@@ -5,7 +5,9 @@ loaded and validated (``build`` runs here too, so a bad config exits 1 before an
 starts). It picks one port for every static listener configured on port 0 (a TCP port is held
 by a bound, non-listening ``SO_REUSEPORT`` socket, which takes no connections, for the life of
 the main process; a UDP port is probed and released, since a bound UDP socket would take its
-share of datagrams), then starts N workers at once, each a task (``_keep``) that:
+share of datagrams); a static listener on a fixed port is probed, bound without
+``SO_REUSEPORT``, so that a port another process already listens on fails the start instead
+of being quietly shared with it. Then it starts N workers at once, each a task (``_keep``) that:
 
 1. spawns ``python -m trioproxy.workers --fd N`` with one end of a socketpair and sends it the
    config snapshot, its ``Options`` (``worker_index``, ``reuse_port``, the chosen ports) and
@@ -215,14 +217,31 @@ class Supervisor:
         return ports[0]
 
     def _reserve_ports(self) -> tuple[int, ...]:
-        """A port for each static listener on port 0, the same in every worker."""
+        """A port for each static listener on port 0, the same in every worker.
+
+        A static listener on a given port is probed first, bound without ``SO_REUSEPORT``:
+        the workers bind with it, and would otherwise quietly share the port with any
+        process of the same user already listening there."""
         chosen = []
         for config in self.built.listeners:
             host, port = config.address
-            if port != 0 or not config.bind_to_port:
+            udp = config.protocol == "UDP"
+            if not config.bind_to_port:
                 chosen.append(0)
                 continue
-            udp = config.protocol == "UDP"
+            if port != 0:
+                try:
+                    probe = bind_socket(
+                        host, port, udp=udp, ipv4_compat=config.ipv4_compat, listen=False
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot bind '{host}:{port}': {exc.strerror}",
+                        path=f"listener {config.name}",
+                    ) from exc
+                probe.close()
+                chosen.append(0)
+                continue
             try:
                 # TCP: bound with SO_REUSEPORT, never listening — it holds the port and
                 # takes no connections. UDP: probed only, a bound socket would take datagrams.
