@@ -3,6 +3,7 @@ pair, and the pieces of the start message."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -11,6 +12,8 @@ import trio
 from tests.support import simple_config
 from trioproxy.cli import main
 from trioproxy.config import load_bootstrap
+from trioproxy.errors import ConfigError
+from trioproxy.registry import build_registry, extra_plugin_modules
 from trioproxy.server import Options, Server
 from trioproxy.workers.admin import AdminChanges
 from trioproxy.workers.child import _control, options_from_message, options_message
@@ -69,3 +72,15 @@ def test_concurrency_below_one_is_refused_with_exit_status_2(
         main(["serve", "-c", "envoy.yaml", "--concurrency", value])
     assert exited.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_plugins_beyond_the_entry_points_reach_the_workers_by_module_name() -> None:
+    assert extra_plugin_modules(build_registry()) == ()
+    this_module = sys.modules[__name__]
+    assert extra_plugin_modules(build_registry(extra=[this_module])) == (__name__,)
+
+    class NotAModule:
+        pass
+
+    with pytest.raises(ConfigError, match="not a module"):
+        extra_plugin_modules(build_registry(extra=[NotAModule()]))

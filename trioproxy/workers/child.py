@@ -2,7 +2,8 @@
 
 The main process starts ``python -m trioproxy.workers --fd N --main-pid P`` with its end of a
 socketpair as fd N and sends one ``start`` message: the canonical bootstrap (the snapshot the
-main loaded and validated), the server ``Options``, the log level and the admin changes made
+main loaded and validated), the server ``Options``, the log level, the modules of plugins the
+main was given beyond the entry points (``plugins``) and the admin changes made
 so far (``admin``: ``/healthcheck/fail``, ``/runtime_modify``, ``/logging`` targets, applied
 before any listener is bound, so a restarted worker never serves without them). The worker
 builds a ``Server`` from it — listeners bound with ``SO_REUSEPORT``, no admin endpoint of its
@@ -23,6 +24,7 @@ time (and is killed ``KILL_GRACE`` seconds past it if its loop is stuck).
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import os
 import signal
@@ -39,6 +41,7 @@ from trioproxy.admin.server import handle
 from trioproxy.admin_backend import ServerAdminBackend
 from trioproxy.config import Document, LoadedConfig
 from trioproxy.errors import ConfigError, config_error_in
+from trioproxy.registry import build_registry
 from trioproxy.server import Options, Server
 from trioproxy.stats.merge import snapshot
 from trioproxy.workers.clusters import cluster_records
@@ -136,8 +139,9 @@ async def run_worker(channel: Channel) -> int:
     source = str(start.get("source", ""))
     loaded = LoadedConfig(canonical, Document(canonical, None, source), source)
     try:
-        server = Server(loaded, options)
-    except (ConfigError, OSError) as exc:
+        plugins = [importlib.import_module(str(name)) for name in start.get("plugins", ())]
+        server = Server(loaded, options, build_registry(extra=plugins))
+    except (ConfigError, OSError, ImportError) as exc:
         await channel.send({"error": str(exc)})
         return 1
     _apply_admin_changes(server, [str(t) for t in start.get("admin", ())])

@@ -56,7 +56,7 @@ import trio
 from trioproxy.config import LoadedConfig
 from trioproxy.errors import ConfigError
 from trioproxy.listener.tcp import bind_socket
-from trioproxy.registry import Registry
+from trioproxy.registry import Registry, extra_plugin_modules
 from trioproxy.server import Options, ServerStats, build, shutdown_on_signal
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.stats.merge import Snapshot, reset, retire
@@ -137,6 +137,8 @@ class Supervisor:
         self.options = options
         self.log_level = log_level
         self.built = build(loaded, options, registry=registry)  # a bad config fails here
+        # Workers build their own registry: the same entry points, plus these modules.
+        self.plugins = extra_plugin_modules(registry) if registry is not None else ()
         self.store = Store()
         self.stats = ServerStats(self.store.scope("server."))
         self.supervisor_stats = SupervisorStats(self.store.scope("server."))
@@ -344,6 +346,7 @@ class Supervisor:
             "options": options_message(options),
             "log_level": self.log_level,
             "admin": self.admin_changes.targets(),
+            "plugins": list(self.plugins),
         }
         try:
             with trio.fail_after(START_TIMEOUT):
