@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -175,6 +176,26 @@ CORE_PLUGINS = (
     "trioproxy.http.conn_manager_factory",
     "trioproxy.accesslog.loggers",
 )
+
+
+def extra_plugin_modules(registry: Registry) -> tuple[str, ...]:
+    """The names of the plugins ``registry`` holds beyond what ``build_registry()`` loads by
+    itself (the ``extra`` it was given), for a process that must build the same registry
+    (a worker of ``--concurrency N``). Each must be an importable module."""
+    pm = registry.plugin_manager
+    default = {id(plugin) for plugin, _ in pm.list_plugin_distinfo()}
+    names = []
+    for name, plugin in pm.list_name_plugin():
+        if name in CORE_PLUGINS or id(plugin) in default or plugin is None:
+            continue
+        module = getattr(plugin, "__name__", None)
+        if not isinstance(plugin, types.ModuleType) or module is None:
+            raise ConfigError(
+                f"plugin {plugin!r} is not a module: worker processes cannot load it "
+                "(register it through the 'trioproxy' entry-point group)"
+            )
+        names.append(module)
+    return tuple(names)
 
 
 def build_registry(extra: Iterable[object] = ()) -> Registry:

@@ -27,6 +27,7 @@ import trio
 from trioproxy.config.types import DENOMINATORS
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Store
+from trioproxy.stats.store import NEVER_IMPORT
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,14 @@ class Runtime:
         self.layers = layers
         self._merged: dict[str, str] = {}
         scope = (store or Store()).scope("runtime.")
-        self.num_keys = scope.gauge("num_keys")
-        self.num_layers = scope.gauge("num_layers")
-        self.load_success = scope.counter("load_success")
-        self.load_error = scope.counter("load_error")
-        self.admin_overrides = scope.gauge("admin_overrides_active")
-        self.dir_exists = scope.counter("override_dir_exists")
-        self.dir_missing = scope.counter("override_dir_not_exists")
+        # Every worker of --concurrency N loads the same layers: NeverImport.
+        self.num_keys = scope.gauge("num_keys", NEVER_IMPORT)
+        self.num_layers = scope.gauge("num_layers", NEVER_IMPORT)
+        self.load_success = scope.counter("load_success", NEVER_IMPORT)
+        self.load_error = scope.counter("load_error", NEVER_IMPORT)
+        self.admin_overrides = scope.gauge("admin_overrides_active", NEVER_IMPORT)
+        self.dir_exists = scope.counter("override_dir_exists", NEVER_IMPORT)
+        self.dir_missing = scope.counter("override_dir_not_exists", NEVER_IMPORT)
         self.reload()
 
     @classmethod

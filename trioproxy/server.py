@@ -17,8 +17,8 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -34,6 +34,7 @@ from trioproxy.listener.manager import AnyListener, ListenerManager
 from trioproxy.registry import Registry, build_registry
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
 from trioproxy.stats.flush import DEFAULT_FLUSH_INTERVAL, StatsFlusher
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 from trioproxy.upstream.cluster_manager import ClusterManager
 from trioproxy.upstream.config import ClusterConfig, duration
 from trioproxy.watchdog import Watchdog
@@ -54,6 +55,20 @@ _NOT_YET = (
 
 class ServerStats(StatBlock):
     """``server.*``."""
+
+    #: The server's state: the main process of --concurrency N sets its own.
+    import_modes: ClassVar[dict[str, ImportMode]] = {
+        name: NEVER_IMPORT
+        for name in (
+            "live",
+            "uptime",
+            "concurrency",
+            "state",
+            "version",
+            "hot_restart_epoch",
+            "days_until_first_cert_expiring",
+        )
+    }
 
     live: Gauge
     uptime: Gauge
@@ -281,6 +296,16 @@ def _stat_sinks(boot: Mapping[str, Any], ctx: BuildContext, loaded: LoadedConfig
     return sinks
 
 
+async def shutdown_on_signal(request_shutdown: Callable[[], None]) -> None:
+    """Call ``request_shutdown`` at the first SIGTERM or SIGINT (a server's, or the main
+    process's of ``--concurrency N``)."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            request_shutdown()
+            return
+
+
 class Server:
     """A running proxy. ``state`` follows Envoy's server states."""
 
@@ -359,17 +384,23 @@ class Server:
             await root.start(built.sources.run)
             root.start_soon(self._housekeeping)
             await root.start(run_flusher)
-            root.start_soon(self._signals)
+            root.start_soon(shutdown_on_signal, self.request_shutdown)
             task_status.started(ports)
             # Static listeners already accept (Envoy waits for init before starting any);
-            # the server is LIVE — /ready answers 200 — once xDS has initialised.
-            await built.xds.wait_initialized()
-            self.state = "LIVE"
-            self.stats.state.set(0)
-            self.stats.live.set(1)
-            await self._shutdown.wait()
+            # the server is LIVE — /ready answers 200 — once xDS has initialised. A shutdown
+            # asked before then (a control plane that never answers) drains at once.
+            async with trio.open_nursery() as initializing:
+                initializing.start_soon(self._live_when_initialized)
+                await self._shutdown.wait()
+                initializing.cancel_scope.cancel()
             await self._drain()
             root.cancel_scope.cancel()
+
+    async def _live_when_initialized(self) -> None:
+        await self.built.xds.wait_initialized()
+        self.state = "LIVE"
+        self.stats.state.set(0)
+        self.stats.live.set(1)
 
     async def _drain(self) -> None:
         self.state = "DRAINING"
@@ -377,13 +408,6 @@ class Server:
         self.stats.live.set(0)
         log.info("draining listeners for up to %.1f s", self.options.drain_time)
         await self.listener_manager.drain_all(self.options.drain_time)
-
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                self.request_shutdown()
-                return
 
     async def _housekeeping(self) -> None:
         """Once a second: uptime and the connection gauge."""

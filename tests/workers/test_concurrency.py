@@ -358,8 +358,15 @@ async def test_udp_flows_spread_over_the_workers(tmp_path: Path) -> None:
     echo.close()
 
 
-async def test_a_port_taken_by_another_process_fails_the_start(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "SO_REUSEPORT"])
+async def test_a_port_taken_by_another_process_fails_the_start(
+    tmp_path: Path, reuse_port: bool
+) -> None:
+    # Taken with SO_REUSEPORT by a process of the same user, the workers' SO_REUSEPORT
+    # sockets could join it and share its connections: the main probes without it first.
     taken = trio.socket.socket()
+    if reuse_port:
+        taken.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
     await taken.bind(("127.0.0.1", 0))
     taken.listen()
     port = taken.getsockname()[1]

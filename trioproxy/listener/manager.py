@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
@@ -33,6 +33,7 @@ from trioproxy.listener.config import ListenerConfig
 from trioproxy.listener.tcp import Listener, bind_socket
 from trioproxy.listener.udp import UdpListener
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ AnyListener = Listener | UdpListener
 
 class ListenerManagerStats(StatBlock):
     """``listener_manager.*``."""
+
+    import_mode: ClassVar[ImportMode] = NEVER_IMPORT  # every worker has the same listeners
 
     listener_added: Counter
     listener_modified: Counter

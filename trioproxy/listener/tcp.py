@@ -44,9 +44,10 @@ def bind_socket(
     reuse_port: bool = False,
     udp: bool = False,
     ipv4_compat: bool = False,
+    listen: bool = True,
 ) -> socket.socket:
-    """A bound (and, for TCP, listening) non-blocking socket. An IPv6 socket takes IPv4 too
-    only with ``ipv4_compat`` (Envoy sets ``IPV6_V6ONLY`` otherwise)."""
+    """A bound (and, for TCP, listening unless not ``listen``) non-blocking socket. An IPv6
+    socket takes IPv4 too only with ``ipv4_compat`` (Envoy sets ``IPV6_V6ONLY`` otherwise)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     try:
@@ -56,7 +57,7 @@ def bind_socket(
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
-        if not udp:
+        if listen and not udp:
             sock.listen(1024)
         sock.setblocking(False)
     except BaseException:

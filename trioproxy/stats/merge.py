@@ -6,74 +6,54 @@ request path. The main process ``merge``s its own store, the snapshots of the li
 the ``retired`` totals of workers that died into a fresh ``Store`` that the admin renders as
 it renders a single process's.
 
-How a stat merges, by name (``gauge_rule``, ``counter_rule``):
+How a stat merges is declared with it, as its ``import_mode`` (``trioproxy.stats.store``), and
+travels in the snapshot; nothing here looks at names:
 
-- counters and histograms are summed: each worker counts its own traffic;
-- gauges are summed when each worker holds a share of the quantity (connections, active
-  requests, buffered bytes: ``Accumulate`` in Envoy's hot-restart terms);
-- gauges that describe configuration or state every worker holds a copy of (cluster
-  membership, listener and cluster counts, runtime keys, circuit-breaker ``*_open`` flags,
-  xDS versions, outlier ejections) take the largest worker value: summing would multiply
-  them by N. So do the counters of config changes that every worker applies
-  (``cluster_manager.cluster_added``, ``listener_manager.listener_added`` …);
-- the main process's own ``server.*`` state gauges (``live``, ``state``, ``concurrency``,
-  ``uptime``, ``version``, ``hot_restart_epoch``: ``NeverImport`` in Envoy) are the main's.
+- ``Accumulate``: summed — each worker counts its own traffic, holds its own connections;
+- ``NeverImport``: every worker holds a copy (cluster membership, listener and cluster counts,
+  runtime keys, xDS versions and update counters, circuit-breaker ``*_open`` flags): the main
+  process's own value when it sets one (``server.live``, ``server.state``, ``server.uptime`` …:
+  the main's word is final), else the largest worker value — summing would multiply by N;
+- ``Headroom``: what a worker has left under its own limit (``remaining_*``): the least;
+- histograms are summed.
 
 A worker that dies takes its gauges with it; its counters and histograms, as last
-snapshotted, are kept in ``retired`` so that merged counters do not go backwards (increments
-since that worker's last snapshot are lost).
+snapshotted, are kept in ``retired`` (``Accumulate`` counters added up, ``NeverImport`` ones the
+largest) so that merged counters do not go backwards (increments since that worker's last
+snapshot are lost). ``reset`` is ``/reset_counters`` applied to a snapshot already taken.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from typing import Any
 
-from trioproxy.stats.store import Histogram, Store
+from trioproxy.stats.store import ACCUMULATE, HEADROOM, IMPORT_MODES, Histogram, ImportMode, Store
 
 Snapshot = dict[str, Any]
-Rule = Literal["sum", "max", "main"]
-
-#: Gauges the main process owns (Envoy's ``NeverImport`` server gauges).
-MAIN_GAUGES = frozenset(
-    "server." + name
-    for name in ("live", "state", "concurrency", "uptime", "version", "hot_restart_epoch")
-)
-#: Gauges every worker holds a copy of: the largest value, not the sum.
-_SAME_IN_EVERY_WORKER = re.compile(
-    r"(^listener_manager\.(total_listeners_\w+|workers_started)$"
-    r"|^cluster_manager\.(active|warming)_clusters$"
-    r"|^runtime\."
-    r"|\.membership_(total|healthy|degraded|excluded)$|\.max_host_weight$"
-    r"|\.health_check\.(healthy|degraded)$"
-    r"|\.circuit_breakers\.\w+\.(cx|rq|rq_pending|rq_retry|cx_pool)_open$"
-    r"|\.outlier_detection\.ejections_active$"
-    r"|\.(version|update_time|connected_state)$)"
-)
-#: Counters of config changes that every worker applies once.
-_CONFIG_COUNTERS = re.compile(
-    r"^(cluster_manager\.cluster_(added|modified|removed|updated\w*)"
-    r"|listener_manager\.listener_(added|modified|removed|stopped|in_place_updated)"
-    r"|runtime\.\w+)$"
-)
 
 
-def gauge_rule(name: str) -> Rule:
-    if name in MAIN_GAUGES:
-        return "main"
-    return "max" if _SAME_IN_EVERY_WORKER.search(name) else "sum"
+def _mode(entry: list[Any]) -> ImportMode:
+    mode = entry[2] if len(entry) > 2 else ACCUMULATE
+    if mode not in IMPORT_MODES:
+        raise ValueError(f"unknown import mode {mode!r}")
+    return mode
 
 
-def counter_rule(name: str) -> Rule:
-    return "max" if _CONFIG_COUNTERS.search(name) else "sum"
+def _combine(mode: ImportMode, a: int, b: int) -> int:
+    if mode == ACCUMULATE:
+        return a + b
+    if mode == HEADROOM:
+        return min(a, b)
+    return max(a, b)
 
 
 def snapshot(store: Store) -> Snapshot:
-    """The store as plain data (``json.dumps``-able)."""
+    """The store as plain data (``json.dumps``-able): ``[value, used, import_mode]`` per
+    counter and gauge."""
     return {
-        "counters": {c.name: [c.value, c.used] for c in store.counters()},
-        "gauges": {g.name: [g.value, g.used] for g in store.gauges()},
+        "counters": {c.name: [c.value, c.used, c.import_mode] for c in store.counters()},
+        "gauges": {g.name: [g.value, g.used, g.import_mode] for g in store.gauges()},
         "histograms": {h.name: _histogram(h) for h in store.histograms()},
     }
 
@@ -91,25 +71,30 @@ def _histogram(h: Histogram) -> dict[str, Any]:
 def merge(main: Store, workers: Iterable[Snapshot], retired: Snapshot | None = None) -> Store:
     """A new store: ``main``'s stats, each worker snapshot and the retired totals, merged."""
     out = Store()
+    seen: set[str] = set()  # stats some part has given a value
+    own: set[str] = set()  # NeverImport stats the main process sets: its value is final
     parts = [snapshot(main), *workers]
     if retired is not None:
         parts.append(retired)
     for i, part in enumerate(parts):
-        from_main = i == 0
-        for name, (value, used) in part.get("counters", {}).items():
-            c = out.counter(name)
-            c.value = c.value + value if counter_rule(name) == "sum" else max(c.value, value)
-            if used:
-                c.mark_used()
-        for name, (value, used) in part.get("gauges", {}).items():
-            rule = gauge_rule(name)
-            if rule == "main" and not from_main:
-                out.gauge(name)  # the name exists even when the main lacks it
-                continue
-            g = out.gauge(name)
-            g.value = max(g.value, value) if rule == "max" and g.used else g.value + value
-            if used:
-                g.mark_used()
+        for kind, get in (("counters", out.counter), ("gauges", out.gauge)):
+            for name, entry in part.get(kind, {}).items():
+                value, used, mode = int(entry[0]), bool(entry[1]), _mode(entry)
+                stat = get(name, mode)
+                key = f"{kind}:{name}"
+                if key in own:
+                    continue
+                if i == 0 and mode != ACCUMULATE:
+                    if not used:
+                        continue  # the main lacks it: the workers' values
+                    own.add(key)
+                if key in seen:
+                    stat.value = _combine(stat.import_mode, stat.value, value)
+                else:
+                    stat.value = value
+                    seen.add(key)
+                if used:
+                    stat.mark_used()
         for name, data in part.get("histograms", {}).items():
             _add_histogram(out.histogram(name, data["unit"]), data)
     return out
@@ -124,12 +109,15 @@ def _add_histogram(h: Histogram, data: Mapping[str, Any]) -> None:
 
 
 def retire(retired: Snapshot, last: Snapshot) -> Snapshot:
-    """``retired`` plus the summed counters and histograms of a worker that died."""
+    """``retired`` plus the counters and histograms of a worker that died."""
     counters = dict(retired.get("counters", {}))
-    for name, (value, used) in last.get("counters", {}).items():
-        if counter_rule(name) == "sum":
-            before = counters.get(name, [0, False])
-            counters[name] = [before[0] + value, before[1] or used]
+    for name, entry in last.get("counters", {}).items():
+        value, used, mode = int(entry[0]), bool(entry[1]), _mode(entry)
+        before = counters.get(name)
+        if before is not None:
+            value = _combine(mode, int(before[0]), value)
+            used = used or bool(before[1])
+        counters[name] = [value, used, mode]
     histograms = dict(retired.get("histograms", {}))
     for name, data in last.get("histograms", {}).items():
         h = Histogram(name, data["unit"])
@@ -139,3 +127,17 @@ def retire(retired: Snapshot, last: Snapshot) -> Snapshot:
         h.interval = {}  # a dead worker has no current interval
         histograms[name] = _histogram(h)
     return {"counters": counters, "gauges": {}, "histograms": histograms}
+
+
+def reset(snap: Snapshot) -> Snapshot:
+    """``snap`` as it would be after ``/reset_counters``: counters and histograms at zero
+    (a used counter stays used), gauges untouched."""
+    counters = {
+        name: [0, bool(entry[1]) or int(entry[0]) != 0, _mode(entry)]
+        for name, entry in snap.get("counters", {}).items()
+    }
+    histograms = {
+        name: _histogram(Histogram(name, data["unit"]))
+        for name, data in snap.get("histograms", {}).items()
+    }
+    return {**snap, "counters": counters, "histograms": histograms}

@@ -9,23 +9,45 @@ are created lazily through the store, which caches by name.
 
 Histograms record into log-linear buckets (two significant digits, like Envoy's circllhist) and
 are summarised only when read, so recording is one dict update.
+
+Each counter and gauge carries an ``import_mode``, declared where the stat is (a ``StatBlock``'s
+``import_mode``/``import_modes``, or the argument of ``Store.counter``/``Store.gauge``). It says
+how the main process of ``--concurrency N`` merges the workers' values
+(``trioproxy.stats.merge``), with Envoy's hot-restart names where they fit:
+
+- ``Accumulate`` (the default): each worker holds a share of the quantity (its connections,
+  its requests): summed;
+- ``NeverImport``: each worker holds a copy of the same thing (cluster membership, config
+  versions, counts of config updates every worker applies): the main process's own value if
+  it sets one (``server.live``), else the largest worker value — never a sum;
+- ``Headroom``: how far one worker is from a limit every worker has for itself (circuit
+  breakers' ``remaining_*``): the least, the worker closest to tripping.
+
+Histograms are always summed.
 """
 
 from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterator
-from typing import ClassVar
+from collections.abc import Iterator, Mapping
+from typing import ClassVar, Literal
+
+ImportMode = Literal["Accumulate", "NeverImport", "Headroom"]
+ACCUMULATE: ImportMode = "Accumulate"
+NEVER_IMPORT: ImportMode = "NeverImport"
+HEADROOM: ImportMode = "Headroom"
+IMPORT_MODES: frozenset[str] = frozenset(typing.get_args(ImportMode))
 
 
 class Counter:
-    __slots__ = ("name", "value", "_used")
+    __slots__ = ("name", "value", "_used", "import_mode")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, import_mode: ImportMode = ACCUMULATE) -> None:
         self.name = name
         self.value = 0
         self._used = False
+        self.import_mode = import_mode  # how the main of --concurrency N merges it
 
     def inc(self, n: int = 1) -> None:
         self.value += n
@@ -50,11 +72,11 @@ class Counter:
 class Gauge:
     __slots__ = ("name", "value", "_used", "import_mode")
 
-    def __init__(self, name: str, import_mode: str = "Accumulate") -> None:
+    def __init__(self, name: str, import_mode: ImportMode = ACCUMULATE) -> None:
         self.name = name
         self.value = 0
         self._used = False
-        self.import_mode = import_mode  # how a parent process merges it: Accumulate | NeverImport
+        self.import_mode = import_mode  # how the main of --concurrency N merges it
 
     def set(self, value: int) -> None:
         self.value = value
@@ -180,13 +202,14 @@ class Store:
         self._gauges: dict[str, Gauge] = {}
         self._histograms: dict[str, Histogram] = {}
 
-    def counter(self, name: str) -> Counter:
+    def counter(self, name: str, import_mode: ImportMode = ACCUMULATE) -> Counter:
+        """The counter ``name``; ``import_mode`` applies when this call creates it."""
         c = self._counters.get(name)
         if c is None:
-            c = self._counters[name] = Counter(name)
+            c = self._counters[name] = Counter(name, import_mode)
         return c
 
-    def gauge(self, name: str, import_mode: str = "Accumulate") -> Gauge:
+    def gauge(self, name: str, import_mode: ImportMode = ACCUMULATE) -> Gauge:
         g = self._gauges.get(name)
         if g is None:
             g = self._gauges[name] = Gauge(name, import_mode)
@@ -233,10 +256,10 @@ class Scope:
         self.store = store
         self.prefix = prefix if not prefix or prefix.endswith(".") else prefix + "."
 
-    def counter(self, name: str) -> Counter:
-        return self.store.counter(self.prefix + name)
+    def counter(self, name: str, import_mode: ImportMode = ACCUMULATE) -> Counter:
+        return self.store.counter(self.prefix + name, import_mode)
 
-    def gauge(self, name: str, import_mode: str = "Accumulate") -> Gauge:
+    def gauge(self, name: str, import_mode: ImportMode = ACCUMULATE) -> Gauge:
         return self.store.gauge(self.prefix + name, import_mode)
 
     def histogram(self, name: str, unit: str = "Milliseconds") -> Histogram:
@@ -250,9 +273,13 @@ class StatBlock:
     """A named set of stats declared as annotated attributes, created under one scope.
 
     ``units`` maps a histogram's attribute name to its unit when it is not milliseconds.
+    ``import_mode`` is how the block's counters and gauges merge across workers, and
+    ``import_modes`` overrides it for some attributes (see the module docstring).
     """
 
     units: ClassVar[dict[str, str]] = {}
+    import_mode: ClassVar[ImportMode] = ACCUMULATE
+    import_modes: ClassVar[Mapping[str, ImportMode]] = {}
     #: (attribute, kind) per class, worked out once: ``get_type_hints`` evaluates every
     #: annotation and would otherwise cost more than the stats themselves (1,000 CDS
     #: clusters: 0.6 s).
@@ -268,9 +295,10 @@ class StatBlock:
             )
             StatBlock._fields_cache[cls] = fields
         for name, kind in fields:
+            mode = self.import_modes.get(name, self.import_mode)
             if kind is Counter:
-                setattr(self, name, scope.counter(name))
+                setattr(self, name, scope.counter(name, mode))
             elif kind is Gauge:
-                setattr(self, name, scope.gauge(name))
+                setattr(self, name, scope.gauge(name, mode))
             else:
                 setattr(self, name, scope.histogram(name, self.units.get(name, "Milliseconds")))

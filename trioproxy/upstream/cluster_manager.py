@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 from trioproxy.upstream import lb
 from trioproxy.upstream.address import parse_host_port
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
@@ -305,6 +306,8 @@ class Cluster:
 
 
 class ClusterManagerStats(StatBlock):
+    import_mode: ClassVar[ImportMode] = NEVER_IMPORT  # every worker manages the same clusters
+
     active_clusters: Gauge
     warming_clusters: Gauge
     cluster_added: Counter

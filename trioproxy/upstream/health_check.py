@@ -44,6 +44,7 @@ import trio
 from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Scope
+from trioproxy.stats.store import NEVER_IMPORT
 from trioproxy.upstream.host import Host
 
 USER_AGENT = "Envoy/HC"
@@ -460,10 +461,10 @@ class HealthChecker:
         self.stats = {
             n: hc.counter(n) for n in ("attempt", "success", "failure", "network_failure")
         }
-        self.healthy_gauge = hc.gauge("healthy")
+        self.healthy_gauge = hc.gauge("healthy", NEVER_IMPORT)  # each worker checks every host
         hc.counter("passive_failure")
         hc.counter("verify_cluster")
-        hc.gauge("degraded")
+        hc.gauge("degraded", NEVER_IMPORT)
         self._hosts = hosts
         self._changed = changed
         self.has_traffic = has_traffic

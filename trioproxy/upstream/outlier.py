@@ -40,6 +40,7 @@ import trio
 from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Scope
+from trioproxy.stats.store import NEVER_IMPORT
 from trioproxy.upstream.host import Host
 
 
@@ -148,7 +149,7 @@ class OutlierDetector:
         self._changed = changed
         self._clock = clock
         self._rng = rng
-        self.active = self.scope.gauge("ejections_active")
+        self.active = self.scope.gauge("ejections_active", NEVER_IMPORT)  # per worker: the most
         self.enforced_total = self.scope.counter("ejections_enforced_total")
         self.overflow = self.scope.counter("ejections_overflow")
         self._cancel = trio.CancelScope()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
+from trioproxy.stats.store import HEADROOM, NEVER_IMPORT, ImportMode
 
 
 class ClusterStats(StatBlock):
@@ -72,6 +73,23 @@ class ClusterStats(StatBlock):
     lb_healthy_panic: Counter
 
     units: ClassVar[dict[str, str]] = {}
+    #: Membership and config updates: every worker of --concurrency N applies the same ones.
+    import_modes: ClassVar[dict[str, ImportMode]] = {
+        name: NEVER_IMPORT
+        for name in (
+            "membership_total",
+            "membership_healthy",
+            "membership_degraded",
+            "membership_excluded",
+            "membership_change",
+            "update_attempt",
+            "update_success",
+            "update_failure",
+            "update_empty",
+            "update_no_rebuild",
+            "max_host_weight",
+        )
+    }
 
     def __init__(self, scope: Scope) -> None:
         super().__init__(scope)
@@ -79,7 +97,10 @@ class ClusterStats(StatBlock):
 
 
 class CircuitBreakerStats(StatBlock):
-    """``cluster.<name>.circuit_breakers.default.*``: 1 while a breaker is open."""
+    """``cluster.<name>.circuit_breakers.default.*``: 1 while a breaker is open (merged
+    across workers: open in any)."""
+
+    import_mode: ClassVar[ImportMode] = NEVER_IMPORT
 
     cx_open: Gauge
     cx_pool_open: Gauge
@@ -89,7 +110,10 @@ class CircuitBreakerStats(StatBlock):
 
 
 class RemainingStats(StatBlock):
-    """``circuit_breakers.default.remaining_*``, only when ``track_remaining`` is set."""
+    """``circuit_breakers.default.remaining_*``, only when ``track_remaining`` is set (merged
+    across workers, each with its own breakers: the least any worker has left)."""
+
+    import_mode: ClassVar[ImportMode] = HEADROOM
 
     remaining_cx: Gauge
     remaining_pending: Gauge

@@ -16,15 +16,19 @@ processes. ``trioproxy serve --concurrency N`` (N > 1) runs:
   worker that accepted it.
 
 Nothing crosses processes on a request's path: the control channel carries the config at
-start-up, admin requests and stats snapshots (on each admin request for merged views, and
-every stats flush interval so that a dead worker's counters are kept).
+start-up, a once-a-second liveness ping (a worker that does not answer within 10 s is
+SIGTERMed, killed 5 s later and restarted), admin requests and stats snapshots (on admin
+requests for merged views, one round at a time, and every stats flush interval so that a
+dead worker's counters are kept). ``/ready`` is 200 only while every worker serves.
 
 What differs from Envoy, where the workers are threads sharing one main thread's state:
-each worker has its own circuit breakers, local rate limit buckets, retry budgets, active
-health checks (N times the health-check traffic), outlier detection, connection pools and xDS
-client (N streams to the control plane; workers may apply an update moments apart). Hence the
-default stays ``--concurrency 1``: one process, none of this machinery, and limits that mean
-what Envoy's mean. ``--concurrency 1`` runs no main process and no control channel at all.
+each worker has its own circuit breakers, local rate limit buckets, retry budgets, listener
+connection limits, fault filter ``max_active_faults``, active health checks (N times the
+health-check traffic), outlier detection, connection pools (N times the upstream
+connections) and xDS client (N streams to the control plane; workers may apply an update
+moments apart) — every per-process limit allows up to N times as much. Hence the default
+stays ``--concurrency 1``: one process, none of this machinery, and limits that mean what
+Envoy's mean. ``--concurrency 1`` runs no main process and no control channel at all.
 """
 
 from __future__ import annotations

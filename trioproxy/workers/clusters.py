@@ -73,8 +73,7 @@ def merge_clusters(workers: Sequence[Sequence[Mapping[str, Any]]]) -> list[Merge
         for rec in records:
             cluster = clusters.get(rec["name"])
             if cluster is None:
-                limits = CircuitBreakerThresholds(**rec["limits"])
-                info = ClusterInfo(limits, rec["added_via_api"])
+                info = ClusterInfo(_thresholds(rec["limits"]), bool(rec["added_via_api"]))
                 cluster = clusters[rec["name"]] = MergedCluster(rec["name"], info)
             for h in rec["hosts"]:
                 address = (str(h["address"][0]), int(h["address"][1]))
@@ -95,6 +94,16 @@ def merge_clusters(workers: Sequence[Sequence[Mapping[str, Any]]]) -> list[Merge
                 for name in HOST_STAT_NAMES:
                     setattr(host, name, getattr(host, name) + int(h["stats"].get(name, 0)))
     return list(clusters.values())
+
+
+def _thresholds(limits: Mapping[str, Any]) -> CircuitBreakerThresholds:
+    """The limits ``/clusters`` shows, read back from a worker's record."""
+    return CircuitBreakerThresholds(
+        max_connections=int(limits["max_connections"]),
+        max_pending_requests=int(limits["max_pending_requests"]),
+        max_requests=int(limits["max_requests"]),
+        max_retries=int(limits["max_retries"]),
+    )
 
 
 def merge_listeners(workers: Sequence[Sequence[Sequence[str]]]) -> list[tuple[str, str]]:

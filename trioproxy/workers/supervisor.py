@@ -5,27 +5,43 @@ loaded and validated (``build`` runs here too, so a bad config exits 1 before an
 starts). It picks one port for every static listener configured on port 0 (a TCP port is held
 by a bound, non-listening ``SO_REUSEPORT`` socket, which takes no connections, for the life of
 the main process; a UDP port is probed and released, since a bound UDP socket would take its
-share of datagrams), then starts N workers at once, each a task (``_keep``) that:
+share of datagrams); a static listener on a fixed port is probed, bound without
+``SO_REUSEPORT``, so that a port another process already listens on fails the start instead
+of being quietly shared with it. Then it starts N workers at once, each a task (``_keep``) that:
 
 1. spawns ``python -m trioproxy.workers --fd N`` with one end of a socketpair and sends it the
-   config snapshot and its ``Options`` (``worker_index``, ``reuse_port``, the chosen ports);
+   config snapshot, its ``Options`` (``worker_index``, ``reuse_port``, the chosen ports) and
+   the admin changes made so far (``/healthcheck/*``, ``/runtime_modify``, ``/logging``: the
+   last value of each, ``AdminChanges``), which it applies before binding;
 2. waits for the worker's bound ports (a first start that fails fails the whole server, as a
-   single process's bind error does);
-3. waits for the process to exit; unless the server is draining, counts
+   single process's bind error does); only then does the worker's channel become visible to
+   admin requests, so none of them can cut off a worker still starting;
+3. watches the process: a ``state`` ping every second (every 0.1 s until it is LIVE). A
+   worker that does not answer a request within ``REQUEST_TIMEOUT`` — ping or admin — or
+   whose channel breaks is *cut off*: its channel closed, SIGTERM, and SIGKILL
+   ``KILL_GRACE`` seconds later (a SIGSTOPped or wedged worker would otherwise keep its
+   listening socket and the connections the kernel queues on it);
+4. once the process has exited, unless the server is draining, counts
    ``server.worker_restarts``, keeps the dead worker's last counters (``stats.merge.retire``)
    and starts a new one after a back-off (0.1 s after a life of 10 s or more, else doubling
-   up to 10 s), replaying the admin changes the workers were given
-   (``/healthcheck/*``, ``/runtime_modify``, ``/logging``).
+   up to 10 s). A restart that fails in any way (a start error, no file descriptors left,
+   a process that cannot be spawned) is logged and retried after the next back-off; it never
+   takes the other workers down.
 
-The server is LIVE once every worker has been LIVE. SIGTERM, SIGINT or ``POST /quitquitquit``
-asks every worker to shut down (SIGTERM if it does not answer) — each drains as a single
-process does — and ``run`` returns once all have exited (those still running after the drain
-time and 5 s more are killed).
+The server is LIVE once every worker has been LIVE. ``/ready`` answers 200 only while the
+server is LIVE *and* every worker is serving: started, LIVE itself, and answering its pings
+(none in the last ``READY_STALE`` seconds means not ready, well before it is cut off). A
+worker that died, hangs or is restarting makes ``/ready`` 503 until it serves again.
+
+SIGTERM, SIGINT or ``POST /quitquitquit`` asks every worker to shut down (SIGTERM if it does
+not answer) — each drains as a single process does — and ``run`` returns once all have exited
+(those still running after the drain time and 5 s more are killed).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -39,19 +55,23 @@ import trio
 
 from trioproxy.config import LoadedConfig
 from trioproxy.errors import ConfigError
-from trioproxy.registry import Registry
-from trioproxy.server import Options, ServerStats, build
+from trioproxy.listener.tcp import bind_socket
+from trioproxy.registry import Registry, extra_plugin_modules
+from trioproxy.server import Options, ServerStats, build, shutdown_on_signal
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
-from trioproxy.stats.merge import Snapshot, retire
-from trioproxy.workers.admin import MainAdmin, serve_main_admin
+from trioproxy.stats.merge import Snapshot, reset, retire
+from trioproxy.workers.admin import AdminChanges, MainAdmin, serve_main_admin
 from trioproxy.workers.child import options_message
 from trioproxy.workers.ipc import Channel, ChannelClosed
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 60.0  # for a worker to bind its listeners
-REQUEST_TIMEOUT = 10.0  # for a worker to answer a control request
-KILL_GRACE = 5.0  # past the drain time, before a draining worker is killed
+REQUEST_TIMEOUT = 10.0  # for a worker to answer a control request, pings included
+KILL_GRACE = 5.0  # after SIGTERM (past the drain time when draining), before SIGKILL
+PING_INTERVAL = 1.0  # liveness pings of a LIVE worker
+PING_INTERVAL_STARTING = 0.1  # … of one whose xDS is still initialising
+READY_STALE = 3.0  # a worker silent this long makes /ready 503
 STEADY_LIFE = 10.0  # a worker that lived this long is restarted without back-off
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 10.0
 
@@ -64,18 +84,24 @@ class SupervisorStats(StatBlock):
     """``server.*`` stats of the main process alone."""
 
     worker_restarts: Counter
-    workers_serving: Gauge  # workers whose listeners are bound
+    workers_serving: Gauge  # workers whose listeners are bound and who answer
 
 
 @attrs.define(eq=False)
 class Worker:
-    """One worker slot; ``process`` and ``channel`` are replaced on each restart."""
+    """One worker slot; ``process``, ``channel`` and ``cut_off`` are replaced on each start.
+
+    ``channel`` is None until the worker has answered its start (it is serving) and again
+    once it is cut off or dead: only a serving worker is asked anything."""
 
     index: int
     process: trio.Process | None = None
     channel: Channel | None = None
     started_at: float = 0.0
-    serving: bool = False  # started: its listeners are bound
+    serving: bool = False  # started and not cut off: its listeners are bound
+    state: str = ""  # its server state, as last answered
+    answered_at: float = 0.0  # trio time of its last answer
+    cut_off: trio.Event = attrs.field(factory=trio.Event)
     #: The last snapshot it answered (state, stats, clusters, listeners).
     last: dict[str, Any] | None = None
 
@@ -85,7 +111,10 @@ class Worker:
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process is not None else None
-        return f"<Worker {self.index} pid={pid} running={self.running}>"
+        return (
+            f"<Worker {self.index} pid={pid} running={self.running} serving={self.serving} "
+            f"state={self.state or None}>"
+        )
 
 
 def _backoff(previous: float, lived: float) -> float:
@@ -108,6 +137,8 @@ class Supervisor:
         self.options = options
         self.log_level = log_level
         self.built = build(loaded, options, registry=registry)  # a bad config fails here
+        # Workers build their own registry: the same entry points, plus these modules.
+        self.plugins = extra_plugin_modules(registry) if registry is not None else ()
         self.store = Store()
         self.stats = ServerStats(self.store.scope("server."))
         self.supervisor_stats = SupervisorStats(self.store.scope("server."))
@@ -117,13 +148,26 @@ class Supervisor:
         self.admin_port: int | None = None
         self.healthcheck_failed = False
         self.retired: Snapshot = {}
-        self.replay: list[tuple[str, str]] = []  # admin changes a new worker is given
+        self.admin_changes = AdminChanges()  # what a new worker is given
         self._static_ports: tuple[int, ...] = ()
         self._reserved: list[socket.socket] = []
         self._shutdown = trio.Event()
+        # Snapshot rounds (``refresh``): one at a time, shared by whoever waits for it.
+        self._rounds_started = 0
+        self._rounds_done = 0
+        self._round_over: trio.Event | None = None
+        self._resets = 0  # /reset_counters so far: a round that spans one is dropped
 
     def request_shutdown(self) -> None:
         self._shutdown.set()
+
+    def is_ready(self) -> bool:
+        """``/ready``: LIVE, and every worker serving, LIVE and lately heard from."""
+        now = trio.current_time()
+        return self.state == "LIVE" and all(
+            w.serving and w.state == "LIVE" and now - w.answered_at < READY_STALE
+            for w in self.workers
+        )
 
     # ------------------------------------------------------------------ running
 
@@ -144,7 +188,7 @@ class Supervisor:
                     self.admin_port = await root.start(
                         serve_main_admin, MainAdmin(self), host, port
                     )
-                root.start_soon(self._signals)
+                root.start_soon(shutdown_on_signal, self.request_shutdown)
                 root.start_soon(self._housekeeping)
                 root.start_soon(self._wait_live)
                 task_status.started(ports)
@@ -175,29 +219,49 @@ class Supervisor:
         return ports[0]
 
     def _reserve_ports(self) -> tuple[int, ...]:
-        """A port for each static listener on port 0, the same in every worker."""
+        """A port for each static listener on port 0, the same in every worker.
+
+        A static listener on a given port is probed first, bound without ``SO_REUSEPORT``:
+        the workers bind with it, and would otherwise quietly share the port with any
+        process of the same user already listening there."""
         chosen = []
         for config in self.built.listeners:
             host, port = config.address
-            if port != 0 or not config.bind_to_port:
+            udp = config.protocol == "UDP"
+            if not config.bind_to_port:
                 chosen.append(0)
                 continue
-            udp = config.protocol == "UDP"
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
+            if port != 0:
+                try:
+                    probe = bind_socket(
+                        host, port, udp=udp, ipv4_compat=config.ipv4_compat, listen=False
+                    )
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot bind '{host}:{port}': {exc.strerror}",
+                        path=f"listener {config.name}",
+                    ) from exc
+                probe.close()
+                chosen.append(0)
+                continue
             try:
-                if not udp:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-                sock.bind((host, 0))
+                # TCP: bound with SO_REUSEPORT, never listening — it holds the port and
+                # takes no connections. UDP: probed only, a bound socket would take datagrams.
+                sock = bind_socket(
+                    host,
+                    0,
+                    reuse_port=not udp,
+                    udp=udp,
+                    ipv4_compat=config.ipv4_compat,
+                    listen=False,
+                )
             except OSError as exc:
-                sock.close()
                 raise ConfigError(f"cannot bind '{host}:0': {exc.strerror}") from exc
             chosen.append(sock.getsockname()[1])
             if udp:
-                sock.close()  # a bound UDP socket would be served datagrams: probe only
+                sock.close()
             else:
-                self._reserved.append(sock)  # bound, never listening: holds the port
+                self._reserved.append(sock)
         return tuple(chosen)
 
     async def _keep(self, worker: Worker, *, task_status: trio.TaskStatus[Sequence[int]]) -> None:
@@ -208,19 +272,18 @@ class Supervisor:
             while True:
                 try:
                     ports = await self._spawn(worker)
-                except WorkerStartError as exc:
-                    if first:
-                        raise
-                    log.error("worker %d failed to start: %s", worker.index, exc)
-                else:
                     if first:
                         task_status.started(ports)
                         first = False
-                    else:
-                        await self._replay(worker)
-                    assert worker.process is not None
-                    await worker.process.wait()
-                await self._bury(worker)
+                    await self._watch(worker)
+                except Exception as exc:
+                    if first:
+                        if isinstance(exc, WorkerStartError):
+                            raise
+                        raise WorkerStartError(f"worker {worker.index}: {exc}") from exc
+                    log.error("worker %d failed: %s", worker.index, exc, exc_info=exc)
+                await self._reap(worker)
+                self._bury(worker)
                 if self._shutdown.is_set():
                     return
                 lived = time.monotonic() - worker.started_at
@@ -238,17 +301,27 @@ class Supervisor:
                     return
         finally:
             with trio.CancelScope(shield=True):
-                if worker.running:
-                    assert worker.process is not None
-                    worker.process.kill()
-                    await worker.process.wait()
-                await self._bury(worker)
+                await self._reap(worker)
+                self._bury(worker)
 
     async def _spawn(self, worker: Worker) -> Sequence[int]:
+        worker.cut_off = trio.Event()
+        worker.started_at = time.monotonic()
+        worker.process = None
         mine, theirs = socket.socketpair()
         try:
-            process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trioproxy.workers", "--fd", str(theirs.fileno())],
+            worker.process = await trio.lowlevel.open_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "trioproxy.workers",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--main-pid",
+                    str(os.getpid()),
+                    "--drain-time",
+                    str(self.options.drain_time),
+                ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -257,9 +330,8 @@ class Supervisor:
             raise
         finally:
             theirs.close()
+        process = worker.process
         channel = Channel(trio.SocketStream(trio.socket.from_stdlib_socket(mine)))
-        worker.process, worker.channel = process, channel
-        worker.started_at = time.monotonic()
         options = attrs.evolve(
             self.options,
             worker_index=worker.index,
@@ -273,64 +345,134 @@ class Supervisor:
             "source": self.loaded.source,
             "options": options_message(options),
             "log_level": self.log_level,
+            "admin": self.admin_changes.targets(),
+            "plugins": list(self.plugins),
         }
         try:
             with trio.fail_after(START_TIMEOUT):
                 reply = await channel.request(start)
-        except (ChannelClosed, trio.TooSlowError) as exc:
-            process.kill()
-            await process.wait()
-            raise WorkerStartError(
-                f"worker {worker.index} did not start ({_exit_reason(worker)}): {exc}"
-            ) from None
-        if "error" in reply:
-            await process.wait()
-            raise WorkerStartError(str(reply["error"]))
+            if "error" in reply:
+                raise WorkerStartError(str(reply["error"]))
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                channel.close()
+                if isinstance(exc, WorkerStartError):
+                    with trio.move_on_after(KILL_GRACE):
+                        await process.wait()  # it exits 1 after saying why
+                await self._reap(worker)
+            if isinstance(exc, (ChannelClosed, trio.TooSlowError)):
+                raise WorkerStartError(
+                    f"worker {worker.index} did not start ({_exit_reason(worker)}): {exc}"
+                ) from None
+            raise
+        # Serving: from now on admin requests and pings may ask it.
+        worker.channel = channel
         worker.serving = True
+        worker.state = str(reply.get("state", ""))
+        worker.answered_at = trio.current_time()
         self._count_serving()
         log.info("worker %d started (pid %d)", worker.index, process.pid)
         if self._shutdown.is_set():
             await self.ask(worker, {"op": "shutdown"})  # started while the server drains
         return [int(p) for p in reply["ports"]]
 
-    async def _bury(self, worker: Worker) -> None:
-        """Forget a dead worker's channel; keep its last counters in ``retired``."""
-        worker.serving = False
-        self._count_serving()
+    async def _watch(self, worker: Worker) -> None:
+        """Until the worker's process exits: ping it, and stop it if it is cut off."""
+        assert worker.process is not None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping, worker)
+            nursery.start_soon(self._stop_when_cut_off, worker, worker.process)
+            await worker.process.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _ping(self, worker: Worker) -> None:
+        """The liveness check, independent of admin traffic (``ask`` cuts off a silent one)."""
+        while True:
+            reply = await self.ask(worker, {"op": "state"})
+            if reply is None:
+                return
+            await trio.sleep(PING_INTERVAL if worker.state == "LIVE" else PING_INTERVAL_STARTING)
+
+    async def _stop_when_cut_off(self, worker: Worker, process: trio.Process) -> None:
+        await worker.cut_off.wait()
+        if self._shutdown.is_set():
+            return  # draining: ``_drain`` gives it the drain time, then kills it
+        process.terminate()
+        await trio.sleep(KILL_GRACE)
+        log.error(
+            "worker %d still running %.0f s after SIGTERM: killing it", worker.index, KILL_GRACE
+        )
+        process.kill()
+
+    async def _reap(self, worker: Worker) -> None:
+        """Make sure the worker's process is gone (killed if need be) and reaped."""
+        process = worker.process
+        if process is None:
+            return
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+    def _bury(self, worker: Worker) -> None:
+        """Forget a dead worker's channel; keep its last counters in ``retired`` (at once,
+        with no checkpoint: a merge sees them either in ``last`` or in ``retired``)."""
+        self._cut_off(worker)
+        worker.state = ""
         if worker.last is not None:
             self.retired = retire(self.retired, worker.last["stats"])
             worker.last = None
+
+    def _cut_off(self, worker: Worker) -> None:
+        """Ask nothing more of this worker (its channel, if any, is closed by ``ipc`` or
+        ``ask``); ``_watch`` stops its process."""
         if worker.channel is not None:
-            await worker.channel.aclose()
+            worker.channel.close()
             worker.channel = None
+        worker.serving = False
+        worker.cut_off.set()
+        self._count_serving()
 
     def _count_serving(self) -> None:
         self.supervisor_stats.workers_serving.set(sum(w.serving for w in self.workers))
 
-    async def _replay(self, worker: Worker) -> None:
-        for method, target in self.replay:
-            await self.ask(worker, {"op": "admin", "method": method, "target": target})
-
     # ------------------------------------------------------------------ asking workers
 
     async def ask(self, worker: Worker, message: dict[str, Any]) -> dict[str, Any] | None:
-        """A worker's answer, or None if it is not running or does not answer in time (a
-        worker that does not is cut off: it drains, exits and is restarted)."""
+        """A worker's answer, or None if it is not serving or does not answer in time (a
+        worker that does not, or whose channel breaks, is cut off: stopped and restarted).
+
+        The request is shielded from the caller's cancellation (an admin client that hangs
+        up) and bounded by its own deadline: cancelled half way, it would cost the channel."""
         channel = worker.channel
         if channel is None or not worker.running:
             return None
-        try:
-            with trio.fail_after(REQUEST_TIMEOUT):
-                return await channel.request(message)
-        except ChannelClosed:
-            return None
-        except trio.TooSlowError:
-            log.error("worker %d did not answer %s: cutting it off", worker.index, message["op"])
-            await channel.aclose()
-            return None
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    reply = await channel.request(message)
+            except ChannelClosed as exc:
+                if worker.channel is channel:
+                    log.warning("worker %d: control channel closed (%s)", worker.index, exc)
+                    self._cut_off(worker)
+                return None
+            except trio.TooSlowError:
+                log.error(
+                    "worker %d did not answer %s within %.0f s: stopping it",
+                    worker.index,
+                    message["op"],
+                    REQUEST_TIMEOUT,
+                )
+                channel.close()
+                if worker.channel is channel:
+                    self._cut_off(worker)
+                return None
+        worker.answered_at = trio.current_time()
+        if "state" in reply:
+            worker.state = str(reply["state"])
+        return reply
 
     async def ask_all(self, message: dict[str, Any]) -> list[tuple[Worker, dict[str, Any]]]:
-        """The answers of every running worker, in worker order."""
+        """The answers of every serving worker, in worker order."""
         answers: dict[int, dict[str, Any]] = {}
 
         async def one(worker: Worker) -> None:
@@ -343,28 +485,50 @@ class Supervisor:
                 nursery.start_soon(one, worker)
         return [(w, answers[w.index]) for w in self.workers if w.index in answers]
 
-    async def snapshots(self) -> list[dict[str, Any]]:
-        """Every running worker's snapshot (remembered for when it dies)."""
-        out = []
-        for worker, reply in await self.ask_all({"op": "snapshot"}):
-            worker.last = reply
-            out.append(reply)
-        return out
+    async def refresh(self) -> None:
+        """Bring every serving worker's ``last`` snapshot up to date: a snapshot round that
+        starts after this call. Rounds run one at a time; callers that arrive during one
+        share the next (a snapshot serialises a worker's whole store in its event loop)."""
+        ticket = self._rounds_started + 1
+        while self._rounds_done < ticket:
+            if self._round_over is not None:
+                await self._round_over.wait()
+                continue
+            self._rounds_started += 1
+            number = self._rounds_started
+            self._round_over = over = trio.Event()
+            try:
+                resets = self._resets
+                for worker, reply in await self.ask_all({"op": "snapshot"}):
+                    if "error" in reply:
+                        log.error("worker %d: snapshot failed: %s", worker.index, reply["error"])
+                    elif resets == self._resets:  # else it may predate a counter reset
+                        worker.last = reply
+                self._rounds_done = number
+            finally:
+                self._round_over = None
+                over.set()
+
+    def counters_reset(self) -> None:
+        """``/reset_counters`` reached the workers: what the main remembers of them too."""
+        self._resets += 1
+        self.retired = {}
+        for worker in self.workers:
+            if worker.last is not None:
+                worker.last = {**worker.last, "stats": reset(worker.last["stats"])}
 
     # ------------------------------------------------------------------ life cycle
 
     async def _wait_live(self) -> None:
-        """LIVE once every worker is (its xDS initialised), unless draining by then."""
+        """LIVE once every worker is (its xDS initialised, as its pings say), unless
+        draining by then."""
         while self.state == "INITIALIZING":
-            states = [reply.get("state") for reply in await self.snapshots()]
-            if len(states) == len(self.workers) and all(s == "LIVE" for s in states):
-                break
-            await trio.sleep(0.05)
-        if self.state != "INITIALIZING":
-            return
-        self.state = "LIVE"
-        self.stats.state.set(0)
-        self.stats.live.set(1)
+            if all(w.serving and w.state == "LIVE" for w in self.workers):
+                self.state = "LIVE"
+                self.stats.state.set(0)
+                self.stats.live.set(1)
+                return
+            await trio.sleep(PING_INTERVAL_STARTING)
 
     async def _drain(self) -> None:
         self.state = "DRAINING"
@@ -384,13 +548,6 @@ class Supervisor:
                     assert worker.process is not None
                     await worker.process.wait()
 
-    async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                self.request_shutdown()
-                return
-
     async def _housekeeping(self) -> None:
         """Uptime every second; a stats snapshot every flush
         interval, so that a worker that dies loses at most that much of its counters."""
@@ -399,7 +556,7 @@ class Supervisor:
         while True:
             self.stats.uptime.set(int(time.time() - self.started_wall))
             if trio.current_time() >= next_poll:
-                await self.snapshots()
+                await self.refresh()
                 next_poll = trio.current_time() + interval
             await trio.sleep(1.0)
 
@@ -407,7 +564,10 @@ class Supervisor:
 def _exit_reason(worker: Worker) -> str:
     code = worker.process.returncode if worker.process is not None else None
     if code is None:
-        return "still running"
+        return "still running" if worker.process is not None else "not started"
     if code < 0:
-        return f"killed by {signal.Signals(-code).name}"
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:  # a real-time signal has no name
+            return f"killed by signal {-code}"
     return f"exit status {code}"

@@ -21,12 +21,13 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import trio
 
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 from trioproxy.xds import resources as R
 from trioproxy.xds.manager import XdsManager
 from trioproxy.xds.sotw import Rejection, TypeState, with_node
@@ -52,6 +53,8 @@ Opener = Callable[[str, str], AbstractAsyncContextManager[MessageStream]]
 
 class ControlPlaneStats(StatBlock):
     """``control_plane.*``."""
+
+    import_modes: ClassVar[dict[str, ImportMode]] = {"connected_state": NEVER_IMPORT}
 
     connected_state: Gauge
     pending_requests: Gauge

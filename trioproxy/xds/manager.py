@@ -29,7 +29,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import attrs
 import trio
@@ -38,6 +38,7 @@ from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.http.rds import RouteHolder
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
+from trioproxy.stats.store import NEVER_IMPORT, ImportMode
 from trioproxy.upstream.config import ClusterConfig, assignment_endpoints
 from trioproxy.xds import resources as R
 from trioproxy.xds.sotw import Rejection
@@ -55,6 +56,8 @@ DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
 
 class SubscriptionStats(StatBlock):
     """Envoy's per-subscription stats (``cluster_manager.cds.``, ``listener_manager.lds.`` …)."""
+
+    import_mode: ClassVar[ImportMode] = NEVER_IMPORT  # every worker applies the same updates
 
     update_attempt: Counter
     update_success: Counter
