@@ -8,7 +8,7 @@ helper that must flush does it in a ``finally`` under a shielded, short deadline
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import trio
@@ -18,6 +18,10 @@ class Background:
     def __init__(self) -> None:
         self._nursery: trio.Nursery | None = None
         self._pending: list[tuple[Callable[..., Awaitable[Any]], tuple[Any, ...]]] = []
+        #: Objects shared by everything built for this server, by a key of the builder's
+        #: choosing (a tracer per tracing config: one reporter, however many listeners use
+        #: it). They live as long as the server, not the process.
+        self.shared: dict[Hashable, Any] = {}
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._nursery is not None:

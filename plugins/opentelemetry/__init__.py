@@ -199,16 +199,17 @@ class OtelTracer:
         return OtelSpan(self, start)
 
 
-_tracers: dict[tuple[OtelConfig, int], OtelTracer] = {}
-
-
 def _create(config: OtelConfig, ctx: TracerContext) -> OtelTracer:
-    key = (config, id(ctx.background))
-    tracer = _tracers.get(key)
+    """One tracer (one reporter) per config for each server; a tracer built without a server
+    (``ctx.background`` None) reports nothing and is not shared."""
+    background = ctx.background
+    key = (NAME, config)
+    tracer: OtelTracer | None = background.shared.get(key) if background else None
     if tracer is None:
-        tracer = _tracers[key] = OtelTracer(config, ctx)
-        if ctx.background is not None:
-            ctx.background.start_soon(tracer.reporter.run)
+        tracer = OtelTracer(config, ctx)
+        if background is not None:
+            background.shared[key] = tracer
+            background.start_soon(tracer.reporter.run)
     return tracer
 
 

@@ -21,21 +21,23 @@ from .tracer import Reporter, ZipkinStats, ZipkinTracer
 NAME = "envoy.tracers.zipkin"
 TYPE_URL = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 
-_tracers: dict[tuple[ZipkinConfig, int, str], ZipkinTracer] = {}
-
 
 def _config(raw: Mapping[str, Any]) -> ZipkinConfig:
     return ZipkinConfig.from_proto(raw)
 
 
 def _create(config: ZipkinConfig, ctx: TracerContext) -> ZipkinTracer:
-    key = (config, id(ctx.background), ctx.service_cluster)
-    tracer = _tracers.get(key)
+    """One tracer (one reporter) per config for each server; a tracer built without a server
+    (``ctx.background`` None) reports nothing and is not shared."""
+    background = ctx.background
+    key = (NAME, config, ctx.service_cluster)
+    tracer: ZipkinTracer | None = background.shared.get(key) if background else None
     if tracer is None:
         reporter = Reporter(config, ctx, ZipkinStats(ctx.store.scope("tracing.zipkin.")))
-        tracer = _tracers[key] = ZipkinTracer(config, ctx, reporter)
-        if ctx.background is not None:
-            ctx.background.start_soon(reporter.run)
+        tracer = ZipkinTracer(config, ctx, reporter)
+        if background is not None:
+            background.shared[key] = tracer
+            background.start_soon(reporter.run)
     return tracer
 
 

@@ -241,3 +241,35 @@ async def test_a_dead_collector_fails_reports_not_requests(nursery: trio.Nursery
     with trio.fail_after(5):
         while proxy.stat("tracing.zipkin.reports_failed") < 1:  # noqa: ASYNC110
             await trio.sleep(0.05)
+
+
+def test_each_server_gets_its_own_tracer_and_stats() -> None:
+    """A tracer is shared by the listeners of one server only: a server built after another
+    is gone reports into its own stats. (Tracers were cached by ``id()`` of the server's
+    background object; a new server whose object reused a freed one's address got the old
+    tracer, counting into a store nobody reads.)"""
+    from trioproxy_plugins.zipkin import _create
+    from trioproxy_plugins.zipkin.config import ZipkinConfig
+
+    from trioproxy.background import Background
+    from trioproxy.stats import Store
+    from trioproxy.tracing import TracerContext
+
+    cfg = ZipkinConfig.from_proto(
+        {"collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans"}
+    )
+
+    def context(store: Store, background: Background) -> TracerContext:
+        return TracerContext("front", "node", "127.0.0.1", None, background, store)
+
+    stores = []
+    for _ in range(20):  # freed objects' addresses come back quickly in CPython
+        store, background = Store(), Background()
+        tracer = _create(cfg, context(store, background))
+        assert _create(cfg, context(store, background)) is tracer  # shared within a server
+        tracer.reporter.stats.reports_failed.value += 1
+        assert any(
+            c.name == "tracing.zipkin.reports_failed" and c.value == 1 for c in store.counters()
+        )
+        stores.append(store)
+        del tracer, background
