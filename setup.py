@@ -18,7 +18,7 @@ from pathlib import Path
 
 from setuptools import setup
 
-#: Typed modules of the HTTP/1.1 hot path (see docs/benchmarks.md for what it buys).
+#: Typed modules of the hot path (HTTP/1.1 and HTTP/2) (see docs/benchmarks.md for what it buys).
 COMPILED = [
     "trioproxy/http/headers.py",
     "trioproxy/http/h1/events.py",
@@ -30,6 +30,10 @@ COMPILED = [
     "trioproxy/http/matchers.py",
     "trioproxy/http/local_reply.py",
     "trioproxy/http/conn_manager.py",
+    "trioproxy/http/h2_connection.py",
+    "trioproxy/http/h2_headers.py",
+    "trioproxy/http/h2_writer.py",
+    "trioproxy/upstream/h2_client.py",
     "trioproxy/upstream/http1_client.py",
     "trioproxy/upstream/pool.py",
     "trioproxy/upstream/circuit_breaker.py",

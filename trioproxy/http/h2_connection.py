@@ -619,22 +619,10 @@ class Http2Connection:
                 return reply  # type: ignore[no-any-return]
         body: AsyncIterator[bytes] | None = None
         if not s.no_body:
-            body = self._request_body(stream, s)
+            body = _RequestBody(self, stream, s)
             if chain.request_data or chain.request_trailers:
                 body = filtered_request_body(self.cfg.chain, stream, body)
         return await chain.terminal.serve(stream, body)
-
-    async def _request_body(self, stream: HttpStream, s: _Stream) -> AsyncIterator[bytes]:
-        info = stream.info
-        assert s.body is not None
-        async for data, flow in s.body:
-            info.bytes_received += len(data)
-            self._credit(s, flow)  # forwarded: the client may send more
-            if data:
-                yield data
-        info.last_downstream_rx = _now()
-        if s.trailers:
-            stream.request_trailers = Headers(s.trailers)
 
     # ------------------------------------------------------------------ responses
 
@@ -770,3 +758,42 @@ def is_preface(data: bytes) -> bool | None:
 
 
 __all__ = ["PREFACE", "Http2Connection", "ProtocolError", "is_preface"]
+
+
+class _RequestBody:
+    """A stream's request body as an async iterator: its credit goes back to the client as
+    the router forwards each chunk. A class, not an async generator, so that mypyc can
+    compile this module (setup.py)."""
+
+    __slots__ = ("conn", "stream", "s", "_done")
+
+    def __init__(self, conn: Http2Connection, stream: HttpStream, s: _Stream) -> None:
+        self.conn = conn
+        self.stream = stream
+        self.s = s
+        self._done = False
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        body = self.s.body
+        assert body is not None
+        info = self.stream.info
+        while not self._done:
+            try:
+                data, flow = await body.receive()
+            except trio.EndOfChannel:
+                self._done = True
+                info.last_downstream_rx = _now()
+                if self.s.trailers:
+                    self.stream.request_trailers = Headers(self.s.trailers)
+                break
+            info.bytes_received += len(data)
+            self.conn._credit(self.s, flow)  # forwarded: the client may send more
+            if data:
+                return data
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        """(Nothing to release: the stream owns its channel.)"""

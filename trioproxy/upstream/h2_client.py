@@ -408,22 +408,10 @@ class H2Exchange:
             self.conn.writer.wake()
         return self._head, b"".join(initial)
 
-    async def iter_body(self) -> Any:
-        conn = self.conn
-        while True:
-            while self._data:
-                data, flow = self._data.popleft()
-                if flow and not conn.closed:
-                    # the credit goes back only now that the data is taken: back-pressure
-                    conn.h2.acknowledge_received_data(flow, self.stream_id)
-                    conn.writer.wake()
-                if data:
-                    yield data
-            if self._error is not None:
-                raise self._error
-            if self.complete:
-                return
-            await self._changed.wait()
+    def iter_body(self) -> _ResponseBody:
+        """The rest of the response body; each chunk's credit goes back to the upstream only
+        when the chunk is taken (back-pressure)."""
+        return _ResponseBody(self)
 
     @property
     def reusable(self) -> bool:
@@ -648,3 +636,38 @@ class AutoPool:
     async def aclose(self) -> None:
         self.drain()
         await trio.lowlevel.checkpoint()
+
+
+class _ResponseBody:
+    """``H2Exchange.iter_body``: a class, not an async generator, so that mypyc can compile
+    this module (setup.py)."""
+
+    __slots__ = ("exchange",)
+
+    def __init__(self, exchange: H2Exchange) -> None:
+        self.exchange = exchange
+
+    def __aiter__(self) -> _ResponseBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        ex = self.exchange
+        conn = ex.conn
+        while True:
+            while ex._data:
+                data, flow = ex._data.popleft()
+                if flow and not conn.closed:
+                    # the credit goes back only now that the data is taken: back-pressure
+                    conn.h2.acknowledge_received_data(flow, ex.stream_id)
+                    conn.writer.wake()
+                if data:
+                    return data
+            error = ex._error
+            if error is not None:
+                raise error
+            if ex.complete:
+                raise StopAsyncIteration
+            await ex._changed.wait()
+
+    async def aclose(self) -> None:
+        """(Nothing to release: the router settles the exchange.)"""
