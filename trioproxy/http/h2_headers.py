@@ -39,7 +39,12 @@ from hpack import NeverIndexedHeaderTuple
 from trioproxy.http.headers import Headers
 from trioproxy.http.request_headers import HOP_BY_HOP
 
-Block = list[tuple[bytes, bytes]]
+#: A field to send: a plain pair, or hpack's ``NeverIndexedHeaderTuple`` (a tuple subclass)
+#: for values kept out of the HPACK table. (The union, not ``tuple[bytes, bytes]``: compiled
+#: by mypyc, a value typed as a tuple is unboxed and boxed again as a plain tuple, which
+#: loses the never-indexed mark; the compiled test suite caught it.)
+Field = tuple[bytes, bytes] | NeverIndexedHeaderTuple
+Block = list[Field]
 
 #: Not sent upstream: connection-specific fields (RFC 9113 §8.2.2; a request's ``te:
 #: trailers`` is the exception) and ``host``, which ``:authority`` carries.
@@ -187,7 +192,7 @@ def trailer_fields(block: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]
     return list(zip(names, values, strict=True))
 
 
-def _field(name: str, value: str) -> tuple[bytes, bytes]:
+def _field(name: str, value: str) -> Field:
     raw = value.encode("latin-1").strip()
     if name in _SENSITIVE or name in _UNIQUE or (name == "cookie" and len(raw) < 20):
         return NeverIndexedHeaderTuple(name.encode("latin-1"), raw)
