@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import h2.config
 from hpack import NeverIndexedHeaderTuple
@@ -39,11 +40,12 @@ from hpack import NeverIndexedHeaderTuple
 from trioproxy.http.headers import Headers
 from trioproxy.http.request_headers import HOP_BY_HOP
 
-#: A field to send: a plain pair, or hpack's ``NeverIndexedHeaderTuple`` (a tuple subclass)
-#: for values kept out of the HPACK table. (The union, not ``tuple[bytes, bytes]``: compiled
-#: by mypyc, a value typed as a tuple is unboxed and boxed again as a plain tuple, which
-#: loses the never-indexed mark; the compiled test suite caught it.)
-Field = tuple[bytes, bytes] | NeverIndexedHeaderTuple
+#: A field to send: a ``(name, value)`` pair, or hpack's ``NeverIndexedHeaderTuple`` (a
+#: subclass of it) for values kept out of the HPACK table. Typed ``Any`` on purpose: compiled
+#: by mypyc, a value typed ``tuple[bytes, bytes]`` is unboxed and boxed again as a plain tuple,
+#: which loses the never-indexed mark (the compiled test suite caught it), and hpack's class
+#: is declared a subtype of that tuple, so no union keeps it apart.
+Field = Any
 Block = list[Field]
 
 #: Not sent upstream: connection-specific fields (RFC 9113 §8.2.2; a request's ``te:
@@ -230,13 +232,14 @@ def request_block(method: str, headers: Headers) -> Block:
     path = pseudo.get(":path")
     if not authority or not path:
         raise ValueError("a request needs :authority and a non-empty :path")
-    return [
+    block: Block = [
         (b":method", method.encode("latin-1")),
         (b":scheme", pseudo.get(":scheme", "http").encode("latin-1")),
         (b":authority", authority.encode("latin-1")),
         (b":path", path.encode("latin-1")),
-        *regular,
     ]
+    block += regular
+    return block
 
 
 def trailers_block(fields: Iterable[tuple[str, str]]) -> Block:
