@@ -36,6 +36,7 @@ from types import TracebackType
 # How trioproxy is started; {config} is replaced by the config path. Easy to change.
 TRIOPROXY_COMMAND = [
     sys.executable,
+    "-P",  # not the sources in the working directory, when trioproxy is a compiled install
     "-m",
     "trioproxy",
     "serve",

@@ -126,7 +126,7 @@ def main() -> int:
     backend, port, admin = free_port(), free_port(), free_port()
     (tmp / "envoy.yaml").write_text(CONFIG.format(admin=admin, port=port, backend=backend))
     log = open(tmp / "proxy.log", "wb")  # noqa: SIM115 - open for the run
-    serve = [sys.executable, "-m", "trioproxy", "serve", "-c", str(tmp / "envoy.yaml")]
+    serve = [sys.executable, "-P", "-m", "trioproxy", "serve", "-c", str(tmp / "envoy.yaml")]
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "http.server", str(backend), "--bind", "127.0.0.1"],

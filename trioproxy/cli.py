@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trioproxy import __version__, compiled_modules
+from trioproxy import __version__, compiled_modules, mixed_install
 from trioproxy.errors import ConfigError, config_error_in
 
 if TYPE_CHECKING:
@@ -105,6 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         args_list.insert(0, "serve")  # `trioproxy -c envoy.yaml`, like `envoy -c envoy.yaml`
     args = make_parser().parse_args(args_list)
+    if (reason := mixed_install()) is not None:
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=_LEVELS[args.log_level],
         format="[%(asctime)s][%(levelname)s][%(name)s] %(message)s",
