@@ -97,7 +97,8 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         sock = self.socket
         total = len(data)
         try:
-            sent = sock.send(data)  # the common case: the kernel takes it all at once
+            # the common case: the kernel takes it all at once (nothing to send: no syscall)
+            sent = sock.send(data) if total else 0
         except BlockingIOError:
             sent = 0
         except OSError as exc:
