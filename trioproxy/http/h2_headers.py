@@ -49,19 +49,9 @@ Field = Any
 Block = list[Field]
 
 #: Not sent upstream: connection-specific fields (RFC 9113 §8.2.2; a request's ``te:
-#: trailers`` is the exception) and ``host``, which ``:authority`` carries.
-_REQUEST_DROPPED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-        "http2-settings",
-        "host",
-    }
-)
+#: trailers`` is the exception) and ``host``, which ``:authority`` carries: the hop-by-hop
+#: set but ``trailer``, which HTTP/2 carries end to end.
+_REQUEST_DROPPED = (HOP_BY_HOP - {"trailer"}) | {"host"}
 _SENSITIVE = frozenset({"authorization", "proxy-authorization"})
 #: Fields whose value is new on every request: kept out of the HPACK table, where each would
 #: evict an entry worth keeping and make every later block longer and slower to encode.
