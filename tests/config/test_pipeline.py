@@ -19,7 +19,9 @@ from trioproxy.config.schema import canonicalize
 from trioproxy.config.types import duration, fractional_percent, socket_address
 from trioproxy.errors import ConfigError
 
-DEMOS = sorted(glob.glob("/work/shared/envoy-demos/*/*.yaml"))
+# ../shared beside the repository (as in CI's clean clone), not a path of one machine
+SHARED = Path(__file__).resolve().parents[3] / "shared"
+DEMOS = sorted(glob.glob(str(SHARED / "envoy-demos" / "*" / "*.yaml")))
 
 BASE = """\
 static_resources:
@@ -131,7 +133,12 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path", DEMOS, ids=[os.path.relpath(p, "/work/shared") for p in DEMOS])
+def test_the_demo_configs_are_found() -> None:
+    """(Else the parametrised test below would quietly run no case.)"""
+    assert len({Path(p).parent.name for p in DEMOS}) >= 4, f"no demo configs under {SHARED}"
+
+
+@pytest.mark.parametrize("path", DEMOS, ids=[os.path.relpath(p, SHARED) for p in DEMOS])
 def test_demo_configs_load(path: str) -> None:
     loaded = load_bootstrap(path=path)
     assert loaded.canonical["static_resources"]
