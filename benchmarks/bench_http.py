@@ -98,6 +98,15 @@ def run(
     return results
 
 
+def _envoy_peer(name: str) -> str:
+    """The Envoy row a row is compared with: the same worker count and tracing
+    (``trioproxy-c2`` with ``envoy-c2``, ``trioproxy+tracing`` with ``envoy+tracing``,
+    ``trioproxy-pure`` with ``envoy``)."""
+    base, plus, suffix = name.partition("+")
+    workers = [p for p in base.split("-")[1:] if p[:1] == "c" and p[1:].isdigit()]
+    return "envoy" + "".join(f"-{w}" for w in workers[:1]) + plus + suffix
+
+
 def table(results: Sequence[Result]) -> list[list[str]]:
     """Rows for one role: ÷ envoy for the other proxies (traced ones against traced Envoy)."""
     rows = [["target", "conns", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "÷ envoy", "÷ direct"]]
@@ -108,11 +117,7 @@ def table(results: Sequence[Result]) -> list[list[str]]:
     for r in results:
         name, c = r.target.name, r.connections
         base, _, suffix = name.partition("+")
-        # trioproxy-c2 is compared with envoy-c2; trioproxy-pure with envoy
-        workers = base.partition("-")[2] if base.partition("-")[2].startswith("c") else ""
-        envoy = by.get(
-            ("envoy" + (f"-{workers}" if workers else "") + (f"+{suffix}" if suffix else ""), c)
-        )
+        envoy = by.get((_envoy_peer(name), c))
         row = [
             name + (f" ({r.load.errors})" if r.load.errors else ""),
             str(c),
@@ -120,7 +125,7 @@ def table(results: Sequence[Result]) -> list[list[str]]:
             f"{r.load.p50_ms:.3f}",
             f"{r.load.p99_ms:.3f}" if not math.isnan(r.load.p99_ms) else "-",
             f"{r.cpu_us_per_req:.1f}" if r.cpu_us_per_req is not None else "-",
-            ratio(r.load.rps, envoy) if base.partition("-")[0] not in ("envoy", "direct") else "",
+            ratio(r.load.rps, envoy) if r.target.kind not in ("envoy", "direct") else "",
             ratio(r.load.rps, by.get(("direct", c))) if name != "direct" else "",
         ]
         if traced:

@@ -648,7 +648,7 @@ class Http2Connection:
             info.response_flags.add(reply.flag)
         info.response_code_details = reply.details or "via_local_reply"
         route = stream._route if stream._routed else None
-        if route is not None and hasattr(route, "apply_response_headers"):
+        if route is not None and getattr(route, "mutates_headers", False):
             route.apply_response_headers(headers, info)
         stream.response_headers = headers
         if filters:
