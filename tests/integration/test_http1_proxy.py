@@ -334,3 +334,46 @@ async def test_request_timeout_answers_408_for_a_stalled_body(nursery: trio.Nurs
         )
     assert out.startswith(b"HTTP/1.1 408")
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 1
+
+
+async def test_a_slow_client_gets_all_of_a_connection_close_response(
+    nursery: trio.Nursery,
+) -> None:
+    """The proxy's writes back up behind a client that is not reading; closing the
+    connection after the response must still deliver every byte before the FIN (the last
+    write, the 0 chunk, is queued for the tick's flush; tests/test_io.py forces the case
+    where the kernel has no room left for it)."""
+    payload = bytes(range(256)) * 1200  # 300 KiB, chunked: the last write is the small 0 chunk
+    backend = Backend()
+    backend.handler = lambda r: Reply(
+        body=[payload[i : i + 65536] for i in range(0, len(payload), 65536)], chunked=True
+    )
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", proxy.port))
+    await sock.send(b"GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+    await trio.sleep(0.5)  # not reading: the proxy's writes back up
+    received = bytearray()
+    with trio.fail_after(10):
+        while chunk := await sock.recv(4096):
+            received += chunk
+            await trio.sleep(0.001)
+    sock.close()
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in head.lower()
+    assert body.endswith(b"\r\n0\r\n\r\n")
+    assert _dechunk(body) == payload
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = bytearray()
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if not size:
+            return bytes(out)
+        out += body[:size]
+        body = body[size + 2 :]
