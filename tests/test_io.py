@@ -5,6 +5,7 @@ sent, and a failed send surfaces on the next one."""
 from __future__ import annotations
 
 import socket
+import threading
 
 import pytest
 import trio
@@ -133,14 +134,44 @@ async def test_close_with_a_backlog_sends_it_before_the_fin() -> None:
     peer.close()
 
 
-async def test_close_with_a_backlog_gives_up_after_the_linger_without_progress() -> None:
+async def test_close_with_a_backlog_gives_up_after_the_linger_with_a_reset() -> None:
     stream, peer = _pair(small_buffers=True)
     await _fill(stream)
     stream.close()
     await trio.sleep(0.1)
     assert stream.socket.fileno() != -1  # still sending
     await trio.sleep(CLOSE_LINGER + 0.3)
-    assert stream.socket.fileno() == -1  # the peer never read: closed anyway
+    assert stream.socket.fileno() == -1  # the peer never read: closed anyway,
+    with pytest.raises(ConnectionResetError):  # and not with a FIN: the stream was cut
+        await _read_all(peer)
+    peer.close()
+
+
+async def test_close_wakes_a_sender_waiting_for_the_backlog() -> None:
+    stream, peer = _pair(small_buffers=True)
+    await _fill(stream)
+
+    async def sender() -> None:
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.send_all(b"after the backlog")
+
+    with trio.fail_after(0.5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            await trio.sleep(0.05)
+            stream.close()
+    peer.close()
+
+
+async def test_a_cancelled_large_send_loses_nothing_sent_before_it() -> None:
+    stream, peer = _pair(small_buffers=True)
+    accepted = await _fill(stream)
+    with trio.move_on_after(0.1):
+        await stream.send_all(b"x" * (QUEUE_LIMIT * 2))  # waits for the backlog: cancelled
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_eof)  # after the backlog, read here
+        assert await _read_all(peer) == accepted
+    stream.close()
     peer.close()
 
 
@@ -155,6 +186,32 @@ async def test_a_failed_queued_send_is_raised_by_the_next_send() -> None:
             await stream.send_all(b"anyone there?")
             await trio.sleep(0.01)
     stream.close()
+
+
+async def test_a_failed_queued_send_is_raised_by_send_eof() -> None:
+    stream, peer = _pair()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()
+    await trio.sleep(0.05)
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.send_all(b"one")
+        await stream.send_all(b"two")  # queued (a tick's second send), fails at the flush
+        await trio.sleep(0.05)
+        await stream.send_eof()
+    stream.close()
+
+
+async def test_a_cancelled_send_eof_can_be_retried() -> None:
+    stream, peer = _pair(small_buffers=True)
+    accepted = await _fill(stream)
+    with trio.move_on_after(0.1) as scope:
+        await stream.send_eof()  # waits for the backlog: the peer is not reading
+    assert scope.cancelled_caught
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_eof)
+        assert await _read_all(peer) == accepted  # everything, then the FIN
+    stream.close()
+    peer.close()
 
 
 async def test_send_eof_sends_the_queue_first() -> None:
@@ -184,4 +241,47 @@ async def test_a_reader_blocked_on_the_stream_is_woken_by_close_even_with_a_back
         stream.close()
         with trio.fail_after(1):
             await woken.wait()
+    peer.close()
+
+
+def test_a_stream_outlives_its_trio_run() -> None:
+    """Made in one run, used in the next: its sends are not queued for the ended run."""
+    stream, peer = _pair()
+
+    async def send(data: bytes) -> None:
+        for byte in data:
+            await stream.send_all(bytes([byte]))  # a tick's second send on is queued
+
+    trio.run(send, b"ab")
+    trio.run(send, b"cde")
+
+    async def finish() -> bytes:
+        stream.close()
+        return await _read_all(peer)
+
+    assert trio.run(finish) == b"abcde"
+    peer.close()
+
+
+def test_what_a_run_leaves_in_a_backlog_is_sent_after_it_ends() -> None:
+    stream, peer = _pair(small_buffers=True)
+    got = bytearray()
+
+    def read() -> None:
+        peer.setblocking(True)
+        while chunk := peer.recv(65536):
+            got.extend(chunk)
+
+    reader = threading.Thread(target=read)
+
+    async def main() -> bytes:
+        accepted = await _fill(stream)
+        stream.close()  # with a backlog: the run ends before it is sent
+        reader.start()
+        return accepted
+
+    accepted = trio.run(main)
+    reader.join(timeout=5)
+    assert not reader.is_alive()
+    assert bytes(got) == accepted
     peer.close()

@@ -19,14 +19,19 @@ it would only delay it (by the task's next wait and the scheduler's turn: 10-20 
 one connection). Nothing else changes for the caller:
 
 - order is kept: a send too big to queue (over ``QUEUE_LIMIT`` with what is queued) first
-  sends the queue, then itself, at once;
+  sends the queue, then itself;
 - back-pressure is kept: what the kernel does not take at the flush is sent by a system task
   as the socket drains, and the stream's next ``send_all`` (or ``send_eof``,
-  ``wait_send_all_might_not_block``) waits for it;
-- an error in a queued send is raised by the stream's next ``send_all``;
+  ``wait_send_all_might_not_block``) waits for it; a cancelled wait loses nothing already
+  accepted;
+- an error in a queued send is raised by the stream's next ``send_all`` or ``send_eof``;
 - ``close()`` sends the queue first; a remainder the kernel will not take yet keeps the socket
   open, unreadable, until it is sent or ``CLOSE_LINGER`` passes without progress (Envoy's
-  ``delayed_close_timeout``, restarted by progress, the same).
+  ``delayed_close_timeout``, restarted by progress, the same), and then the connection is
+  reset, not closed with a FIN: the peer must not take a cut stream for a whole one;
+- a run that ends with sends still queued (or in a backlog) sends them after its last task,
+  blocking for ``CLOSE_LINGER`` at most in all;
+- a stream may be used by a later ``trio.run`` than the one that made it.
 
 It implements ``trio.abc.HalfCloseableStream``, so ``trio.SSLStream`` can wrap it.
 """
@@ -36,12 +41,11 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+import struct
+import time
+from typing import cast
 
 import trio
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,14 @@ QUEUE_LIMIT = 16384
 CLOSE_LINGER = 1.0
 
 
+def _abort(sock: socket.socket) -> None:
+    """Make the coming close() send a reset (SO_LINGER 0) instead of a FIN."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:  # pragma: no cover - already reset
+        pass
+
+
 def _map_oserror(exc: OSError) -> trio.BrokenResourceError:
     err = trio.BrokenResourceError(f"socket error: {exc}")
     err.__cause__ = exc
@@ -63,16 +75,20 @@ def _map_oserror(exc: OSError) -> trio.BrokenResourceError:
 class _TickFlusher:
     """Sends every stream's queue just before trio waits for I/O; one per ``trio.run``.
 
-    A trio instrument by duck type: trio registers the hooks an instrument has, and this one
-    has only ``before_io_wait`` (a raising hook would be dropped by trio, so it never raises).
+    A trio instrument by duck type: trio registers the hooks an instrument has (here
+    ``before_io_wait`` and ``after_run``). Neither may raise: trio would drop a raising
+    instrument, and every queue after it would wait forever.
     """
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self.token = token
+        self.live = True
         self.queued: list[FastSocketStream] = []
         # sends asked for in this tick; whether the last tick had more than one
         self.sends = 0
         self.busy = False
+        # streams whose backlog the ending run could not send (see after_run)
+        self.leftovers: list[FastSocketStream] = []
 
     def before_io_wait(self, timeout: float) -> None:
         self.busy = self.sends > 1
@@ -81,7 +97,23 @@ class _TickFlusher:
         if queued:
             self.queued = []
             for stream in queued:
-                stream._flush_queue()
+                try:
+                    stream._flush_queue()
+                except BaseException:  # pragma: no cover - _flush_queue does not raise
+                    log.exception("flushing a queued send failed")
+
+    def after_run(self) -> None:
+        """The run ended: what is still queued, or was left in a backlog by the cancelled
+        system task, gets ``CLOSE_LINGER`` in all to go out with blocking sends."""
+        self.live = False
+        deadline = time.monotonic() + CLOSE_LINGER
+        for stream in self.queued + self.leftovers:
+            try:
+                stream._send_at_exit(deadline)
+            except BaseException:  # pragma: no cover - _send_at_exit does not raise
+                log.exception("sending a queued write at the end of the run failed")
+        self.queued = []
+        self.leftovers = []
 
 
 _FLUSHER: trio.lowlevel.RunVar[_TickFlusher] = trio.lowlevel.RunVar("trioproxy.io.flusher")
@@ -97,14 +129,19 @@ def _current_flusher() -> _TickFlusher:
         return flusher
 
 
+def _wake_run() -> None:
+    """Nothing: run through ``run_sync_soon``, it makes trio's next I/O wait return at once."""
+
+
 class _Backlog:
     """What the kernel did not take when a queue was flushed, and the task sending it."""
 
-    __slots__ = ("data", "done", "error", "closing", "scope")
+    __slots__ = ("data", "wake", "error", "closing", "scope")
 
     def __init__(self, data: memoryview) -> None:
         self.data = data
-        self.done = trio.Event()
+        # set when the backlog is sent (or failed), and by close(): a waiting sender wakes
+        self.wake = trio.Event()
         self.error: OSError | None = None
         self.closing = False
         self.scope: trio.CancelScope | None = None
@@ -135,7 +172,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         self._flusher: _TickFlusher | None = None
         # set while a system task sends what a flush left over
         self._backlog: _Backlog | None = None
-        # a queued send's failure, raised by the next send_all
+        # a queued send's failure, raised by the next send_all or send_eof
         self._error: OSError | None = None
 
     @property
@@ -203,7 +240,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         queue = self._queue
         if queue is None:
             flusher = self._flusher
-            if flusher is None:
+            if flusher is None or not flusher.live:
                 flusher = self._flusher = _current_flusher()
             flusher.sends += 1
             if 0 < size <= QUEUE_LIMIT and (flusher.busy or flusher.sends > 1):
@@ -217,9 +254,12 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             queue.append(data if type(data) is bytes else bytes(data))
             self._queued += size
         else:
-            # too much for one tick: what is queued goes first, then this, both now
-            self._queue = None
-            await self._send_now(b"".join(queue))
+            # too much for one tick: what is queued goes first (a remainder by the backlog
+            # task, so a cancel here loses nothing already accepted), then this, now
+            self._flush_queue()
+            await self._wait_backlog()
+            if self._error is not None:
+                raise _map_oserror(self._error)
             await self._send_now(data)
         self._ops += 1
         if self._ops >= CHECKPOINT_EVERY:
@@ -279,14 +319,26 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         backlog = self._backlog = _Backlog(rest)
         flusher = self._flusher
         assert flusher is not None
-        # (from the flush hook trio has already chosen how long to sleep: run_sync_soon
-        # wakes it, and the task starts in this tick)
-        spawn: Callable[..., object] = trio.lowlevel.spawn_system_task
-        flusher.token.run_sync_soon(spawn, self._send_backlog, backlog)
+        try:
+            trio.lowlevel.spawn_system_task(self._send_backlog, backlog)
+        except RuntimeError:
+            # the run is ending (its system nursery is closed): sent after it ends
+            self._backlog = None
+            backlog.wake.set()
+            self._queue = [bytes(rest)]
+            flusher.leftovers.append(self)
+            return
+        try:
+            # (from the flush hook trio has already chosen how long to sleep: wake it so
+            # the task starts in the next tick)
+            flusher.token.run_sync_soon(_wake_run)
+        except trio.RunFinishedError:  # pragma: no cover - the hook runs inside the run
+            pass
 
     async def _send_backlog(self, backlog: _Backlog) -> None:
         sock = self.socket
         view = backlog.data
+        handed_over = False
         try:
             with trio.CancelScope() as scope:
                 backlog.scope = scope
@@ -307,30 +359,70 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                     view = view[sent:]
                     if backlog.closing:
                         scope.deadline = trio.current_time() + CLOSE_LINGER
+        except trio.Cancelled:
+            # the run is ending: what is left goes after it ends (_TickFlusher.after_run)
+            flusher = self._flusher
+            assert flusher is not None
+            self._queue = [bytes(view)]
+            flusher.leftovers.append(self)
+            handed_over = True
+            raise
         except OSError as exc:
             backlog.error = exc
         except trio.ClosedResourceError:
             pass
-        except Exception:  # pragma: no cover - a bug here must not take the run down
+        except Exception as exc:  # pragma: no cover - a bug here must not take the run down
             log.exception("sending a queued write failed")
+            backlog.error = BrokenPipeError(f"sending a queued write failed: {exc!r}")
         finally:
-            view.release()
-            backlog.data.release()
+            unsent = len(view) > 0 and not handed_over
             self._backlog = None
             if backlog.error is not None and self._error is None:
                 self._error = backlog.error
-            backlog.done.set()
-            if backlog.closing:
-                self._close_socket()
+            elif unsent and self._error is None:
+                self._error = BrokenPipeError("the peer took nothing for CLOSE_LINGER")
+            backlog.wake.set()
+            if backlog.closing and not handed_over:
+                # given up with bytes unsent: a reset, so the peer cannot take the
+                # truncated stream for a whole one
+                self._close_socket(abort=unsent)
+
+    def _send_at_exit(self, deadline: float) -> None:
+        """After the run: send what is queued, blocking until ``deadline`` at most; then
+        close the socket if the stream was closed meanwhile (a reset if bytes are left)."""
+        queue = self._queue
+        self._queue = None
+        sock = self.socket
+        unsent = False
+        if queue is not None and self._error is None and sock.fileno() != -1:
+            data = memoryview(b"".join(queue))
+            try:
+                while len(data):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    sock.settimeout(left)
+                    data = data[sock.send(data) :]
+            except OSError as exc:  # (socket.timeout is an OSError)
+                self._error = exc
+            finally:
+                unsent = len(data) > 0
+                if sock.fileno() != -1:
+                    sock.setblocking(False)
+        if self._closed and sock.fileno() != -1:
+            if unsent:
+                _abort(sock)
+            sock.close()
 
     async def _wait_backlog(self) -> None:
         backlog = self._backlog
         if backlog is not None:
-            await backlog.done.wait()
+            await backlog.wake.wait()
             if self._closed:
                 raise trio.ClosedResourceError("stream is closed")
 
     async def wait_send_all_might_not_block(self) -> None:
+        self._flush_queue()  # (a backlog's task must be the one waiting to write)
         if self._backlog is not None:
             await self._wait_backlog()
             return
@@ -340,12 +432,17 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._shut_wr or self._closed:
             return
+        # what is queued goes before the FIN; until then no more may be sent, and a cancel
+        # leaves the stream as it was (what was queued goes on in the backlog)
         self._shut_wr = True
-        await self._wait_backlog()
-        queue = self._queue
-        if queue is not None:
-            self._queue = None
-            await self._send_now(b"".join(queue))
+        try:
+            self._flush_queue()
+            await self._wait_backlog()
+        except BaseException:
+            self._shut_wr = False
+            raise
+        if self._error is not None:
+            raise _map_oserror(self._error)
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -360,22 +457,26 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         if self._closed:
             return
         self._closed = True
-        if self._queue is not None and self._backlog is None:
+        if self._backlog is None:
             self._flush_queue()
         self._queue = None
         backlog = self._backlog
         if backlog is None:
-            self._close_socket()
+            self._close_socket(abort=False)
             return
-        # what the kernel has not taken yet still goes, before the FIN; readers and
-        # writers waiting on the stream are woken (ClosedResourceError) as on any close
+        # what the kernel has not taken yet still goes, before the FIN; tasks waiting on the
+        # stream (to read, or to send after the backlog) are woken with ClosedResourceError
+        # as on any close
         backlog.closing = True
         if backlog.scope is not None:
             backlog.scope.deadline = trio.current_time() + CLOSE_LINGER
+        backlog.wake.set()
         trio.lowlevel.notify_closing(self.socket)
 
-    def _close_socket(self) -> None:
+    def _close_socket(self, *, abort: bool) -> None:
         trio.lowlevel.notify_closing(self.socket)
+        if abort:
+            _abort(self.socket)
         self.socket.close()
 
     def sockname(self) -> tuple[str, int]:
