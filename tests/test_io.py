@@ -5,6 +5,7 @@ sent, and a failed send surfaces on the next one."""
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 
 import pytest
@@ -50,7 +51,7 @@ def _pattern(n: int, seed: int = 0) -> bytes:
 
 async def test_sends_of_one_tick_arrive_whole_and_in_order() -> None:
     stream, peer = _pair()
-    parts = [
+    parts: list[bytes | bytearray | memoryview] = [
         _pattern(10, 1),
         bytearray(_pattern(300, 2)),
         memoryview(_pattern(QUEUE_LIMIT - 400, 3)),
@@ -175,28 +176,30 @@ async def test_a_cancelled_large_send_loses_nothing_sent_before_it() -> None:
     peer.close()
 
 
+def _reset(peer: socket.socket) -> None:
+    """The peer goes away with a reset (SO_LINGER 0)."""
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    peer.close()
+
+
 async def test_a_failed_queued_send_is_raised_by_the_next_send() -> None:
     stream, peer = _pair()
-    # the peer goes away with a reset
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    peer.close()
-    await trio.sleep(0.05)
+    await stream.send_all(b"one")  # a quiet tick's first send: sent at once
+    await stream.send_all(b"two")  # the tick's second: queued
+    _reset(peer)
+    await trio.sleep(0.01)  # the flush fails
     with pytest.raises(trio.BrokenResourceError):
-        for _ in range(3):  # queued; its failure is seen by a later call
-            await stream.send_all(b"anyone there?")
-            await trio.sleep(0.01)
+        await stream.send_all(b"three")
     stream.close()
 
 
 async def test_a_failed_queued_send_is_raised_by_send_eof() -> None:
     stream, peer = _pair()
-    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    peer.close()
-    await trio.sleep(0.05)
+    await stream.send_all(b"one")
+    await stream.send_all(b"two")
+    _reset(peer)
+    await trio.sleep(0.01)
     with pytest.raises(trio.BrokenResourceError):
-        await stream.send_all(b"one")
-        await stream.send_all(b"two")  # queued (a tick's second send), fails at the flush
-        await trio.sleep(0.05)
         await stream.send_eof()
     stream.close()
 
