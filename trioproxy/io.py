@@ -336,17 +336,17 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             pass
 
     async def _send_backlog(self, backlog: _Backlog) -> None:
+        # (what is left is kept in backlog.data, not in a local, for the handlers below)
         sock = self.socket
-        view = backlog.data
         handed_over = False
         try:
             with trio.CancelScope() as scope:
                 backlog.scope = scope
                 if backlog.closing:
                     scope.deadline = trio.current_time() + CLOSE_LINGER
-                while len(view):
+                while len(backlog.data):
                     try:
-                        sent = sock.send(view)
+                        sent = sock.send(backlog.data)
                     except BlockingIOError:
                         try:
                             await trio.lowlevel.wait_writable(sock)
@@ -356,14 +356,14 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                             if not backlog.closing:
                                 raise
                         continue
-                    view = view[sent:]
+                    backlog.data = backlog.data[sent:]
                     if backlog.closing:
                         scope.deadline = trio.current_time() + CLOSE_LINGER
         except trio.Cancelled:
             # the run is ending: what is left goes after it ends (_TickFlusher.after_run)
             flusher = self._flusher
             assert flusher is not None
-            self._queue = [bytes(view)]
+            self._queue = [bytes(backlog.data)]
             flusher.leftovers.append(self)
             handed_over = True
             raise
@@ -375,7 +375,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             log.exception("sending a queued write failed")
             backlog.error = BrokenPipeError(f"sending a queued write failed: {exc!r}")
         finally:
-            unsent = len(view) > 0 and not handed_over
+            unsent = len(backlog.data) > 0 and not handed_over
             self._backlog = None
             if backlog.error is not None and self._error is None:
                 self._error = backlog.error
@@ -402,7 +402,9 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                     if left <= 0:
                         break
                     sock.settimeout(left)
-                    data = data[sock.send(data) :]
+                    # (not data[sock.send(data):]: mypyc evaluates that bound twice)
+                    sent = sock.send(data)
+                    data = data[sent:]
             except OSError as exc:  # (socket.timeout is an OSError)
                 self._error = exc
             finally:
