@@ -136,13 +136,12 @@ def _wake_run() -> None:
 class _Backlog:
     """What the kernel did not take when a queue was flushed, and the task sending it."""
 
-    __slots__ = ("data", "wake", "error", "closing", "scope")
+    __slots__ = ("data", "wake", "closing", "scope")
 
     def __init__(self, data: memoryview) -> None:
         self.data = data
         # set when the backlog is sent (or failed), and by close(): a waiting sender wakes
         self.wake = trio.Event()
-        self.error: OSError | None = None
         self.closing = False
         self.scope: trio.CancelScope | None = None
 
@@ -325,8 +324,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             # the run is ending (its system nursery is closed): sent after it ends
             self._backlog = None
             backlog.wake.set()
-            self._queue = [bytes(rest)]
-            flusher.leftovers.append(self)
+            self._leave_for_exit(rest)
             return
         try:
             # (from the flush hook trio has already chosen how long to sleep: wake it so
@@ -334,6 +332,13 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             flusher.token.run_sync_soon(_wake_run)
         except trio.RunFinishedError:  # pragma: no cover - the hook runs inside the run
             pass
+
+    def _leave_for_exit(self, rest: memoryview) -> None:
+        """The run is ending with ``rest`` unsent: ``_TickFlusher.after_run`` sends it."""
+        flusher = self._flusher
+        assert flusher is not None
+        self._queue = [bytes(rest)]
+        flusher.leftovers.append(self)
 
     async def _send_backlog(self, backlog: _Backlog) -> None:
         # (what is left is kept in backlog.data, not in a local, for the handlers below)
@@ -361,25 +366,20 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                         scope.deadline = trio.current_time() + CLOSE_LINGER
         except trio.Cancelled:
             # the run is ending: what is left goes after it ends (_TickFlusher.after_run)
-            flusher = self._flusher
-            assert flusher is not None
-            self._queue = [bytes(backlog.data)]
-            flusher.leftovers.append(self)
+            self._leave_for_exit(backlog.data)
             handed_over = True
             raise
         except OSError as exc:
-            backlog.error = exc
+            self._error = self._error or exc
         except trio.ClosedResourceError:
             pass
         except Exception as exc:  # pragma: no cover - a bug here must not take the run down
             log.exception("sending a queued write failed")
-            backlog.error = BrokenPipeError(f"sending a queued write failed: {exc!r}")
+            self._error = self._error or BrokenPipeError(f"sending a queued write failed: {exc!r}")
         finally:
             unsent = len(backlog.data) > 0 and not handed_over
             self._backlog = None
-            if backlog.error is not None and self._error is None:
-                self._error = backlog.error
-            elif unsent and self._error is None:
+            if unsent and self._error is None:
                 self._error = BrokenPipeError("the peer took nothing for CLOSE_LINGER")
             backlog.wake.set()
             if backlog.closing and not handed_over:
