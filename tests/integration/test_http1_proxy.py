@@ -377,3 +377,32 @@ def _dechunk(body: bytes) -> bytes:
             return bytes(out)
         out += body[:size]
         body = body[size + 2 :]
+
+
+async def test_idle_connections_share_parsers_without_mixing_requests(
+    nursery: trio.Nursery,
+) -> None:
+    # Between requests a connection gives its parser back to the listener's pool and takes
+    # one (perhaps another connection's) when bytes arrive; a connection with part of a head
+    # keeps its own. Interleave both and check every answer is for its own request.
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=r.target.encode())
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    slow = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await slow.send_all(b"GET /slow HTTP/1.1\r\nho")  # part of a head: its parser stays
+    clients = [await Client.connect(proxy.port) for _ in range(3)]
+    for round_ in range(3):
+        for i, client in enumerate(clients):
+            resp, body = await client.request("GET", f"/c{i}-{round_}")
+            assert (resp.status_code, body) == (200, f"/c{i}-{round_}".encode())
+    await slow.send_all(b"st: a\r\n\r\nGET /after HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+    out = b""
+    with trio.fail_after(5):
+        while chunk := await slow.receive_some(65536):
+            out += chunk
+    assert re.findall(rb"\r\n\r\n(/[a-z]+)", out) == [b"/slow", b"/after"]
+    assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 11
+    for client in clients:
+        await client.aclose()
+    await slow.aclose()

@@ -106,11 +106,9 @@ class Http1Connection:
         self.stats = cfg.stats
         self.lstats = lstats
         self.stream = conn.stream
-        self.parser = h1.make_server_parser(
-            cfg.h1_codec,
-            max_header_bytes=cfg.max_request_headers_bytes,
-            max_headers=cfg.max_headers_count,
-        )
+        # Taken from ``cfg.parsers`` when a request's first bytes arrive, given back when the
+        # connection waits for the next one with nothing parsed ahead (``_read_head``).
+        self.parser: Any = None
         self.rx = 0
         self.tx = 0
         self._body_done = True
@@ -285,11 +283,20 @@ class Http1Connection:
         """The next request head, or None when the connection should close quietly."""
         parser = self.parser
         try:
-            ev = parser.next_event()
+            ev = h1.NEED_DATA if parser is None else parser.next_event()
             if ev is h1.NEED_DATA:
+                pool = None
+                if parser is None or parser.at_rest():
+                    # Nothing parsed ahead: an idle connection holds no parser.
+                    pool = self.cfg.parsers
+                    if parser is not None:
+                        self.parser = None
+                        pool.give(parser)
                 data = await self._wait_first_bytes()
                 if not data:
                     return None
+                if pool is not None:
+                    parser = self.parser = pool.take()
                 parser.feed(data)
                 ev = parser.next_event()
             if ev is h1.NEED_DATA:

@@ -17,7 +17,7 @@ from trioproxy.accesslog.loggers import build_access_log
 from trioproxy.config.types import duration
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
-from trioproxy.http import xfcc
+from trioproxy.http import h1, xfcc
 from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
 from trioproxy.http.path import EscapedSlashes
 from trioproxy.http.rds import RouteHolder
@@ -230,6 +230,16 @@ class HcmConfig:
     #: ``upgrade_configs``: the upgrade types (lower case) this connection manager forwards.
     upgrades: frozenset[str] = frozenset()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Parsers of its HTTP/1.1 connections' requests, held only while a request is read.
+    parsers: h1.ServerParserPool = attrs.field(init=False, eq=False, repr=False)
+
+    @parsers.default
+    def _parser_pool(self) -> h1.ServerParserPool:
+        return h1.ServerParserPool(
+            self.h1_codec,
+            max_header_bytes=self.max_request_headers_bytes,
+            max_headers=self.max_headers_count,
+        )
 
     @classmethod
     def from_proto(cls, d: Mapping[str, Any], ctx: BuildContext) -> HcmConfig:

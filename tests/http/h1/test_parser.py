@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -358,3 +359,69 @@ def test_trailers_held_to_the_header_grammar(codec: str, trailer: bytes) -> None
 def test_empty_lines_before_a_request_are_ignored(codec: str) -> None:
     ev = parse_requests(codec, b"\r\n\r\nGET  /x  HTTP/1.1\r\n\r\n")
     assert ev[0].target == "/x"
+
+
+def _finish_message(p: Any) -> None:
+    """Read one whole request from ``p`` and start the next cycle."""
+    assert type(p.next_event()) is h1.RequestHead
+    ev = p.next_event()
+    while type(ev) is h1.Data:
+        ev = p.next_event()
+    assert type(ev) is h1.EndOfMessage
+    p.start_next_cycle()
+
+
+def test_at_rest_only_between_messages_with_nothing_ahead(codec: str) -> None:
+    # An idle keep-alive connection gives its parser back to a pool only at rest; a parser
+    # holding any part of the next request must stay with its connection.
+    p = h1.make_server_parser(codec)
+    assert p.at_rest()
+    p.feed(GET)
+    assert not p.at_rest()  # a request waiting to be read
+    _finish_message(p)
+    assert p.at_rest()
+    p.feed(GET + GET[:5])  # a pipelined request, and the start of the next
+    _finish_message(p)
+    assert not p.at_rest()  # b"GET /" is parsed ahead
+    assert p.next_event() is h1.NEED_DATA
+    p.feed(GET[5:])
+    _finish_message(p)
+    assert p.at_rest()
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        b"GET /a HTTP/1.1\r\nConnection: close\r\n\r\n",  # nothing may follow
+        b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"GET /a HTTP/1.1\r\nContent-Length: x\r\n\r\n",  # an error
+    ],
+)
+def test_not_at_rest_after_close_upgrade_or_error(codec: str, wire: bytes) -> None:
+    p = h1.make_server_parser(codec)
+    p.feed(wire)
+    with pytest.raises(ProtocolError) if b"x\r" in wire else contextlib.nullcontext():
+        ev = p.next_event()
+        while ev is not h1.PAUSED and ev is not h1.NEED_DATA:
+            ev = p.next_event()
+    p.start_next_cycle()
+    assert not p.at_rest()
+
+
+def test_pool_hands_out_parsers_as_good_as_new(codec: str) -> None:
+    pool = h1.ServerParserPool(codec, max_header_bytes=100, max_headers=3)
+    p = pool.take()
+    p.feed(GET)
+    _finish_message(p)
+    pool.give(p)
+    q = pool.take()
+    assert q is p  # reused
+    q.feed(b"GET / HTTP/1.1\r\n" + b"".join(b"h%d: v\r\n" % i for i in range(4)) + b"\r\n")
+    with pytest.raises(ProtocolError):  # the pool's limits hold for reused parsers too
+        q.next_event()
+    pool.give(q)  # not at rest: dropped
+    r = pool.take()
+    assert r is not q
+    r.feed(GET[:5])
+    pool.give(r)  # holds part of a request: dropped
+    assert pool.take() is not r

@@ -42,6 +42,7 @@ __all__ = [
     "Event",
     "RequestHead",
     "ResponseHead",
+    "ServerParserPool",
     "encode_chunk",
     "encode_last_chunk",
     "encode_request_head",
@@ -74,6 +75,36 @@ def make_server_parser(codec: str | None = None, **limits: int) -> Any:
     from trioproxy.http.h1 import _h11
 
     return _h11.ServerParser(**limits)
+
+
+class ServerParserPool:
+    """Request parsers shared by the connections of one connection manager config.
+
+    A keep-alive connection waiting for its next request holds no parser (llhttp's and its
+    callbacks are about 1.2 KiB): it gives its parser back here when the response is done and
+    takes one (this one, another, or a new one) when the next request's first bytes arrive.
+    ``give`` keeps a parser only at rest (between messages, nothing parsed ahead, nothing
+    wrong; ``at_rest``), which makes it as good as a new one; a parser holding anything stays
+    with its connection. At most ``MAX_FREE`` are kept: the pool holds what the busiest moment
+    needed, bounded.
+    """
+
+    __slots__ = ("_codec", "_free", "_limits")
+
+    MAX_FREE = 1024
+
+    def __init__(self, codec: str | None = None, **limits: int) -> None:
+        self._codec = codec
+        self._limits = limits
+        self._free: list[Any] = []
+
+    def take(self) -> Any:
+        free = self._free
+        return free.pop() if free else make_server_parser(self._codec, **self._limits)
+
+    def give(self, parser: Any) -> None:
+        if len(self._free) < self.MAX_FREE and parser.at_rest():
+            self._free.append(parser)
 
 
 def make_client_parser(codec: str | None = None, **limits: int) -> Any:

@@ -76,6 +76,20 @@ class _Base:
         self._paused = False
         self._head = None
 
+    def at_rest(self) -> bool:
+        """Between messages with nothing buffered and nothing wrong (see ``_httptools``)."""
+        buffered, closed = self._conn.trailing_data
+        return not (
+            self._paused
+            or self._upgraded
+            or self._eof
+            or closed
+            or buffered
+            or self._head is not None
+            or self._tail is not None
+            or self._error is not None
+        )
+
     def trailing_data(self) -> bytes:
         if self._tail is not None:
             return self._tail

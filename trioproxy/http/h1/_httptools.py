@@ -205,6 +205,19 @@ class _Base:
     def start_next_cycle(self) -> None:
         self._paused = False
 
+    def at_rest(self) -> bool:
+        """Between messages with nothing parsed ahead and nothing wrong: a parser in this
+        state is as good as a new one (llhttp keeps nothing of the last message once the next
+        has not begun; bytes before it, CR and LF, are skipped, as by a new parser)."""
+        return not (
+            self._paused
+            or self._events
+            or self._in_head
+            or self._upgraded
+            or self._eof
+            or self._error is not None
+        )
+
     def trailing_data(self) -> bytes:
         return self._trailing
 
