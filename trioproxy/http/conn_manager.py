@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -82,7 +81,6 @@ class Http1Connection:
         "stream",
         "rx",
         "tx",
-        "_route_fn",
         "_body_done",
         "_continue_pending",
         "_filter_error",
@@ -120,14 +118,6 @@ class Http1Connection:
         remote, local = conn.info.remote_address, conn.info.local_address
         self._remote = f"{remote[0]}:{remote[1]}"
         self._local = f"{local[0]}:{local[1]}"
-        routes = cfg.routes  # read per request: an RDS update applies to the next one
-        getrandbits = random.getrandbits
-
-        def route_fn(headers: Headers) -> Any:
-            current = routes.current
-            return None if current is None else current.route(headers, getrandbits(63))
-
-        self._route_fn = route_fn
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
         # Timeouts (see ``trioproxy.watchdog``): ``deadline`` is the next one to fire.
         self.deadline = math.inf
@@ -406,7 +396,7 @@ class Http1Connection:
             headers.remove("expect")
         info.request_headers = headers
         stream = HttpStream(request_headers=headers, info=info, connection=conn_info)
-        stream._router = self._route_fn
+        stream._router = self.cfg.routes.route
         stream.end_stream = self._body_done
         stream.cancel_scope = self._scope
         self._stream = stream

@@ -45,11 +45,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import h2.connection
 import h2.errors
@@ -525,14 +523,7 @@ class Http2Connection:
             headers.set(":scheme", pseudo[":scheme"])
         info.request_headers = headers
         stream = HttpStream(request_headers=headers, info=info, connection=self.conn.info)
-        routes = cfg.routes
-        rand = random.getrandbits
-
-        def route_fn(hs: Headers) -> Any:
-            current = routes.current
-            return None if current is None else current.route(hs, rand(63))
-
-        stream._router = route_fn
+        stream._router = cfg.routes.route
         stream.end_stream = s.no_body
         stream.cancel_scope = s.scope
         if cfg.tracing is not None and reject is None:

@@ -13,12 +13,16 @@ so one that fails for any of them is NACKed whole.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
 
+from trioproxy.http.headers import Headers
 from trioproxy.http.route_table import RouteConfiguration
+
+_getrandbits = random.getrandbits
 
 
 @attrs.define(eq=False)
@@ -27,6 +31,13 @@ class RouteHolder:
     current: RouteConfiguration | None = None
     #: ``route_config_name`` under RDS, "" for an inline route_config.
     rds_name: str = ""
+
+    def route(self, headers: Headers) -> Any:
+        """The route for a request under the current configuration (``None`` before the
+        first one arrives, or when nothing matches); the random value picks among weighted
+        clusters and runtime fractions."""
+        current = self.current
+        return None if current is None else current.route(headers, _getrandbits(63))
 
 
 class RdsSubscriber(Protocol):
