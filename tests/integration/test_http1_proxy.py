@@ -406,3 +406,27 @@ async def test_idle_connections_share_parsers_without_mixing_requests(
     for client in clients:
         await client.aclose()
     await slow.aclose()
+
+
+async def test_local_address_is_the_connection_s_own_on_a_wildcard_listener(
+    nursery: trio.Nursery,
+) -> None:
+    # A listener bound to one IP knows every connection's local address without asking;
+    # one bound to 0.0.0.0 must ask each connection (127.0.0.2 reaches it on Linux's lo).
+    backend = Backend()
+    await nursery.start(backend.serve)
+    routes = """
+              - match: {prefix: "/"}
+                route: {cluster: backend}
+                response_headers_to_add:
+                - header: {key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}"""
+    for bind, dial in (("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.2")):
+        config = simple_config([backend.port], routes=routes).replace(
+            "name: main\n    address:\n      socket_address: {address: 127.0.0.1,",
+            f"name: main\n    address:\n      socket_address: {{address: {bind},",
+        )
+        proxy = await start_proxy(nursery, config)
+        client = Client(await trio.open_tcp_stream(dial, proxy.port))
+        resp, _ = await client.request("GET", "/")
+        assert header(resp, "x-local") == f"{dial}:{proxy.port}"
+        await client.aclose()

@@ -14,6 +14,7 @@ listener named after its original destination's port).
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import logging
 import socket
@@ -70,6 +71,19 @@ def bind_socket(
 FindListener = Callable[[tuple[str, int]], "Listener | None"]
 
 
+def _fixed_local_address(sock: socket.socket) -> tuple[str, int] | None:
+    """The local address of every connection the socket accepts, when the socket says it:
+    bound to one IP address (not a wildcard), each accepted connection has that address, so
+    no ``getsockname`` per connection (a system call, and a tuple and a string each idle
+    connection would hold). ``None``: ask each connection."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    host, port = sock.getsockname()[:2]
+    if ipaddress.ip_address(host).is_unspecified:
+        return None
+    return (host, port)
+
+
 class Listener:
     """A running listener. ``drain`` stops new connections and tells live ones to finish."""
 
@@ -104,6 +118,7 @@ class Listener:
                     handlers.start_soon(self._cancel_on_drain, accept_scope)
                     while sock is None:  # bind_to_port: false — hand-offs only
                         await trio.sleep_forever()
+                    fixed_local = _fixed_local_address(sock)
                     while True:
                         try:
                             conn, addr = sock.accept()
@@ -118,11 +133,14 @@ class Listener:
                             stats.downstream_cx_overflow.value += 1
                             conn.close()
                             continue
-                        try:
-                            local = conn.getsockname()[:2]
-                        except OSError:
-                            conn.close()
-                            continue
+                        if fixed_local is not None:
+                            local = fixed_local
+                        else:
+                            try:
+                                local = conn.getsockname()[:2]
+                            except OSError:
+                                conn.close()
+                                continue
                         self.active += 1  # now, not when the task starts: a drain must see it
                         # (the task starts in _run_connection: one coroutine frame less held
                         # by every connection)
