@@ -68,8 +68,14 @@ async def test_upstream_refusing_the_upgrade_is_a_plain_response(nursery: trio.N
     proxy = await start_proxy(nursery, simple_config([port], hcm_extra=UPGRADES))
     raw = await raw_exchange(
         proxy.port,
-        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        # What follows an upgrade request is the new protocol's, never another request: the
+        # refused upgrade's response says the connection closes, and it does.
+        b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     assert raw.startswith(b"HTTP/1.1 200")
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert b"\r\nconnection: close\r\n" in raw.lower()
+    assert len(backend.requests) == 1
     sent = dict(backend.requests[0].headers)
     assert sent["upgrade"] == "websocket" and sent["connection"].lower() == "upgrade"

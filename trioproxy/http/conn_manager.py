@@ -371,7 +371,9 @@ class Http1Connection:
         st.downstream_rq_total.value += 1
         st.downstream_rq_http1_total.value += 1
         st.downstream_rq_active.value += 1
-        keep_alive = head.keep_alive
+        # After an upgrade request (or CONNECT) the parser takes what follows the head as the
+        # new protocol's bytes, so a response other than the tunnel's ends the connection.
+        keep_alive = head.keep_alive and head.upgrade is None
         head_only = head.method == "HEAD"
         info = StreamInfo(
             start_time=time.time(),

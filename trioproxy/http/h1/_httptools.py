@@ -92,9 +92,9 @@ class _Base:
     _p: Any
 
     def __init__(self, max_header_bytes: int, max_headers: int, max_uri: int) -> None:
-        # A list read from ``_pos`` rather than a deque: an idle keep-alive connection keeps
-        # its parser, and an empty deque holds a 64-slot block (760 bytes) where a list
-        # holds nothing; emptied whenever it has been read to the end.
+        # A list read from ``_pos`` rather than a deque: a parser waits in a pool between
+        # requests (``ServerParserPool``), and an empty deque holds a 64-slot block (760
+        # bytes) where a list holds nothing; emptied whenever it has been read to the end.
         self._events: list[Any] = []
         self._pos = 0
         self._error: ProtocolError | None = None
