@@ -40,6 +40,9 @@ COMPILED = [
     "trioproxy/upstream/lb.py",
     "trioproxy/watchdog.py",
     "trioproxy/io.py",
+    "trioproxy/stats/store.py",
+    "trioproxy/http/rds.py",
+    "trioproxy/upstream/cluster_manager.py",
 ]
 
 #: Built-in plugins to compile. plugins/ installs as ``trioproxy_plugins``, and mypyc names a

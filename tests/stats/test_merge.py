@@ -13,8 +13,12 @@ from trioproxy.server import ServerStats
 from trioproxy.stats import Store
 from trioproxy.stats.merge import merge, reset, retire, snapshot
 from trioproxy.stats.store import NEVER_IMPORT
-from trioproxy.upstream.cluster_manager import ClusterManagerStats
-from trioproxy.upstream.stats import CircuitBreakerStats, ClusterStats, RemainingStats
+from trioproxy.upstream.stats import (
+    CircuitBreakerStats,
+    ClusterManagerStats,
+    ClusterStats,
+    RemainingStats,
+)
 from trioproxy.xds.manager import SubscriptionStats
 
 UNLIMITED = 2**64 - 1

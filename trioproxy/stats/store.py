@@ -3,9 +3,9 @@
 Theory of operation: the hot path touches plain integers. A ``Counter`` or ``Gauge`` is a slotted
 object whose ``value`` is incremented in place (``stats.upstream_rq_total.value += 1``); nothing
 is looked up by name per request. Modules declare the stats they own as a ``StatBlock`` subclass
-(Envoy's ``ALL_CLUSTER_STATS`` macros, as annotated attributes), created once per cluster,
-listener or connection manager under a prefix. Stats that depend on a request (``upstream_rq_503``)
-are created lazily through the store, which caches by name.
+(``trioproxy.stats.block``: Envoy's ``ALL_CLUSTER_STATS`` macros, as annotated attributes),
+created once per cluster, listener or connection manager under a prefix. Stats that depend on a
+request (``upstream_rq_503``) are created lazily through the store, which caches by name.
 
 Histograms record into log-linear buckets (two significant digits, like Envoy's circllhist) and
 are summarised only when read, so recording is one dict update.
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import math
 import typing
-from collections.abc import Iterator, Mapping
-from typing import ClassVar, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 ImportMode = Literal["Accumulate", "NeverImport", "Headroom"]
 ACCUMULATE: ImportMode = "Accumulate"
@@ -267,38 +267,3 @@ class Scope:
 
     def scope(self, prefix: str) -> Scope:
         return Scope(self.store, self.prefix + prefix)
-
-
-class StatBlock:
-    """A named set of stats declared as annotated attributes, created under one scope.
-
-    ``units`` maps a histogram's attribute name to its unit when it is not milliseconds.
-    ``import_mode`` is how the block's counters and gauges merge across workers, and
-    ``import_modes`` overrides it for some attributes (see the module docstring).
-    """
-
-    units: ClassVar[dict[str, str]] = {}
-    import_mode: ClassVar[ImportMode] = ACCUMULATE
-    import_modes: ClassVar[Mapping[str, ImportMode]] = {}
-    #: (attribute, kind) per class, worked out once: ``get_type_hints`` evaluates every
-    #: annotation and would otherwise cost more than the stats themselves (1,000 CDS
-    #: clusters: 0.6 s).
-    _fields_cache: ClassVar[dict[type, tuple[tuple[str, type], ...]]] = {}
-
-    def __init__(self, scope: Scope) -> None:
-        cls = type(self)
-        fields = StatBlock._fields_cache.get(cls)
-        if fields is None:
-            hints = typing.get_type_hints(cls)
-            fields = tuple(
-                (name, kind) for name, kind in hints.items() if kind in (Counter, Gauge, Histogram)
-            )
-            StatBlock._fields_cache[cls] = fields
-        for name, kind in fields:
-            mode = self.import_modes.get(name, self.import_mode)
-            if kind is Counter:
-                setattr(self, name, scope.counter(name, mode))
-            elif kind is Gauge:
-                setattr(self, name, scope.gauge(name, mode))
-            else:
-                setattr(self, name, scope.histogram(name, self.units.get(name, "Milliseconds")))

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import attrs
 import trio
 
 from trioproxy.errors import UpstreamError
-from trioproxy.stats import Counter, Gauge, StatBlock, Store
-from trioproxy.stats.store import NEVER_IMPORT, ImportMode
+from trioproxy.stats import Store
 from trioproxy.upstream import lb
 from trioproxy.upstream.address import parse_host_port
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
@@ -39,7 +38,7 @@ from trioproxy.upstream.health_check import HealthChecker
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.outlier import OutlierDetector
 from trioproxy.upstream.pool import Http1Pool, PendingQueue
-from trioproxy.upstream.stats import ClusterStats
+from trioproxy.upstream.stats import ClusterManagerStats, ClusterStats
 
 SWEEP_INTERVAL = 5.0  # at most; shorter when an idle timeout is shorter
 
@@ -303,20 +302,6 @@ class Cluster:
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} {self.config.type} hosts={len(self.hosts)}>"
-
-
-class ClusterManagerStats(StatBlock):
-    import_mode: ClassVar[ImportMode] = NEVER_IMPORT  # every worker manages the same clusters
-
-    active_clusters: Gauge
-    warming_clusters: Gauge
-    cluster_added: Counter
-    cluster_modified: Counter
-    cluster_removed: Counter
-    cluster_updated: Counter
-    cluster_updated_via_merge: Counter
-    update_merge_cancelled: Counter
-    update_out_of_merge_window: Counter
 
 
 class ClusterManager:

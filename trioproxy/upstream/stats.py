@@ -120,3 +120,19 @@ class RemainingStats(StatBlock):
     remaining_rq: Gauge
     remaining_retries: Gauge
     remaining_cx_pools: Gauge  # max_connection_pools is unlimited: shown as 2^64 - 1
+
+
+class ClusterManagerStats(StatBlock):
+    """``cluster_manager.*``."""
+
+    import_mode: ClassVar[ImportMode] = NEVER_IMPORT  # every worker manages the same clusters
+
+    active_clusters: Gauge
+    warming_clusters: Gauge
+    cluster_added: Counter
+    cluster_modified: Counter
+    cluster_removed: Counter
+    cluster_updated: Counter
+    cluster_updated_via_merge: Counter
+    update_merge_cancelled: Counter
+    update_out_of_merge_window: Counter
