@@ -430,3 +430,25 @@ async def test_local_address_is_the_connection_s_own_on_a_wildcard_listener(
         resp, _ = await client.request("GET", "/")
         assert header(resp, "x-local") == f"{dial}:{proxy.port}"
         await client.aclose()
+
+
+async def test_h2c_upgrade_is_served_as_http1_like_envoy(nursery: trio.Nursery) -> None:
+    # curl --http2 on an http:// URL asks for h2c this way. Envoy does not take h2c
+    # upgrades: it serves the request over HTTP/1.1 without the upgrade headers, and the
+    # connection carries the next request.
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=r.target.encode())
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    out = await raw_exchange(
+        proxy.port,
+        b"GET /h2c HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert re.findall(rb"HTTP/1.1 (\d+)", out) == [b"200", b"200"]
+    assert re.findall(rb"\r\n\r\n(/[a-z0-9]+)", out) == [b"/h2c", b"/next"]
+    first = backend.requests[0]
+    assert first.header("upgrade") is None
+    assert first.header("http2-settings") is None
+    assert first.header("connection") is None

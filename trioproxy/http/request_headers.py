@@ -61,7 +61,10 @@ def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None
                 te_trailers = any(t.strip().lower() == "trailers" for t in value.split(","))
     extra.discard("")
     # Envoy keeps the end-to-end headers a Connection header names except these control ones.
-    drop = HOP_BY_HOP | (extra & {"keep-alive", "upgrade", "proxy-connection", "te"})
+    # (HTTP2-Settings belongs to the h2c upgrade, which is never forwarded: RFC 9113 §3.2.1.)
+    drop = HOP_BY_HOP | (
+        extra & {"keep-alive", "upgrade", "proxy-connection", "te", "http2-settings"}
+    )
     items[:] = [item for item in items if item[0] not in drop]
     if te_trailers:
         items.append(("te", "trailers"))

@@ -425,3 +425,23 @@ def test_pool_hands_out_parsers_as_good_as_new(codec: str) -> None:
     r.feed(GET[:5])
     pool.give(r)  # holds part of a request: dropped
     assert pool.take() is not r
+
+
+def test_h2c_upgrade_is_a_plain_request_and_the_next_one_follows(codec: str) -> None:
+    # As in Envoy, an h2c upgrade is not taken: the request is an ordinary one, and the
+    # bytes after it are the next request, not HTTP/2.
+    h2c = (
+        b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+    )
+    p = h1.make_server_parser(codec)
+    p.feed(h2c + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+    first = p.next_event()
+    assert (first.target, first.upgrade, first.keep_alive) == ("/a", None, True)
+    assert type(p.next_event()) is h1.EndOfMessage
+    p.start_next_cycle()
+    second = p.next_event()
+    assert second.target == "/b"
+    assert type(p.next_event()) is h1.EndOfMessage
+    p.start_next_cycle()
+    assert p.at_rest()

@@ -86,6 +86,7 @@ class _Base:
         "_raw_limit",
         "_trailers",
         "_trailing",
+        "_upgrade_ignored",
         "_upgraded",
     )
 
@@ -101,6 +102,7 @@ class _Base:
         self._abort: ProtocolError | None = None
         self._paused = False
         self._upgraded = False
+        self._upgrade_ignored = False  # the head's Upgrade is not taken (see ``_feed``)
         self._trailing = b""
         self._eof = False
         self._in_head = False
@@ -161,8 +163,17 @@ class _Base:
         try:
             self._p.feed_data(data)
         except _Upgrade as exc:
+            rest = data[exc.args[0] :]
+            if self._upgrade_ignored:
+                # llhttp switches protocols on any Upgrade; the head says this one is not
+                # taken (h2c): what follows is the next request, for a fresh llhttp parser.
+                self._upgrade_ignored = False
+                self._p = _new(type(self._p), self)
+                if rest:
+                    self._feed(rest)
+                return
             self._upgraded = True
-            self._trailing = data[exc.args[0] :]
+            self._trailing = rest
             return
         except _CallbackError as exc:
             err = self._abort
@@ -258,6 +269,7 @@ class ServerParser(_Base):
             self._fail(exc)
         if method == "CONNECT":
             upgrade = "CONNECT"
+        self._upgrade_ignored = upgrade is None
         self._events.append(
             RequestHead(
                 method,

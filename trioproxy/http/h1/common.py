@@ -146,6 +146,10 @@ def analyse(
     keep_alive = "close" not in toks and (version == "1.1" or "keep-alive" in toks)
     if not upgrade or "upgrade" not in toks:
         upgrade = None
+    elif is_request and upgrade.strip().lower() == "h2c":
+        # Like Envoy: h2c upgrades are not supported, so the request is served as a plain
+        # HTTP/1.1 one (its Upgrade, Connection and HTTP2-Settings headers are hop-by-hop).
+        upgrade = None
     return keep_alive, chunked, length, expect, upgrade
 
 
