@@ -1,4 +1,4 @@
-"""Small network facts about this host."""
+"""Small network facts about this host, and how Envoy writes an address."""
 
 from __future__ import annotations
 
@@ -33,3 +33,10 @@ def local_ipv4() -> str:
             if not address.startswith("127."):
                 return address
     return "127.0.0.1"
+
+
+def address_string(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    """``host:port`` as Envoy writes it (``Address::asString``): an IPv6 host in brackets,
+    ``[::1]:8080``."""
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -269,7 +269,7 @@ class Router(TerminalFilter):
             cluster.finish_request()
             stats.upstream_cx_none_healthy.value += 1
             return NO_HEALTHY_UPSTREAM
-        info.upstream_host = f"{host.address[0]}:{host.address[1]}"
+        info.upstream_host = host.address_str
         deadline = trio.current_time() + timeout if timeout else math.inf
         vh = route.virtual_host
         if vh is not None and vh.include_request_attempt_count:
@@ -403,7 +403,7 @@ class Router(TerminalFilter):
                 stats.upstream_cx_none_healthy.value += 1
                 return NO_HEALTHY_UPSTREAM
             tried.append(host)
-            info.upstream_host = f"{host.address[0]}:{host.address[1]}"
+            info.upstream_host = host.address_str
             headers = stream.request_headers
             vh = route.virtual_host
             if vh is not None and vh.include_request_attempt_count:

@@ -27,6 +27,7 @@ import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.http.stream_info import StreamInfo, now
+from trioproxy.netutil import address_string
 from trioproxy.network.filter import DownstreamConnection, TerminalNetworkFilter
 from trioproxy.stats import Counter, Gauge, StatBlock
 from trioproxy.upstream.cluster_manager import Cluster, ClusterManager
@@ -86,8 +87,8 @@ class TcpProxy(TerminalNetworkFilter):
             start_time=time.time(),
             start_monotonic=now(),
             protocol="",
-            downstream_remote_address=f"{ci.remote_address[0]}:{ci.remote_address[1]}",
-            downstream_local_address=f"{ci.local_address[0]}:{ci.local_address[1]}",
+            downstream_remote_address=address_string(ci.remote_address),
+            downstream_local_address=address_string(ci.local_address),
             downstream_direct_remote_address=f"{ci.remote_address[0]}:{ci.remote_address[1]}",
             requested_server_name=ci.sni,
             connection_id=ci.connection_id,
@@ -114,7 +115,7 @@ class TcpProxy(TerminalNetworkFilter):
                 stats.upstream_cx_overflow.value += 1
                 info.response_flags.add("UO")
                 return None
-            info.upstream_host = f"{host.address[0]}:{host.address[1]}"
+            info.upstream_host = host.address_str
             info.attempt_count += 1
             try:
                 up, created = await open_connection(
@@ -148,7 +149,7 @@ class TcpProxy(TerminalNetworkFilter):
         up, created, host = connected
         try:
             local = up.socket.getsockname()
-            info.upstream_local_address = f"{local[0]}:{local[1]}"
+            info.upstream_local_address = address_string(local)
         except OSError:
             pass
         session = _Session(self, conn, up, cluster, info)

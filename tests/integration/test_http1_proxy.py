@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+import socket
 
+import pytest
 import trio
 import trio.testing
 
@@ -452,3 +454,38 @@ async def test_h2c_upgrade_is_served_as_http1_like_envoy(nursery: trio.Nursery) 
     assert first.header("upgrade") is None
     assert first.header("http2-settings") is None
     assert first.header("connection") is None
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback here")
+async def test_ipv6_addresses_are_written_as_envoy_writes_them(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    await nursery.start(backend.serve)
+    routes = """
+              - match: {prefix: "/"}
+                route: {cluster: backend}
+                response_headers_to_add:
+                - header: {key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}
+                - header: {key: x-remote, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}
+                - header: {key: x-peer, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}"""
+    config = simple_config([backend.port], routes=routes).replace(
+        "name: main\n    address:\n      socket_address: {address: 127.0.0.1,",
+        "name: main\n    address:\n      socket_address: {address: '::1',",
+    )
+    proxy = await start_proxy(nursery, config)
+    stream = await trio.open_tcp_stream("::1", proxy.port)
+    client = Client(stream)
+    resp, _ = await client.request("GET", "/")
+    client_port = stream.socket.getsockname()[1]
+    assert header(resp, "x-local") == f"[::1]:{proxy.port}"
+    assert header(resp, "x-remote") == f"[::1]:{client_port}"
+    assert header(resp, "x-peer") == "::1"
+    await client.aclose()

@@ -58,6 +58,7 @@ from trioproxy.http.stream_common import (
 )
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
+from trioproxy.netutil import address_string
 from trioproxy.network.filter import DownstreamConnection
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,8 @@ class Http1Connection:
             self.stream, "receive_some_after_wait", self.stream.receive_some
         )
         remote, local = conn.info.remote_address, conn.info.local_address
-        self._remote = f"{remote[0]}:{remote[1]}"
-        self._local = f"{local[0]}:{local[1]}"
+        self._remote = address_string(remote)
+        self._local = address_string(local)
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
         # Timeouts (see ``trioproxy.watchdog``): ``deadline`` is the next one to fire.
         self.deadline = math.inf

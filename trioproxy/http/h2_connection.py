@@ -82,6 +82,7 @@ from trioproxy.http.stream_common import (
 )
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
+from trioproxy.netutil import address_string
 from trioproxy.network.filter import DownstreamConnection
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,8 @@ class Http2Connection:
         self._in_head = b""  # a partial frame header
         self._scheme = "https" if conn.info.tls else "http"
         remote, local = conn.info.remote_address, conn.info.local_address
-        self._remote = f"{remote[0]}:{remote[1]}"
-        self._local = f"{local[0]}:{local[1]}"
+        self._remote = address_string(remote)
+        self._local = address_string(local)
         self._nursery: trio.Nursery | None = None
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
         self._http2 = cfg.scope.scope("http2.")

@@ -56,6 +56,7 @@ from trioproxy.http.local_reply import for_request, reply_headers
 from trioproxy.http.route_table import RouteConfiguration
 from trioproxy.http.stream_common import filtered_request_body, filtered_response_body
 from trioproxy.http.stream_info import StreamInfo
+from trioproxy.netutil import address_string
 from trioproxy.registry import build_registry
 from trioproxy.stats import Store
 from trioproxy.upstream.cluster_manager import ClusterManager
@@ -237,13 +238,13 @@ class FilterHarness:
         h.items().append((":scheme", "http"))
         for k, v in headers:
             h.add(k.lower(), v)
-        remote = f"{self.remote_address[0]}:{self.remote_address[1]}"
+        remote = address_string(self.remote_address)
         info = StreamInfo(
             start_time=time.time(),
             start_monotonic=trio.current_time(),
             downstream_remote_address=remote,
             downstream_direct_remote_address=remote,
-            downstream_local_address=f"{self.local_address[0]}:{self.local_address[1]}",
+            downstream_local_address=address_string(self.local_address),
         )
         info.request_headers = h
         conn = ConnectionInfo(

@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from trioproxy.netutil import address_string
 from trioproxy.upstream.config import Locality
 
 HOST_STAT_NAMES = (
@@ -48,6 +49,12 @@ class Host:
     rq_timeout: int = 0
     rq_total: int = 0
     outlier: Any = None  # the outlier detector's per-host state
+    #: ``address`` as Envoy writes it (``[::1]:80`` for IPv6): ``%UPSTREAM_HOST%``.
+    address_str: str = attrs.field(init=False, eq=False)
+
+    @address_str.default
+    def _address_str(self) -> str:
+        return address_string(self.address)
 
     @property
     def usable(self) -> bool:
