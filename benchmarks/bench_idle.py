@@ -63,6 +63,11 @@ SETTLE = 2.0
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 REPO = Path(__file__).resolve().parents[1]
 OUR_CODE = (str(REPO / "trioproxy") + os.sep, str(REPO / "plugins") + os.sep)
+#: The same code installed (the suite's trioproxy is a non-editable compiled install).
+OUR_INSTALLED = (
+    f"{os.sep}site-packages{os.sep}trioproxy{os.sep}",
+    f"{os.sep}trioproxy_plugins{os.sep}",
+)
 
 
 # -- the client ------------------------------------------------------------------------------
@@ -239,7 +244,8 @@ def _holder(frame: tracemalloc.Frame, size: int, count: int, n: int) -> Holder:
 def our_frame(tb: tracemalloc.Traceback) -> tracemalloc.Frame | None:
     """The most recent frame in trioproxy's own code (``Traceback`` lists oldest first)."""
     for frame in reversed(list(tb)):
-        if frame.filename.startswith(OUR_CODE):
+        name = frame.filename
+        if name.startswith(OUR_CODE) or any(part in name for part in OUR_INSTALLED):
             return frame
     return None
 
