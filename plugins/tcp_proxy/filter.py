@@ -89,7 +89,7 @@ class TcpProxy(TerminalNetworkFilter):
             protocol="",
             downstream_remote_address=address_string(ci.remote_address),
             downstream_local_address=address_string(ci.local_address),
-            downstream_direct_remote_address=f"{ci.remote_address[0]}:{ci.remote_address[1]}",
+            downstream_direct_remote_address=address_string(ci.remote_address),
             requested_server_name=ci.sni,
             connection_id=ci.connection_id,
             filter_state=conn.filter_state,

@@ -410,6 +410,22 @@ async def test_idle_connections_share_parsers_without_mixing_requests(
     await slow.aclose()
 
 
+def _addresses_echoed(backend_port: int, bind: str) -> str:
+    """A listener on ``bind`` whose responses say the connection's addresses (x-local,
+    x-remote, and x-peer without the port), written by Envoy's formatters."""
+    routes = """
+              - match: {prefix: "/"}
+                route: {cluster: backend}
+                response_headers_to_add:
+                - header: {key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}
+                - header: {key: x-remote, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}
+                - header: {key: x-peer, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}"""
+    return simple_config([backend_port], routes=routes).replace(
+        "name: main\n    address:\n      socket_address: {address: 127.0.0.1,",
+        f"name: main\n    address:\n      socket_address: {{address: {bind},",
+    )
+
+
 async def test_local_address_is_the_connection_s_own_on_a_wildcard_listener(
     nursery: trio.Nursery,
 ) -> None:
@@ -417,17 +433,8 @@ async def test_local_address_is_the_connection_s_own_on_a_wildcard_listener(
     # one bound to 0.0.0.0 must ask each connection (127.0.0.2 reaches it on Linux's lo).
     backend = Backend()
     await nursery.start(backend.serve)
-    routes = """
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-                response_headers_to_add:
-                - header: {key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}"""
     for bind, dial in (("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.2")):
-        config = simple_config([backend.port], routes=routes).replace(
-            "name: main\n    address:\n      socket_address: {address: 127.0.0.1,",
-            f"name: main\n    address:\n      socket_address: {{address: {bind},",
-        )
-        proxy = await start_proxy(nursery, config)
+        proxy = await start_proxy(nursery, _addresses_echoed(backend.port, bind))
         client = Client(await trio.open_tcp_stream(dial, proxy.port))
         resp, _ = await client.request("GET", "/")
         assert header(resp, "x-local") == f"{dial}:{proxy.port}"
@@ -469,18 +476,7 @@ def _has_ipv6_loopback() -> bool:
 async def test_ipv6_addresses_are_written_as_envoy_writes_them(nursery: trio.Nursery) -> None:
     backend = Backend()
     await nursery.start(backend.serve)
-    routes = """
-              - match: {prefix: "/"}
-                route: {cluster: backend}
-                response_headers_to_add:
-                - header: {key: x-local, value: "%DOWNSTREAM_LOCAL_ADDRESS%"}
-                - header: {key: x-remote, value: "%DOWNSTREAM_REMOTE_ADDRESS%"}
-                - header: {key: x-peer, value: "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"}"""
-    config = simple_config([backend.port], routes=routes).replace(
-        "name: main\n    address:\n      socket_address: {address: 127.0.0.1,",
-        "name: main\n    address:\n      socket_address: {address: '::1',",
-    )
-    proxy = await start_proxy(nursery, config)
+    proxy = await start_proxy(nursery, _addresses_echoed(backend.port, "'::1'"))
     stream = await trio.open_tcp_stream("::1", proxy.port)
     client = Client(stream)
     resp, _ = await client.request("GET", "/")

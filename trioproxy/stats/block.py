@@ -18,7 +18,7 @@ class StatBlock:
 
     ``units`` maps a histogram's attribute name to its unit when it is not milliseconds.
     ``import_mode`` is how the block's counters and gauges merge across workers, and
-    ``import_modes`` overrides it for some attributes (see the module docstring).
+    ``import_modes`` overrides it for some attributes (see ``trioproxy.stats.store``).
     """
 
     units: ClassVar[dict[str, str]] = {}
