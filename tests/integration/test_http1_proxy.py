@@ -392,19 +392,24 @@ async def test_idle_connections_share_parsers_without_mixing_requests(
     await nursery.start(backend.serve)
     proxy = await start_proxy(nursery, simple_config([backend.port]))
     slow = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-    await slow.send_all(b"GET /slow HTTP/1.1\r\nho")  # part of a head: its parser stays
+    # A request, and part of the next head behind it: once the first is answered, the
+    # connection waits with a parser that holds something, which must stay its own.
+    await slow.send_all(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\nGET /slow HTTP/1.1\r\nho")
+    out = b""
+    with trio.fail_after(5):
+        while b"/first" not in out:
+            out += await slow.receive_some(65536)
     clients = [await Client.connect(proxy.port) for _ in range(3)]
     for round_ in range(3):
         for i, client in enumerate(clients):
             resp, body = await client.request("GET", f"/c{i}-{round_}")
             assert (resp.status_code, body) == (200, f"/c{i}-{round_}".encode())
     await slow.send_all(b"st: a\r\n\r\nGET /after HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
-    out = b""
     with trio.fail_after(5):
         while chunk := await slow.receive_some(65536):
             out += chunk
-    assert re.findall(rb"\r\n\r\n(/[a-z]+)", out) == [b"/slow", b"/after"]
-    assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 11
+    assert re.findall(rb"\r\n\r\n(/[a-z]+)", out) == [b"/first", b"/slow", b"/after"]
+    assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 12
     for client in clients:
         await client.aclose()
     await slow.aclose()
