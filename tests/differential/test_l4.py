@@ -309,5 +309,11 @@ async def test_network_local_rate_limit_agrees(nursery: trio.Nursery) -> None:
     """Two connections a minute: the third is closed, and counted."""
     sends = [(b"ab", "127.0.0.1"), (b"cd", "127.0.0.1"), (b"ef", "127.0.0.1")]
     results = await _filtered_echo(nursery, NETWORK_LRL, sends, "local_rate_limit.")
-    assert results["envoy"][0][:2] == [b"ba", b"dc"]
-    assert results["trioproxy"] == results["envoy"]
+    (envoy, envoy_stats), (ours, our_stats) = results["envoy"], results["trioproxy"]
+    assert envoy[:2] == [b"ba", b"dc"]
+    # Envoy closes the third with a FIN, or with a reset when the client's bytes arrive
+    # just before its close (seen once in CI); trioproxy always drains them and
+    # closes with a FIN (listener/tcp.py _refuse).
+    assert envoy[2] in (b"", b"<reset>")
+    assert ours == [b"ba", b"dc", b""]
+    assert our_stats == envoy_stats
