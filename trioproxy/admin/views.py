@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from trioproxy.admin.backend import ClusterView
+from trioproxy.netutil import address_string
 
 # (path, help text, mutates, [(param, help)])
 ENDPOINTS: tuple[tuple[str, str, bool, tuple[tuple[str, str], ...]], ...] = (
@@ -152,11 +153,6 @@ def _limits(cluster: ClusterView) -> dict[str, int]:
     return {k: int(getattr(cb, k, _DEFAULT_LIMITS[k])) for k in _LIMITS}
 
 
-def _addr(host: Any) -> str:
-    ip, port = host.address
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
 def _keep(cluster: ClusterView, pattern: re.Pattern[str] | None) -> bool:
     return pattern is None or pattern.search(cluster.name) is not None
 
@@ -173,7 +169,7 @@ def clusters_text(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
             out.extend(f"{n}::{prio}::{k}::{lim[k]}" for k in _LIMITS)
         out.append(f"{n}::added_via_api::{str(bool(c.info.added_via_api)).lower()}")
         for h in c.hosts:
-            a = f"{n}::{_addr(h)}"
+            a = f"{n}::{address_string(h.address)}"
             out.extend(f"{a}::{k}::{int(getattr(h, k, 0))}" for k in _TEXT_ORDER)
             region, zone, sub_zone = _locality(h)
             out += [

@@ -70,6 +70,6 @@ class Host:
         if self.ejected:
             health += " ejected"
         return (
-            f"<Host {self.address[0]}:{self.address[1]} weight={self.weight} {health}"
+            f"<Host {self.address_str} weight={self.weight} {health}"
             f" rq_active={self.rq_active} cx_active={self.cx_active}>"
         )

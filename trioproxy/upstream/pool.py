@@ -79,7 +79,7 @@ class UpstreamConnection:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"<UpstreamConnection {self.host.address[0]}:{self.host.address[1]} {state}" + (
+        return f"<UpstreamConnection {self.host.address_str} {state}" + (
             f" requests={self.requests}>"
         )
 
@@ -351,6 +351,6 @@ class Http1Pool:
 
     def __repr__(self) -> str:
         s = self.statistics()
-        addr = f"{self.host.address[0]}:{self.host.address[1]}"
+        addr = self.host.address_str
         closed = " closed" if self._closed else ""
         return f"<Http1Pool {addr} active={s.active} idle={s.idle} pending={s.pending}{closed}>"
