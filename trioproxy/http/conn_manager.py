@@ -72,6 +72,10 @@ class _Closed(Exception):
     """The downstream closed (or reset) the connection."""
 
 
+class _Park(Exception):
+    """The connection, idle, parks (``Http1Connection.expire``)."""
+
+
 class Http1Connection:
     __slots__ = (
         "conn",
@@ -97,6 +101,12 @@ class Http1Connection:
         "_scope",
         "_stream",
         "_dog",
+        "_started",
+        "_idle_deadline",
+        "_park_after",
+        "_park_requested",
+        "_parked",
+        "_resumed",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -129,15 +139,47 @@ class Http1Connection:
         self._scope = trio.CancelScope()
         self._stream: HttpStream | None = None
         self._dog = watchdog.current()
+        self._started = 0.0
+        # Parking (``trioproxy.listener.parking``): an idle connection over plain TCP leaves
+        # its task after ``_park_after`` seconds; see ``expire`` and ``_wait_first_bytes``.
+        self._idle_deadline = math.inf  # the idle timeout's, while idle
+        parking = conn.parking
+        self._park_after = (
+            parking.after if parking is not None and self.stream is conn.transport else math.inf
+        )
+        self._park_requested = False  # the watchdog asked the idle wait to end
+        self._parked = False
+        self._resumed = False  # the first read after parking: bytes are there
 
     def expire(self) -> None:
         """A timeout fired (or a drain, between requests).
 
-        Between requests: close the socket, which wakes the waiting read. During a stream:
-        cancel the connection's scope, which cancels whatever the stream's filters await;
-        ``run`` then answers 408 if the response has not started, and closes."""
+        Between requests: close the socket, which wakes the waiting read (or, parked, the
+        connection's task again: ``Parking.wake``). Or, idle for ``_park_after`` and not
+        draining, park: wake the waiting read with ``notify_closing`` (without closing), and
+        ``_wait_first_bytes`` returns the connection to the listener as ``Parked``. During a
+        stream: cancel the connection's scope, which cancels whatever the stream's filters
+        await; ``run`` then answers 408 if the response has not started, and closes."""
         if self._idle:
+            sock = self.conn.transport.socket
+            if (
+                not self._parked
+                and not self._idle_expired
+                and self._idle_deadline > trio.current_time()
+                and not self.conn.drain.draining
+            ):
+                self._park_requested = True
+                self.deadline = self._idle_deadline  # the idle timeout still holds, parked
+                if self.deadline != math.inf:
+                    self._dog.add(self)
+                trio.lowlevel.notify_closing(sock)
+                return
             self._idle_expired = True
+            if self._parked:
+                self._parked = False
+                parking = self.conn.parking
+                assert parking is not None
+                parking.wake(sock)
             self.conn.transport.close()
             return
         now = trio.current_time()
@@ -193,7 +235,9 @@ class Http1Connection:
         self.tx += len(data)
 
     # -- connection loop ------------------------------------------------------------------
-    async def run(self) -> None:
+    async def run(self) -> Http1Connection | None:
+        """Serve the connection until it ends (``None``) or parks (``self``, see
+        ``trioproxy.network.filter.Parked``)."""
         st = self.stats
         st.downstream_cx_total.value += 1
         st.downstream_cx_http1_total.value += 1
@@ -202,7 +246,23 @@ class Http1Connection:
         if self.conn.info.tls:
             st.downstream_cx_ssl_total.value += 1
             st.downstream_cx_ssl_active.value += 1
-        started = _now()
+        self._started = _now()
+        return await self._serve()
+
+    async def resume(self) -> Http1Connection | None:
+        """Go on serving a parked connection: its socket turned readable, or ``expire``
+        closed it."""
+        self._parked = False
+        self._resumed = True
+        self._scope = trio.CancelScope()  # (a cancel scope is used once)
+        return await self._serve()
+
+    def abandon(self) -> None:
+        """The listener stopped with the connection parked: count it as ended."""
+        self._ended()
+
+    async def _serve(self) -> Http1Connection | None:
+        st = self.stats
         drain = self.conn.drain
         try:
             with self._scope:
@@ -225,18 +285,28 @@ class Http1Connection:
                 self._peer_gone()
             elif self._expired is not None:
                 await self._stream_timed_out()
+        except _Park:
+            return self
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
-        finally:
-            self._dog.discard(self)
-            st.downstream_cx_destroy.value += 1
-            st.downstream_cx_active.value -= 1
-            st.downstream_cx_http1_active.value -= 1
-            if self.conn.info.tls:
-                st.downstream_cx_ssl_active.value -= 1
-            st.downstream_cx_rx_bytes_total.value += self.rx
-            st.downstream_cx_tx_bytes_total.value += self.tx
-            st.downstream_cx_length_ms.record((_now() - started) * 1000)
+        except BaseException:
+            self._ended()
+            raise
+        self._ended()
+        return None
+
+    def _ended(self) -> None:
+        st = self.stats
+        self._dog.discard(self)
+        self.conn.drain.idle.discard(self)
+        st.downstream_cx_destroy.value += 1
+        st.downstream_cx_active.value -= 1
+        st.downstream_cx_http1_active.value -= 1
+        if self.conn.info.tls:
+            st.downstream_cx_ssl_active.value -= 1
+        st.downstream_cx_rx_bytes_total.value += self.rx
+        st.downstream_cx_tx_bytes_total.value += self.tx
+        st.downstream_cx_length_ms.record((_now() - self._started) * 1000)
 
     def _peer_gone(self) -> None:
         """The client closed while its request was in flight (``probe``)."""
@@ -311,7 +381,8 @@ class Http1Connection:
 
     async def _wait_first_bytes(self) -> bytes | None:
         """Idle between requests: the first bytes of the next one, or None on close, idle
-        timeout or drain (both close the socket through ``expire``)."""
+        timeout or drain (both close the socket through ``expire``). Raises ``_Park`` when
+        ``expire`` parks the connection instead."""
         drain = self.conn.drain
         if drain.draining and drain.close_idle and self.rx:
             # Between requests while shutting down. (A listener update instead answers the
@@ -322,21 +393,42 @@ class Http1Connection:
         dog = self._dog
         timeout = self.cfg.idle_timeout
         self._idle = True
-        if timeout is not None:
-            self.deadline = trio.current_time() + timeout
+        if timeout is not None or self._park_after != math.inf:
+            now = trio.current_time()
+            idle = self._idle_deadline = math.inf if timeout is None else now + timeout
+            self.deadline = min(idle, now + self._park_after)
             dog.add(self)
         drain.idle.add(self)
         try:
-            data = await self._receive_after_wait(READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            if self._idle_expired and not drain.draining:
-                self.stats.downstream_cx_idle_timeout.value += 1
+            if self._resumed:  # (parked until the socket turned readable: no wait)
+                self._resumed = False
+                data = await self.stream.receive_some(READ_SIZE)
+            else:
+                data = await self._receive_after_wait(READ_SIZE)
+        except trio.ClosedResourceError:
+            if self._park_requested and not self._idle_expired:
+                self._park_requested = False
+                self._parked = True
+                raise _Park() from None  # (still idle: the watchdog and a drain keep it)
+            self._idle_end(True)
             return None
-        finally:
-            drain.idle.discard(self)
-            dog.discard(self)
+        except trio.BrokenResourceError:
+            self._idle_end(True)
+            return None
+        except BaseException:
+            self._idle_end(False)
+            raise
+        self._idle_end(False)
+        self._park_requested = False  # (the bytes came first)
         self.rx += len(data)
         return bytes(data)
+
+    def _idle_end(self, closed: bool) -> None:
+        drain = self.conn.drain
+        drain.idle.discard(self)
+        self._dog.discard(self)
+        if closed and self._idle_expired and not drain.draining:
+            self.stats.downstream_cx_idle_timeout.value += 1
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1

@@ -14,7 +14,7 @@ from trioproxy.hookspecs import hookimpl
 from trioproxy.http.conn_manager import Http1Connection
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.h2_connection import PREFACE, Http2Connection, is_preface
-from trioproxy.network.filter import DownstreamConnection, TerminalNetworkFilter
+from trioproxy.network.filter import DownstreamConnection, Parked, TerminalNetworkFilter
 from trioproxy.registry import NetworkFilterFactory
 
 NAME = "envoy.filters.network.http_connection_manager"
@@ -29,7 +29,7 @@ class HttpConnectionManager(TerminalNetworkFilter):
         self.config = config
         self._listener_stats: dict[str, ListenerHttpStats] = {}
 
-    async def handle_connection(self, conn: DownstreamConnection) -> None:
+    async def handle_connection(self, conn: DownstreamConnection) -> Parked | None:
         prefix = conn.listener_stats.prefix
         lstats = self._listener_stats.get(prefix)
         if lstats is None:
@@ -38,14 +38,12 @@ class HttpConnectionManager(TerminalNetworkFilter):
             )
         codec = self.config.codec_type
         if codec == "HTTP1":
-            await Http1Connection(conn, self.config, lstats).run()
-            return
+            return await Http1Connection(conn, self.config, lstats).run()
         if codec == "HTTP2" or conn.info.alpn == "h2":
             await Http2Connection(conn, self.config, lstats).run()
-            return
+            return None
         if conn.info.tls:
-            await Http1Connection(conn, self.config, lstats).run()
-            return
+            return await Http1Connection(conn, self.config, lstats).run()
         # AUTO on plaintext: HTTP/2 with prior knowledge starts with the connection preface.
         verdict = await _peek_preface(conn)
         if verdict is None:
@@ -57,7 +55,8 @@ class HttpConnectionManager(TerminalNetworkFilter):
         elif verdict:
             await Http2Connection(conn, self.config, lstats).run()
         else:
-            await Http1Connection(conn, self.config, lstats).run()
+            return await Http1Connection(conn, self.config, lstats).run()
+        return None
 
 
 async def _peek_preface(conn: DownstreamConnection) -> bool | None:

@@ -5,7 +5,9 @@ cancelled or drained; every connection is a task in the listener's handler nurse
 listener cannot outlive its connections. A connection runs: limits check → listener filters
 (under ``listener_filters_timeout``) → hand-off to the listener of its original destination
 (``use_original_dst``) → filter-chain match → TLS handshake (if the chain terminates TLS) →
-non-terminal network filters → the terminal filter.
+non-terminal network filters → the terminal filter. An idle connection its terminal filter
+parks (``trioproxy.network.filter.Parked``) leaves its task for the listener's parking lot
+(``trioproxy.listener.parking``), which starts a task again when the client sends more.
 
 A ``bind_to_port: false`` listener has no socket: it only serves connections handed to it by
 a ``use_original_dst`` listener (Istio's virtual outbound listener hands each connection to the
@@ -26,11 +28,12 @@ import trio
 from trioproxy.http.filter import ConnectionInfo
 from trioproxy.http.stream_info import now
 from trioproxy.io import FastSocketStream
+from trioproxy.listener import parking
 from trioproxy.listener.config import FilterChain, ListenerConfig
 from trioproxy.listener.filter import AcceptedSocket
 from trioproxy.listener.match import Conn, select
 from trioproxy.listener.tls import peer_details
-from trioproxy.network.filter import DownstreamConnection, Drain
+from trioproxy.network.filter import DownstreamConnection, Drain, Parked
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,20 @@ def _fixed_local_address(sock: socket.socket) -> tuple[str, int] | None:
     return (host, port)
 
 
+class _Idle:
+    """A parked connection, as its listener keeps it: what resuming and finishing it need."""
+
+    __slots__ = ("parked", "raw", "started", "addr")
+
+    def __init__(
+        self, parked: Parked, raw: FastSocketStream, started: float, addr: tuple[str, int]
+    ) -> None:
+        self.parked = parked
+        self.raw = raw
+        self.started = started
+        self.addr = addr
+
+
 class Listener:
     """A running listener. ``drain`` stops new connections and tells live ones to finish."""
 
@@ -102,6 +119,11 @@ class Listener:
         self._accept_stopped = trio.Event()
         self._find_listener = find_listener
         self._handlers: trio.Nursery | None = None
+        self._lot: parking.ParkingLot[_Idle] | None = (
+            parking.ParkingLot(self._resume_parked, self._abandon_parked)
+            if parking.available()
+            else None
+        )
         self.port: int = sock.getsockname()[1] if sock is not None else config.address[1]
 
     def __repr__(self) -> str:
@@ -155,6 +177,8 @@ class Listener:
             self._handlers = None
             self._accept_stopped.set()
             self._close_socket()
+            if self._lot is not None:
+                self._lot.close()
 
     def adopt(self, accepted: AcceptedSocket) -> bool:
         """Take a connection another listener accepted (``use_original_dst``); ``False`` when
@@ -236,6 +260,7 @@ class Listener:
     async def _run_connection(self, accepted: AcceptedSocket) -> None:
         sock = accepted.socket
         cfg = self.config
+        parked = False
         try:
             if cfg.listener_filters and not await self._listener_filters(accepted):
                 sock.close()
@@ -256,14 +281,16 @@ class Listener:
                 )
                 sock.close()
                 return
-            await self._connection(accepted, chain)
+            parked = await self._connection(accepted, chain)
         except BaseException:
             sock.close()
             raise
         finally:
-            self._connection_done()
+            if not parked:
+                self._connection_done()
 
-    async def _connection(self, accepted: AcceptedSocket, chain: FilterChain) -> None:
+    async def _connection(self, accepted: AcceptedSocket, chain: FilterChain) -> bool:
+        """Serve the connection; ``True``: it ended parked (the lot has it now)."""
         cfg = self.config
         stats = cfg.stats
         wstats = cfg.worker_stats
@@ -276,6 +303,7 @@ class Listener:
         raw = FastSocketStream(accepted.socket)
         raw.setsockopt_nodelay()
         stream: trio.abc.Stream = raw
+        parked = False
         try:
             local = accepted.local_address
             sni = alpn = ""
@@ -295,7 +323,7 @@ class Listener:
                     elif "certificate verify failed" in reason:
                         tls_stats.fail_verify_error.value += 1
                     log.debug("TLS handshake failed from %s: %s", addr, exc)
-                    return
+                    return False
                 tls_stats.handshake.value += 1
                 if chain.tls.verify_mode != ssl.CERT_NONE:
                     cert = ssl_stream.getpeercert()
@@ -304,7 +332,7 @@ class Listener:
                     elif chain.client_san_check is not None and not chain.client_san_check(cert):
                         tls_stats.fail_verify_san.value += 1
                         log.debug("client certificate from %s matches no allowed SAN", addr)
-                        return
+                        return False
                     else:
                         der = ssl_stream.getpeercert(binary_form=True)
                         peer_certificate = peer_details(cert, der) if der else None
@@ -336,27 +364,82 @@ class Listener:
                 drain=self.drain,
                 buffer_limit=cfg.buffer_limit,
                 filter_state=accepted.filter_state,
+                parking=self._lot,
             )
             for filt in chain.filters:
                 if not await filt.on_new_connection(conn):
                     await _refuse(stream)
-                    return
-            await chain.terminal.handle_connection(conn)
+                    return False
+            parked = await self._serve(
+                await chain.terminal.handle_connection(conn), raw, started, addr
+            )
+            return parked
         except Exception:
             log.exception("connection from %s failed", addr)
+            return False
         finally:
-            stats.downstream_cx_active.value -= 1
-            wstats.downstream_cx_active.value -= 1
-            stats.downstream_cx_destroy.value += 1
-            stats.downstream_cx_length_ms.record((now() - started) * 1000)
-            if stream is not raw and not raw.closed:
-                # TLS: say close_notify first, or strict clients (OpenSSL 3) see a truncation.
-                with trio.move_on_after(0.5, shield=True):
-                    try:
-                        await stream.aclose()
-                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                        pass
-            raw.close()
+            if not parked:
+                self._connection_ended(started)
+                if stream is not raw and not raw.closed:
+                    # TLS: say close_notify first, or strict clients (OpenSSL 3) see a
+                    # truncation.
+                    with trio.move_on_after(0.5, shield=True):
+                        try:
+                            await stream.aclose()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                            pass
+                raw.close()
+
+    def _connection_ended(self, started: float) -> None:
+        stats = self.config.stats
+        wstats = self.config.worker_stats
+        stats.downstream_cx_active.value -= 1
+        wstats.downstream_cx_active.value -= 1
+        stats.downstream_cx_destroy.value += 1
+        stats.downstream_cx_length_ms.record((now() - started) * 1000)
+
+    # -- parked connections (trioproxy.listener.parking) ------------------------------------
+    async def _serve(
+        self, parked: Parked | None, raw: FastSocketStream, started: float, addr: tuple[str, int]
+    ) -> bool:
+        """Park what the terminal filter parked; ``True`` once the lot has it. Where it
+        cannot park, the connection goes on in this task."""
+        while parked is not None:
+            lot, handlers = self._lot, self._handlers
+            idle = _Idle(parked, raw, started, addr)
+            if lot is not None and handlers is not None and lot.park(raw.socket, idle, handlers):
+                return True
+            parked = await parked.resume()
+        return False
+
+    def _resume_parked(self, idle: _Idle) -> None:
+        assert self._handlers is not None  # the lot's task is in it while anything is parked
+        self._handlers.start_soon(self._resumed, idle)
+
+    async def _resumed(self, idle: _Idle) -> None:
+        """A parked connection's task again: the client sent something (or closed), or its
+        terminal filter woke it to close it."""
+        parked = False
+        try:
+            resumed = await idle.parked.resume()
+            parked = await self._serve(resumed, idle.raw, idle.started, idle.addr)
+        except Exception:
+            log.exception("connection from %s failed", idle.addr)
+        finally:
+            if not parked:
+                self._finish_parked(idle)
+
+    def _abandon_parked(self, idle: _Idle) -> None:
+        """The listener stops with the connection parked: end it without a task."""
+        try:
+            idle.parked.abandon()
+        finally:
+            self._finish_parked(idle)
+
+    def _finish_parked(self, idle: _Idle) -> None:
+        self._connection_ended(idle.started)
+        idle.raw.close()
+        self._connection_done()
 
 
 #: How long a refused connection's input is read and dropped after our FIN.

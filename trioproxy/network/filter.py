@@ -9,7 +9,8 @@ and shared by every connection on it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import socket
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import trio
@@ -54,6 +55,34 @@ class Drain:
         await self._event.wait()
 
 
+class Parking(Protocol):
+    """The listener's side of parking (``trioproxy.listener.parking``), as a terminal filter
+    sees it."""
+
+    #: Seconds a connection waits for its next request in its own task before it may park.
+    after: float
+
+    def wake(self, sock: socket.socket) -> None:
+        """Resume the connection parked on ``sock`` now, in a new task: the filter is about
+        to close it (an idle timeout, a drain) and its resumed task finishes it."""
+
+
+class Parked(Protocol):
+    """An idle connection its terminal filter put aside: returned by ``handle_connection``
+    instead of waiting for the client's next bytes in a task.
+
+    Only when ``DownstreamConnection.parking`` is set, and with nothing buffered above the
+    socket (``stream is transport``), since the listener waits on the socket itself. The
+    listener calls ``resume()`` in a new task when the socket turns readable (or on
+    ``Parking.wake``); it returns as ``handle_connection`` does. ``abandon()`` is called
+    instead, without a task, when the listener stops: count the connection as ended (the
+    listener closes the socket)."""
+
+    async def resume(self) -> Parked | None: ...
+
+    def abandon(self) -> None: ...
+
+
 @attrs.define(eq=False)
 class DownstreamConnection:
     """One accepted connection, after its transport (TLS) handshake."""
@@ -66,6 +95,8 @@ class DownstreamConnection:
     drain: Drain
     buffer_limit: int = 32 * 1024
     filter_state: dict[str, Any] = attrs.field(factory=dict)
+    #: Where an idle connection may park (see ``Parked``); ``None``: it keeps its task.
+    parking: Parking | None = None
 
 
 class NetworkFilter:
@@ -77,7 +108,7 @@ class NetworkFilter:
 
 
 class TerminalNetworkFilter:
-    """Owns a connection until it ends."""
+    """Owns a connection until it ends (or, idle, parks it: ``Parked``)."""
 
-    async def handle_connection(self, conn: DownstreamConnection) -> None:
+    async def handle_connection(self, conn: DownstreamConnection) -> Parked | None:
         raise NotImplementedError

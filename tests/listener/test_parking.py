@@ -1,0 +1,171 @@
+"""Idle keep-alive connections park without a task (trioproxy.listener.parking) and lose
+nothing by it: the next request, a slow one, the idle timeout, a drain, the client's close and a
+hard stop all behave as for a connection that kept its task."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from tests.support import Backend, Client, Reply, simple_config, start_proxy
+from trioproxy.listener import parking
+
+pytestmark = pytest.mark.skipif(not parking.available(), reason="parking needs epoll")
+
+#: Long enough for an idle connection to park (the watchdog ticks every 50 ms).
+PARKED = parking.PARK_AFTER + 0.3
+LISTENER = "listener.127.0.0.1_0."
+HTTP = "http.ingress_http."
+
+
+def _tasks() -> int:
+    """How many tasks this trio run has."""
+
+    def count(task: trio.lowlevel.Task) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+async def _echo_backend(nursery: trio.Nursery) -> Backend:
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=r.target.encode())
+    await nursery.start(backend.serve)
+    return backend
+
+
+async def _closed_by_proxy(stream: trio.abc.Stream, timeout: float = 5.0) -> bytes:
+    """What the proxy still sends until it closes the connection."""
+    out = b""
+    with trio.fail_after(timeout):
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+    return out
+
+
+async def test_idle_connections_park_without_a_task_and_serve_their_next_requests(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await _echo_backend(nursery)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    clients = [await Client.connect(proxy.port) for _ in range(4)]
+    for i, client in enumerate(clients):
+        resp, body = await client.request("GET", f"/a{i}")
+        assert body == f"/a{i}".encode()
+    await trio.testing.wait_all_tasks_blocked()
+    busy = _tasks()
+    await trio.sleep(PARKED)
+    # each idle connection's task is gone (one task watches them all)...
+    assert _tasks() <= busy - 4 + 1
+    assert proxy.stat(LISTENER + "downstream_cx_active") == 4  # ...not the connection
+    assert proxy.stat(HTTP + "downstream_cx_active") == 4
+    for i, client in enumerate(clients):
+        resp, body = await client.request("GET", f"/b{i}")
+        assert (resp.status_code, body) == (200, f"/b{i}".encode())
+    # and they park again, as often as they are idle
+    await trio.sleep(PARKED)
+    for i, client in enumerate(clients):
+        resp, body = await client.request("GET", f"/c{i}")
+        assert (resp.status_code, body) == (200, f"/c{i}".encode())
+        await client.aclose()
+    assert proxy.stat(HTTP + "downstream_rq_2xx") == 12
+    assert proxy.stat(HTTP + "downstream_cx_total") == 4
+
+
+async def test_a_parked_connection_takes_a_head_that_arrives_in_pieces(
+    nursery: trio.Nursery,
+) -> None:
+    # The first bytes wake it; the rest of the head comes later, and a pipelined request
+    # behind it.
+    backend = await _echo_backend(nursery)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET /first HTTP/1.1\r\nhost: a\r\n\r\n")
+    out = b""
+    with trio.fail_after(5):
+        while b"/first" not in out:
+            out += await stream.receive_some(65536)
+    await trio.sleep(PARKED)
+    await stream.send_all(b"GE")
+    await trio.sleep(0.2)
+    await stream.send_all(b"T /second HTTP/1.1\r\nhost: a\r\n\r\nGET /third HTTP/1.1\r\n")
+    await trio.sleep(0.1)
+    await stream.send_all(b"host: a\r\nconnection: close\r\n\r\n")
+    out += await _closed_by_proxy(stream)
+    assert out.count(b"HTTP/1.1 200 OK") == 3
+    assert out.endswith(b"/third")
+    assert proxy.stat(HTTP + "downstream_rq_2xx") == 3
+    await stream.aclose()
+
+
+async def test_a_parked_connection_still_closes_at_its_idle_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    backend = await _echo_backend(nursery)
+    config = simple_config(
+        [backend.port], hcm_extra="common_http_protocol_options: {idle_timeout: 2s}"
+    )
+    proxy = await start_proxy(nursery, config)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    start = trio.current_time()
+    out = await _closed_by_proxy(stream)
+    waited = trio.current_time() - start
+    assert out.startswith(b"HTTP/1.1 200")
+    assert 1.9 <= waited <= 3.0  # parked after 1 s, closed at 2 s
+    await trio.testing.wait_all_tasks_blocked()
+    assert proxy.stat(HTTP + "downstream_cx_idle_timeout") == 1
+    assert proxy.stat(HTTP + "downstream_cx_active") == 0
+    assert proxy.stat(LISTENER + "downstream_cx_active") == 0
+    assert proxy.stat(LISTENER + "downstream_cx_destroy") == 1
+    await stream.aclose()
+
+
+async def test_the_proxy_sees_a_parked_connection_s_client_go(nursery: trio.Nursery) -> None:
+    backend = await _echo_backend(nursery)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    client = await Client.connect(proxy.port)
+    await client.request("GET", "/")
+    await trio.sleep(PARKED)
+    await client.aclose()
+    with trio.fail_after(5):
+        while proxy.stat(LISTENER + "downstream_cx_active"):
+            await trio.sleep(0.01)
+    assert proxy.stat(HTTP + "downstream_cx_active") == 0
+    assert proxy.stat(HTTP + "downstream_cx_destroy") == 1
+    assert proxy.stat(HTTP + "downstream_cx_idle_timeout") == 0
+
+
+async def test_a_drain_closes_parked_connections_at_once(nursery: trio.Nursery) -> None:
+    backend = await _echo_backend(nursery)
+    proxy = await start_proxy(nursery, simple_config([backend.port]), drain_time=30.0)
+    client = await Client.connect(proxy.port)
+    await client.request("GET", "/")
+    await trio.sleep(PARKED)
+    start = trio.current_time()
+    proxy.server.request_shutdown()
+    assert await _closed_by_proxy(client.stream) == b""
+    assert trio.current_time() - start < 1.0  # not the drain time
+    with trio.fail_after(5):
+        while proxy.stat(LISTENER + "downstream_cx_active"):
+            await trio.sleep(0.01)
+    assert proxy.stat(HTTP + "downstream_cx_active") == 0
+    assert proxy.stat(HTTP + "downstream_cx_idle_timeout") == 0
+    await client.aclose()
+
+
+async def test_a_hard_stop_ends_parked_connections(nursery: trio.Nursery) -> None:
+    backend = await _echo_backend(nursery)
+    async with trio.open_nursery() as inner:
+        proxy = await start_proxy(inner, simple_config([backend.port]))
+        client = await Client.connect(proxy.port)
+        await client.request("GET", "/")
+        await trio.sleep(PARKED)
+        inner.cancel_scope.cancel()
+    assert await _closed_by_proxy(client.stream) == b""
+    assert proxy.stat(LISTENER + "downstream_cx_active") == 0
+    assert proxy.stat(LISTENER + "downstream_cx_destroy") == 1
+    assert proxy.stat(HTTP + "downstream_cx_active") == 0
+    assert proxy.stat(HTTP + "downstream_cx_destroy") == 1
+    await client.aclose()
