@@ -322,6 +322,13 @@ async def body_chunks(parts: Sequence[bytes], delay: float = 0.0) -> AsyncIterat
 _handed_out: list[int] = []  # recent answers, not given again (the kernel may reoffer them)
 
 
+async def until(pred: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll a condition with no event to wait on (stats, records, another process)."""
+    with trio.fail_after(timeout):
+        while not pred():  # noqa: ASYNC110
+            await trio.sleep(0.01)
+
+
 def free_ports(n: int) -> list[int]:
     """Ports that were free a moment ago (for configs and processes that need them written);
     distinct, and none handed out by a recent call."""

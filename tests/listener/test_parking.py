@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from tests.support import Backend, Client, Reply, simple_config, start_proxy
+from tests.support import Backend, Client, Reply, simple_config, start_proxy, until
 from trioproxy.listener import parking
 
 pytestmark = pytest.mark.skipif(not parking.available(), reason="parking needs epoll")
@@ -129,9 +129,7 @@ async def test_the_proxy_sees_a_parked_connection_s_client_go(nursery: trio.Nurs
     await client.request("GET", "/")
     await trio.sleep(PARKED)
     await client.aclose()
-    with trio.fail_after(5):
-        while proxy.stat(LISTENER + "downstream_cx_active"):
-            await trio.sleep(0.01)
+    await until(lambda: proxy.stat(LISTENER + "downstream_cx_active") == 0)
     assert proxy.stat(HTTP + "downstream_cx_active") == 0
     assert proxy.stat(HTTP + "downstream_cx_destroy") == 1
     assert proxy.stat(HTTP + "downstream_cx_idle_timeout") == 0
@@ -147,9 +145,7 @@ async def test_a_drain_closes_parked_connections_at_once(nursery: trio.Nursery) 
     proxy.server.request_shutdown()
     assert await _closed_by_proxy(client.stream) == b""
     assert trio.current_time() - start < 1.0  # not the drain time
-    with trio.fail_after(5):
-        while proxy.stat(LISTENER + "downstream_cx_active"):
-            await trio.sleep(0.01)
+    await until(lambda: proxy.stat(LISTENER + "downstream_cx_active") == 0)
     assert proxy.stat(HTTP + "downstream_cx_active") == 0
     assert proxy.stat(HTTP + "downstream_cx_idle_timeout") == 0
     await client.aclose()

@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 import trio
 
-from tests.support import Proxy, start_proxy
+from tests.support import Proxy, start_proxy, until
 
 UDP_PROXY = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig"
 ROUTE = "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route"
@@ -90,12 +90,6 @@ def client(port: int = 0) -> trio.socket.SocketType:
     sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock._sock.bind(("127.0.0.1", port))  # synchronous bind: tests pick ports themselves
     return sock
-
-
-async def until(cond: Any, timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
-        while not cond():  # noqa: ASYNC110 (polls stats and records, not events)
-            await trio.sleep(0.01)
 
 
 async def test_the_demo_two_clients_two_sessions(nursery: trio.Nursery) -> None:

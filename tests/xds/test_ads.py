@@ -4,11 +4,10 @@ removal — asserted on what a client, the control plane and /config_dump see.""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import trio
 
-from tests.support import Backend, free_ports, raw_exchange, start_proxy
+from tests.support import Backend, free_ports, raw_exchange, start_proxy, until
 from tests.xds.resources import (
     CDS,
     EDS,
@@ -22,13 +21,6 @@ from tests.xds.resources import (
     route,
 )
 from trioproxy.testing.xds_server import AdsServer
-
-
-async def until(pred: Callable[[], object], timeout: float = 10.0) -> None:
-    """Poll a condition set by another process or thread (no event to wait on)."""
-    with trio.fail_after(timeout):
-        while not pred():  # noqa: ASYNC110
-            await trio.sleep(0.02)
 
 
 async def served(port: int, marker: bytes, timeout: float = 10.0) -> None:

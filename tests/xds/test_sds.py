@@ -11,9 +11,8 @@ from pathlib import Path
 import trio
 import trustme
 
-from tests.support import Backend, free_ports, raw_exchange, start_proxy
+from tests.support import Backend, free_ports, raw_exchange, start_proxy, until
 from tests.xds.resources import CDS, LDS, bootstrap, cluster, listener, route
-from tests.xds.test_ads import until
 from trioproxy.testing.xds_server import AdsServer
 
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"

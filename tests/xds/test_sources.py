@@ -8,9 +8,9 @@ from pathlib import Path
 
 import trio
 
-from tests.support import Backend, free_ports, raw_exchange, start_proxy
+from tests.support import Backend, free_ports, raw_exchange, start_proxy, until
 from tests.xds.resources import CDS, LDS, cluster, listener, route
-from tests.xds.test_ads import served, until
+from tests.xds.test_ads import served
 from trioproxy.testing.xds_server import AdsServer
 
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
