@@ -5,9 +5,12 @@ cancelled or drained; every connection is a task in the listener's handler nurse
 listener cannot outlive its connections. A connection runs: limits check → listener filters
 (under ``listener_filters_timeout``) → hand-off to the listener of its original destination
 (``use_original_dst``) → filter-chain match → TLS handshake (if the chain terminates TLS) →
-non-terminal network filters → the terminal filter. An idle connection its terminal filter
-parks (``trioproxy.network.filter.Parked``) leaves its task for the listener's parking lot
-(``trioproxy.listener.parking``), which starts a task again when the client sends more.
+non-terminal network filters → the terminal filter.
+
+An idle connection its terminal filter parks (``trioproxy.network.filter.Parked``) leaves its
+task for the listener's parking lot (``trioproxy.listener.parking``), whose one watcher task
+is in the same nursery and starts a task again for the connection when the client sends
+more: parked or not, a connection still ends before its listener does.
 
 A ``bind_to_port: false`` listener has no socket: it only serves connections handed to it by
 a ``use_original_dst`` listener (Istio's virtual outbound listener hands each connection to the
