@@ -15,7 +15,9 @@ when fewer than ``panic_threshold`` percent of the hosts are healthy, all hosts 
   ``weight / (rq_active + 1) ** active_request_bias`` (Envoy's weighted variant).
 - RANDOM: uniform over the healthy hosts (Envoy ignores weights here too).
 - RING_HASH and MAGLEV: consistent hashing on ``context.lb_hash()`` (see ``hashing``); a
-  request without a hash gets a random host.
+  request without a hash gets a random host. Both place hosts exactly as Envoy does (the same
+  host key, hash functions, point counts and fill order), so with the same hosts a hash reaches
+  the host Envoy would pick; ``tests/differential/test_hash_lb.py`` checks it against Envoy.
 
 ``choose(context)`` returns ``None`` when there is no host.
 """
@@ -28,7 +30,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from trioproxy.upstream.hashing import hash64
+from trioproxy.upstream.hashing import murmur2_64, xxhash64
 from trioproxy.upstream.host import Host
 
 DEFAULT_PANIC_THRESHOLD = 50.0
@@ -162,6 +164,8 @@ def build(
     minimum_ring_size: int = 1024,
     maximum_ring_size: int = 8 * 1024 * 1024,
     table_size: int = 65537,
+    hash_function: str = "XX_HASH",
+    use_hostname_for_hashing: bool = False,
 ) -> LoadBalancer:
     """The balancer for a cluster's ``lb_policy`` over ``hosts``."""
     if policy == "RING_HASH":
@@ -169,11 +173,19 @@ def build(
             hosts,
             minimum_ring_size=minimum_ring_size,
             maximum_ring_size=maximum_ring_size,
+            hash_function=hash_function,
+            use_hostname_for_hashing=use_hostname_for_hashing,
             panic_threshold=panic_threshold,
             rng=rng,
         )
     if policy == "MAGLEV":
-        return Maglev(hosts, table_size=table_size, panic_threshold=panic_threshold, rng=rng)
+        return Maglev(
+            hosts,
+            table_size=table_size,
+            use_hostname_for_hashing=use_hostname_for_hashing,
+            panic_threshold=panic_threshold,
+            rng=rng,
+        )
     if policy == "ROUND_ROBIN":
         return RoundRobin(hosts, panic_threshold=panic_threshold, rng=rng)
     if policy == "LEAST_REQUEST":
@@ -196,11 +208,26 @@ def _context_hash(context: Any) -> int | None:
     return get() if get is not None else None
 
 
+def hash_key(host: Host, use_hostname: bool) -> bytes:
+    """What places ``host`` on a ring or in a Maglev table, as Envoy's ``hashKey``: its
+    hostname with ``use_hostname_for_hashing``, else its address as Envoy writes it
+    (``127.0.0.1:80``, ``[::1]:80``)."""
+    return (host.hostname if use_hostname else host.address_str).encode()
+
+
+def _normalized_weights(hosts: Sequence[Host]) -> list[float]:
+    """Each host's share of the total weight, as the doubles Envoy computes."""
+    total = sum(h.weight for h in hosts)
+    return [h.weight / total for h in hosts]
+
+
 class RingHash(LoadBalancer):
-    """Envoy's ketama-style ring: each host owns ``weight``-proportional points, hashed from
-    ``"<address>_<i>"``; a request goes to the first point at or after its hash. The ring
-    has ``minimum_ring_size`` points or more (so the lightest host gets at least one),
-    at most ``maximum_ring_size``. No hash: a random point."""
+    """Envoy's ketama-style ring. The ring has ``minimum_ring_size`` points or more, enough for
+    the lightest host to get a whole number of them, at most ``maximum_ring_size``; walking
+    the hosts in order, each adds points (hashes of ``"<key>_0"``, ``"<key>_1"``, ...) while
+    the running count is below the running target ``scale * share`` (so a host whose share
+    is not whole rounds up, and the next one makes up for it). A request goes to the first
+    point at or after its hash, wrapping to the first. No hash: a random point."""
 
     __slots__ = ("_points", "_ring")
 
@@ -210,25 +237,32 @@ class RingHash(LoadBalancer):
         *,
         minimum_ring_size: int = 1024,
         maximum_ring_size: int = 8 * 1024 * 1024,
+        hash_function: str = "XX_HASH",
+        use_hostname_for_hashing: bool = False,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        murmur = hash_function == "MURMUR_HASH_2"
         ring: list[tuple[int, Host]] = []
         usable = self.hosts
         if usable:
-            total = sum(h.weight for h in usable)
-            weights = [h.weight / total for h in usable]
+            weights = _normalized_weights(usable)
             smallest = min(weights)
-            scale = min(math.ceil(smallest * minimum_ring_size) / smallest, maximum_ring_size)
+            scale = min(
+                math.ceil(smallest * minimum_ring_size) / smallest, float(maximum_ring_size)
+            )
             target = 0.0
             made = 0
             for h, w in zip(usable, weights, strict=True):
+                prefix = hash_key(h, use_hostname_for_hashing) + b"_"
                 target += scale * w
-                count = math.floor(target) - made
-                key = f"{h.address[0]}:{h.address[1]}_"
-                ring.extend((hash64(f"{key}{i}"), h) for i in range(count))
-                made += count
+                i = 0
+                while made < target:
+                    point = prefix + str(i).encode()
+                    ring.append((murmur2_64(point) if murmur else xxhash64(point), h))
+                    i += 1
+                    made += 1
         ring.sort(key=lambda p: p[0])
         self._points = [p[0] for p in ring]
         self._ring = [p[1] for p in ring]
@@ -246,7 +280,10 @@ class RingHash(LoadBalancer):
 
 class Maglev(LoadBalancer):
     """Maglev consistent hashing with weights (Envoy's table builder): a prime-sized table
-    filled by each host's permutation in turn, heavier hosts taking more turns."""
+    filled by each host's permutation in turn, heavier hosts taking more turns. A host's
+    permutation starts at ``xxHash64(key) % size`` and steps by
+    ``xxHash64(key, seed=1) % (size - 1) + 1``; hosts take their turns in the order of their
+    keys, so the table does not depend on the order the hosts were listed in."""
 
     __slots__ = ("_table",)
 
@@ -255,29 +292,35 @@ class Maglev(LoadBalancer):
         hosts: Sequence[Host],
         *,
         table_size: int = 65537,
+        use_hostname_for_hashing: bool = False,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
-        usable = self.hosts
         table: list[Host | None] = [None] * table_size
-        if usable:
-            total = sum(h.weight for h in usable)
-            weights = [h.weight / total for h in usable]
+        if self.hosts:
+            weights = _normalized_weights(self.hosts)
             top = max(weights)
-            offsets, skips, nexts, targets = [], [], [], [0.0] * len(usable)
-            for h in usable:
-                key = f"{h.address[0]}:{h.address[1]}"
-                offsets.append(hash64(key) % table_size)
-                skips.append(hash64(key + "#skip") % (table_size - 1) + 1)
-                nexts.append(0)
+            keyed = sorted(
+                (
+                    (hash_key(h, use_hostname_for_hashing), h, w)
+                    for h, w in zip(self.hosts, weights, strict=True)
+                ),
+                key=lambda e: e[0],
+            )
+            usable = [e[1] for e in keyed]
+            shares = [e[2] for e in keyed]
+            offsets = [xxhash64(e[0]) % table_size for e in keyed]
+            skips = [xxhash64(e[0], 1) % (table_size - 1) + 1 for e in keyed]
+            nexts = [0] * len(keyed)
+            targets = [0.0] * len(keyed)
             filled = 0
             iteration = 1
             while filled < table_size:
                 for i, h in enumerate(usable):
                     if filled >= table_size:
                         break
-                    if iteration * weights[i] < targets[i]:
+                    if iteration * shares[i] < targets[i]:
                         continue
                     targets[i] += top
                     while True:
