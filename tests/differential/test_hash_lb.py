@@ -207,9 +207,34 @@ async def test_hash_policy_picks_the_host_envoy_picks(name: str) -> None:
     assert not differ, _report(differ, len(probes))
 
 
-@pytest.mark.xfail(strict=True, reason="trioproxy hashes only the first value")
 async def test_repeated_header_values_hash_as_in_envoy() -> None:
     # Envoy hashes every value of a repeated header, in sorted order
     probes = [Probe(f"t{i}+a{i}", (("x-key", f"t{i}"), ("x-key", f"a{i}"))) for i in range(40)]
     _, differ = await _compare(CASES["maglev-weighted"], probes)
+    assert not differ, _report(differ, len(probes))
+
+
+# Every kind of policy, and a terminal one in the middle: Envoy stops at a terminal policy once
+# there is a hash, even one that an earlier policy made.
+MIXED_POLICIES = (
+    "[{cookie: {name: session}}, {header: {header_name: x-key}},"
+    " {query_parameter: {name: k}, terminal: true}, {header: {header_name: x-after}}]"
+)
+
+
+async def test_hash_policies_combine_as_in_envoy() -> None:
+    probes = []
+    for i in range(25):
+        after = ("x-after", f"z{i}")
+        probes += [
+            Probe(f"header {i}", (("x-key", f"k{i}"), after)),
+            Probe(f"cookie {i}", (("cookie", f"a=1; session=s{i}"), after)),
+            Probe(f"quoted cookie {i}", (("cookie", f'session="q{i}"'), after)),
+            Probe(f"empty cookie {i}", (("cookie", "session="), ("x-key", f"e{i}"), after)),
+            Probe(f"query {i}", (after,), f"/p?x=1&k=v{i}&k=second"),
+            Probe(f"escaped query {i}", (after,), f"/p?k=a%20b+{i}"),
+            Probe(f"bare query {i}", (("x-key", f"b{i}"), after), "/p?k"),
+            Probe(f"none but after {i}", (after,)),
+        ]
+    _, differ = await _compare(CASES["ring-weighted"], probes, MIXED_POLICIES)
     assert not differ, _report(differ, len(probes))

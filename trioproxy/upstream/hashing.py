@@ -4,7 +4,8 @@ udp_proxy.
 ``compile_http(policies)`` turns a route's ``hash_policy`` list into a function of the stream
 that returns a 64-bit hash or ``None`` (no policy produced one: the balancer then picks at
 random, as Envoy does). Envoy's combination rule: every policy that yields a value is mixed
-in as ``rotl(h, 1) ^ value``; a ``terminal`` policy that yielded one ends the list.
+in as ``rotl(h, 1) ^ value``; a ``terminal`` policy ends the list once there is a hash, its own
+or an earlier policy's.
 
 Policies: ``header`` (with ``regex_rewrite``), ``cookie`` (an existing cookie; generating one
 with ``ttl`` is not built and is refused), ``connection_properties.source_ip``,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
 
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
@@ -134,16 +134,47 @@ def hash64(value: str | bytes, seed: int = 0) -> int:
 
 
 def _cookie(headers: Headers, name: str) -> str | None:
+    """The first cookie ``name`` (its double quotes taken off, as Envoy does), or ``None``."""
     raw: str
     for raw in headers.get_all("cookie"):
         for part in raw.split(";"):
             k, sep, v = part.strip().partition("=")
             if sep and k == name:
+                if len(v) >= 2 and v[0] == '"' and v[-1] == '"':
+                    v = v[1:-1]
                 return v
     return None
 
 
-def _one(d: Mapping[str, Any]) -> Callable[[Any], str | None]:
+def _query_value(path: str, name: str) -> str | None:
+    """The first value of query parameter ``name`` in ``path``, as written (Envoy's
+    ``parseQueryString`` does not percent-decode): ``""`` for a bare ``name``."""
+    _, sep, query = path.partition("?")
+    if not sep:
+        return None
+    for param in query.split("&"):
+        k, _, v = param.partition("=")
+        if k == name:
+            return v
+    return None
+
+
+def _values_hash(values: list[str]) -> int:
+    """Envoy's hash of a header's values: xxHash64 of the one value, or for several, of each
+    in sorted order, each hash the next one's seed (the order they came in does not count)."""
+    if len(values) == 1:
+        return hash64(values[0])
+    h = 0
+    for v in sorted(values):
+        h = hash64(v, h)
+    return h
+
+
+StreamValueHash = Callable[[Any], "int | None"]
+
+
+def _one(d: Mapping[str, Any]) -> StreamValueHash:
+    """One ``hash_policy`` entry as a function of the stream: its hash, or ``None``."""
     if "header" in d:
         h = d["header"]
         name = str(h.get("header_name", "")).lower()
@@ -158,34 +189,34 @@ def _one(d: Mapping[str, Any]) -> Callable[[Any], str | None]:
             rx = compile_regex(rr.get("pattern", {}), "header.regex_rewrite.pattern")
             sub = str(rr.get("substitution", ""))
             return lambda s: (
-                rx.sub(sub, v) if (v := s.request_headers.get(name)) is not None else None
+                _values_hash([rx.sub(sub, v) for v in values])
+                if (values := s.request_headers.get_all(name))
+                else None
             )
-        return lambda s: s.request_headers.get(name)
+        return lambda s: (
+            _values_hash(values) if (values := s.request_headers.get_all(name)) else None
+        )
     if "cookie" in d:
         c = d["cookie"]
         if c.get("ttl") is not None:
             raise ConfigError("generating cookies (ttl) is not supported yet", path="cookie.ttl")
         name = str(c.get("name", ""))
-        return lambda s: _cookie(s.request_headers, name)
+        # an empty cookie is no cookie (Envoy would generate one here, with a ttl)
+        return lambda s: hash64(v) if (v := _cookie(s.request_headers, name)) else None
     if "connection_properties" in d:
         if not d["connection_properties"].get("source_ip"):
             return lambda s: None
-        return lambda s: s.connection.remote_address[0]
+        return lambda s: hash64(s.connection.remote_address[0])
     if "query_parameter" in d:
         qname = str(d["query_parameter"].get("name", ""))
-
-        def query(s: Any) -> str | None:
-            path: str = s.request_headers.get(":path") or ""
-            _, _, q = path.partition("?")
-            for k, v in parse_qsl(q, keep_blank_values=True):
-                if k == qname:
-                    return v
-            return None
-
-        return query
+        return lambda s: (
+            hash64(v)
+            if (v := _query_value(s.request_headers.get(":path") or "", qname)) is not None
+            else None
+        )
     if "filter_state" in d:
         key = str(d["filter_state"].get("key", ""))
-        return lambda s: str(v) if (v := s.filter_state.get(key)) is not None else None
+        return lambda s: hash64(str(v)) if (v := s.filter_state.get(key)) is not None else None
     raise ConfigError(
         "a hash policy needs header, cookie, connection_properties, query_parameter or filter_state"
     )
@@ -195,7 +226,7 @@ def compile_http(policies: Sequence[Mapping[str, Any]]) -> StreamHash | None:
     """The route's hash function, or ``None`` when it has no hash policy."""
     if not policies:
         return None
-    parts: list[tuple[Callable[[Any], str | None], bool]] = []
+    parts: list[tuple[StreamValueHash, bool]] = []
     for i, p in enumerate(policies):
         try:
             parts.append((_one(p), bool(p.get("terminal", False))))
@@ -205,12 +236,11 @@ def compile_http(policies: Sequence[Mapping[str, Any]]) -> StreamHash | None:
     def stream_hash(stream: Any) -> int | None:
         result: int | None = None
         for get, terminal in parts:
-            value = get(stream)
-            if value is None:
-                continue
-            h = hash64(value)
-            result = h if result is None else ((((result << 1) | (result >> 63)) & MASK) ^ h)
-            if terminal:
+            h = get(stream)
+            if h is not None:
+                result = h if result is None else ((((result << 1) | (result >> 63)) & MASK) ^ h)
+            # a terminal policy ends the list once there is a hash, its own or an earlier one's
+            if terminal and result is not None:
                 break
         return result
 
