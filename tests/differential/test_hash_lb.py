@@ -55,6 +55,10 @@ class Backend:
     ip: str = "127.0.0.1"
     weight: int = 1
     hostname: str = ""
+    priority: int = 0
+    zone: str = ""
+    zone_weight: int = 0  # its locality's load_balancing_weight
+    unhealthy: bool = False
 
 
 @attrs.frozen
@@ -84,6 +88,24 @@ BY_HOSTNAME = """common_lb_config: {consistent_hashing_lb_config: {use_hostname_
   type: STRICT_DNS
   dns_lookup_family: V4_ONLY"""
 
+# Priority 0 is half healthy: 70 % of the load (50 % times the overprovisioning factor) stays
+# there, the rest goes to priority 1; Envoy picks the priority by the request's hash too.
+PRIORITIES = (
+    Backend(weight=1),
+    Backend(weight=2, unhealthy=True),
+    Backend(weight=1, priority=1),
+    Backend(weight=3, priority=1),
+)
+# Localities listed out of name order, one of them with an unhealthy host.
+LOCALITIES = (
+    Backend(weight=1, zone="b", zone_weight=3),
+    Backend(weight=2, zone="b", zone_weight=3),
+    Backend(weight=1, zone="a", zone_weight=1),
+    Backend(weight=1, zone="c", zone_weight=2),
+    Backend(weight=2, zone="c", zone_weight=2, unhealthy=True),
+)
+BY_LOCALITY = "common_lb_config: {locality_weighted_lb_config: {}}"
+
 CASES = {
     "ring-weighted": Case("RING_HASH", WEIGHTED),
     "ring-ipv6": Case("RING_HASH", MIXED),
@@ -102,6 +124,10 @@ CASES = {
     "maglev-ipv6": Case("MAGLEV", MIXED),
     "maglev-small-table": Case("MAGLEV", WEIGHTED, "maglev_lb_config: {table_size: 13}"),
     "maglev-hostname": Case("MAGLEV", NAMED, BY_HOSTNAME),
+    "ring-priorities": Case("RING_HASH", PRIORITIES),
+    "maglev-priorities": Case("MAGLEV", PRIORITIES),
+    "ring-localities": Case("RING_HASH", LOCALITIES, BY_LOCALITY),
+    "maglev-localities": Case("MAGLEV", LOCALITIES, BY_LOCALITY),
 }
 
 KEYS = [f"user-{i}" for i in range(200)]
@@ -123,20 +149,26 @@ def _config(case: Case, ports: Sequence[int], hash_policy: str) -> str:
         lines.append(f"  {case.cluster_extra}")
     if "type:" not in case.cluster_extra:
         lines.append("  type: STATIC")
-    lines += [
-        "  load_assignment:",
-        "    cluster_name: hashed",
-        "    endpoints:",
-        "    - lb_endpoints:",
-    ]
+    lines += ["  load_assignment:", "    cluster_name: hashed", "    endpoints:"]
+    groups: dict[tuple[int, str], list[tuple[Backend, int]]] = {}
     for b, port in zip(case.backends, ports, strict=True):
-        lines += [
-            "      - endpoint:",
-            f'          address: {{socket_address: {{address: "{b.ip}", port_value: {port}}}}}',
-        ]
-        if b.hostname:
-            lines.append(f"          hostname: {b.hostname}")
-        lines.append(f"        load_balancing_weight: {b.weight}")
+        groups.setdefault((b.priority, b.zone), []).append((b, port))
+    for (priority, zone), members in groups.items():
+        lines.append(f"    - priority: {priority}")
+        if zone:
+            lines.append(f"      locality: {{zone: {zone}}}")
+            lines.append(f"      load_balancing_weight: {members[0][0].zone_weight}")
+        lines.append("      lb_endpoints:")
+        for b, port in members:
+            lines += [
+                "      - endpoint:",
+                f'          address: {{socket_address: {{address: "{b.ip}", port_value: {port}}}}}',
+            ]
+            if b.hostname:
+                lines.append(f"          hostname: {b.hostname}")
+            lines.append(f"        load_balancing_weight: {b.weight}")
+            if b.unhealthy:
+                lines.append("        health_status: UNHEALTHY")
     return http_config(
         routes=f"""
 - match: {{prefix: "/"}}
@@ -202,8 +234,8 @@ async def test_hash_policy_picks_the_host_envoy_picks(name: str) -> None:
     case = CASES[name]
     probes = [Probe(k, (("x-key", k),)) for k in KEYS]
     envoy, differ = await _compare(case, probes)
-    # every host took some keys through Envoy, so the comparison covers them all
-    assert len(set(envoy)) == len(case.backends), envoy
+    # every healthy host took some keys through Envoy, so the comparison covers them all
+    assert len(set(envoy)) == sum(not b.unhealthy for b in case.backends), envoy
     assert not differ, _report(differ, len(probes))
 
 

@@ -18,6 +18,8 @@ when fewer than ``panic_threshold`` percent of the hosts are healthy, all hosts 
   request without a hash gets a random host. Both place hosts exactly as Envoy does (the same
   host key, hash functions, point counts and fill order), so with the same hosts a hash reaches
   the host Envoy would pick; ``tests/differential/test_hash_lb.py`` checks it against Envoy.
+  Over several priorities the hash picks the priority too, and with locality weights one ring
+  or table spans all the localities, as in Envoy (a key never changes level or locality).
 
 ``choose(context)`` returns ``None`` when there is no host.
 """
@@ -166,8 +168,10 @@ def build(
     table_size: int = 65537,
     hash_function: str = "XX_HASH",
     use_hostname_for_hashing: bool = False,
+    shares: Sequence[float] | None = None,
 ) -> LoadBalancer:
-    """The balancer for a cluster's ``lb_policy`` over ``hosts``."""
+    """The balancer for a cluster's ``lb_policy`` over ``hosts``. ``shares`` (RING_HASH and
+    MAGLEV): each host's share of the ring or table, for hosts the caller already chose."""
     if policy == "RING_HASH":
         return RingHash(
             hosts,
@@ -175,6 +179,7 @@ def build(
             maximum_ring_size=maximum_ring_size,
             hash_function=hash_function,
             use_hostname_for_hashing=use_hostname_for_hashing,
+            shares=shares,
             panic_threshold=panic_threshold,
             rng=rng,
         )
@@ -183,6 +188,7 @@ def build(
             hosts,
             table_size=table_size,
             use_hostname_for_hashing=use_hostname_for_hashing,
+            shares=shares,
             panic_threshold=panic_threshold,
             rng=rng,
         )
@@ -239,15 +245,18 @@ class RingHash(LoadBalancer):
         maximum_ring_size: int = 8 * 1024 * 1024,
         hash_function: str = "XX_HASH",
         use_hostname_for_hashing: bool = False,
+        shares: Sequence[float] | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        if shares is not None:  # the caller chose the hosts (and decided panic)
+            self.hosts = list(hosts)
         murmur = hash_function == "MURMUR_HASH_2"
         ring: list[tuple[int, Host]] = []
         usable = self.hosts
         if usable:
-            weights = _normalized_weights(usable)
+            weights = _normalized_weights(usable) if shares is None else list(shares)
             smallest = min(weights)
             scale = min(
                 math.ceil(smallest * minimum_ring_size) / smallest, float(maximum_ring_size)
@@ -293,13 +302,16 @@ class Maglev(LoadBalancer):
         *,
         table_size: int = 65537,
         use_hostname_for_hashing: bool = False,
+        shares: Sequence[float] | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        if shares is not None:  # the caller chose the hosts (and decided panic)
+            self.hosts = list(hosts)
         table: list[Host | None] = [None] * table_size
         if self.hosts:
-            weights = _normalized_weights(self.hosts)
+            weights = _normalized_weights(self.hosts) if shares is None else list(shares)
             top = max(weights)
             keyed = sorted(
                 (
@@ -352,6 +364,41 @@ def _availability(hosts: Sequence[Host], overprovisioning: int) -> int:
         return 0
     usable = sum(1 for h in hosts if h.usable)
     return min(100, overprovisioning * usable // len(hosts))
+
+
+HASHING_POLICIES = frozenset({"RING_HASH", "MAGLEV"})
+
+
+def _hashing_over_localities(
+    policy: str, hosts: Sequence[Host], *, panic_threshold: float, **kw: Any
+) -> LoadBalancer:
+    """RING_HASH or MAGLEV with ``locality_weighted_lb_config``, as Envoy builds it: one ring
+    or table over the usable hosts of every locality, localities in name order (region, zone,
+    sub-zone), each host's share its locality's share of all the locality weights (localities
+    without a usable host still count in the total) times its share of its locality's weight.
+    Picking a locality first would send one key to different localities."""
+    usable, panic = _usable(hosts, panic_threshold)
+    chosen = {id(h) for h in usable}
+    localities: dict[Any, tuple[int, list[Host]]] = {}
+    for h in hosts:
+        weight, members = localities.setdefault(h.locality, (h.locality_weight, []))
+        if id(h) in chosen:
+            members.append(h)
+    total = sum(weight for weight, _ in localities.values())
+    ordered: list[Host] = []
+    shares: list[float] = []
+    for loc in sorted(localities, key=lambda lc: (lc.region, lc.zone, lc.sub_zone)):
+        weight, members = localities[loc]
+        if weight == 0 or not members:
+            continue
+        locality_share = weight / total
+        member_total = sum(h.weight for h in members)
+        for h in members:
+            ordered.append(h)
+            shares.append(h.weight * locality_share / member_total)
+    balancer = build(policy, ordered, shares=shares, **kw)
+    balancer.panic = panic
+    return balancer
 
 
 class _Localities(LoadBalancer):
@@ -407,9 +454,11 @@ class PriorityBalancer(LoadBalancer):
     levels as far as their availability reaches, normalised when the total is under 100.
     While the total is 100 there is no panic; under it, a level whose healthy share is below
     the panic threshold balances over all its hosts; with no availability at all, priority 0
-    takes everything in panic. ``panic`` reflects the level of the last pick."""
+    takes everything in panic. ``panic`` reflects the level of the last pick. RING_HASH and
+    MAGLEV pick the level by the request's hash as Envoy does (``hash % 100 + 1`` against the
+    cumulative loads), so a key stays on its level."""
 
-    __slots__ = ("_cumulative", "_levels")
+    __slots__ = ("_cumulative", "_hashing", "_levels")
 
     def __init__(
         self,
@@ -425,6 +474,7 @@ class PriorityBalancer(LoadBalancer):
         self._rng = rng or random.Random()
         self.hosts = list(hosts)
         self.panic = False
+        self._hashing = policy in HASHING_POLICIES
         priorities = sorted({h.priority for h in hosts})
         levels = [[h for h in hosts if h.priority == p] for p in priorities]
         health = [_availability(lv, overprovisioning) for lv in levels]
@@ -450,8 +500,12 @@ class PriorityBalancer(LoadBalancer):
         for level, load in zip(levels, loads, strict=True):
             if load <= 0:
                 continue
-            if locality_weighted:
-                inner: LoadBalancer = _Localities(
+            if locality_weighted and self._hashing:
+                inner: LoadBalancer = _hashing_over_localities(
+                    policy, level, panic_threshold=threshold, rng=self._rng, **kw
+                )
+            elif locality_weighted:
+                inner = _Localities(
                     policy,
                     level,
                     overprovisioning=overprovisioning,
@@ -469,8 +523,11 @@ class PriorityBalancer(LoadBalancer):
         levels = self._levels
         if not levels:
             return None
+        h = _context_hash(context) if self._hashing and len(levels) > 1 else None
         if len(levels) == 1:
             inner = levels[0]
+        elif h is not None:
+            inner = levels[bisect.bisect_left(self._cumulative, h % 100 + 1)]
         else:
             point = self._rng.random() * self._cumulative[-1]
             inner = levels[bisect.bisect_right(self._cumulative, point)]
