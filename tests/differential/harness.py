@@ -131,11 +131,13 @@ class RecordedRequest:
 @attrs.define(eq=False)
 class RecordingUpstream:
     """An HTTP/1.1 server that records requests and answers ``script`` in turn (the last reply
-    repeats), or with ``script(request)`` when it is callable."""
+    repeats), or with ``script(request)`` when it is callable. It listens on ``host`` (an
+    IPv6 literal such as ``::1`` works too)."""
 
     script: Sequence[Reply] | Callable[[RecordedRequest], Reply] = (Reply(),)
     requests: list[RecordedRequest] = attrs.field(factory=list)
     port: int = 0
+    host: str = "127.0.0.1"
 
     def _reply_for(self, req: RecordedRequest) -> Reply:
         if callable(self.script):
@@ -144,8 +146,8 @@ class RecordingUpstream:
         return self.script[idx]
 
     async def listen(self) -> list[trio.SocketListener]:
-        """Bind 127.0.0.1:0 (sets ``port``); connections queue until ``serve`` runs."""
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        """Bind ``host`` on port 0 (sets ``port``); connections queue until ``serve`` runs."""
+        listeners = await trio.open_tcp_listeners(0, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         return listeners
 

@@ -175,6 +175,29 @@ def test_zero_idle_timeout_disables_it() -> None:
             "ring_hash_lb_config.minimum_ring_size",
             "> maximum_ring_size",
         ),
+        (
+            {"lb_policy": "RING_HASH", "ring_hash_lb_config": {"hash_function": "CRC32"}},
+            "ring_hash_lb_config.hash_function",
+            "unknown hash_function",
+        ),
+        (
+            {
+                "lb_policy": "MAGLEV",
+                "common_lb_config": {
+                    "consistent_hashing_lb_config": {"use_hostname_for_hashing": True}
+                },
+            },
+            "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+            "for cluster of type: 'envoy.cluster.static'",
+        ),
+        (
+            {
+                "lb_policy": "RING_HASH",
+                "common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": 150}},
+            },
+            "consistent_hashing_lb_config.hash_balance_factor",
+            "not supported yet",
+        ),
         ({"lb_policy": "LEAST_LOADED"}, "lb_policy", "unknown"),
         ({"dns_lookup_family": "V5"}, "dns_lookup_family", "unknown"),
         ({"connect_timeout": "soon"}, "connect_timeout", "invalid duration"),
@@ -272,3 +295,29 @@ def test_typed_load_balancing_policy() -> None:
     with pytest.raises(ConfigError) as info:
         ClusterConfig.from_proto(d)
     assert info.value.path == "load_balancing_policy.policies"
+
+
+def test_consistent_hashing_settings() -> None:
+    d = cluster(
+        type="STRICT_DNS",
+        lb_policy="RING_HASH",
+        ring_hash_lb_config={"hash_function": "MURMUR_HASH_2"},
+        common_lb_config={"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}},
+    )
+    h = ClusterConfig.from_proto(d).hash_lb
+    assert (h.hash_function, h.use_hostname_for_hashing) == ("MURMUR_HASH_2", True)
+    maglev = "type.googleapis.com/envoy.extensions.load_balancing_policies.maglev.v3.Maglev"
+    typed = {
+        "@type": maglev,
+        "table_size": 13,
+        "consistent_hashing_lb_config": {"use_hostname_for_hashing": True},
+    }
+    d = cluster(
+        load_balancing_policy={
+            "policies": [{"typed_extension_config": {"name": "m", "typed_config": typed}}]
+        }
+    )
+    # Envoy checks the cluster type only for the cluster-level field
+    h = ClusterConfig.from_proto(d).hash_lb
+    assert (h.table_size, h.use_hostname_for_hashing) == (13, True)
+    assert ClusterConfig.from_proto(cluster(lb_policy="MAGLEV")).hash_lb.hash_function == "XX_HASH"

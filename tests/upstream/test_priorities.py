@@ -110,3 +110,52 @@ static_resources:
         await client.aclose()
     # the primary fails its health checks: all traffic goes to priority 1, none in panic
     assert bodies == {b"backup"}
+
+
+class Hashed:
+    """A balancer context with a fixed request hash."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def lb_hash(self) -> int:
+        return self.value
+
+
+def test_consistent_hashing_picks_the_priority_by_the_hash() -> None:
+    # 70/30 as above; Envoy takes priority 0 when hash % 100 + 1 <= 70, so a key keeps its level
+    for policy in ("RING_HASH", "MAGLEV"):
+        b = lb.build_for_cluster(policy, level(0, 2, 4) + level(1, 4, 4))
+        for value in (0, 69, 70, 99, 100 + 5, 2**64 - 1):
+            picked = b.choose(Hashed(value))
+            assert picked is not None
+            expected = 0 if value % 100 + 1 <= 70 else 1
+            assert picked.priority == expected, (policy, value)
+            assert all(b.choose(Hashed(value)) is picked for _ in range(5))
+
+
+def test_consistent_hashing_spans_localities_with_envoys_shares() -> None:
+    # zones b (weight 3: hosts of weight 1 and 2), a (weight 1), c (weight 2: its second host
+    # is unhealthy, but the zone still counts in the total): shares a 1/6, b 1/6 and 1/3, c 1/3
+    def host(zone: str, zone_weight: int, weight: int, *, healthy: bool = True) -> Host:
+        return Host(
+            address=(f"10.1.0.{len(made)}", 80),
+            weight=weight,
+            healthy=healthy,
+            locality=Locality(zone=zone),
+            locality_weight=zone_weight,
+        )
+
+    made: list[Host] = []
+    for args in (("b", 3, 1), ("b", 3, 2), ("a", 1, 1), ("c", 2, 1)):
+        made.append(host(*args))
+    made.append(host("c", 2, 2, healthy=False))
+    b = lb.build_for_cluster("RING_HASH", made, locality_weighted=True, minimum_ring_size=6)
+    assert isinstance(b, lb.PriorityBalancer)
+    (ring,) = b._levels
+    assert isinstance(ring, lb.RingHash)
+    assert ring.hosts == [made[2], made[0], made[1], made[3]]  # zones in name order
+    counts = Counter(id(h) for h in ring._ring)
+    assert [counts[id(h)] for h in ring.hosts] == [1, 1, 2, 2]
+    # one ring: a key always reaches the same host, whatever the zones' turns would be
+    assert all(b.choose(Hashed(12345)) is b.choose(Hashed(12345)) for _ in range(20))

@@ -238,6 +238,8 @@ class Cluster:
             minimum_ring_size=c.hash_lb.minimum_ring_size,
             maximum_ring_size=c.hash_lb.maximum_ring_size,
             table_size=c.hash_lb.table_size,
+            hash_function=c.hash_lb.hash_function,
+            use_hostname_for_hashing=c.hash_lb.use_hostname_for_hashing,
         )
 
     def set_hosts(self, hosts: list[Host]) -> bool:

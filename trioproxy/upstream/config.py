@@ -262,21 +262,42 @@ _LB_TYPES = {
 
 @attrs.frozen
 class HashLbSettings:
-    """RING_HASH and MAGLEV table sizes."""
+    """RING_HASH and MAGLEV settings: table sizes, the ring's hash function, and whether hosts
+    are placed by hostname rather than by address (``use_hostname_for_hashing``)."""
 
     minimum_ring_size: int = 1024
     maximum_ring_size: int = MAX_RING_SIZE
     table_size: int = 65537
+    hash_function: str = "XX_HASH"  # or MURMUR_HASH_2 (ring hash)
+    use_hostname_for_hashing: bool = False
 
     @classmethod
-    def from_proto(cls, policy: str, d: Mapping[str, Any], path: str) -> HashLbSettings:
+    def from_proto(
+        cls, policy: str, d: Mapping[str, Any], path: str, consistent: Mapping[str, Any]
+    ) -> HashLbSettings:
+        """From the policy's own config ``d`` and the ``consistent_hashing_lb_config`` that
+        applies (the typed policy's, or the cluster's ``common_lb_config``'s)."""
+
         def size(key: str, default: int) -> int:
             raw = d.get(key, default)
             if isinstance(raw, Mapping):
                 raw = raw.get("value", default)
             return uint(raw, f"{path}.{key}")
 
+        by_hostname = bool(consistent.get("use_hostname_for_hashing", False))
+        if "hash_balance_factor" in consistent:
+            raise ConfigError(
+                "bounded loads (hash_balance_factor) are not supported yet",
+                path="consistent_hashing_lb_config.hash_balance_factor",
+            )
         if policy == "RING_HASH":
+            # the typed RingHash's own (deprecated) field, when no consistent_hashing_lb_config
+            by_hostname = by_hostname or bool(d.get("use_hostname_for_hashing", False))
+            if "hash_balance_factor" in d:
+                raise ConfigError(
+                    "bounded loads (hash_balance_factor) are not supported yet",
+                    path=f"{path}.hash_balance_factor",
+                )
             lo = size("minimum_ring_size", 1024)
             hi = size("maximum_ring_size", MAX_RING_SIZE)
             if hi > MAX_RING_SIZE or lo > MAX_RING_SIZE:
@@ -288,7 +309,18 @@ class HashLbSettings:
                     f"ring hash: minimum_ring_size ({lo}) > maximum_ring_size ({hi})",
                     path=f"{path}.minimum_ring_size",
                 )
-            return cls(minimum_ring_size=max(lo, 1), maximum_ring_size=hi)
+            function = str(d.get("hash_function", "XX_HASH"))
+            if function not in ("XX_HASH", "MURMUR_HASH_2"):
+                raise ConfigError(
+                    f"unknown hash_function {function!r} (expected XX_HASH or MURMUR_HASH_2)",
+                    path=f"{path}.hash_function",
+                )
+            return cls(
+                minimum_ring_size=max(lo, 1),
+                maximum_ring_size=hi,
+                hash_function=function,
+                use_hostname_for_hashing=by_hostname,
+            )
         if policy == "MAGLEV":
             table = size("table_size", 65537)
             if table < 2 or any(table % k == 0 for k in range(2, math.isqrt(table) + 1)):
@@ -296,7 +328,7 @@ class HashLbSettings:
                     f"The table size of maglev must be prime number, got {table}",
                     path=f"{path}.table_size",
                 )
-            return cls(table_size=table)
+            return cls(table_size=table, use_hostname_for_hashing=by_hostname)
         return cls()
 
 
@@ -314,17 +346,26 @@ def _least_request(lr: Mapping[str, Any], path: str) -> tuple[int, float]:
     return choice_count, bias
 
 
-def _hash_settings(d: Mapping[str, Any], policy: str) -> HashLbSettings:
+def _hash_settings(d: Mapping[str, Any], policy: str, cluster_type: str) -> HashLbSettings:
     for key in ("load_balancing_policy",):
         for i, p in enumerate((d.get(key) or {}).get("policies", ())):
             typed = (p.get("typed_extension_config") or {}).get("typed_config") or {}
             if _LB_TYPES.get(typed.get("@type", "")) == policy:
                 path = f"{key}.policies[{i}].typed_extension_config.typed_config"
-                return HashLbSettings.from_proto(policy, typed, path)
+                consistent = typed.get("consistent_hashing_lb_config") or {}
+                return HashLbSettings.from_proto(policy, typed, path, consistent)
     field = {"RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}.get(policy)
     if field is None:
         return HashLbSettings()
-    return HashLbSettings.from_proto(policy, d.get(field) or {}, field)
+    consistent = (d.get("common_lb_config") or {}).get("consistent_hashing_lb_config") or {}
+    if consistent.get("use_hostname_for_hashing") and cluster_type != "STRICT_DNS":
+        # Envoy's rule for the cluster-level field (the typed policies' own is not checked)
+        raise ConfigError(
+            "Cannot use hostname for consistent hashing loadbalancing for cluster of type:"
+            f" 'envoy.cluster.{cluster_type.lower()}'",
+            path="common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+        )
+    return HashLbSettings.from_proto(policy, d.get(field) or {}, field, consistent)
 
 
 def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
@@ -620,7 +661,7 @@ class ClusterConfig:
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             source_address=_bind_config(d),
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
-            hash_lb=_hash_settings(d, lb_policy),
+            hash_lb=_hash_settings(d, lb_policy, ctype),
             outlier=_outlier(d),
             health_check=_health_check(d),
             raw=d,

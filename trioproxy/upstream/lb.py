@@ -15,7 +15,11 @@ when fewer than ``panic_threshold`` percent of the hosts are healthy, all hosts 
   ``weight / (rq_active + 1) ** active_request_bias`` (Envoy's weighted variant).
 - RANDOM: uniform over the healthy hosts (Envoy ignores weights here too).
 - RING_HASH and MAGLEV: consistent hashing on ``context.lb_hash()`` (see ``hashing``); a
-  request without a hash gets a random host.
+  request without a hash gets a random host. Both place hosts exactly as Envoy does (the same
+  host key, hash functions, point counts and fill order), so with the same hosts a hash reaches
+  the host Envoy would pick; ``tests/differential/test_hash_lb.py`` checks it against Envoy.
+  Over several priorities the hash picks the priority too, and with locality weights one ring
+  or table spans all the localities, as in Envoy (a key never changes level or locality).
 
 ``choose(context)`` returns ``None`` when there is no host.
 """
@@ -28,7 +32,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
-from trioproxy.upstream.hashing import hash64
+from trioproxy.upstream.hashing import murmur2_64, xxhash64
 from trioproxy.upstream.host import Host
 
 DEFAULT_PANIC_THRESHOLD = 50.0
@@ -162,18 +166,32 @@ def build(
     minimum_ring_size: int = 1024,
     maximum_ring_size: int = 8 * 1024 * 1024,
     table_size: int = 65537,
+    hash_function: str = "XX_HASH",
+    use_hostname_for_hashing: bool = False,
+    shares: Sequence[float] | None = None,
 ) -> LoadBalancer:
-    """The balancer for a cluster's ``lb_policy`` over ``hosts``."""
+    """The balancer for a cluster's ``lb_policy`` over ``hosts``. ``shares`` (RING_HASH and
+    MAGLEV): each host's share of the ring or table, for hosts the caller already chose."""
     if policy == "RING_HASH":
         return RingHash(
             hosts,
             minimum_ring_size=minimum_ring_size,
             maximum_ring_size=maximum_ring_size,
+            hash_function=hash_function,
+            use_hostname_for_hashing=use_hostname_for_hashing,
+            shares=shares,
             panic_threshold=panic_threshold,
             rng=rng,
         )
     if policy == "MAGLEV":
-        return Maglev(hosts, table_size=table_size, panic_threshold=panic_threshold, rng=rng)
+        return Maglev(
+            hosts,
+            table_size=table_size,
+            use_hostname_for_hashing=use_hostname_for_hashing,
+            shares=shares,
+            panic_threshold=panic_threshold,
+            rng=rng,
+        )
     if policy == "ROUND_ROBIN":
         return RoundRobin(hosts, panic_threshold=panic_threshold, rng=rng)
     if policy == "LEAST_REQUEST":
@@ -196,11 +214,26 @@ def _context_hash(context: Any) -> int | None:
     return get() if get is not None else None
 
 
+def hash_key(host: Host, use_hostname: bool) -> bytes:
+    """What places ``host`` on a ring or in a Maglev table, as Envoy's ``hashKey``: its
+    hostname with ``use_hostname_for_hashing``, else its address as Envoy writes it
+    (``127.0.0.1:80``, ``[::1]:80``)."""
+    return (host.hostname if use_hostname else host.address_str).encode()
+
+
+def _normalized_weights(hosts: Sequence[Host]) -> list[float]:
+    """Each host's share of the total weight, as the doubles Envoy computes."""
+    total = sum(h.weight for h in hosts)
+    return [h.weight / total for h in hosts]
+
+
 class RingHash(LoadBalancer):
-    """Envoy's ketama-style ring: each host owns ``weight``-proportional points, hashed from
-    ``"<address>_<i>"``; a request goes to the first point at or after its hash. The ring
-    has ``minimum_ring_size`` points or more (so the lightest host gets at least one),
-    at most ``maximum_ring_size``. No hash: a random point."""
+    """Envoy's ketama-style ring. The ring has ``minimum_ring_size`` points or more, enough for
+    the lightest host to get a whole number of them, at most ``maximum_ring_size``; walking
+    the hosts in order, each adds points (hashes of ``"<key>_0"``, ``"<key>_1"``, ...) while
+    the running count is below the running target ``scale * share`` (so a host whose share
+    is not whole rounds up, and the next one makes up for it). A request goes to the first
+    point at or after its hash, wrapping to the first. No hash: a random point."""
 
     __slots__ = ("_points", "_ring")
 
@@ -210,25 +243,35 @@ class RingHash(LoadBalancer):
         *,
         minimum_ring_size: int = 1024,
         maximum_ring_size: int = 8 * 1024 * 1024,
+        hash_function: str = "XX_HASH",
+        use_hostname_for_hashing: bool = False,
+        shares: Sequence[float] | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
+        if shares is not None:  # the caller chose the hosts (and decided panic)
+            self.hosts = list(hosts)
+        murmur = hash_function == "MURMUR_HASH_2"
         ring: list[tuple[int, Host]] = []
         usable = self.hosts
         if usable:
-            total = sum(h.weight for h in usable)
-            weights = [h.weight / total for h in usable]
+            weights = _normalized_weights(usable) if shares is None else list(shares)
             smallest = min(weights)
-            scale = min(math.ceil(smallest * minimum_ring_size) / smallest, maximum_ring_size)
+            scale = min(
+                math.ceil(smallest * minimum_ring_size) / smallest, float(maximum_ring_size)
+            )
             target = 0.0
             made = 0
             for h, w in zip(usable, weights, strict=True):
+                prefix = hash_key(h, use_hostname_for_hashing) + b"_"
                 target += scale * w
-                count = math.floor(target) - made
-                key = f"{h.address[0]}:{h.address[1]}_"
-                ring.extend((hash64(f"{key}{i}"), h) for i in range(count))
-                made += count
+                i = 0
+                while made < target:
+                    point = prefix + str(i).encode()
+                    ring.append((murmur2_64(point) if murmur else xxhash64(point), h))
+                    i += 1
+                    made += 1
         ring.sort(key=lambda p: p[0])
         self._points = [p[0] for p in ring]
         self._ring = [p[1] for p in ring]
@@ -246,7 +289,10 @@ class RingHash(LoadBalancer):
 
 class Maglev(LoadBalancer):
     """Maglev consistent hashing with weights (Envoy's table builder): a prime-sized table
-    filled by each host's permutation in turn, heavier hosts taking more turns."""
+    filled by each host's permutation in turn, heavier hosts taking more turns. A host's
+    permutation starts at ``xxHash64(key) % size`` and steps by
+    ``xxHash64(key, seed=1) % (size - 1) + 1``; hosts take their turns in the order of their
+    keys, so the table does not depend on the order the hosts were listed in."""
 
     __slots__ = ("_table",)
 
@@ -255,29 +301,38 @@ class Maglev(LoadBalancer):
         hosts: Sequence[Host],
         *,
         table_size: int = 65537,
+        use_hostname_for_hashing: bool = False,
+        shares: Sequence[float] | None = None,
         panic_threshold: float = DEFAULT_PANIC_THRESHOLD,
         rng: random.Random | None = None,
     ) -> None:
         super().__init__(hosts, panic_threshold=panic_threshold, rng=rng)
-        usable = self.hosts
+        if shares is not None:  # the caller chose the hosts (and decided panic)
+            self.hosts = list(hosts)
         table: list[Host | None] = [None] * table_size
-        if usable:
-            total = sum(h.weight for h in usable)
-            weights = [h.weight / total for h in usable]
+        if self.hosts:
+            weights = _normalized_weights(self.hosts) if shares is None else list(shares)
             top = max(weights)
-            offsets, skips, nexts, targets = [], [], [], [0.0] * len(usable)
-            for h in usable:
-                key = f"{h.address[0]}:{h.address[1]}"
-                offsets.append(hash64(key) % table_size)
-                skips.append(hash64(key + "#skip") % (table_size - 1) + 1)
-                nexts.append(0)
+            keyed = sorted(
+                (
+                    (hash_key(h, use_hostname_for_hashing), h, w)
+                    for h, w in zip(self.hosts, weights, strict=True)
+                ),
+                key=lambda e: e[0],
+            )
+            usable = [e[1] for e in keyed]
+            shares = [e[2] for e in keyed]
+            offsets = [xxhash64(e[0]) % table_size for e in keyed]
+            skips = [xxhash64(e[0], 1) % (table_size - 1) + 1 for e in keyed]
+            nexts = [0] * len(keyed)
+            targets = [0.0] * len(keyed)
             filled = 0
             iteration = 1
             while filled < table_size:
                 for i, h in enumerate(usable):
                     if filled >= table_size:
                         break
-                    if iteration * weights[i] < targets[i]:
+                    if iteration * shares[i] < targets[i]:
                         continue
                     targets[i] += top
                     while True:
@@ -309,6 +364,41 @@ def _availability(hosts: Sequence[Host], overprovisioning: int) -> int:
         return 0
     usable = sum(1 for h in hosts if h.usable)
     return min(100, overprovisioning * usable // len(hosts))
+
+
+HASHING_POLICIES = frozenset({"RING_HASH", "MAGLEV"})
+
+
+def _hashing_over_localities(
+    policy: str, hosts: Sequence[Host], *, panic_threshold: float, **kw: Any
+) -> LoadBalancer:
+    """RING_HASH or MAGLEV with ``locality_weighted_lb_config``, as Envoy builds it: one ring
+    or table over the usable hosts of every locality, localities in name order (region, zone,
+    sub-zone), each host's share its locality's share of all the locality weights (localities
+    without a usable host still count in the total) times its share of its locality's weight.
+    Picking a locality first would send one key to different localities."""
+    usable, panic = _usable(hosts, panic_threshold)
+    chosen = {id(h) for h in usable}
+    localities: dict[Any, tuple[int, list[Host]]] = {}
+    for h in hosts:
+        weight, members = localities.setdefault(h.locality, (h.locality_weight, []))
+        if id(h) in chosen:
+            members.append(h)
+    total = sum(weight for weight, _ in localities.values())
+    ordered: list[Host] = []
+    shares: list[float] = []
+    for loc in sorted(localities, key=lambda lc: (lc.region, lc.zone, lc.sub_zone)):
+        weight, members = localities[loc]
+        if weight == 0 or not members:
+            continue
+        locality_share = weight / total
+        member_total = sum(h.weight for h in members)
+        for h in members:
+            ordered.append(h)
+            shares.append(h.weight * locality_share / member_total)
+    balancer = build(policy, ordered, shares=shares, **kw)
+    balancer.panic = panic
+    return balancer
 
 
 class _Localities(LoadBalancer):
@@ -364,9 +454,11 @@ class PriorityBalancer(LoadBalancer):
     levels as far as their availability reaches, normalised when the total is under 100.
     While the total is 100 there is no panic; under it, a level whose healthy share is below
     the panic threshold balances over all its hosts; with no availability at all, priority 0
-    takes everything in panic. ``panic`` reflects the level of the last pick."""
+    takes everything in panic. ``panic`` reflects the level of the last pick. RING_HASH and
+    MAGLEV pick the level by the request's hash as Envoy does (``hash % 100 + 1`` against the
+    cumulative loads), so a key stays on its level."""
 
-    __slots__ = ("_cumulative", "_levels")
+    __slots__ = ("_cumulative", "_hashing", "_levels")
 
     def __init__(
         self,
@@ -382,6 +474,7 @@ class PriorityBalancer(LoadBalancer):
         self._rng = rng or random.Random()
         self.hosts = list(hosts)
         self.panic = False
+        self._hashing = policy in HASHING_POLICIES
         priorities = sorted({h.priority for h in hosts})
         levels = [[h for h in hosts if h.priority == p] for p in priorities]
         health = [_availability(lv, overprovisioning) for lv in levels]
@@ -407,8 +500,12 @@ class PriorityBalancer(LoadBalancer):
         for level, load in zip(levels, loads, strict=True):
             if load <= 0:
                 continue
-            if locality_weighted:
-                inner: LoadBalancer = _Localities(
+            if locality_weighted and self._hashing:
+                inner: LoadBalancer = _hashing_over_localities(
+                    policy, level, panic_threshold=threshold, rng=self._rng, **kw
+                )
+            elif locality_weighted:
+                inner = _Localities(
                     policy,
                     level,
                     overprovisioning=overprovisioning,
@@ -426,8 +523,11 @@ class PriorityBalancer(LoadBalancer):
         levels = self._levels
         if not levels:
             return None
+        h = _context_hash(context) if self._hashing and len(levels) > 1 else None
         if len(levels) == 1:
             inner = levels[0]
+        elif h is not None:
+            inner = levels[bisect.bisect_left(self._cumulative, h % 100 + 1)]
         else:
             point = self._rng.random() * self._cumulative[-1]
             inner = levels[bisect.bisect_right(self._cumulative, point)]
