@@ -426,7 +426,7 @@ class Route:
         config: Any = None,
         mutates_headers: bool = True,
     ) -> None:
-        # object.__setattr__ because __setattr__ refuses (compiled by mypyc, a direct store)
+        # object.__setattr__, as __setattr__ refuses (see _link)
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "match_fn", match_fn)
         object.__setattr__(self, "cluster", cluster)
@@ -484,6 +484,16 @@ class Route:
             else:
                 parts.append(f"{name}={value!r}")
         return f"Route({', '.join(parts)})"
+
+    def _link(self, virtual_host: VirtualHost, config: RouteConfiguration) -> None:
+        """Once its virtual host and configuration are built (``RouteConfiguration``)."""
+        # object.__setattr__ in a method of this class: compiled by mypyc it is a direct
+        # store; elsewhere, mypyc leaves it to CPython, which refuses it on this class
+        object.__setattr__(self, "virtual_host", virtual_host)
+        if self.retry_policy is None and virtual_host.retry_policy is not None:
+            object.__setattr__(self, "retry_policy", virtual_host.retry_policy)
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "mutates_headers", self._any_mutations())
 
     def _any_mutations(self) -> bool:
         levels: list[HeaderMutations] = [self.request_mutations, self.response_mutations]
@@ -868,11 +878,7 @@ class RouteConfiguration:
         )
         for vh in vhosts:
             for r in vh.routes:
-                object.__setattr__(r, "virtual_host", vh)
-                if r.retry_policy is None and vh.retry_policy is not None:
-                    object.__setattr__(r, "retry_policy", vh.retry_policy)
-                object.__setattr__(r, "config", config)
-                object.__setattr__(r, "mutates_headers", r._any_mutations())
+                r._link(vh, config)
         return config
 
     def find_virtual_host(self, headers: Headers) -> VirtualHost | None:
