@@ -43,6 +43,8 @@ COMPILED = [
     "trioproxy/stats/store.py",
     "trioproxy/http/rds.py",
     "trioproxy/upstream/cluster_manager.py",
+    "trioproxy/http/route_table.py",
+    "trioproxy/http/stream_info.py",
 ]
 
 #: Built-in plugins to compile. plugins/ installs as ``trioproxy_plugins``, and mypyc names a

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
-from trioproxy.http.route_table import RouteConfiguration
+from trioproxy.http.route_table import HeaderMutations, Route, RouteConfiguration
 from trioproxy.http.stream_info import StreamInfo
 
 
@@ -318,3 +319,49 @@ def test_bad_regex_is_a_config_error_with_its_path() -> None:
     with pytest.raises(ConfigError) as err:
         routes({"match": {"safe_regex": {"regex": "(unclosed"}}, "route": {"cluster": "c"}})
     assert err.value.path == "virtual_hosts[0].routes[0].safe_regex"
+
+
+# -- the classes as plain (compilable) classes keep what attrs gave them ----------------------
+
+
+def test_routes_and_mutations_are_frozen() -> None:
+    rc = routes({"match": {"prefix": "/"}, "route": {"cluster": "c"}})
+    route = rc.route(req())
+    assert route is not None
+    for obj, name in ((route, "timeout"), (route.request_mutations, "add")):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(obj, name, None)
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            delattr(obj, name)
+    assert route.timeout == 15.0
+    assert route.request_mutations.add == ()
+
+
+def test_route_keywords_defaults_and_identity() -> None:
+    def match(path: str, h: Headers) -> bool:
+        return True
+
+    a = Route(name="a", match_fn=match, cluster="c")
+    b = Route("a", match, cluster="c")
+    assert (a.timeout, a.buffer_limit, a.cluster_not_found_response_code) == (15.0, 1 << 20, 503)
+    assert a.mutates_headers and a.virtual_host is None and a.config is None
+    assert a.per_filter == {} and a.per_filter is not b.per_filter
+    assert a.request_mutations == HeaderMutations() and a.request_mutations.empty
+    assert a != b and len({a, b}) == 2  # identity, as attrs' eq=False
+
+
+def test_header_mutations_compare_by_value() -> None:
+    one = HeaderMutations((("x-a", "1", "APPEND_IF_EXISTS_OR_ADD", False),), ("x-b",))
+    assert one == HeaderMutations((("x-a", "1", "APPEND_IF_EXISTS_OR_ADD", False),), ("x-b",))
+    assert one != HeaderMutations(remove=("x-b",))
+    assert HeaderMutations().formatters is not HeaderMutations().formatters
+
+
+def test_route_repr_names_its_virtual_host_and_config() -> None:
+    rc = config(vhost("v", ["*"]))
+    text = repr(rc.route(req()))
+    assert text.startswith("Route(name='', match_fn=")
+    assert "cluster='v'" in text
+    assert "virtual_host=<VirtualHost 'v'>" in text
+    assert "config=<RouteConfiguration 'rc'>" in text
+    assert "HeaderMutations(add=(), remove=(), formatters={})" in text

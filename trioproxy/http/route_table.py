@@ -15,6 +15,15 @@ of the name unless ``ignore_port_in_host_matching`` is set.
 A ``Route`` carries what the router and the connection manager need: its action (cluster
 choice, direct response or redirect), the timeout, path and host rewrites, and the header
 mutations of route, virtual host and route configuration in Envoy's order.
+
+This module is compiled by mypyc in a compiled build, and mypyc compiles attrs fields with
+factories wrongly (the class fails at import). ``Route`` and ``HeaderMutations``, which had
+such fields, are plain slotted classes that keep what ``attrs.frozen`` gave them: the same
+arguments and defaults, an ``attrs.exceptions.FrozenInstanceError`` on assignment or
+deletion (a route is shared by every stream of its configuration), and equality as before
+(by value for ``HeaderMutations``, identity for ``Route``). The other classes have no
+factories and stay attrs. Nothing may subclass these classes: mypyc refuses interpreted
+subclasses of compiled classes.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 import attrs
+from attrs.exceptions import FrozenInstanceError
 
 from trioproxy import runtime
 from trioproxy.config.types import DENOMINATORS, data_source, duration, fractional_percent
@@ -57,13 +67,45 @@ _DEFAULT_TIMEOUT = 15.0
 # -- header mutations ------------------------------------------------------------------------
 
 
-@attrs.frozen
 class HeaderMutations:
-    """``*_headers_to_add`` / ``*_headers_to_remove`` of one level."""
+    """``*_headers_to_add`` / ``*_headers_to_remove`` of one level. Frozen, with value
+    equality, as the attrs class it was (see the module docstring)."""
 
-    add: tuple[tuple[str, str, str, bool], ...] = ()  # (name, value, append_action, keep_empty)
-    remove: tuple[str, ...] = ()
-    formatters: Mapping[str, Any] = attrs.field(factory=dict)  # value → compiled formatter
+    __slots__ = ("add", "formatters", "remove")
+    add: tuple[tuple[str, str, str, bool], ...]  # (name, value, append_action, keep_empty)
+    remove: tuple[str, ...]
+    formatters: Mapping[str, Any]  # value → compiled formatter
+
+    def __init__(
+        self,
+        add: tuple[tuple[str, str, str, bool], ...] = (),
+        remove: tuple[str, ...] = (),
+        formatters: Mapping[str, Any] | None = None,  # None: a new empty dict
+    ) -> None:
+        object.__setattr__(self, "add", add)
+        object.__setattr__(self, "remove", remove)
+        object.__setattr__(self, "formatters", {} if formatters is None else formatters)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not HeaderMutations:
+            return NotImplemented
+        return (self.add, self.remove, self.formatters) == (
+            other.add,
+            other.remove,
+            other.formatters,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"HeaderMutations(add={self.add!r}, remove={self.remove!r}, "
+            f"formatters={self.formatters!r})"
+        )
 
     @classmethod
     def from_proto(
@@ -260,53 +302,198 @@ class VirtualHost:
     rate_limits: tuple[RateLimit, ...] = ()
 
 
-@attrs.frozen(eq=False)
+#: ``Route``'s attributes, in its ``__init__``'s order (for ``__slots__`` and ``__repr__``).
+_ROUTE_FIELDS = (
+    "name",
+    "match_fn",
+    "cluster",
+    "cluster_header",
+    "weighted",
+    "total_weight",
+    "weights_runtime_prefix",
+    "direct_response",
+    "redirect",
+    "timeout",
+    "idle_timeout",
+    "prefix",
+    "prefix_rewrite",
+    "regex_rewrite",
+    "host_rewrite_literal",
+    "host_rewrite_header",
+    "cluster_not_found_response_code",
+    "decorator",
+    "retry_policy",
+    "buffer_limit",
+    "rate_limits",
+    "mirrors",
+    "hash_policy",
+    "hash_fn",
+    "grpc_timeout_max",
+    "grpc_timeout_offset",
+    "request_mutations",
+    "response_mutations",
+    "per_filter",
+    "virtual_host",
+    "config",
+    "mutates_headers",
+)
+
+
 class Route:
+    """One route: its match, its action and what the router needs to carry it out. Frozen,
+    as the attrs class it was (see the module docstring); ``RouteConfiguration.from_proto``
+    links it to its virtual host and configuration once they are built."""
+
+    __slots__ = _ROUTE_FIELDS
     name: str
     match_fn: Callable[[str, Headers], bool]
     # action
-    cluster: str | None = None
-    cluster_header: str | None = None
-    weighted: tuple[WeightedCluster, ...] = ()
-    total_weight: int = 0
+    cluster: str | None
+    cluster_header: str | None
+    weighted: tuple[WeightedCluster, ...]
+    total_weight: int
     #: ``weighted_clusters.runtime_key_prefix``: weights read from the runtime per request
     #: (``<prefix>.<cluster>``), the configured ones as defaults.
-    weights_runtime_prefix: str = ""
-    direct_response: DirectResponse | None = None
-    redirect: Redirect | None = None
-    timeout: float | None = _DEFAULT_TIMEOUT
-    idle_timeout: float | None = None
-    prefix: str | None = None  # the matched prefix, for prefix_rewrite
-    prefix_rewrite: str | None = None
-    regex_rewrite: tuple[re.Pattern[str], str] | None = None
-    host_rewrite_literal: str | None = None
-    host_rewrite_header: str | None = None
-    cluster_not_found_response_code: int = 503
-    decorator: str | None = None
+    weights_runtime_prefix: str
+    direct_response: DirectResponse | None
+    redirect: Redirect | None
+    timeout: float | None
+    idle_timeout: float | None
+    prefix: str | None  # the matched prefix, for prefix_rewrite
+    prefix_rewrite: str | None
+    regex_rewrite: tuple[re.Pattern[str], str] | None
+    host_rewrite_literal: str | None
+    host_rewrite_header: str | None
+    cluster_not_found_response_code: int
+    decorator: str | None
     #: The route's ``retry_policy``, else its virtual host's.
-    retry_policy: RetryPolicy | None = None
+    retry_policy: RetryPolicy | None
     #: ``per_request_buffer_limit_bytes``: how much request body is kept for retries.
-    buffer_limit: int = 1 << 20
+    buffer_limit: int
     #: The route action's ``rate_limits`` (``include_vh_rate_limits`` aside).
-    rate_limits: tuple[RateLimit, ...] = ()
+    rate_limits: tuple[RateLimit, ...]
     #: ``request_mirror_policies`` (``trioproxy.http.mirror``).
-    mirrors: tuple[MirrorPolicy, ...] = ()
-    hash_policy: tuple[Mapping[str, Any], ...] = ()
+    mirrors: tuple[MirrorPolicy, ...]
+    hash_policy: tuple[Mapping[str, Any], ...]
     #: The compiled ``hash_policy`` (RING_HASH and MAGLEV clusters read it).
-    hash_fn: StreamHash | None = None
+    hash_fn: StreamHash | None
     #: ``max_stream_duration.grpc_timeout_header_max`` (0: no cap; None: ``grpc-timeout``
     #: is not honoured) and ``grpc_timeout_header_offset``.
-    grpc_timeout_max: float | None = None
-    grpc_timeout_offset: float = 0.0
-    request_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
-    response_mutations: HeaderMutations = attrs.field(factory=HeaderMutations)
-    per_filter: Mapping[str, Any] = attrs.field(factory=dict)
+    grpc_timeout_max: float | None
+    grpc_timeout_offset: float
+    request_mutations: HeaderMutations
+    response_mutations: HeaderMutations
+    per_filter: Mapping[str, Any]
     # set after the virtual host and route configuration are built
-    virtual_host: Any = None
-    config: Any = None
+    virtual_host: Any
+    config: Any
     #: Whether any level (weighted cluster, route, virtual host, route configuration) adds
     #: or removes headers; most routes do not, and then the router skips both calls below.
-    mutates_headers: bool = True
+    mutates_headers: bool
+
+    def __init__(
+        self,
+        name: str,
+        match_fn: Callable[[str, Headers], bool],
+        cluster: str | None = None,
+        cluster_header: str | None = None,
+        weighted: tuple[WeightedCluster, ...] = (),
+        total_weight: int = 0,
+        weights_runtime_prefix: str = "",
+        direct_response: DirectResponse | None = None,
+        redirect: Redirect | None = None,
+        timeout: float | None = _DEFAULT_TIMEOUT,
+        idle_timeout: float | None = None,
+        prefix: str | None = None,
+        prefix_rewrite: str | None = None,
+        regex_rewrite: tuple[re.Pattern[str], str] | None = None,
+        host_rewrite_literal: str | None = None,
+        host_rewrite_header: str | None = None,
+        cluster_not_found_response_code: int = 503,
+        decorator: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        buffer_limit: int = 1 << 20,
+        rate_limits: tuple[RateLimit, ...] = (),
+        mirrors: tuple[MirrorPolicy, ...] = (),
+        hash_policy: tuple[Mapping[str, Any], ...] = (),
+        hash_fn: StreamHash | None = None,
+        grpc_timeout_max: float | None = None,
+        grpc_timeout_offset: float = 0.0,
+        request_mutations: HeaderMutations | None = None,  # None: no mutations
+        response_mutations: HeaderMutations | None = None,
+        per_filter: Mapping[str, Any] | None = None,  # None: a new empty dict
+        virtual_host: Any = None,
+        config: Any = None,
+        mutates_headers: bool = True,
+    ) -> None:
+        # object.__setattr__, as __setattr__ refuses (see _link)
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "match_fn", match_fn)
+        object.__setattr__(self, "cluster", cluster)
+        object.__setattr__(self, "cluster_header", cluster_header)
+        object.__setattr__(self, "weighted", weighted)
+        object.__setattr__(self, "total_weight", total_weight)
+        object.__setattr__(self, "weights_runtime_prefix", weights_runtime_prefix)
+        object.__setattr__(self, "direct_response", direct_response)
+        object.__setattr__(self, "redirect", redirect)
+        object.__setattr__(self, "timeout", timeout)
+        object.__setattr__(self, "idle_timeout", idle_timeout)
+        object.__setattr__(self, "prefix", prefix)
+        object.__setattr__(self, "prefix_rewrite", prefix_rewrite)
+        object.__setattr__(self, "regex_rewrite", regex_rewrite)
+        object.__setattr__(self, "host_rewrite_literal", host_rewrite_literal)
+        object.__setattr__(self, "host_rewrite_header", host_rewrite_header)
+        object.__setattr__(self, "cluster_not_found_response_code", cluster_not_found_response_code)
+        object.__setattr__(self, "decorator", decorator)
+        object.__setattr__(self, "retry_policy", retry_policy)
+        object.__setattr__(self, "buffer_limit", buffer_limit)
+        object.__setattr__(self, "rate_limits", rate_limits)
+        object.__setattr__(self, "mirrors", mirrors)
+        object.__setattr__(self, "hash_policy", hash_policy)
+        object.__setattr__(self, "hash_fn", hash_fn)
+        object.__setattr__(self, "grpc_timeout_max", grpc_timeout_max)
+        object.__setattr__(self, "grpc_timeout_offset", grpc_timeout_offset)
+        object.__setattr__(
+            self,
+            "request_mutations",
+            HeaderMutations() if request_mutations is None else request_mutations,
+        )
+        object.__setattr__(
+            self,
+            "response_mutations",
+            HeaderMutations() if response_mutations is None else response_mutations,
+        )
+        object.__setattr__(self, "per_filter", {} if per_filter is None else per_filter)
+        object.__setattr__(self, "virtual_host", virtual_host)
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "mutates_headers", mutates_headers)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError
+
+    def __repr__(self) -> str:
+        parts = []
+        for name in _ROUTE_FIELDS:
+            value = getattr(self, name)
+            if name in ("virtual_host", "config") and value is not None:
+                # by name: the virtual host's repr holds its routes, this one among them
+                parts.append(f"{name}=<{type(value).__name__} {value.name!r}>")
+            else:
+                parts.append(f"{name}={value!r}")
+        return f"Route({', '.join(parts)})"
+
+    def _link(self, virtual_host: VirtualHost, config: RouteConfiguration) -> None:
+        """Once its virtual host and configuration are built (``RouteConfiguration``)."""
+        # object.__setattr__ in a method of this class: compiled by mypyc it is a direct
+        # store; elsewhere, mypyc leaves it to CPython, which refuses it on this class
+        object.__setattr__(self, "virtual_host", virtual_host)
+        if self.retry_policy is None and virtual_host.retry_policy is not None:
+            object.__setattr__(self, "retry_policy", virtual_host.retry_policy)
+        object.__setattr__(self, "config", config)
+        object.__setattr__(self, "mutates_headers", self._any_mutations())
 
     def _any_mutations(self) -> bool:
         levels: list[HeaderMutations] = [self.request_mutations, self.response_mutations]
@@ -691,11 +878,7 @@ class RouteConfiguration:
         )
         for vh in vhosts:
             for r in vh.routes:
-                object.__setattr__(r, "virtual_host", vh)
-                if r.retry_policy is None and vh.retry_policy is not None:
-                    object.__setattr__(r, "retry_policy", vh.retry_policy)
-                object.__setattr__(r, "config", config)
-                object.__setattr__(r, "mutates_headers", r._any_mutations())
+                r._link(vh, config)
         return config
 
     def find_virtual_host(self, headers: Headers) -> VirtualHost | None:
