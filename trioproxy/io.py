@@ -178,6 +178,11 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
     def closed(self) -> bool:
         return self._closed
 
+    def sending(self) -> bool:
+        """Whether bytes wait to be sent: queued this tick, or left by a flush to the system
+        task that sends them as the socket drains."""
+        return self._queue is not None or self._backlog is not None
+
     def setsockopt_nodelay(self) -> None:
         try:
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -4,12 +4,25 @@ hard stop all behave as for a connection that kept its task."""
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 import trio
 import trio.testing
 
-from tests.support import Backend, Client, Reply, simple_config, start_proxy, until
+from tests.support import (
+    Backend,
+    Client,
+    Reply,
+    free_ports,
+    header,
+    simple_config,
+    start_proxy,
+    until,
+)
+from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
 from trioproxy.listener import parking
+from trioproxy.testing.xds_server import AdsServer
 
 pytestmark = pytest.mark.skipif(not parking.available(), reason="parking needs epoll")
 
@@ -165,3 +178,76 @@ async def test_a_hard_stop_ends_parked_connections(nursery: trio.Nursery) -> Non
     assert proxy.stat(HTTP + "downstream_cx_active") == 0
     assert proxy.stat(HTTP + "downstream_cx_destroy") == 1
     await client.aclose()
+
+
+async def test_slow_readers_get_whole_responses_across_a_park(nursery: trio.Nursery) -> None:
+    # Responses that go out in the same scheduler tick are queued and flushed together; what
+    # the kernel does not take then (a client reading slowly: a full window) is sent by a
+    # system task as the client reads. A connection idle meanwhile must not park and drop it.
+    body = b"x" * 14_000
+    backend = Backend()
+    backend.handler = lambda r: Reply(body=body)
+    await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([backend.port]))
+    # Small send buffers for the connections it accepts (they inherit the listening
+    # socket's): the kernel takes a few KiB of each response, the rest waits with us.
+    (listener,) = proxy.server.listeners
+    assert listener.sock is not None
+    listener.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1024)
+    socks = []
+    for _ in range(8):
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        await sock.connect(("127.0.0.1", proxy.port))
+        socks.append(sock)
+    for sock in socks:
+        await sock.send(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    await trio.sleep(PARKED + 0.5)  # not reading: the responses wait to be sent
+    received = []
+    for sock in socks:
+        out = bytearray()
+        with trio.move_on_after(5):
+            while not out.endswith(body):
+                chunk = await sock.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        received.append(bytes(out))
+        sock.close()
+    for out in received:
+        assert out.startswith(b"HTTP/1.1 200")
+        assert out.endswith(b"\r\n\r\n" + body)
+
+
+async def test_a_listener_update_answers_an_idle_connection_s_next_request(
+    nursery: trio.Nursery,
+) -> None:
+    # A listener replaced by LDS drains without closing idle keep-alive connections (as
+    # Envoy's): their next request is answered, with Connection: close. Parking or about to.
+    ads = AdsServer()
+    ads.start()
+    try:
+        backend = Backend()
+        await nursery.start(backend.serve)
+        (port,) = free_ports(1)
+        proxy = await start_proxy(nursery, bootstrap(ads.port), drain_time=30.0)
+        ads.set(CDS, "1", [cluster("c", backend.port)])
+        ads.set(RDS, "1", [route("local_route", "c"), route("r2", "c")])
+        ads.set(LDS, "1", [listener("listener_0", port)])
+        await until(lambda: proxy.stat("listener_manager.lds.update_success") >= 1)
+        await trio.sleep(0.2)  # the listener accepts
+        clients = [await Client.connect(port) for _ in range(2)]
+        await clients[0].request("GET", "/")
+        await trio.sleep(PARKED)  # parked at the update
+        await clients[1].request("GET", "/")  # 0.3 s from parking at the update
+        await trio.sleep(0.3)
+        ads.set(LDS, "2", [listener("listener_0", port, route_name="r2")])
+        await until(lambda: proxy.stat("listener_manager.listener_modified") == 1)
+        await trio.sleep(PARKED)
+        for client in clients:
+            resp, _ = await client.request("GET", "/")
+            assert resp.status_code == 200
+            assert header(resp, "connection") == "close"
+            await client.aclose()
+    finally:
+        ads.stop()

@@ -161,18 +161,29 @@ class Http1Connection:
         stream: cancel the connection's scope, which cancels whatever the stream's filters
         await; ``run`` then answers 408 if the response has not started, and closes."""
         if self._idle:
-            sock = self.conn.transport.socket
+            transport = self.conn.transport
+            sock = transport.socket
+            drain = self.conn.drain
+            now = trio.current_time()
             if (
                 not self._parked
                 and not self._idle_expired
-                and self._idle_deadline > trio.current_time()
-                and not self.conn.drain.draining
+                and self._idle_deadline > now
+                and not (drain.draining and drain.close_idle)
             ):
-                self._park_requested = True
-                self.deadline = self._idle_deadline  # the idle timeout still holds, parked
+                # The park deadline, not the idle timeout's (nor a shutdown's drain: that
+                # closes). A listener update's drain still parks: its connections stay open
+                # for their next request.
+                if transport.sending():
+                    # The last response is still going out to a slow reader, and
+                    # notify_closing would wake its sender too: try again later.
+                    self.deadline = min(self._idle_deadline, now + self._park_after)
+                else:
+                    self._park_requested = True
+                    self.deadline = self._idle_deadline  # the idle timeout holds, parked
+                    trio.lowlevel.notify_closing(sock)
                 if self.deadline != math.inf:
                     self._dog.add(self)
-                trio.lowlevel.notify_closing(sock)
                 return
             self._idle_expired = True
             if self._parked:
@@ -395,7 +406,10 @@ class Http1Connection:
         self._idle = True
         if timeout is not None or self._park_after != math.inf:
             now = trio.current_time()
-            idle = self._idle_deadline = math.inf if timeout is None else now + timeout
+            if self._resumed:
+                idle = self._idle_deadline  # the idle time counts from the last request
+            else:
+                idle = self._idle_deadline = math.inf if timeout is None else now + timeout
             self.deadline = min(idle, now + self._park_after)
             dog.add(self)
         drain.idle.add(self)
