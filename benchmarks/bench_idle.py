@@ -25,6 +25,10 @@ the proxies it starts.
 takes a snapshot after warm-up and another after opening N idle connections, and prints the
 difference per connection grouped by allocating line, and grouped by the innermost frame in
 trioproxy's own code (``trioproxy/`` or ``plugins/``): what the memory of an idle connection is.
+
+``--protocol`` measures other idle connections the same way, on their own (not part of the
+suite): ``tls`` (HTTP/1.1 over TLS: the TLS listener, certificates from the rig) and ``h2c``
+(HTTP/2 with prior knowledge, one stream each, by the ``h2`` library).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -73,9 +78,21 @@ OUR_INSTALLED = (
 # -- the client ------------------------------------------------------------------------------
 
 
-def one_request(port: int) -> socket.socket:
+#: Each ``--protocol``: the rig's listener role it connects to.
+ROLES = {"h1": "h1", "tls": "h1_tls", "h2c": "h2c_h1"}
+#: A benchmark client: it takes the rig's throwaway certificate without checking it.
+_TLS = ssl.create_default_context()
+_TLS.check_hostname = False
+_TLS.verify_mode = ssl.CERT_NONE
+
+
+def one_request(port: int, protocol: str = "h1") -> socket.socket:
     """A connection that has made one request and read its 200 response, left open."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if protocol == "h2c":
+        return _one_h2_request(sock)
+    if protocol == "tls":
+        sock = _TLS.wrap_socket(sock, server_hostname="localhost")
     try:
         sock.sendall(REQUEST)
         data = b""
@@ -92,6 +109,36 @@ def one_request(port: int) -> socket.socket:
     return sock
 
 
+def _one_h2_request(sock: socket.socket) -> socket.socket:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "bench")]
+    conn.send_headers(1, headers, end_stream=True)
+    try:
+        sock.sendall(conn.data_to_send())
+        status = ""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError(f"port {sock.getpeername()[1]} closed the connection")
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    status = dict(ev.headers).get(b":status", b"").decode()
+                elif isinstance(ev, h2.events.StreamEnded):
+                    if status != "200":
+                        raise ConnectionError(f"answered {status or 'no status'}")
+                    sock.sendall(conn.data_to_send())
+                    return sock
+            sock.sendall(conn.data_to_send())
+    except BaseException:
+        sock.close()
+        raise
+
+
 def close_all(socks: Sequence[socket.socket]) -> None:
     """Close with a reset (SO_LINGER 0), leaving no TIME_WAIT ports behind on a shared host."""
     for s in socks:
@@ -100,15 +147,18 @@ def close_all(socks: Sequence[socket.socket]) -> None:
         s.close()
 
 
-def still_open(socks: Sequence[socket.socket]) -> int:
-    """How many connections the proxy has not closed (no EOF or error waiting to be read)."""
+def still_open(socks: Sequence[socket.socket], protocol: str = "h1") -> int:
+    """How many connections the proxy has not closed (no EOF or error waiting to be read).
+    (It reads a byte where there is one: the connections are closed next.)"""
     n = 0
     for s in socks:
         s.setblocking(False)  # with a timeout set, recv would poll for it first
         try:
-            if s.recv(1, socket.MSG_PEEK):
-                continue  # unexpected bytes: not an idle keep-alive connection
-        except BlockingIOError:
+            if s.recv(1):
+                # HTTP/1.1: unexpected bytes, not an idle keep-alive connection; HTTP/2: a
+                # frame (a PING, a WINDOW_UPDATE) of a connection still open
+                n += protocol == "h2c"
+        except (BlockingIOError, ssl.SSLWantReadError):
             n += 1
         except OSError:
             pass
@@ -116,18 +166,18 @@ def still_open(socks: Sequence[socket.socket]) -> int:
 
 
 @contextlib.contextmanager
-def idle_connections(port: int, n: int) -> Iterator[list[socket.socket]]:
+def idle_connections(port: int, n: int, protocol: str = "h1") -> Iterator[list[socket.socket]]:
     socks: list[socket.socket] = []
     try:
         for _ in range(n):
-            socks.append(one_request(port))
+            socks.append(one_request(port, protocol))
         yield socks
     finally:
         close_all(socks)
 
 
-def warm_up(port: int) -> None:
-    with idle_connections(port, WARM):
+def warm_up(port: int, protocol: str = "h1") -> None:
+    with idle_connections(port, WARM, protocol):
         pass
     time.sleep(0.5)
 
@@ -163,17 +213,19 @@ class Idle:
         return (self.after.uss_kib - self.before.uss_kib) / self.opened
 
 
-def measure_idle(rig: Rig, kind: str, n: int) -> Idle:
-    target = rig.start_proxy(kind, ["h1"], name=f"{kind}-idle")
+def measure_idle(rig: Rig, kind: str, n: int, protocol: str = "h1") -> Idle:
+    role = ROLES[protocol]
+    target = rig.start_proxy(kind, [role], name=f"{kind}-idle")
     assert target.pid is not None
     try:
-        port = target.ports["h1"]
-        warm_up(port)
+        port = target.ports[role]
+        warm_up(port, protocol)
         before = settled_memory(target.pid, 0.5)
-        with idle_connections(port, n) as socks:
+        with idle_connections(port, n, protocol) as socks:
             after = settled_memory(target.pid, SETTLE)
-            open_at_end = still_open(socks)
-        return Idle(kind, n, open_at_end, before, after)
+            open_at_end = still_open(socks, protocol)
+        label = kind if protocol == "h1" else f"{kind} ({protocol})"
+        return Idle(label, n, open_at_end, before, after)
     finally:
         rig.stop_target(target)
 
@@ -362,19 +414,19 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(
-    rig: Rig, proxies: Sequence[str], n: int, traced: int
+    rig: Rig, proxies: Sequence[str], n: int, traced: int, protocol: str = "h1"
 ) -> tuple[list[Idle], Breakdown | None]:
     raise_nofile(n + 1024)
     results = []
     for kind in proxies:
-        r = measure_idle(rig, kind, n)
+        r = measure_idle(rig, kind, n, protocol)
         results.append(r)
         print(
             f"  idle {kind:<10} {r.open_at_end:>6,} open {r.rss_per_conn_kib():>7.1f} KiB/conn RSS",
             file=sys.stderr,
             flush=True,
         )
-    bd = breakdown(rig, traced) if traced and "trioproxy" in proxies else None
+    bd = breakdown(rig, traced) if traced and "trioproxy" in proxies and protocol == "h1" else None
     return results, bd
 
 
@@ -384,13 +436,20 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke check: 500 and 200 connections")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     ap.add_argument("--only", default=",".join(PROXIES), help="comma-separated proxies")
+    ap.add_argument(
+        "--protocol",
+        choices=sorted(ROLES),
+        default="h1",
+        help="idle connections of: HTTP/1.1 (h1), HTTP/1.1 over TLS (tls), h2c (h2c);"
+        " the tracemalloc breakdown is HTTP/1.1's only",
+    )
     args = ap.parse_args()
     if args.quick:
         args.idle_connections, args.traced = 500, min(args.traced, 200)
     proxies = [p for p in args.only.split(",") if p]
     with Rig(Pinning.choose(args.no_pin)) as rig:
         rig.start_backend()
-        idle, bd = run(rig, proxies, args.idle_connections, args.traced)
+        idle, bd = run(rig, proxies, args.idle_connections, args.traced, args.protocol)
     print(report(idle, bd, markdown=False))
     print("\nMarkdown:\n")
     print(report(idle, bd, markdown=True))

@@ -95,6 +95,8 @@ class Options:
     service_zone: str = ""
     concurrency: int = 1
     drain_time: float = 5.0
+    #: Idle HTTP/1.1 connections park after this many seconds (0: never; listener.parking).
+    park_after: float = 1.0
     h1_codec: str | None = None
     command_line: tuple[str, ...] = ()
     config_path: str = ""
@@ -318,7 +320,10 @@ class Server:
         self.built = build(loaded, options, self.store, registry)
         self.stats = ServerStats(self.store.scope("server."))
         self.listener_manager = ListenerManager(
-            self.store, options.drain_time, reuse_port=options.reuse_port
+            self.store,
+            options.drain_time,
+            reuse_port=options.reuse_port,
+            park_after=options.park_after,
         )
         self.state = "PRE_INITIALIZING"
         self.started_wall = time.time()

@@ -251,3 +251,19 @@ async def test_a_listener_update_answers_an_idle_connection_s_next_request(
             await client.aclose()
     finally:
         ads.stop()
+
+
+async def test_park_idle_after_0_keeps_every_connection_s_task(nursery: trio.Nursery) -> None:
+    backend = await _echo_backend(nursery)
+    proxy = await start_proxy(nursery, simple_config([backend.port]), park_after=0.0)
+    clients = [await Client.connect(proxy.port) for _ in range(3)]
+    for client in clients:
+        await client.request("GET", "/")
+    await trio.testing.wait_all_tasks_blocked()
+    busy = _tasks()
+    await trio.sleep(PARKED)
+    assert _tasks() == busy
+    for client in clients:
+        resp, body = await client.request("GET", "/again")
+        assert (resp.status_code, body) == (200, b"/again")
+        await client.aclose()

@@ -39,6 +39,7 @@ def test_options_cross_the_channel_unchanged() -> None:
         service_cluster="c",
         concurrency=3,
         drain_time=2.5,
+        park_after=0.5,
         h1_codec="h11",
         command_line=("serve", "-c", "x.yaml"),
         worker_index=2,

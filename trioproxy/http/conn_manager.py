@@ -76,6 +76,11 @@ class _Park(Exception):
     """The connection, idle, parks (``Http1Connection.expire``)."""
 
 
+#: A parked connection's cancel scope: none of its own (``resume`` makes one), so that it
+#: keeps no spent scope. Never entered, and only a stream in flight is ever cancelled.
+_PARKED_SCOPE = trio.CancelScope()
+
+
 class Http1Connection:
     __slots__ = (
         "conn",
@@ -90,7 +95,7 @@ class Http1Connection:
         "_continue_pending",
         "_filter_error",
         "_scheme",
-        "_receive_after_wait",
+        "_plain",
         "_remote",
         "_local",
         "deadline",
@@ -123,9 +128,9 @@ class Http1Connection:
         self._body_done = True
         self._continue_pending = False
         self._scheme = "https" if conn.info.tls else "http"
-        self._receive_after_wait = getattr(
-            self.stream, "receive_some_after_wait", self.stream.receive_some
-        )
+        # The socket stream itself when nothing is layered on it (no TLS): it can skip the
+        # recv() that would say EAGAIN before the next request, and it can park.
+        self._plain = conn.transport if self.stream is conn.transport else None
         remote, local = conn.info.remote_address, conn.info.local_address
         self._remote = address_string(remote)
         self._local = address_string(local)
@@ -145,7 +150,7 @@ class Http1Connection:
         self._idle_deadline = math.inf  # the idle timeout's, while idle
         parking = conn.parking
         self._park_after = (
-            parking.after if parking is not None and self.stream is conn.transport else math.inf
+            parking.after if parking is not None and self._plain is not None else math.inf
         )
         self._park_requested = False  # the watchdog asked the idle wait to end
         self._parked = False
@@ -297,6 +302,7 @@ class Http1Connection:
             elif self._expired is not None:
                 await self._stream_timed_out()
         except _Park:
+            self._scope = _PARKED_SCOPE
             return self
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
@@ -414,11 +420,12 @@ class Http1Connection:
             dog.add(self)
         drain.idle.add(self)
         try:
-            if self._resumed:  # (parked until the socket turned readable: no wait)
+            plain = self._plain
+            if plain is None or self._resumed:  # (resumed: the socket turned readable)
                 self._resumed = False
                 data = await self.stream.receive_some(READ_SIZE)
             else:
-                data = await self._receive_after_wait(READ_SIZE)
+                data = await plain.receive_some_after_wait(READ_SIZE)
         except trio.ClosedResourceError:
             if self._park_requested and not self._idle_expired:
                 self._park_requested = False

@@ -30,6 +30,7 @@ import trio
 
 from trioproxy.errors import ConfigError
 from trioproxy.listener.config import ListenerConfig
+from trioproxy.listener.parking import PARK_AFTER
 from trioproxy.listener.tcp import Listener, bind_socket
 from trioproxy.listener.udp import UdpListener
 from trioproxy.stats import Counter, Gauge, StatBlock, Store
@@ -73,10 +74,18 @@ class ListenerManager:
     """``reuse_port``: bind with ``SO_REUSEPORT``, so that the worker processes of
     ``--concurrency N`` each hold their own socket on every listening address."""
 
-    def __init__(self, store: Store, drain_time: float = 5.0, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        drain_time: float = 5.0,
+        *,
+        reuse_port: bool = False,
+        park_after: float = PARK_AFTER,
+    ) -> None:
         self.stats = ListenerManagerStats(store.scope("listener_manager."))
         self.drain_time = drain_time
         self.reuse_port = reuse_port
+        self.park_after = park_after
         self.active: dict[str, Entry] = {}
         self.warming: dict[str, Entry] = {}
         self.draining: list[Entry] = []
@@ -152,7 +161,7 @@ class ListenerManager:
         if config.protocol == "UDP":
             listener = UdpListener(config, sock)
         else:
-            listener = Listener(config, sock, self.find)
+            listener = Listener(config, sock, self.find, park_after=self.park_after)
         entry.listener = listener
         bound: int = await self._nursery.start(self._serve, entry)
         self.stats.listener_create_success.value += 1

@@ -3,22 +3,23 @@
 An HTTP/1.1 keep-alive connection waiting for its next request is otherwise a suspended task:
 trio's task, its cancel status and the wait's chain of coroutines, and the frames of every
 coroutine from the listener down to the read — about 5 KiB, most of what an idle connection
-costs (docs/benchmarks.md). A terminal filter whose connection has been idle for ``PARK_AFTER``
-seconds may instead return a ``Parked`` from ``handle_connection`` (see
+costs (docs/benchmarks.md). A terminal filter whose connection has been idle for
+``ParkingLot.after`` seconds may instead return a ``Parked`` from ``handle_connection`` (see
 ``trioproxy.network.filter``): its task ends, and the listener leaves the socket here.
 
-The lot is one ``epoll`` set, its descriptor waited on by one task (started when the first
-connection parks, gone when the last one leaves). When a parked socket turns readable — the
-next request's bytes, the client's FIN or a reset — the lot starts a task again in the
-listener's handler nursery, which ``resume()``s the connection where it stopped. The owner can
-also ask for that at once (``wake``: an idle timeout or a drain closes the socket and lets the
-resumed task count it as it would have counted it before). If the listener's nursery is
-cancelled (a hard stop), the lot tells each parked connection it is ``abandon()``ed, without a
-task, and closes its socket.
+The lot is one ``epoll`` set, its descriptor waited on by one task. The task starts when the
+first connection parks and stays while the listener serves (restarting it for each parking
+would cost a cancellation and a task); it goes once the listener stops and nothing is parked.
+When a parked socket turns readable — the next request's bytes, the client's FIN or a reset —
+the lot starts a task again in the listener's handler nursery, which ``resume()``s the
+connection where it stopped. The owner can also ask for that at once (``wake``: an idle
+timeout or a drain closes the socket and lets the resumed task count it as it would have
+counted it before). If the listener's nursery is cancelled (a hard stop), the lot tells each
+parked connection it is ``abandon()``ed, without a task, and closes its socket.
 
 A parked connection keeps everything else: it is still counted active, it still has its idle
 timeout and is still closed by a drain. Linux only (``select.epoll``); elsewhere connections
-keep their tasks.
+keep their tasks, as they do everywhere with ``trioproxy serve --park-idle-after-s 0``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,11 @@ from typing import Generic, TypeVar
 
 import trio
 
-#: How long a connection waits for its next request in its own task before it may park: a
-#: parked connection's next request costs a task and a few system calls more (tens of µs),
-#: so a busy keep-alive connection never parks.
+#: How long a connection waits for its next request in its own task before it may park
+#: (``trioproxy serve --park-idle-after-s``). A parked connection's next request costs a task
+#: and a scheduler pass more: tens of µs warm, 0.2-0.3 ms measured on the development machine
+#: after a second of idleness, when that code is out of the CPU's caches
+#: (docs/benchmarks.md). A busy keep-alive connection never parks.
 PARK_AFTER = 1.0
 
 T = TypeVar("T")
@@ -54,15 +57,22 @@ class ParkingLot(Generic[T]):
     calls it once per parking, when the socket turns readable or on ``wake``.
     ``abandon(item)`` ends an item without a task when the lot's task is cancelled."""
 
-    after = PARK_AFTER
-
-    def __init__(self, resume: Callable[[T], None], abandon: Callable[[T], None]) -> None:
+    def __init__(
+        self,
+        resume: Callable[[T], None],
+        abandon: Callable[[T], None],
+        *,
+        after: float = PARK_AFTER,
+    ) -> None:
+        #: seconds a connection waits for its next request in its own task before it parks
+        self.after = after
         self._resume = resume
         self._abandon = abandon
         self._items: dict[int, T] = {}
         self._epoll: select.epoll | None = None
         #: the watcher task's cancel scope while it runs
         self._scope: trio.CancelScope | None = None
+        self._stopping = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -90,6 +100,12 @@ class ParkingLot(Generic[T]):
         if item is not None:
             self._resume(item)
 
+    def stop(self) -> None:
+        """The listener stops accepting: the watcher task goes as soon as nothing is parked
+        (it would keep the listener's nursery open)."""
+        self._stopping = True
+        self._stop_watcher_if_idle()
+
     def close(self) -> None:
         """Release the epoll set (the listener stopped; nothing is parked any more)."""
         epoll = self._epoll
@@ -105,11 +121,15 @@ class ParkingLot(Generic[T]):
         assert self._epoll is not None
         with contextlib.suppress(OSError, ValueError):
             self._epoll.unregister(fd)
-        if not self._items and self._scope is not None:
-            # The watcher has nothing left to watch: it goes, and the next park starts one.
+        self._stop_watcher_if_idle()
+        return item
+
+    def _stop_watcher_if_idle(self) -> None:
+        if self._stopping and not self._items and self._scope is not None:
+            # Nothing left to watch, and nothing will park but a draining connection (which
+            # starts a watcher again).
             self._scope.cancel()
             self._scope = None
-        return item
 
     async def _watch(self, scope: trio.CancelScope) -> None:
         epoll = self._epoll

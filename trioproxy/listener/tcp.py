@@ -112,6 +112,8 @@ class Listener:
         config: ListenerConfig,
         sock: socket.socket | None,
         find_listener: FindListener | None = None,
+        *,
+        park_after: float = parking.PARK_AFTER,
     ) -> None:
         self.config = config
         self.sock = sock
@@ -122,9 +124,10 @@ class Listener:
         self._accept_stopped = trio.Event()
         self._find_listener = find_listener
         self._handlers: trio.Nursery | None = None
+        # (park_after 0: never park)
         self._lot: parking.ParkingLot[_Idle] | None = (
-            parking.ParkingLot(self._resume_parked, self._abandon_parked)
-            if parking.available()
+            parking.ParkingLot(self._resume_parked, self._abandon_parked, after=park_after)
+            if parking.available() and park_after > 0
             else None
         )
         self.port: int = sock.getsockname()[1] if sock is not None else config.address[1]
@@ -176,6 +179,8 @@ class Listener:
                 # took it over — and let connections finish.
                 self._accept_stopped.set()
                 self._close_socket()
+                if self._lot is not None:
+                    self._lot.stop()
         finally:
             self._handlers = None
             self._accept_stopped.set()
