@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from benchlib import (
     BODY,
+    TRIOPROXY_COMMAND,
     Memory,
     Pinning,
     Rig,
@@ -213,9 +214,14 @@ class Idle:
         return (self.after.uss_kib - self.before.uss_kib) / self.opened
 
 
-def measure_idle(rig: Rig, kind: str, n: int, protocol: str = "h1") -> Idle:
+def measure_idle(
+    rig: Rig, kind: str, n: int, protocol: str = "h1", park_after: float | None = None
+) -> Idle:
     role = ROLES[protocol]
-    target = rig.start_proxy(kind, [role], name=f"{kind}-idle")
+    command = None
+    if kind == "trioproxy" and park_after is not None:
+        command = [*TRIOPROXY_COMMAND, "--park-idle-after-s", str(park_after)]
+    target = rig.start_proxy(kind, [role], name=f"{kind}-idle", command=command)
     assert target.pid is not None
     try:
         port = target.ports[role]
@@ -414,12 +420,17 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 
 def run(
-    rig: Rig, proxies: Sequence[str], n: int, traced: int, protocol: str = "h1"
+    rig: Rig,
+    proxies: Sequence[str],
+    n: int,
+    traced: int,
+    protocol: str = "h1",
+    park_after: float | None = None,
 ) -> tuple[list[Idle], Breakdown | None]:
     raise_nofile(n + 1024)
     results = []
     for kind in proxies:
-        r = measure_idle(rig, kind, n, protocol)
+        r = measure_idle(rig, kind, n, protocol, park_after)
         results.append(r)
         print(
             f"  idle {kind:<10} {r.open_at_end:>6,} open {r.rss_per_conn_kib():>7.1f} KiB/conn RSS",
@@ -443,13 +454,26 @@ def main() -> int:
         help="idle connections of: HTTP/1.1 (h1), HTTP/1.1 over TLS (tls), h2c (h2c);"
         " the tracemalloc breakdown is HTTP/1.1's only",
     )
+    ap.add_argument(
+        "--park-idle-after-s",
+        type=float,
+        default=None,
+        help="trioproxy's option of that name (default: its own default)",
+    )
     args = ap.parse_args()
     if args.quick:
         args.idle_connections, args.traced = 500, min(args.traced, 200)
     proxies = [p for p in args.only.split(",") if p]
     with Rig(Pinning.choose(args.no_pin)) as rig:
         rig.start_backend()
-        idle, bd = run(rig, proxies, args.idle_connections, args.traced, args.protocol)
+        idle, bd = run(
+            rig,
+            proxies,
+            args.idle_connections,
+            args.traced,
+            args.protocol,
+            args.park_idle_after_s,
+        )
     print(report(idle, bd, markdown=False))
     print("\nMarkdown:\n")
     print(report(idle, bd, markdown=True))
