@@ -34,9 +34,9 @@ import trio
 
 #: How long a connection waits for its next request in its own task before it may park
 #: (``trioproxy serve --park-idle-after-s``). A parked connection's next request costs a task
-#: and a scheduler pass more: tens of µs warm, 0.2-0.3 ms measured on the development machine
-#: after a second of idleness, when that code is out of the CPU's caches
-#: (docs/benchmarks.md). A busy keep-alive connection never parks.
+#: and a scheduler pass more: tens of µs warm, about 0.2 ms on the development machine after a
+#: second of idleness, when that code is out of the CPU's caches (``bench_resume.py``,
+#: docs/benchmarks.md). A busy keep-alive connection never parks.
 PARK_AFTER = 1.0
 
 T = TypeVar("T")
