@@ -5,6 +5,7 @@ hard stop all behave as for a connection that kept its task."""
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 import trio
@@ -21,7 +22,10 @@ from tests.support import (
     until,
 )
 from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
+from trioproxy.hookspecs import hookimpl
 from trioproxy.listener import parking
+from trioproxy.network.filter import DownstreamConnection, TerminalNetworkFilter
+from trioproxy.registry import NetworkFilterFactory
 from trioproxy.testing.xds_server import AdsServer
 
 pytestmark = pytest.mark.skipif(not parking.available(), reason="parking needs epoll")
@@ -267,3 +271,48 @@ async def test_park_idle_after_0_keeps_every_connection_s_task(nursery: trio.Nur
         resp, body = await client.request("GET", "/again")
         assert (resp.status_code, body) == (200, b"/again")
         await client.aclose()
+
+
+class _ReturnsTrue(TerminalNetworkFilter):
+    """A terminal filter that says hello and returns a stray value."""
+
+    async def handle_connection(self, conn: DownstreamConnection) -> Any:
+        await conn.stream.send_all(b"hello")
+        return True
+
+
+class _ReturnsTruePlugin:
+    @hookimpl
+    def trioproxy_network_filters(self) -> list[NetworkFilterFactory]:
+        return [
+            NetworkFilterFactory(
+                "test.returns_true",
+                ("type.googleapis.com/test.ReturnsTrue",),
+                create=lambda config, ctx: _ReturnsTrue(),
+                terminal=True,
+            )
+        ]
+
+
+async def test_a_terminal_filter_s_stray_return_value_ends_its_connection(
+    nursery: trio.Nursery,
+) -> None:
+    # Only a Parked return parks: anything else a plugin's filter returns is ignored, and
+    # the connection ends as it did before parking existed.
+    config = """
+    static_resources:
+      listeners:
+      - name: main
+        address:
+          socket_address: {address: 127.0.0.1, port_value: 0}
+        filter_chains:
+        - filters:
+          - name: test.returns_true
+            typed_config: {"@type": type.googleapis.com/test.ReturnsTrue}
+    """
+    proxy = await start_proxy(nursery, config, plugins=[_ReturnsTruePlugin()])
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    assert await _closed_by_proxy(stream) == b"hello"
+    await until(lambda: proxy.stat(LISTENER + "downstream_cx_active") == 0)
+    assert proxy.stat(LISTENER + "downstream_cx_destroy") == 1
+    await stream.aclose()

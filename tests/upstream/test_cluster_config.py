@@ -195,7 +195,7 @@ def test_zero_idle_timeout_disables_it() -> None:
                 "lb_policy": "RING_HASH",
                 "common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": 150}},
             },
-            "consistent_hashing_lb_config.hash_balance_factor",
+            "common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
             "not supported yet",
         ),
         ({"lb_policy": "LEAST_LOADED"}, "lb_policy", "unknown"),

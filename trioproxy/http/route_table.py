@@ -21,9 +21,12 @@ factories wrongly (the class fails at import). ``Route`` and ``HeaderMutations``
 such fields, are plain slotted classes that keep what ``attrs.frozen`` gave them: the same
 arguments and defaults, an ``attrs.exceptions.FrozenInstanceError`` on assignment or
 deletion (a route is shared by every stream of its configuration), and equality as before
-(by value for ``HeaderMutations``, identity for ``Route``). The other classes have no
-factories and stay attrs. Nothing may subclass these classes: mypyc refuses interpreted
-subclasses of compiled classes.
+(by value for ``HeaderMutations``, identity for ``Route``). What they no longer have:
+``copy`` and weak references fail on both, ``pickle`` on ``HeaderMutations`` (a ``Route``
+holds functions and never pickled), attrs' helpers (``attrs.evolve``, ``attrs.asdict``,
+``attrs.fields``) do not apply, and positional pattern matching has no ``__match_args__``.
+The other classes have no factories and stay attrs. Nothing may subclass these classes:
+mypyc refuses interpreted subclasses of compiled classes.
 """
 
 from __future__ import annotations

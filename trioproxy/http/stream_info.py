@@ -7,10 +7,13 @@ cluster, and the details string that explains a local reply (``route_not_found``
 
 A plain slotted class, not attrs: this module is compiled by mypyc in a compiled build, and
 mypyc compiles attrs fields with factories (``response_flags``, ``filter_state``) wrongly.
-It keeps what the attrs class offered: the same keyword (and positional) arguments and
-defaults, a fresh set and dict per instance, identity equality (it was ``eq=False``) and a
-``__repr__`` of every field. Nothing may subclass it (mypyc refuses interpreted subclasses
-of compiled classes). Attribute types are checked on assignment in the compiled build.
+It keeps the attrs class's keyword (and positional) arguments and defaults, a fresh set and
+dict per instance, identity equality (it was ``eq=False``) and a ``__repr__`` of every
+field. It lost the rest: weak references fail on it (and in the compiled build ``copy`` and
+``pickle``), attrs' helpers (``attrs.asdict``, ``attrs.evolve``, ``attrs.fields``) do not
+apply, and it has no ``__match_args__``. Nothing may subclass it (mypyc refuses
+interpreted subclasses of compiled classes). Attribute types are checked on assignment in
+the compiled build (a ``response_code`` must be an ``int``).
 """
 
 from __future__ import annotations

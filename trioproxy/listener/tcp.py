@@ -413,6 +413,10 @@ class Listener:
         """Park what the terminal filter parked; ``True`` once the lot has it. Where it
         cannot park, the connection goes on in this task."""
         while parked is not None:
+            if not isinstance(parked, Parked):
+                # A terminal filter that returns something by mistake: its connection ended.
+                log.warning("a terminal filter returned %r (not None or Parked): ignored", parked)
+                return False
             lot, handlers = self._lot, self._handlers
             idle = _Idle(parked, raw, started, addr)
             if lot is not None and handlers is not None and lot.park(raw.socket, idle, handlers):

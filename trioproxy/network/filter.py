@@ -10,7 +10,7 @@ and shared by every connection on it.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import trio
@@ -67,6 +67,7 @@ class Parking(Protocol):
         to close it (an idle timeout, a drain) and its resumed task finishes it."""
 
 
+@runtime_checkable
 class Parked(Protocol):
     """An idle connection its terminal filter put aside: returned by ``handle_connection``
     instead of waiting for the client's next bytes in a task.

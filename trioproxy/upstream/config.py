@@ -273,10 +273,16 @@ class HashLbSettings:
 
     @classmethod
     def from_proto(
-        cls, policy: str, d: Mapping[str, Any], path: str, consistent: Mapping[str, Any]
+        cls,
+        policy: str,
+        d: Mapping[str, Any],
+        path: str,
+        consistent: Mapping[str, Any],
+        consistent_path: str,
     ) -> HashLbSettings:
-        """From the policy's own config ``d`` and the ``consistent_hashing_lb_config`` that
-        applies (the typed policy's, or the cluster's ``common_lb_config``'s)."""
+        """From the policy's own config ``d`` (at ``path``) and the
+        ``consistent_hashing_lb_config`` that applies (the typed policy's, or the cluster's
+        ``common_lb_config``'s; at ``consistent_path``)."""
 
         def size(key: str, default: int) -> int:
             raw = d.get(key, default)
@@ -288,7 +294,7 @@ class HashLbSettings:
         if "hash_balance_factor" in consistent:
             raise ConfigError(
                 "bounded loads (hash_balance_factor) are not supported yet",
-                path="consistent_hashing_lb_config.hash_balance_factor",
+                path=f"{consistent_path}.hash_balance_factor",
             )
         if policy == "RING_HASH":
             # the typed RingHash's own (deprecated) field, when no consistent_hashing_lb_config
@@ -353,7 +359,9 @@ def _hash_settings(d: Mapping[str, Any], policy: str, cluster_type: str) -> Hash
             if _LB_TYPES.get(typed.get("@type", "")) == policy:
                 path = f"{key}.policies[{i}].typed_extension_config.typed_config"
                 consistent = typed.get("consistent_hashing_lb_config") or {}
-                return HashLbSettings.from_proto(policy, typed, path, consistent)
+                return HashLbSettings.from_proto(
+                    policy, typed, path, consistent, f"{path}.consistent_hashing_lb_config"
+                )
     field = {"RING_HASH": "ring_hash_lb_config", "MAGLEV": "maglev_lb_config"}.get(policy)
     if field is None:
         return HashLbSettings()
@@ -365,7 +373,13 @@ def _hash_settings(d: Mapping[str, Any], policy: str, cluster_type: str) -> Hash
             f" 'envoy.cluster.{cluster_type.lower()}'",
             path="common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
         )
-    return HashLbSettings.from_proto(policy, d.get(field) or {}, field, consistent)
+    return HashLbSettings.from_proto(
+        policy,
+        d.get(field) or {},
+        field,
+        consistent,
+        "common_lb_config.consistent_hashing_lb_config",
+    )
 
 
 def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
