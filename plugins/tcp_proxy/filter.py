@@ -83,13 +83,14 @@ class TcpProxy(TerminalNetworkFilter):
     async def handle_connection(self, conn: DownstreamConnection) -> None:
         self.stats.downstream_cx_total.value += 1
         ci = conn.info
+        remote = address_string(ci.remote_address)
         info = StreamInfo(
             start_time=time.time(),
             start_monotonic=now(),
             protocol="",
-            downstream_remote_address=address_string(ci.remote_address),
+            downstream_remote_address=remote,
             downstream_local_address=address_string(ci.local_address),
-            downstream_direct_remote_address=address_string(ci.remote_address),
+            downstream_direct_remote_address=remote,
             requested_server_name=ci.sni,
             connection_id=ci.connection_id,
             filter_state=conn.filter_state,

@@ -74,9 +74,6 @@ class ParkingLot(Generic[T]):
         self._scope: trio.CancelScope | None = None
         self._stopping = False
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def park(self, sock: socket.socket, item: T, nursery: trio.Nursery) -> bool:
         """Watch ``sock`` for ``item``; ``False`` if it cannot be watched (closed meanwhile),
         and the caller keeps it."""

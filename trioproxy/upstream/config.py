@@ -290,20 +290,20 @@ class HashLbSettings:
                 raw = raw.get("value", default)
             return uint(raw, f"{path}.{key}")
 
+        # (the typed RingHash has its own, deprecated, hash_balance_factor too)
+        for where, at in (
+            (consistent, consistent_path),
+            (d if policy == "RING_HASH" else {}, path),
+        ):
+            if "hash_balance_factor" in where:
+                raise ConfigError(
+                    "bounded loads (hash_balance_factor) are not supported yet",
+                    path=f"{at}.hash_balance_factor",
+                )
         by_hostname = bool(consistent.get("use_hostname_for_hashing", False))
-        if "hash_balance_factor" in consistent:
-            raise ConfigError(
-                "bounded loads (hash_balance_factor) are not supported yet",
-                path=f"{consistent_path}.hash_balance_factor",
-            )
         if policy == "RING_HASH":
             # the typed RingHash's own (deprecated) field, when no consistent_hashing_lb_config
             by_hostname = by_hostname or bool(d.get("use_hostname_for_hashing", False))
-            if "hash_balance_factor" in d:
-                raise ConfigError(
-                    "bounded loads (hash_balance_factor) are not supported yet",
-                    path=f"{path}.hash_balance_factor",
-                )
             lo = size("minimum_ring_size", 1024)
             hi = size("maximum_ring_size", MAX_RING_SIZE)
             if hi > MAX_RING_SIZE or lo > MAX_RING_SIZE:
