@@ -59,9 +59,15 @@ def test_two_datagrams_reach_the_service_and_show_in_stats() -> None:
     )
     try:
         wait_port(admin, 30)
-        for payload in (b"HELO", b"OLEH"):  # `echo -n HELO | nc -4u -w1 127.0.0.1 10000`
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
-                c.sendto(payload, ("127.0.0.1", listen))
+        # `echo -n HELO | nc -4u -w1 127.0.0.1 10000`, twice. Both sockets stay open until
+        # both have sent: a closed socket's port can be the next one's, and one address is
+        # one session.
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c1,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c2,
+        ):
+            c1.sendto(b"HELO", ("127.0.0.1", listen))
+            c2.sendto(b"OLEH", ("127.0.0.1", listen))
         deadline = time.monotonic() + 10
         while True:
             with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:

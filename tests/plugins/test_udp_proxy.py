@@ -110,9 +110,9 @@ async def test_the_demo_two_clients_two_sessions(nursery: trio.Nursery) -> None:
             [cluster("service_udp", up.port)],
         ),
     )
-    for payload in (b"HELO", b"OLEH"):
-        with client() as c:
-            await c.sendto(payload, ("127.0.0.1", proxy.port))
+    with client() as c1, client() as c2:  # open together: two addresses, two sessions
+        await c1.sendto(b"HELO", ("127.0.0.1", proxy.port))
+        await c2.sendto(b"OLEH", ("127.0.0.1", proxy.port))
     await until(lambda: len(up.received) == 2)
     assert sorted(d for d, _ in up.received) == [b"HELO", b"OLEH"]
     assert up.received[0][1] != up.received[1][1]  # one upstream socket per session

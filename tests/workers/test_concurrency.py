@@ -326,36 +326,42 @@ def _udp_ports_of(pid: int) -> set[int]:
 
 
 async def test_udp_flows_spread_over_the_workers(tmp_path: Path) -> None:
-    echo = trio.socket.socket(type=trio.socket.SOCK_DGRAM)
-    await echo.bind(("127.0.0.1", 0))
     senders: list[int] = []
+    with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as echo, contextlib.ExitStack() as stack:
+        await echo.bind(("127.0.0.1", 0))
 
-    async def serve_echo() -> None:
-        while True:
-            data, addr = await echo.recvfrom(2048)
-            senders.append(addr[1])
-            await echo.sendto(data, addr)
+        async def serve_echo() -> None:
+            while True:
+                data, addr = await echo.recvfrom(2048)
+                senders.append(addr[1])
+                await echo.sendto(data, addr)
 
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(serve_echo)
-        config = UDP_CONFIG.replace("ECHO_PORT", str(echo.getsockname()[1]))
-        async with serve(tmp_path, config, "--concurrency", "2") as p:
-            port = await listener_port(p)  # port 0: probed by the main, bound by both
-            for i in range(16):  # one session per client address
-                with trio.socket.socket(type=trio.socket.SOCK_DGRAM) as client:
+        # Sixteen client sockets open at once: sixteen client addresses, so sixteen
+        # sessions (a socket closed before the next opens may hand its port on, and two
+        # datagrams from one address are one session).
+        clients = [
+            stack.enter_context(trio.socket.socket(type=trio.socket.SOCK_DGRAM)) for _ in range(16)
+        ]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_echo)
+            config = UDP_CONFIG.replace("ECHO_PORT", str(echo.getsockname()[1]))
+            async with serve(tmp_path, config, "--concurrency", "2") as p:
+                port = await listener_port(p)  # port 0: probed by the main, bound by both
+                for i, client in enumerate(clients):
                     await client.sendto(b"ping %d" % i, ("127.0.0.1", port))
                     with trio.fail_after(5):
                         assert await client.recv(2048) == b"ping %d" % i
-            s = await stats(p.admin_port)
-            assert s["udp.service.downstream_sess_total"] == 16
-            assert s["udp.service.downstream_sess_rx_datagrams"] == 16
-            assert s["cluster.echo.udp.sess_tx_datagrams"] == 16
-            # Each session's upstream socket belongs to the worker that got its flow.
-            by_worker = [len(set(senders) & _udp_ports_of(pid)) for pid in p.worker_pids().values()]
-            assert sum(by_worker) == 16
-            assert all(n > 0 for n in by_worker), by_worker
-        nursery.cancel_scope.cancel()
-    echo.close()
+                s = await stats(p.admin_port)
+                assert s["udp.service.downstream_sess_total"] == 16
+                assert s["udp.service.downstream_sess_rx_datagrams"] == 16
+                assert s["cluster.echo.udp.sess_tx_datagrams"] == 16
+                # Each session's upstream socket belongs to the worker that got its flow.
+                by_worker = [
+                    len(set(senders) & _udp_ports_of(pid)) for pid in p.worker_pids().values()
+                ]
+                assert sum(by_worker) == 16
+                assert all(n > 0 for n in by_worker), by_worker
+            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "SO_REUSEPORT"])
