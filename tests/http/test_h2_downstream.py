@@ -288,3 +288,37 @@ async def test_streams_cut_off_by_the_client_closing_are_logged_dc(
         while not log.exists() or log.read_text().count("\n") < 2:  # noqa: ASYNC110 (a file)
             await trio.sleep(0.02)
     assert log.read_text().split() == ["DC", "DC"]
+
+
+async def test_a_response_sent_before_the_request_ends_resets_the_stream_no_error(
+    nursery: trio.Nursery,
+) -> None:
+    """RFC 9113 §8.1, as Envoy: the whole response goes out, then RST_STREAM NO_ERROR tells
+    the client to stop sending the body; the stream no longer counts against its limit."""
+    import hyperframe.frame as hf
+
+    from tests.h2spec.raw import NO_ERROR, Raw, frame_bytes
+
+    routes = """
+              - match: {prefix: "/"}
+                direct_response: {status: 413, body: {inline_string: "too much"}}"""
+    proxy = await start_proxy(nursery, simple_config([1], routes=routes))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1, end_stream=False, method="POST"))
+        frames: list[hf.Frame] = []
+        with trio.fail_after(5):
+            while not any(isinstance(f, hf.RstStreamFrame) for f in frames):
+                f = await client.next_frame()
+                assert f is not None, frames
+                if f.stream_id == 1:
+                    frames.append(f)
+        kinds = [type(f).__name__ for f in frames]
+        assert kinds[0] == "HeadersFrame" and frames[0].decoded[":status"] == "413"  # type: ignore[attr-defined]
+        assert "END_STREAM" in frames[-2].flags and kinds[-1] == "RstStreamFrame"
+        assert frames[-1].error_code == NO_ERROR
+        # the body the client had in flight is taken and ignored; the connection goes on
+        await client.send(frame_bytes(0x0, 0x1, 1, b"late body"))  # DATA, END_STREAM
+        assert await client.ping_answered()
+    finally:
+        await client.aclose()

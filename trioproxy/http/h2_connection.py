@@ -1,16 +1,17 @@
-"""HTTP/2 downstream: one connection, one trio task per stream (``h2`` does the framing).
+"""HTTP/2 downstream: one connection, one trio task per stream (``h2_server`` does the framing).
 
 Theory of operation
 -------------------
-``Http2Connection.run`` owns the socket. Every task only queues frames in ``h2``; one writer
-task (``h2_writer.FrameWriter``) sends what all streams queued in a scheduler tick with one
-write, and holds back tasks that queue DATA faster than the client reads. The reader feeds
-bytes to ``h2`` and dispatches the events: a new request starts a stream task in the
-connection's nursery; request DATA goes to that stream's channel and its flow-control credit is
-returned only when the stream's consumer (the router, forwarding upstream) takes the chunk — so
-a slow upstream pushes back on the client instead of filling memory. A stream task runs the
-same filter chain as HTTP/1.1 (request phases, the router, response phases, access log) and
-sends its response within the peer's windows, waiting for WINDOW_UPDATE when they are spent.
+``Http2Connection.run`` owns the socket. Every task only queues frames in the connection's
+``H2Server``; one writer task (``h2_writer.FrameWriter``) sends what all streams queued in a
+scheduler tick with one write, and holds back tasks that queue DATA faster than the client
+reads. The reader feeds bytes to the ``H2Server``, which calls back this connection's
+``H2Handler`` methods: a new request starts a stream task in the connection's nursery;
+request DATA goes to that stream's channel and its flow-control credit is returned only when
+the stream's consumer (the router, forwarding upstream) takes the chunk — so a slow upstream
+pushes back on the client instead of filling memory. A stream task runs the same filter chain
+as HTTP/1.1 (request phases, the router, response phases, access log) and sends its response
+within the peer's windows, waiting for WINDOW_UPDATE when they are spent.
 RST_STREAM from the client cancels that stream's scope, and whatever its filters awaited with
 it; the connection lives on.
 
@@ -33,8 +34,6 @@ protections, each closing the connection and counted in ``http2.*``:
   ``downstream_rq_too_many_premature_resets``.
 
 Conformance: tests/h2spec ports h2spec's server cases (its numbering), over h2c and TLS.
-Where h2's error code is less precise than RFC 9113 (an undecodable header block, a SETTINGS
-ACK with a payload) the GOAWAY is written here with the RFC's code.
 
 Not yet: stream idle and request timeouts on HTTP/2 streams, extended CONNECT, the priority
 and WINDOW_UPDATE flood counters.
@@ -45,22 +44,26 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import re
 import time
 from collections.abc import AsyncIterator
 
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
-import hyperframe.frame
 import trio
 
 from trioproxy.errors import ProtocolError
 from trioproxy.http import h1, h2_headers
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
 from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.h2_server import (
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Flood,
+    H2ConnectionError,
+    H2Handler,
+    H2Server,
+    StreamClosed,
+)
 from trioproxy.http.h2_writer import FrameWriter
 from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
@@ -91,18 +94,6 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 READ_SIZE = 65536
 _NO_BODY_STATUS = (204, 304)
 
-
-#: h2 error messages that RFC 9113 gives a more precise code than h2's PROTOCOL_ERROR: an
-#: undecodable header block (§4.3).
-_PRECISE_ERRORS = {
-    "decoding header block": h2.errors.ErrorCodes.COMPRESSION_ERROR,
-}
-#: A SETTINGS frame header with ACK and a payload (§6.5: FRAME_SIZE_ERROR). h2 reports it
-#: as "non-compliant data", as it does a zero WINDOW_UPDATE (a PROTOCOL_ERROR), so the bytes
-#: that caused the error are looked at, only then, to tell the two apart.
-_SETTINGS_ACK_WITH_PAYLOAD = re.compile(
-    rb"(?s)(?!\x00\x00\x00).{3}\x04[\x01\x03\x05\x07\x09\x0b\x0d\x0f]\x00\x00\x00\x00"
-)
 MAX_OUTBOUND_CONTROL_FRAMES = 1000
 MAX_CONSECUTIVE_EMPTY_FRAMES = 1
 PREMATURE_RESET_WINDOW = 1.0  # seconds
@@ -121,6 +112,7 @@ class _Stream:
         "ended",
         "no_body",
         "opened",
+        "protocol_error",
         "scope",
         "sid",
         "trailers",
@@ -139,6 +131,8 @@ class _Stream:
         self.ended = self.no_body = no_body
         self.trailers: list[tuple[str, str]] | None = None
         self.scope = trio.CancelScope()
+        #: reset by this side for a protocol error in the client's frames
+        self.protocol_error = False
         #: set when the peer grants more send window (made when a send waits for it)
         self.window: trio.Event | None = None
 
@@ -151,7 +145,7 @@ class _Stream:
             self.window.set()
 
 
-class Http2Connection:
+class Http2Connection(H2Handler):
     def __init__(
         self,
         conn: DownstreamConnection,
@@ -165,16 +159,15 @@ class Http2Connection:
         self.lstats = lstats
         self.stream = conn.stream
         self._preface = preface
-        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=False))
         opts = cfg.http2
-        self.h2.local_settings = h2.settings.Settings(
-            client=False,
-            initial_values={
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: cfg.max_request_headers_bytes,
-                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 0,
-            },
+        self.h2 = H2Server(
+            self,
+            max_concurrent_streams=opts.max_concurrent_streams,
+            initial_window_size=opts.initial_stream_window_size,
+            connection_window_size=opts.initial_connection_window_size,
+            max_header_list_size=cfg.max_request_headers_bytes,
+            max_control_frames=MAX_OUTBOUND_CONTROL_FRAMES,
+            max_empty_frames=MAX_CONSECUTIVE_EMPTY_FRAMES,
         )
         self._streams: dict[int, _Stream] = {}
         self._writer = FrameWriter(
@@ -187,11 +180,8 @@ class Http2Connection:
         #: the client closed or reset the connection: streams still running end as ``DC``
         self._client_gone = False
         self._goaway_sent = False
-        #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8). h2
-        #: would close everything on it, so GOAWAY frames are taken out of the input here.
+        #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8).
         self._peer_goaway = False
-        self._in_skip = 24  # bytes left of the frame (first: the preface) being walked
-        self._in_head = b""  # a partial frame header
         self._scheme = "https" if conn.info.tls else "http"
         remote, local = conn.info.remote_address, conn.info.local_address
         self._remote = address_string(remote)
@@ -199,7 +189,6 @@ class Http2Connection:
         self._nursery: trio.Nursery | None = None
         self._filter_error = cfg.scope.counter("downstream_rq_filter_error")
         self._http2 = cfg.scope.scope("http2.")
-        self._empty_frames = 0  # consecutive DATA frames without payload
         self._closed_streams = 0
         self._premature_resets = 0
 
@@ -229,11 +218,6 @@ class Http2Connection:
         if self.conn.info.tls:
             st.downstream_cx_ssl_total.value += 1
             st.downstream_cx_ssl_active.value += 1
-        h = self.h2
-        h.initiate_connection()
-        extra = self.cfg.http2.initial_connection_window_size - 65535
-        if extra > 0:
-            h.increment_flow_control_window(extra)
         writer = self._writer
         try:
             async with trio.open_nursery() as outer:
@@ -241,7 +225,7 @@ class Http2Connection:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     nursery.start_soon(self._goaway_on_drain)
-                    if not self._preface or await self._feed(self._preface):
+                    if not self._preface or self._feed(self._preface):
                         await self._read_loop()
                     nursery.cancel_scope.cancel()
                 # the streams are over: what they left goes out, then the connection closes
@@ -266,7 +250,7 @@ class Http2Connection:
             if not data:
                 self._client_gone = True
                 return
-            if not await self._feed(bytes(data)):
+            if not self._feed(bytes(data)):
                 return
             if (self._goaway_sent or self._peer_goaway) and not self._streams:
                 return
@@ -277,133 +261,86 @@ class Http2Connection:
         await self.conn.drain.wait_draining()
         self._goaway_sent = True
         self.stats.downstream_cx_drain_close.value += 1
-        # h2's close_connection() would also forbid finishing the streams in flight, so the
-        # graceful GOAWAY is framed here and h2 keeps serving the open streams.
-        frame = hyperframe.frame.GoAwayFrame(0)
-        frame.last_stream_id = self.h2.highest_inbound_stream_id
-        frame.error_code = 0
-        self._writer.send_raw(frame.serialize())
+        self.h2.goaway()  # the streams in flight go on
+        self._writer.wake()
         self._close_if_done()
 
-    def _without_goaway(self, data: bytes) -> bytes:
-        """``data`` minus any GOAWAY frame, walking frame headers across reads (a header
-        split between reads is held back until it is whole)."""
-        if self._in_head:
-            data = self._in_head + data
-            self._in_head = b""
-        out: list[bytes] = []
-        pos, end = 0, len(data)
-        start = 0  # where the bytes to keep begin
-        while pos < end:
-            if self._in_skip:
-                n = min(self._in_skip, end - pos)
-                self._in_skip -= n
-                pos += n
-                continue
-            if end - pos < 9:
-                self._in_head = data[pos:]
-                end = pos
-                break
-            length = int.from_bytes(data[pos : pos + 3], "big")
-            if data[pos + 3] == 0x7:  # GOAWAY: keep what came before, drop the frame
-                if pos > start:
-                    out.append(data[start:pos])
-                self._peer_goaway = True
-                got = min(length, end - pos - 9)
-                self._in_skip = length - got
-                pos += 9 + got
-                start = pos
-                continue
-            self._in_skip = length
-            pos += 9
-        if start == 0 and not out and end == len(data):
-            return data
-        out.append(data[start:end])
-        return b"".join(out)
-
-    async def _feed(self, data: bytes) -> bool:
-        """Give ``data`` to h2 and act on its events; ``False`` when the connection is over."""
+    def _feed(self, data: bytes) -> bool:
+        """Give ``data`` to the framer (which calls the ``on_*`` methods below); ``False``
+        when the connection is over."""
         try:
-            events = self.h2.receive_data(self._without_goaway(data))
-        except h2.exceptions.ProtocolError as exc:
+            self.h2.receive(data)
+        except H2ConnectionError as exc:
             log.debug("HTTP/2 protocol error from %s: %s", self._remote, exc)
             self.stats.downstream_cx_protocol_error.value += 1
             self._http2.counter("rx_messaging_error").value += 1
-            code = _PRECISE_ERRORS.get(next((m for m in _PRECISE_ERRORS if m in str(exc)), ""))
-            if "non-compliant data" in str(exc) and _SETTINGS_ACK_WITH_PAYLOAD.search(data):
-                code = h2.errors.ErrorCodes.FRAME_SIZE_ERROR
-            if code is not None:
-                # h2 says PROTOCOL_ERROR where RFC 9113 names a precise code
-                self._writer.discard()
-                frame = hyperframe.frame.GoAwayFrame(0)
-                frame.last_stream_id = self.h2.highest_inbound_stream_id
-                frame.error_code = code
-                self._writer.send_raw(frame.serialize())
-            else:
-                self._writer.wake()  # h2 queued the GOAWAY
+            if exc.stat:
+                self._http2.counter(exc.stat).value += 1
+            self._writer.wake()  # the GOAWAY
             return False
-        control = 0
-        for ev in events:
-            if isinstance(ev, h2.events.RequestReceived):
-                try:
-                    self._start_stream(ev)
-                except h2_headers.MalformedHeaders as exc:
-                    return self._malformed(exc)
-            elif isinstance(ev, h2.events.DataReceived):
-                if not ev.data and ev.stream_ended is None:
-                    self._empty_frames += 1
-                    if self._empty_frames > MAX_CONSECUTIVE_EMPTY_FRAMES:
-                        return await self._flood("inbound_empty_frames_flood")
-                else:
-                    self._empty_frames = 0
-                s = self._streams.get(ev.stream_id)
-                if s is not None and s.body_in is not None:
-                    s.body_in.send_nowait((ev.data, ev.flow_controlled_length))
-                else:  # data for a stream we no longer track: give the credit back
-                    self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.TrailersReceived):
-                try:
-                    trailers = h2_headers.trailer_fields(ev.headers)
-                except h2_headers.MalformedHeaders as exc:
-                    return self._malformed(exc)
-                s = self._streams.get(ev.stream_id)
-                if s is not None:
-                    s.trailers = trailers
-            elif isinstance(ev, h2.events.StreamEnded):
-                s = self._streams.get(ev.stream_id)
-                if s is not None:
-                    s.ended = True
-                    s.end_body()
-            elif isinstance(ev, h2.events.StreamReset):
-                s = self._streams.get(ev.stream_id)
-                self._http2.counter("rx_reset").value += 1
-                if s is not None:
-                    if trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
-                        self._premature_resets += 1
-                    s.scope.cancel()
-                    s.end_body()
-            elif isinstance(ev, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
-                control += 1  # h2 queued an acknowledgement
-                if isinstance(ev, h2.events.RemoteSettingsChanged) and (
-                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings
-                ):
-                    for s in self._streams.values():  # every stream window moved
-                        s.window_changed()
-                if control > MAX_OUTBOUND_CONTROL_FRAMES:
-                    return await self._flood("outbound_control_flood")
-            elif isinstance(ev, h2.events.WindowUpdated):
-                if ev.stream_id:
-                    s = self._streams.get(ev.stream_id)
-                    if s is not None:
-                        s.window_changed()
-                else:
-                    for s in self._streams.values():
-                        s.window_changed()
-            elif isinstance(ev, h2.events.ConnectionTerminated):
-                self._writer.wake()
-                return not self._goaway_sent and bool(self._streams)
+        except Flood as exc:
+            return self._flood(exc.stat)
+        except h2_headers.MalformedHeaders as exc:
+            return self._malformed(exc)
         self._writer.wake()
         return True
+
+    # -- what the framer tells (H2Handler) -------------------------------------------------------
+
+    def on_request(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
+            self.h2.reset_stream(sid, REFUSED_STREAM)
+            return
+        pseudo, regular = h2_headers.request_fields(fields)
+        s = _Stream(sid, end_stream)
+        self._streams[sid] = s
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_stream, s, pseudo, regular)
+
+    def on_data(self, sid: int, data: bytes, flow: int, end_stream: bool) -> None:
+        s = self._streams.get(sid)
+        if s is not None and s.body_in is not None:
+            s.body_in.send_nowait((data, flow))
+            if end_stream:
+                s.ended = True
+                s.end_body()
+        else:  # data for a stream we no longer track: give the credit back
+            self.h2.acknowledge_received_data(flow, sid)
+
+    def on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        trailers = h2_headers.trailer_fields(fields)
+        s = self._streams.get(sid)
+        if s is not None:
+            s.trailers = trailers
+            s.ended = True
+            s.end_body()
+
+    def on_reset(self, sid: int, remote: bool) -> None:
+        s = self._streams.get(sid)
+        if remote:
+            self._http2.counter("rx_reset").value += 1
+        else:
+            self._http2.counter("tx_reset").value += 1
+            self.stats.downstream_rq_tx_reset.value += 1
+        if s is not None:
+            if not remote:
+                s.protocol_error = True
+            elif trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
+                self._premature_resets += 1
+            s.scope.cancel()
+            s.end_body()
+
+    def on_window(self, sid: int) -> None:
+        if sid:
+            s = self._streams.get(sid)
+            if s is not None:
+                s.window_changed()
+        else:
+            for s in self._streams.values():
+                s.window_changed()
+
+    def on_goaway(self) -> None:
+        self._peer_goaway = True
 
     def _malformed(self, exc: Exception) -> bool:
         """A request or trailer block that breaks RFC 9113 §8.2/§8.3: a connection error, as
@@ -411,11 +348,11 @@ class Http2Connection:
         log.debug("HTTP/2 malformed headers from %s: %s", self._remote, exc)
         self.stats.downstream_cx_protocol_error.value += 1
         self._http2.counter("rx_messaging_error").value += 1
-        self.h2.close_connection(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        self.h2.close_connection(PROTOCOL_ERROR)
         self._writer.wake()
         return False
 
-    async def _flood(self, stat: str) -> bool:
+    def _flood(self, stat: str) -> bool:
         """A flood limit was crossed: count it and close the connection (Envoy sends no
         GOAWAY here: the peer is not reading, or not behaving)."""
         log.debug("HTTP/2 %s from %s: closing", stat, self._remote)
@@ -434,28 +371,12 @@ class Http2Connection:
             log.debug("too many premature resets from %s: GOAWAY and close", self._remote)
             self.cfg.scope.counter("downstream_rq_too_many_premature_resets").value += 1
             self._goaway_sent = True
-            try:
-                self.h2.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-            except h2.exceptions.ProtocolError:
-                pass
+            self.h2.close_connection(ENHANCE_YOUR_CALM)
             self._writer.close_when_sent()
-
-    def _start_stream(self, ev: h2.events.RequestReceived) -> None:
-        if self._goaway_sent:  # after our GOAWAY: the client retries it elsewhere
-            self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
-            return
-        pseudo, regular = h2_headers.request_fields(ev.headers)
-        s = _Stream(ev.stream_id, ev.stream_ended is not None)
-        self._streams[ev.stream_id] = s
-        assert self._nursery is not None
-        self._nursery.start_soon(self._run_stream, s, pseudo, regular)
 
     def _credit(self, s: _Stream, n: int) -> None:
         if n:
-            try:
-                self.h2.acknowledge_received_data(n, s.sid)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                return
+            self.h2.acknowledge_received_data(n, s.sid)
             self._writer.wake()
 
     async def _send_data(self, s: _Stream, data: bytes, end: bool = False) -> None:
@@ -546,8 +467,11 @@ class Http2Connection:
                     assert isinstance(result, Response)
                     await self._respond(stream, s, result, head_only)
             if s.scope.cancelled_caught:
-                info.response_flags.add("DC")
-                st.downstream_rq_rx_reset.value += 1
+                if s.protocol_error:
+                    info.response_flags.add("DPE")
+                else:
+                    info.response_flags.add("DC")
+                    st.downstream_rq_rx_reset.value += 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             info.response_flags.add("DC")
         except trio.Cancelled:
@@ -555,11 +479,14 @@ class Http2Connection:
                 info.response_flags.add("DC")
             raise
         except Exception as exc:
-            if isinstance(exc, h2.exceptions.StreamClosedError) and s.scope.cancel_called:
-                # the client reset the stream while this task ran without a checkpoint, so
-                # the cancellation had not reached it yet: the same as being cancelled
-                info.response_flags.add("DC")
-                st.downstream_rq_rx_reset.value += 1
+            if isinstance(exc, StreamClosed) and s.scope.cancel_called:
+                # the stream was reset while this task ran without a checkpoint, so the
+                # cancellation had not reached it yet: the same as being cancelled
+                if s.protocol_error:
+                    info.response_flags.add("DPE")
+                else:
+                    info.response_flags.add("DC")
+                    st.downstream_rq_rx_reset.value += 1
                 return
             log.exception("HTTP filter failed on %s %s", method, pseudo.get(":path"))
             self._filter_error.value += 1
@@ -585,22 +512,20 @@ class Http2Connection:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 leftover += n
-            try:
-                if leftover:
-                    self.h2.acknowledge_received_data(leftover, s.sid)
-            except h2.exceptions.ProtocolError:
-                pass
+            if leftover:
+                self.h2.acknowledge_received_data(leftover, s.sid)
+            self.h2.finish(s.sid)
             self._writer.wake()
             self._close_if_done()
             self._stream_closed()
 
     def _reset(self, s: _Stream) -> None:
         try:
-            self.h2.reset_stream(s.sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
-            self._http2.counter("tx_reset").value += 1
-            self.stats.downstream_rq_tx_reset.value += 1
-        except h2.exceptions.ProtocolError:
-            pass
+            self.h2.reset_stream(s.sid, INTERNAL_ERROR)
+        except StreamClosed:
+            return
+        self._http2.counter("tx_reset").value += 1
+        self.stats.downstream_rq_tx_reset.value += 1
 
     async def _decode(self, stream: HttpStream, s: _Stream) -> Response | LocalReply:
         chain = self.cfg.chain

@@ -2,9 +2,10 @@
 
 Theory of operation
 -------------------
-``h2`` keeps one outbound buffer per connection, to which every frame it builds is appended
-(HEADERS, DATA, WINDOW_UPDATE, acknowledgements, resets). The tasks of a connection — its reader
-and its streams — only *queue*: they call ``h2`` and then ``wake()``, which reschedules the
+The framer (``h2_server.H2Server`` downstream, ``h2``'s connection upstream) keeps one
+outbound buffer per connection, to which every frame it builds is appended (HEADERS, DATA,
+WINDOW_UPDATE, acknowledgements, resets). The tasks of a connection — its reader and its
+streams — only *queue*: they call the framer and then ``wake()``, which reschedules the
 parked writer task. Trio runs a task rescheduled now in its next batch, after every task that
 is runnable in this one, so the writer finds the frames of all the streams that ran meanwhile
 and sends them with one ``send_all``: one system call and no lock per scheduler tick, instead
@@ -67,7 +68,6 @@ class FrameWriter:
     __slots__ = (
         "_close",
         "_closing",
-        "_extra",
         "_framer",
         "_on_broken",
         "_progress",
@@ -93,7 +93,6 @@ class FrameWriter:
         self.high_water = high_water
         self._close = close
         self._on_broken = on_broken
-        self._extra: list[bytes] = []  # frames built by hand, in order with h2's
         self._queued = 0  # DATA bytes queued and not yet taken
         self._wakeup = Wakeup()
         self._progress = trio.lowlevel.ParkingLot()
@@ -113,20 +112,6 @@ class FrameWriter:
         self._queued += nbytes
         self.wake()
 
-    def send_raw(self, frame: bytes) -> None:
-        """Queue bytes framed by hand, after everything h2 queued so far."""
-        pending = self._framer.data_to_send()
-        if pending:
-            self._extra.append(pending)
-        self._extra.append(frame)
-        self.wake()
-
-    def discard(self) -> None:
-        """Drop everything queued and not yet taken."""
-        self._framer.data_to_send()
-        self._extra.clear()
-        self._queued = 0
-
     def close_when_sent(self) -> None:
         """Send what is queued, then close (and take nothing more)."""
         self._closing = True
@@ -145,10 +130,6 @@ class FrameWriter:
     # -- the writer task ------------------------------------------------------------------------
     def _take(self) -> bytes:
         data = self._framer.data_to_send()
-        if self._extra:
-            self._extra.append(data)
-            data = b"".join(self._extra)
-            self._extra.clear()
         self._queued = 0
         return data
 
