@@ -278,10 +278,11 @@ class Http2Connection(H2Handler):
                 self._http2.counter(exc.stat).value += 1
             self._writer.wake()  # the GOAWAY
             return False
-        except Flood as exc:
-            return self._flood(exc.stat)
-        except h2_headers.MalformedHeaders as exc:
-            return self._malformed(exc)
+        # (one name per handler: mypyc gives a name one type, the first handler's)
+        except Flood as flood:
+            return self._flood(flood.stat)
+        except h2_headers.MalformedHeaders as malformed:
+            return self._malformed(malformed)
         self._writer.wake()
         return True
 

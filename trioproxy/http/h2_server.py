@@ -593,10 +593,10 @@ class H2Server:
             return self.decoder.decode(block)
         except HpackError as exc:
             raise self._conn_error(COMPRESSION_ERROR, f"undecodable header block: {exc}") from exc
-        except HeaderListTooLarge as exc:
+        except HeaderListTooLarge as too_large:
             raise self._conn_error(
                 ENHANCE_YOUR_CALM, "header list too large", "header_overflow"
-            ) from exc
+            ) from too_large
 
     def _header_block(self, flags: int, sid: int, block: bytes, error: int) -> None:
         end = bool(flags & END_STREAM)
