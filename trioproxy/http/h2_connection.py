@@ -56,6 +56,7 @@ from trioproxy.http.filter import HttpStream, LocalReply, Response
 from trioproxy.http.h2_server import (
     ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
+    PREFACE,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
     Flood,
@@ -90,7 +91,6 @@ from trioproxy.network.filter import DownstreamConnection
 
 log = logging.getLogger(__name__)
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 READ_SIZE = 65536
 _NO_BODY_STATUS = (204, 304)
 

@@ -272,8 +272,8 @@ class H2Server:
         )
         out += payload
 
-    def data_to_send(self, amount: int | None = None) -> bytes:
-        """Everything queued since the last call (``amount`` is ignored: all of it)."""
+    def data_to_send(self) -> bytes:
+        """Everything queued since the last call."""
         out = bytes(self._out)
         self._out.clear()
         return out

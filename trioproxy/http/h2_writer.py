@@ -61,7 +61,7 @@ class Wakeup:
 
 
 class _Framer(Protocol):
-    def data_to_send(self, amount: int | None = None) -> bytes: ...
+    def data_to_send(self) -> bytes: ...
 
 
 class FrameWriter:
