@@ -46,6 +46,7 @@ import time
 from typing import cast
 
 import trio
+from trio.lowlevel import checkpoint, wait_readable, wait_writable
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                 data = sock.recv(size)
             except BlockingIOError:
                 self._ops = 0
-                await trio.lowlevel.wait_readable(sock)
+                await wait_readable(sock)
                 continue
             except OSError as exc:
                 if self._closed:
@@ -209,7 +210,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             self._ops += 1
             if self._ops >= CHECKPOINT_EVERY:
                 self._ops = 0
-                await trio.lowlevel.checkpoint()
+                await checkpoint()
             return data
 
     async def receive_some_after_wait(self, max_bytes: int | None = None) -> bytes:
@@ -220,12 +221,12 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream is closed")
         self._ops = 0
         sock = self.socket
-        await trio.lowlevel.wait_readable(sock)
+        await wait_readable(sock)
         while True:
             try:
                 return sock.recv(max_bytes or DEFAULT_RECEIVE_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                await wait_readable(sock)
             except OSError as exc:
                 if self._closed:
                     raise trio.ClosedResourceError("stream is closed") from None
@@ -268,7 +269,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         self._ops += 1
         if self._ops >= CHECKPOINT_EVERY:
             self._ops = 0
-            await trio.lowlevel.checkpoint()
+            await checkpoint()
 
     async def _send_now(self, data: bytes | bytearray | memoryview) -> None:
         sock = self.socket
@@ -294,7 +295,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                     sent += sock.send(view[sent:])
                 except BlockingIOError:
                     self._ops = 0
-                    await trio.lowlevel.wait_writable(sock)
+                    await wait_writable(sock)
                 except OSError as exc:
                     if self._closed:
                         raise trio.ClosedResourceError("stream is closed") from None
@@ -359,7 +360,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
                         sent = sock.send(backlog.data)
                     except BlockingIOError:
                         try:
-                            await trio.lowlevel.wait_writable(sock)
+                            await wait_writable(sock)
                         except trio.ClosedResourceError:
                             # close() woke every waiter on the socket: keep sending, the
                             # socket is ours to close now
@@ -433,10 +434,10 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
         if self._backlog is not None:
             await self._wait_backlog()
             return
-        await trio.lowlevel.wait_writable(self.socket)
+        await wait_writable(self.socket)
 
     async def send_eof(self) -> None:
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
         if self._shut_wr or self._closed:
             return
         # what is queued goes before the FIN; until then no more may be sent, and a cancel
@@ -458,7 +459,7 @@ class FastSocketStream(trio.abc.HalfCloseableStream):
 
     async def aclose(self) -> None:
         self.close()
-        await trio.lowlevel.checkpoint()
+        await checkpoint()
 
     def close(self) -> None:
         if self._closed:

@@ -19,6 +19,8 @@ Envoy notices a downstream close at once and resets the upstream request.
 from __future__ import annotations
 
 import math
+import time
+from threading import get_ident
 from typing import Protocol
 
 import trio
@@ -26,6 +28,32 @@ import trio
 TICK = 0.05
 
 _current: trio.lowlevel.RunVar[Watchdog] = trio.lowlevel.RunVar("trioproxy_watchdog")
+_perf_counter = time.perf_counter
+#: (thread, offset) while a watchdog runs on trio's own clock: ``now()`` reads that clock
+#: directly in that thread (trio's SystemClock is ``offset + perf_counter()``).
+_fast: tuple[int, float] | None = None
+
+
+def now() -> float:
+    """``trio.current_time()``, without its three interpreted calls when the run's clock is
+    trio's default one (about 1% of a proxied request's CPU). Any other clock (a test's
+    ``MockClock``), another thread's run, or no watchdog running: trio is asked."""
+    fast = _fast
+    if fast is not None and fast[0] == get_ident():
+        return _perf_counter() + fast[1]
+    return trio.current_time()
+
+
+def _system_clock_offset() -> float | None:
+    """The running clock's offset if it is trio's ``offset + perf_counter()`` clock (checked
+    against the clock itself, not by its private class)."""
+    clock = trio.lowlevel.current_clock()
+    offset = getattr(clock, "offset", None)
+    if type(clock).__name__ != "SystemClock" or type(offset) is not float:
+        return None
+    if abs(clock.current_time() - (_perf_counter() + offset)) > 0.001:
+        return None
+    return offset
 
 
 class Timed(Protocol):
@@ -67,14 +95,24 @@ class Watchdog:
             entry.expire()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        global _fast
         _current.set(self)
-        task_status.started()
-        while True:
-            await trio.sleep(TICK)
-            self.check(trio.current_time())
-            if self._watched:
-                for entry in list(self._watched):
-                    entry.probe()
+        mine = None
+        if _fast is None:
+            offset = _system_clock_offset()
+            if offset is not None:
+                mine = _fast = (get_ident(), offset)
+        try:
+            task_status.started()
+            while True:
+                await trio.sleep(TICK)
+                self.check(now())
+                if self._watched:
+                    for entry in list(self._watched):
+                        entry.probe()
+        finally:
+            if mine is not None and _fast is mine:
+                _fast = None
 
 
 def current() -> Watchdog:

@@ -38,8 +38,11 @@ from trioproxy.http.mirror import mirror_headers, send_mirror
 from trioproxy.http.replay import Replay
 from trioproxy.http.request_headers import strip_hop_by_hop
 from trioproxy.http.retry import RetryState
+from trioproxy.http.route_table import Route
+from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
 from trioproxy.upstream import client
+from trioproxy.upstream.cluster_manager import Cluster
 
 from .config import RouterConfig
 
@@ -105,7 +108,7 @@ def _consume_control_headers(headers: Headers, timeout: float | None) -> float |
 _GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 
 
-def _grpc_timeout(value: str | None, route: Any, default: float | None) -> float | None:
+def _grpc_timeout(value: str | None, route: Route, default: float | None) -> float | None:
     """The route timeout from a ``grpc-timeout`` header (``max_stream_duration``): capped by
     ``grpc_timeout_header_max`` unless it is 0, less ``grpc_timeout_header_offset``. Without
     a valid header the route's timeout stands."""
@@ -119,7 +122,7 @@ def _grpc_timeout(value: str | None, route: Any, default: float | None) -> float
     return seconds or None
 
 
-def _per_try_timeout(route: Any, headers: Headers | None) -> float | None:
+def _per_try_timeout(route: Route, headers: Headers | None) -> float | None:
     """The policy's ``per_try_timeout``, or ``x-envoy-upstream-rq-per-try-timeout-ms``."""
     value = headers.get("x-envoy-upstream-rq-per-try-timeout-ms") if headers else None
     if value is not None and value.isdigit() and int(value):
@@ -128,7 +131,7 @@ def _per_try_timeout(route: Any, headers: Headers | None) -> float | None:
     return policy.per_try_timeout if policy is not None else None
 
 
-def _retry_host(cluster: Any, stream: HttpStream, retry: RetryState, tried: list[Any]) -> Any:
+def _retry_host(cluster: Cluster, stream: HttpStream, retry: RetryState, tried: list[Any]) -> Any:
     """The host for a retry; with ``previous_hosts``, up to ``host_selection_retry_max_attempts``
     picks avoid the hosts tried already (the last pick stands)."""
     host = cluster.choose_host(stream)
@@ -211,7 +214,7 @@ class Router(TerminalFilter):
         self, stream: HttpStream, body: AsyncIterator[bytes] | None
     ) -> Response | LocalReply:
         self.rq_total.value += 1
-        route = stream.route
+        route: Route | None = stream.route
         if route is None:
             return NO_ROUTE
         info = stream.info
@@ -270,7 +273,7 @@ class Router(TerminalFilter):
             stats.upstream_cx_none_healthy.value += 1
             return NO_HEALTHY_UPSTREAM
         info.upstream_host = host.address_str
-        deadline = trio.current_time() + timeout if timeout else math.inf
+        deadline = watchdog.now() + timeout if timeout else math.inf
         vh = route.virtual_host
         if vh is not None and vh.include_request_attempt_count:
             headers.set("x-envoy-attempt-count", "1")
@@ -287,7 +290,7 @@ class Router(TerminalFilter):
         )
 
     def _mirror(
-        self, route: Any, headers: Headers, replay: Replay | None, timeout: float | None
+        self, route: Route, headers: Headers, replay: Replay | None, timeout: float | None
     ) -> None:
         """Start the copies ``request_mirror_policies`` ask for (see ``trioproxy.http.mirror``)."""
         for policy in route.mirrors:
@@ -313,8 +316,8 @@ class Router(TerminalFilter):
     async def _retrying(
         self,
         stream: HttpStream,
-        route: Any,
-        cluster: Any,
+        route: Route,
+        cluster: Cluster,
         host: Any,
         body: AsyncIterator[bytes] | None,
         deadline: float,
@@ -334,7 +337,7 @@ class Router(TerminalFilter):
         while True:
             attempt_deadline = deadline
             if per_try is not None:
-                attempt_deadline = min(deadline, trio.current_time() + per_try)
+                attempt_deadline = min(deadline, watchdog.now() + per_try)
             result = await self._forward(
                 stream,
                 route,
@@ -373,7 +376,7 @@ class Router(TerminalFilter):
                 return self._with_attempt_count(result, route, info)
             if type(result) is Response and result.body is not None:
                 await result.body.aclose()  # type: ignore[attr-defined]
-            if trio.current_time() + backoff >= deadline:
+            if watchdog.now() + backoff >= deadline:
                 info.response_flags.add("UT")
                 stats.upstream_rq_timeout.value += 1
                 return UPSTREAM_TIMEOUT
@@ -410,13 +413,13 @@ class Router(TerminalFilter):
                 headers.set("x-envoy-attempt-count", str(info.attempt_count + 1))
             if "x-envoy-expected-rq-timeout-ms" in headers and deadline != math.inf:
                 # what is left of the route timeout (and at most one try's), as Envoy sends it
-                left = max(deadline - trio.current_time(), 0.001)
+                left = max(deadline - watchdog.now(), 0.001)
                 left = min(left, per_try) if per_try else left
                 headers.set("x-envoy-expected-rq-timeout-ms", str(int(left * 1000)))
 
     @staticmethod
     def _with_attempt_count(
-        result: Response | LocalReply, route: Any, info: Any
+        result: Response | LocalReply, route: Route, info: StreamInfo
     ) -> Response | LocalReply:
         vh = route.virtual_host
         if vh is not None and vh.include_attempt_count_in_response and type(result) is Response:
@@ -426,8 +429,8 @@ class Router(TerminalFilter):
     async def _forward(
         self,
         stream: HttpStream,
-        route: Any,
-        cluster: Any,
+        route: Route,
+        cluster: Cluster,
         host: Any,
         body: AsyncIterator[bytes] | None,
         deadline: float,
@@ -614,7 +617,7 @@ class Router(TerminalFilter):
         exchange: UpstreamExchange,
         conn: Any,
         pool: Any,
-        cluster: Any,
+        cluster: Cluster,
         host: Any,
         started: float,
     ) -> Response:
@@ -639,7 +642,7 @@ class Router(TerminalFilter):
 
     def _finish(
         self,
-        cluster: Any,
+        cluster: Cluster,
         host: Any,
         started: float,
         status: int | None,
@@ -693,7 +696,7 @@ class _UpstreamBody:
         self,
         router: Router,
         exchange: UpstreamExchange,
-        cluster: Any,
+        cluster: Cluster,
         host: Any,
         pool: Any,
         started: float,

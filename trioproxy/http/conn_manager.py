@@ -169,7 +169,7 @@ class Http1Connection:
             transport = self.conn.transport
             sock = transport.socket
             drain = self.conn.drain
-            now = trio.current_time()
+            now = watchdog.now()
             if (
                 not self._parked
                 and not self._idle_expired
@@ -198,7 +198,7 @@ class Http1Connection:
                 parking.wake(sock)
             self.conn.transport.close()
             return
-        now = trio.current_time()
+        now = watchdog.now()
         self._expired = "request" if self._rq_deadline <= now else "idle"
         self._scope.cancel()
 
@@ -222,7 +222,7 @@ class Http1Connection:
         """Stream activity: push the stream idle timeout back."""
         idle = self.cfg.stream_idle_timeout
         if idle is not None:
-            self.deadline = min(trio.current_time() + idle, self._rq_deadline)
+            self.deadline = min(watchdog.now() + idle, self._rq_deadline)
 
     # -- I/O ------------------------------------------------------------------------------
     async def _next_event(self) -> Any:
@@ -380,7 +380,7 @@ class Http1Connection:
             if ev is h1.NEED_DATA:
                 # A partial head: the rest must come within request_headers_timeout.
                 timeout = self.cfg.request_headers_timeout
-                deadline = math.inf if timeout is None else trio.current_time() + timeout
+                deadline = math.inf if timeout is None else watchdog.now() + timeout
                 with trio.CancelScope(deadline=deadline) as scope:
                     ev = await self._next_event()
                 if scope.cancelled_caught:
@@ -411,7 +411,7 @@ class Http1Connection:
         timeout = self.cfg.idle_timeout
         self._idle = True
         if timeout is not None or self._park_after != math.inf:
-            now = trio.current_time()
+            now = watchdog.now()
             if self._resumed:
                 idle = self._idle_deadline  # the idle time counts from the last request
             else:
@@ -520,7 +520,7 @@ class Http1Connection:
             start_span(cfg.tracing, stream)
         # Stream timeouts go to the watchdog (see ``expire``).
         self._idle = False
-        now = trio.current_time()
+        now = watchdog.now()
         self._rq_deadline = (
             now + cfg.request_timeout
             if cfg.request_timeout is not None and not self._body_done

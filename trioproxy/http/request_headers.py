@@ -36,8 +36,7 @@ def new_request_id() -> str:
 
     Request ids need to be unique, not secret: Python's Mersenne Twister (seeded from the OS)
     avoids a getrandom() syscall per request, as Envoy's own random generator does."""
-    n = (_getrandbits(128) & _UUID_CLEAR) | _UUID_SET
-    h = f"{n:032x}"
+    h = ((_getrandbits(128) & _UUID_CLEAR) | _UUID_SET).to_bytes(16, "big").hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
@@ -47,25 +46,19 @@ _UUID_SET = (0x4 << 76) | (0x2 << 62)
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None:
-    """Remove connection-specific headers, and those named in ``Connection``."""
+    """Remove connection-specific headers; keep ``te: trailers`` if asked.
+
+    Like Envoy, the end-to-end headers a ``Connection`` header names are kept: the only ones
+    it drops for being named there are control headers that are in ``HOP_BY_HOP`` anyway."""
     items = headers.items()
     if HOP_BY_HOP.isdisjoint([name for name, _ in items]):
         return  # the common case, decided in C
-    extra: set[str] = set()
     te_trailers = False
-    for name, value in items:
-        if name in HOP_BY_HOP:
-            if name == "connection":
-                extra.update(t.strip().lower() for t in value.split(","))
-            elif name == "te" and keep_te_trailers:
-                te_trailers = any(t.strip().lower() == "trailers" for t in value.split(","))
-    extra.discard("")
-    # Envoy keeps the end-to-end headers a Connection header names except these control ones.
-    # (HTTP2-Settings belongs to the h2c upgrade, which is never forwarded: RFC 9113 §3.2.1.)
-    drop = HOP_BY_HOP | (
-        extra & {"keep-alive", "upgrade", "proxy-connection", "te", "http2-settings"}
-    )
-    items[:] = [item for item in items if item[0] not in drop]
+    if keep_te_trailers:
+        for name, value in items:
+            if name == "te" and "trailers" in [t.strip().lower() for t in value.split(",")]:
+                te_trailers = True
+    items[:] = [item for item in items if item[0] not in HOP_BY_HOP]
     if te_trailers:
         items.append(("te", "trailers"))
 

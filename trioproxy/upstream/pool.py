@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from trioproxy import watchdog
 from trioproxy.errors import UpstreamError
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
@@ -253,7 +254,7 @@ class Http1Pool:
             return
         if self.queue.hand_over(self, conn):
             return
-        conn.idle_since = trio.current_time()
+        conn.idle_since = watchdog.now()
         self._idle.append(conn)
 
     def _take_idle(self) -> UpstreamConnection | None:
@@ -261,7 +262,7 @@ class Http1Pool:
         if not idle:
             return None
         timeout = self._idle_timeout
-        now = trio.current_time()
+        now = watchdog.now()
         while idle:
             conn = idle.pop()
             if timeout is not None and now - conn.idle_since >= timeout:
@@ -285,7 +286,7 @@ class Http1Pool:
         timeout = self._idle_timeout
         idle = self._idle
         if now is None:
-            now = trio.current_time()
+            now = watchdog.now()
         if timeout is not None:
             while idle and now - idle[0].idle_since >= timeout:
                 self.stats.upstream_cx_idle_timeout.value += 1
