@@ -23,6 +23,21 @@ async def test_now_is_trios_clock_while_a_watchdog_runs() -> None:
         nursery.cancel_scope.cancel()
 
 
+def test_each_run_reads_its_own_clock() -> None:
+    """A run's clock offset does not outlive it: the next run in the same thread (each test
+    is one) reads its own."""
+
+    async def main() -> float:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(watchdog.Watchdog().run)
+            skew = abs(watchdog.now() - trio.current_time())
+            nursery.cancel_scope.cancel()
+        return skew
+
+    assert trio.run(main) < 0.01
+    assert trio.run(main) < 0.01
+
+
 def test_now_follows_a_mock_clock() -> None:
     """An autojump clock (the tests' way to skip time) is not trio's system clock: the
     watchdog's deadlines must follow it, jumps included."""

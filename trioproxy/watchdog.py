@@ -111,7 +111,8 @@ class Watchdog:
                     for entry in list(self._watched):
                         entry.probe()
         finally:
-            if mine is not None and _fast is mine:
+            # (equality, not identity: compiled, the tuple is boxed anew at each use)
+            if mine is not None and _fast == mine:
                 _fast = None
 
 
