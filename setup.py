@@ -31,6 +31,7 @@ COMPILED = [
     "trioproxy/http/local_reply.py",
     "trioproxy/http/conn_manager.py",
     "trioproxy/http/h2_connection.py",
+    "trioproxy/http/h2_frames.py",
     "trioproxy/http/h2_server.py",
     "trioproxy/http/h2_headers.py",
     "trioproxy/http/hpack.py",
