@@ -36,6 +36,7 @@ COMPILED = [
     "trioproxy/http/h2_headers.py",
     "trioproxy/http/hpack.py",
     "trioproxy/http/h2_writer.py",
+    "trioproxy/http/h2_client_proto.py",
     "trioproxy/upstream/h2_client.py",
     "trioproxy/upstream/http1_client.py",
     "trioproxy/upstream/pool.py",

@@ -236,8 +236,8 @@ class H2Framer:
         """The peer reset stream ``sid`` (already forgotten)."""
         raise NotImplementedError
 
-    def _reset_here(self, sid: int) -> None:
-        """A stream error reset stream ``sid`` (already forgotten)."""
+    def _reset_here(self, sid: int, code: int) -> None:
+        """A stream error (``code``) reset stream ``sid`` (already forgotten)."""
         raise NotImplementedError
 
     def _malformed(self, sid: int, message: str) -> Exception:
@@ -453,7 +453,7 @@ class H2Framer:
         s = self.streams.get(sid)
         if s is not None:
             self._forget(s, RESET_HERE)
-            self._reset_here(sid)
+            self._reset_here(sid, code)
         else:
             self._closed[sid] = RESET_HERE
 

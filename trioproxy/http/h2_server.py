@@ -165,7 +165,7 @@ class H2Server(H2Framer):
     def _peer_reset(self, sid: int, code: int) -> None:
         self.handler.on_reset(sid, True)
 
-    def _reset_here(self, sid: int) -> None:
+    def _reset_here(self, sid: int, code: int) -> None:
         self.handler.on_reset(sid, False)
 
     def _header_block(self, flags: int, sid: int, block: bytes, error: int) -> None:

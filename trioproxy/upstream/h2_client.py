@@ -6,17 +6,23 @@ with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a 
 ``H2Connection``s. ``acquire`` takes a stream slot on a connection that has one — fewer active
 streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
 connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
-connection has one reader task (in the cluster manager's nursery) that feeds ``h2`` and hands
-events to the stream they belong to, and one writer task (``h2_writer.FrameWriter``) sends
-what all streams queued in a scheduler tick with one write. Flow control: DATA credit is
-returned to the upstream only when the router has taken the data (back-pressure), and a
-request body waits for window updates before it sends, and for the writer once the cluster's
-``per_connection_buffer_limit_bytes`` is queued.
+connection has one reader task (in the cluster manager's nursery) that feeds its framer
+(``h2_client_proto.H2Client``), which calls the connection back for each response head, DATA,
+trailers or reset, handed to the stream they belong to; one writer task
+(``h2_writer.FrameWriter``) sends what all streams queued in a scheduler tick with one write.
+Flow control: DATA credit is returned to the upstream only when the router has taken the data
+(back-pressure), and a request body waits for window updates before it sends, and for the
+writer once the cluster's ``per_connection_buffer_limit_bytes`` is queued.
 
 Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` folds into
-``:authority``), connection-specific headers are dropped, and ``h2`` rejects CR, LF and NUL in
-either direction. A GOAWAY lets streams below its last stream id finish; later ones fail with
-``UC`` and nothing sent (the router may retry them on another connection).
+``:authority``), connection-specific headers are dropped, a request with CR, LF or NUL in a
+value is not sent (``UPE``), and a response block breaking RFC 9113 §8.2-8.3 (CR, LF or NUL in
+a value, connection-specific fields, bad pseudo-headers; ``h2_headers``) is, like any
+malformed response, a connection error: GOAWAY PROTOCOL_ERROR, and every stream on the
+connection fails with ``UPE`` (Envoy's default for invalid messaging). A GOAWAY lets streams
+below its last stream id finish; later ones fail with ``UC`` and nothing sent (the router may
+retry them on another connection), as do streams the upstream refused (RST_STREAM
+REFUSED_STREAM).
 """
 
 from __future__ import annotations
@@ -27,15 +33,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.http import h2_headers
+from trioproxy.http.h2_client_proto import (
+    MAX_STREAM_ID,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    Flood,
+    H2Client,
+    H2ClientHandler,
+    H2ConnectionError,
+    StreamClosed,
+)
 from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
@@ -49,6 +60,8 @@ if TYPE_CHECKING:
 READ_SIZE = 65536
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = 1024 * 1024
+#: How long a connection closed on a protocol error has to send its GOAWAY.
+GOAWAY_FLUSH_S = 1.0
 
 
 @attrs.define
@@ -58,7 +71,7 @@ class ResponseHead:
     keep_alive: bool = True
 
 
-class H2Connection:
+class H2Connection(H2ClientHandler):
     """One upstream HTTP/2 connection and its streams."""
 
     def __init__(
@@ -73,7 +86,9 @@ class H2Connection:
         self.nursery = nursery
         self.host = host
         self.created = created
-        self.h2 = h2.connection.H2Connection(config=h2_headers.config(client_side=True))
+        self.h2 = H2Client(
+            self, initial_window_size=STREAM_WINDOW, connection_window_size=CONNECTION_WINDOW
+        )
         self.exchanges: dict[int, H2Exchange] = {}
         self.active = 0
         self.requests = 0
@@ -85,26 +100,23 @@ class H2Connection:
             self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
         )
         self._window_changed = trio.Event()
-        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (kept here: the pool asks per request)
-        self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
-        self._inbuf = b""  # a partial frame, while looking for GOAWAY frames
+
+    @property
+    def max_streams(self) -> int:
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS)."""
+        return self.h2.peer_max_concurrent_streams
 
     def has_capacity(self) -> bool:
-        return not self.closed and not self.goaway and self.active < self.max_streams
+        return (
+            not self.closed
+            and not self.goaway
+            and self.active < self.h2.peer_max_concurrent_streams
+            and self.h2.next_stream_id + 2 * self.active <= MAX_STREAM_ID
+        )
 
     async def start(self) -> None:
-        h = self.h2
-        h.local_settings = h2.settings.Settings(
-            client=True,
-            initial_values={
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-            },
-        )
-        h.initiate_connection()
-        h.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        try:  # (before the writer runs)
-            await self.stream.send_all(h.data_to_send())
+        try:  # the preface and our SETTINGS (before the writer runs)
+            await self.stream.send_all(self.h2.data_to_send())
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise UpstreamError("connection termination", flag="UC") from exc
 
@@ -118,10 +130,16 @@ class H2Connection:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.writer.run)
             await self.read_loop()
-            nursery.cancel_scope.cancel()
+            if self.h2.closed and not self.writer.done:
+                # a protocol error: the GOAWAY saying so goes out before the close
+                self.writer.close_when_sent()
+                nursery.cancel_scope.deadline = trio.current_time() + GOAWAY_FLUSH_S
+            else:
+                nursery.cancel_scope.cancel()
 
     async def read_loop(self) -> None:
         writer = self.writer
+        h = self.h2
         try:
             while not self.closed:
                 try:
@@ -131,10 +149,15 @@ class H2Connection:
                 if not data:
                     break
                 try:
-                    events = self.h2.receive_data(self._without_goaway(bytes(data)))
-                    for ev in events:
-                        self._dispatch(ev)
-                except (h2.exceptions.ProtocolError, h2_headers.MalformedHeaders):
+                    h.receive(bytes(data))
+                except H2ConnectionError:
+                    self._fail_all("protocol error", flag="UPE")
+                    break
+                except h2_headers.MalformedHeaders:
+                    h.close_connection(PROTOCOL_ERROR)
+                    self._fail_all("protocol error", flag="UPE")
+                    break
+                except Flood:  # closed without a GOAWAY, as Envoy does
                     self._fail_all("protocol error", flag="UPE")
                     break
                 writer.wake()
@@ -143,65 +166,55 @@ class H2Connection:
             self._fail_all("connection termination")
             self.closed = True
 
-    def _without_goaway(self, data: bytes) -> bytes:
-        """The bytes for h2, with GOAWAY frames taken out and handled here: h2 as a client
-        treats a GOAWAY as the end of every stream, while RFC 9113 §6.8 lets the streams up to
-        its last stream id finish (a server draining after N requests does exactly this)."""
-        buf = self._inbuf + data if self._inbuf else data
-        out = []
-        pos = 0
-        end = len(buf)
-        while end - pos >= 9:
-            length = int.from_bytes(buf[pos : pos + 3], "big")
-            if end - pos < 9 + length:
-                break
-            if buf[pos + 3] == 0x7:  # GOAWAY
-                last = int.from_bytes(buf[pos + 9 : pos + 13], "big") & 0x7FFFFFFF
-                self._on_goaway(last)
-            else:
-                out.append(buf[pos : pos + 9 + length])
-            pos += 9 + length
-        self._inbuf = buf[pos:]
-        return b"".join(out)
+    # -- what the framer tells (H2ClientHandler) ------------------------------------------------
+    def on_informational(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        h2_headers.response_fields(fields)  # checked, then dropped (as Envoy does by default)
 
-    def _on_goaway(self, last: int) -> None:
+    def on_response(self, sid: int, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        status, regular = h2_headers.response_fields(fields)
+        ex = self.exchanges.get(sid)
+        if ex is not None:
+            ex._on_head(ResponseHead(status, regular))
+            if end_stream:
+                ex._on_end()
+
+    def on_data(self, sid: int, data: bytes, flow: int, end_stream: bool) -> None:
+        ex = self.exchanges.get(sid)
+        if ex is not None:
+            ex._on_data(data, flow)
+            if end_stream:
+                ex._on_end()
+        else:
+            self.h2.acknowledge_received_data(flow, sid)
+
+    def on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
+        trailers = h2_headers.trailer_fields(fields)
+        ex = self.exchanges.get(sid)
+        if ex is not None:
+            ex._on_trailers(trailers)
+            ex._on_end()
+
+    def on_reset(self, sid: int, code: int, remote: bool) -> None:
+        ex = self.exchanges.get(sid)
+        if ex is not None:
+            if not remote:
+                ex._on_reset("protocol error", False, flag="UPE")
+            elif code == REFUSED_STREAM:
+                ex._on_reset("refused stream", True)
+            else:
+                ex._on_reset("remote reset", False)
+
+    def on_window(self, sid: int) -> None:
+        self._window_changed.set()
+        self._window_changed = trio.Event()
+
+    def on_goaway(self, last_stream_id: int, code: int) -> None:
+        """RFC 9113 §6.8: the streams up to the last stream id may finish (a server draining
+        after N requests does exactly this); the later ones were never processed."""
         self.goaway = True
         for stream_id, ex in list(self.exchanges.items()):
-            if stream_id > last:  # never processed: safe to send again elsewhere
+            if stream_id > last_stream_id:  # never processed: safe to send again elsewhere
                 ex._on_reset("connection termination", True)
-
-    def _dispatch(self, ev: Any) -> None:
-        sid = getattr(ev, "stream_id", None)
-        ex = self.exchanges.get(sid) if sid else None
-        if isinstance(ev, h2.events.ResponseReceived):
-            status, fields = h2_headers.response_fields(ev.headers)
-            if ex is not None:
-                ex._on_head(ResponseHead(status, fields))
-        elif isinstance(ev, h2.events.InformationalResponseReceived):
-            pass
-        elif isinstance(ev, h2.events.DataReceived):
-            if ex is not None:
-                ex._on_data(ev.data, ev.flow_controlled_length)
-            else:
-                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-        elif isinstance(ev, h2.events.TrailersReceived):
-            trailers = h2_headers.trailer_fields(ev.headers)
-            if ex is not None:
-                ex._on_trailers(trailers)
-        elif isinstance(ev, h2.events.StreamEnded):
-            if ex is not None:
-                ex._on_end()
-        elif isinstance(ev, h2.events.StreamReset):
-            if ex is not None:
-                refused = ev.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
-                ex._on_reset("refused stream" if refused else "remote reset", refused)
-        elif isinstance(ev, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
-            if isinstance(ev, h2.events.RemoteSettingsChanged):
-                self.max_streams = int(self.h2.remote_settings.max_concurrent_streams)
-            self._window_changed.set()
-            self._window_changed = trio.Event()
-        elif isinstance(ev, h2.events.ConnectionTerminated):  # (h2 never sees a GOAWAY now)
-            self._on_goaway(ev.last_stream_id if ev.last_stream_id is not None else 0)
 
     def _fail_all(self, reason: str, flag: str = "UC") -> None:
         for ex in list(self.exchanges.values()):
@@ -283,11 +296,8 @@ class H2Exchange:
         if self.complete or not self.stream_id or self._reset_sent or conn.closed:
             return
         self._reset_sent = True
-        try:
-            conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-        except h2.exceptions.ProtocolError:  # already closed on the h2 side
-            return
-        conn.writer.wake()
+        if conn.h2.cancel(self.stream_id):  # (not when the stream is already over)
+            conn.writer.wake()
 
     async def send_request_head(
         self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
@@ -298,26 +308,28 @@ class H2Exchange:
             block = h2_headers.request_block(method, headers)
         except ValueError as exc:
             raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
-        if conn.closed or conn.goaway:
+        if not _sendable(block):
+            raise UpstreamError("protocol error: CR, LF or NUL in a header value", flag="UPE")
+        if conn.closed or conn.goaway or not h.can_open():
             # the connection went away between acquire and now: nothing was sent
             raise UpstreamError("connection termination", flag="UC", unprocessed=True)
-        self.stream_id = h.get_next_available_stream_id()
+        self.stream_id = h.send_request(
+            block, end_stream=end_stream and not body, head=method == "HEAD"
+        )
         conn.exchanges[self.stream_id] = self
-        try:
-            h.send_headers(self.stream_id, block, end_stream=end_stream and not body)
-        except h2.exceptions.ProtocolError as exc:
-            self._forget()
-            if conn.closed or conn.goaway:
-                raise UpstreamError("connection termination", flag="UC", unprocessed=True) from exc
-            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
-        except ValueError as exc:
-            self._forget()
-            raise UpstreamError(f"protocol error: {exc}", flag="UPE") from exc
         conn.writer.wake()
         if body:
             await self.send(body)
             if end_stream:
                 await self.end_body(None)
+
+    def _stream_over(self) -> None:
+        """A send found the stream over: fine once the response is complete (the upstream
+        answered before taking the whole request), an error otherwise."""
+        if self._error is not None:
+            raise self._error
+        if not self.complete:
+            raise UpstreamError("connection termination", flag="UC")
 
     async def send(self, data: bytes) -> None:
         conn = self.conn
@@ -328,7 +340,11 @@ class H2Exchange:
             await writer.wait_room()
             if self._error is not None:
                 raise self._error
-            window = min(h.local_flow_control_window(self.stream_id), h.max_outbound_frame_size)
+            try:
+                window = min(h.local_flow_control_window(self.stream_id), h.max_outbound_frame_size)
+            except StreamClosed:
+                self._stream_over()
+                return
             if window <= 0:
                 await conn.wait_window()
                 continue
@@ -343,10 +359,19 @@ class H2Exchange:
 
     async def end_body(self, trailers: Headers | None, chunked: bool = False) -> None:
         h = self.conn.h2
-        if trailers:
-            h.send_headers(self.stream_id, h2_headers.trailers_block(trailers), end_stream=True)
-        else:
-            h.end_stream(self.stream_id)
+        try:
+            if trailers:
+                block = h2_headers.trailers_block(trailers)
+                if not _sendable(block):
+                    raise UpstreamError(
+                        "protocol error: CR, LF or NUL in a trailer value", flag="UPE"
+                    )
+                h.send_headers(self.stream_id, block, end_stream=True)
+            else:
+                h.end_stream(self.stream_id)
+        except StreamClosed:
+            self._stream_over()
+            return
         self.conn.writer.wake()
         if self._error is not None:
             raise self._error
@@ -372,12 +397,14 @@ class H2Exchange:
                     await self.send(chunk)
                 await self.end_body(trailers())
             except Exception as exc:  # the client went away or broke its body: reset
-                if not self.complete and self.stream_id and not self.conn.closed:
-                    try:
-                        self.conn.h2.reset_stream(self.stream_id, h2.errors.ErrorCodes.CANCEL)
-                        self.conn.writer.wake()
-                    except h2.exceptions.ProtocolError:
-                        pass
+                conn = self.conn
+                if (
+                    not self.complete
+                    and self.stream_id
+                    and not conn.closed
+                    and conn.h2.cancel(self.stream_id)
+                ):
+                    conn.writer.wake()
                 self._on_reset(f"request body failed: {exc}", False)
 
     def cancel_body(self) -> None:
@@ -416,6 +443,12 @@ class H2Exchange:
     @property
     def reusable(self) -> bool:
         return True  # a finished stream never spoils its connection
+
+
+def _sendable(block: list[Any]) -> bool:
+    """No CR, LF or NUL in any value (RFC 9113 §8.2.1): one pass over the values joined."""
+    values = b"\n".join([field[1] for field in block])
+    return b"\r" not in values and b"\x00" not in values and values.count(b"\n") == len(block) - 1
 
 
 class H2Pool:
