@@ -33,6 +33,8 @@ class H2Client:
         self._events: dict[int, trio.Event] = {}
         self._window = trio.Event()
         self._buf = b""
+        #: the trailers of the last response ``request`` returned, if it had any
+        self.trailers: dict[str, str] | None = None
 
     @classmethod
     async def connect(
@@ -151,6 +153,7 @@ class H2Client:
             await self._flush()
         await self._events[sid].wait()
         r = self._responses.pop(sid)
+        self.trailers = r.get("trailers")  # type: ignore[assignment]
         if r.get("refused"):
             raise H2Error("refused by GOAWAY")
         if "reset" in r:

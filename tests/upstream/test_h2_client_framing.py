@@ -1,0 +1,504 @@
+"""The upstream HTTP/2 client (``h2_client_proto`` under ``h2_client``) against an independent
+server: the ``h2`` package on real sockets, scripted per request path, with raw frames where
+a misbehaving server is the point. What is checked is what a user of the proxy notices:
+responses relayed whole, requests multiplexed within the server's limits, flow control that
+moves large bodies and holds back a fast server for a slow client, GOAWAY and refused streams
+retried elsewhere, and a malformed response answered as Envoy does (503 to the client, GOAWAY
+to the server, the next request on a fresh connection)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.settings
+import pytest
+import trio
+
+from tests.h2client import H2Client
+from tests.support import Client, simple_config, start_proxy
+
+H2_OPTIONS = """
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config:
+      http2_protocol_options: {}
+"""
+
+
+ONE_CONNECTION = """
+circuit_breakers:
+  thresholds:
+  - max_connections: 1
+"""
+
+
+def frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big") + bytes((ftype, flags)) + sid.to_bytes(4, "big") + payload
+    )
+
+
+class Ctx:
+    """One server connection, as a response script sees it."""
+
+    def __init__(self, peer: Peer, stream: trio.SocketStream, conn: h2.connection.H2Connection):
+        self.peer = peer
+        self.stream = stream
+        self.conn = conn
+        self.window = trio.Event()
+        self._lock = trio.Lock()
+
+    async def flush(self, raw: bytes = b"") -> None:
+        async with self._lock:
+            data = self.conn.data_to_send() + raw
+            if data:
+                await self.stream.send_all(data)
+
+    async def respond(
+        self,
+        sid: int,
+        body: bytes = b"",
+        headers: list[tuple[bytes, bytes]] | None = None,
+        trailers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.conn.send_headers(sid, headers or [(b":status", b"200")], end_stream=False)
+        view = memoryview(body)
+        while view:
+            window = min(
+                self.conn.local_flow_control_window(sid), self.conn.max_outbound_frame_size
+            )
+            if window <= 0:
+                await self.window.wait()
+                continue
+            chunk = bytes(view[:window])
+            self.conn.send_data(sid, chunk)
+            self.peer.sent += len(chunk)
+            view = view[window:]
+            await self.flush()
+        if trailers:
+            self.conn.send_headers(sid, trailers, end_stream=True)
+        else:
+            self.conn.end_stream(sid)
+        await self.flush()
+
+
+Script = Callable[[Ctx, int, dict[bytes, bytes], bytes], Awaitable[None]]
+
+
+async def echo(ctx: Ctx, sid: int, headers: dict[bytes, bytes], body: bytes) -> None:
+    await ctx.respond(sid, b"got %d bytes" % len(body))
+
+
+class Peer:
+    """An HTTP/2 server (h2) that runs ``script`` for each complete request."""
+
+    def __init__(self, script: Script = echo, **settings: int) -> None:
+        self.script = script
+        self.settings = settings
+        self.port = 0
+        self.connections = 0
+        self.requests: list[dict[bytes, bytes]] = []
+        self.open_streams = 0
+        self.most_open = 0
+        self.resets: list[int] = []
+        self.goaways: list[int] = []  # error codes of the GOAWAY frames the proxy sent
+        self.sent = 0  # response body bytes handed to h2
+        self.changed = trio.Event()
+
+    def _changed(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._conn, listeners)
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=False,
+                header_encoding=None,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                getattr(h2.settings.SettingCodes, k.upper()): v for k, v in self.settings.items()
+            },
+        )
+        conn.initiate_connection()
+        ctx = Ctx(self, stream, conn)
+        await ctx.flush()
+        heads: dict[int, dict[bytes, bytes]] = {}
+        bodies: dict[int, bytes] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                while data := await stream.receive_some(65536):
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.RequestReceived):
+                            heads[ev.stream_id] = dict(ev.headers)
+                            bodies[ev.stream_id] = b""
+                            self.requests.append(heads[ev.stream_id])
+                            self.open_streams += 1
+                            self.most_open = max(self.most_open, self.open_streams)
+                        elif isinstance(ev, h2.events.DataReceived):
+                            bodies[ev.stream_id] += ev.data
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in heads:
+                            sid = ev.stream_id
+                            nursery.start_soon(self._run, ctx, sid, heads.pop(sid), bodies.pop(sid))
+                        elif isinstance(ev, h2.events.StreamReset):
+                            self.resets.append(ev.error_code)
+                            self.open_streams -= 1
+                        elif isinstance(ev, h2.events.WindowUpdated):
+                            ctx.window.set()
+                            ctx.window = trio.Event()
+                        elif isinstance(ev, h2.events.ConnectionTerminated):
+                            self.goaways.append(ev.error_code)
+                    self._changed()
+                    await ctx.flush()
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            self._changed()
+
+    async def _run(self, ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        try:
+            await self.script(ctx, sid, head, body)
+        except h2.exceptions.StreamClosedError:
+            pass
+        finally:
+            self.open_streams -= 1
+
+
+async def proxy_for(nursery: trio.Nursery, peer: Peer, extra: str = "") -> object:
+    await nursery.start(peer.serve)
+    return await start_proxy(nursery, simple_config([peer.port], cluster_extra=H2_OPTIONS + extra))
+
+
+async def test_concurrent_requests_share_one_connection(nursery: trio.Nursery) -> None:
+    """Eight clients at once: one upstream connection, all eight streams open together (the
+    server answers only once it holds all of them)."""
+    all_in = trio.Event()
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if len(ctx.peer.requests) == 8:
+            all_in.set()
+        await all_in.wait()
+        await ctx.respond(sid, head[b":path"])
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    got: dict[int, bytes] = {}
+
+    async def user(i: int) -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            resp, body = await client.request("GET", f"/u{i}")
+            assert resp.status_code == 200
+            got[i] = body
+        finally:
+            await client.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as users:
+            for i in range(8):
+                users.start_soon(user, i)
+    assert got == {i: b"/u%d" % i for i in range(8)}
+    assert peer.connections == 1 and peer.most_open == 8
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1
+
+
+async def test_large_bodies_both_ways_within_small_windows(nursery: trio.Nursery) -> None:
+    """A 3 MB upload and a 5 MB download through a server whose stream window is 16 KiB: both
+    arrive whole, the upload paced by the server's window updates."""
+    download = bytes(range(256)) * (5 * 4096)
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        digest = hashlib.sha256(body).hexdigest().encode()
+        await ctx.respond(
+            sid, download, headers=[(b":status", b"200"), (b"x-upload-sha256", digest)]
+        )
+
+    peer = Peer(script, initial_window_size=16384, max_frame_size=16384)
+    proxy = await proxy_for(nursery, peer)
+    upload = hashlib.sha256(b"seed").digest() * (3 * 32768)
+    client = await Client.connect(proxy.port)
+    try:
+        with trio.fail_after(30):
+            await client.request("GET", "/first")  # the server's SETTINGS are in
+            resp, body = await client.request("POST", "/big", [], upload)
+    finally:
+        await client.aclose()
+    assert resp.status_code == 200
+    assert dict(resp.headers)[b"x-upload-sha256"] == hashlib.sha256(upload).hexdigest().encode()
+    assert body == download
+
+
+async def test_a_slow_client_holds_back_a_fast_server(nursery: trio.Nursery) -> None:
+    """Back-pressure: while the client reads nothing, the server can send what the proxy's
+    window and the sockets' buffers take, not the whole 32 MB; all of it arrives once read."""
+    size = 32 * 1024 * 1024
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        await ctx.respond(
+            sid, b"x" * size, headers=[(b":status", b"200"), (b"content-length", b"%d" % size)]
+        )
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET /flood HTTP/1.1\r\nhost: example.com\r\n\r\n")
+    await trio.sleep(1.0)
+    assert 0 < peer.sent < size // 2
+    received = 0
+    with trio.fail_after(30):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(65536)
+        received = len(head.split(b"\r\n\r\n", 1)[1])
+        while received < size:
+            received += len(await stream.receive_some(1 << 20))
+    assert received == size
+    await stream.aclose()
+
+
+async def test_the_servers_stream_limit_is_kept(nursery: trio.Nursery) -> None:
+    """A server allowing two concurrent streams gets six requests two at a time on its one
+    connection (the cluster allows one), and refuses none."""
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        await trio.sleep(0.05)
+        await ctx.respond(sid, b"ok")
+
+    peer = Peer(script, max_concurrent_streams=2)
+    proxy = await proxy_for(nursery, peer, ONE_CONNECTION)
+    statuses: list[int] = []
+    client = await Client.connect(proxy.port)
+    await client.request("GET", "/first")  # the server's SETTINGS are in
+    await client.aclose()
+
+    async def user() -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            resp, _ = await client.request("GET", "/")
+            statuses.append(resp.status_code)
+        finally:
+            await client.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as users:
+            for _ in range(6):
+                users.start_soon(user)
+    assert statuses == [200] * 6
+    assert peer.most_open == 2 and not peer.resets
+    assert peer.connections == 1
+
+
+async def test_goaway_mid_flight_finishes_old_streams_and_retries_new_ones(
+    nursery: trio.Nursery,
+) -> None:
+    """Three requests in flight when the server sends GOAWAY naming the first: the first is
+    answered on that connection, the two the server never processed go to a new connection;
+    every client gets its response."""
+    first_conn: list[int] = []
+    held = trio.Event()
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if ctx.peer.connections == 1:
+            first_conn.append(sid)
+            if len(first_conn) < 3:
+                await held.wait()
+                if sid != min(first_conn):
+                    return  # above the GOAWAY's last stream id: never answered
+            else:
+                last = min(first_conn)
+                await ctx.flush(frame(0x7, 0, 0, last.to_bytes(4, "big") + bytes(4)))
+                held.set()
+                return
+        await ctx.respond(sid, head[b":path"])
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    got: dict[int, tuple[int, bytes]] = {}
+
+    async def user(i: int) -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            resp, body = await client.request("GET", f"/u{i}")
+            got[i] = (resp.status_code, body)
+        finally:
+            await client.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as users:
+            for i in range(3):
+                users.start_soon(user, i)
+                await trio.sleep(0.05)  # in this order: stream 1 is /u0
+    assert got == {i: (200, b"/u%d" % i) for i in range(3)}
+    assert peer.connections == 2
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2
+
+
+async def test_a_refused_stream_is_sent_again(nursery: trio.Nursery) -> None:
+    """RST_STREAM REFUSED_STREAM means the server did not process the request: it is sent
+    again (a bodiless one: the router's rule), and the client sees only the response."""
+    refused: list[int] = []
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if not refused:
+            refused.append(sid)
+            ctx.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            await ctx.flush()
+            return
+        await ctx.respond(sid, b"second try")
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    client = await Client.connect(proxy.port)
+    try:
+        resp, body = await client.request("GET", "/once")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (200, b"second try")
+    assert [r[b":path"] for r in peer.requests] == [b"/once", b"/once"]
+
+
+async def test_informational_heads_are_skipped_and_trailers_relayed(
+    nursery: trio.Nursery,
+) -> None:
+    """A 103 before the response is not the response; trailers after it reach an HTTP/2
+    client."""
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        ctx.conn.send_headers(sid, [(b":status", b"103"), (b"link", b"</a.css>; rel=preload")])
+        await ctx.flush()
+        await ctx.respond(
+            sid,
+            b"body",
+            headers=[(b":status", b"200"), (b"content-type", b"text/plain")],
+            trailers=[(b"x-checksum", b"abc")],
+        )
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    client = await H2Client.connect(proxy.port)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(client.reader)
+        with trio.fail_after(10):
+            status, headers, body = await client.request("GET", "/with-trailers")
+        inner.cancel_scope.cancel()
+    await client.aclose()
+    assert (status, body) == (200, b"body")
+    assert headers["content-type"] == "text/plain"
+    assert client.trailers == {"x-checksum": "abc"}
+
+
+async def _bad_content_length(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    ctx.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"5")], end_stream=True)
+    await ctx.flush()
+
+
+async def _nul_in_value(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    ctx.conn.send_headers(sid, [(b":status", b"200"), (b"x-bad", b"a\x00b")], end_stream=True)
+    await ctx.flush()
+
+
+async def _connection_header(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    ctx.conn.send_headers(sid, [(b":status", b"200"), (b"connection", b"close")], end_stream=True)
+    await ctx.flush()
+
+
+async def _push_promise(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    # END_HEADERS, promised stream 2, a block of static-table fields only
+    await ctx.flush(frame(0x5, 0x4, sid, (2).to_bytes(4, "big") + b"\x82\x86\x84"))
+
+
+async def _oversized_frame(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    await ctx.flush(frame(0x1, 0x4, sid, b"\x88" + b"\x00" * 16384))  # above the 16384 we allow
+
+
+async def _data_before_head(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    await ctx.flush(frame(0x0, 0x1, sid, b"early"))
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        (_bad_content_length, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        (_nul_in_value, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        (_connection_header, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        (_push_promise, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        (_oversized_frame, h2.errors.ErrorCodes.FRAME_SIZE_ERROR),
+        (_data_before_head, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+    ],
+    ids=["content-length", "nul", "connection-header", "push-promise", "frame-size", "early-data"],
+)
+async def test_a_malformed_response_closes_the_connection_with_goaway(
+    nursery: trio.Nursery, script: Script, code: int
+) -> None:
+    """Envoy's answer to a malformed upstream response: 503 to the client (nothing of it
+    relayed), GOAWAY with the error to the server, and the next request on a new
+    connection."""
+
+    async def first_bad(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if head[b":path"] == b"/bad":
+            await script(ctx, sid, head, body)
+        else:
+            await ctx.respond(sid, b"fine")
+
+    peer = Peer(first_bad)
+    proxy = await proxy_for(nursery, peer)
+    client = await Client.connect(proxy.port)
+    try:
+        with trio.fail_after(10):
+            resp, _ = await client.request("GET", "/bad")
+            assert resp.status_code == 503
+            assert b"x-bad" not in dict(resp.headers)
+            while not peer.goaways:
+                await peer.changed.wait()
+            assert peer.goaways == [code]
+            resp, body = await client.request("GET", "/after")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (200, b"fine")
+    assert peer.connections == 2
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2
+
+
+async def test_a_body_longer_than_its_content_length_is_cut_off(nursery: trio.Nursery) -> None:
+    """A response head is relayed at once; DATA beyond its content-length then ends the
+    upstream connection with GOAWAY PROTOCOL_ERROR and the client never gets a complete
+    response."""
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        ctx.conn.send_headers(sid, [(b":status", b"200"), (b"content-length", b"4")])
+        await ctx.flush()
+        await trio.sleep(0.2)
+        await ctx.flush(frame(0x0, 0x1, sid, b"too long"))
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nhost: example.com\r\n\r\n")
+    received = b""
+    with trio.fail_after(10):
+        while data := await stream.receive_some(65536):
+            received += data
+    await stream.aclose()
+    assert b"too long" not in received
+    _, _, body = received.partition(b"\r\n\r\n")
+    assert received.startswith(b"HTTP/1.1 503") or len(body) < 4  # never a whole response
+    assert peer.goaways == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
