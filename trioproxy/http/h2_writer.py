@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-The framer (``h2_server.H2Server`` downstream, ``h2``'s connection upstream) keeps one
-outbound buffer per connection, to which every frame it builds is appended (HEADERS, DATA,
-WINDOW_UPDATE, acknowledgements, resets). The tasks of a connection — its reader and its
+The framer (``h2_server.H2Server`` downstream, ``h2_client_proto.H2Client`` upstream) keeps
+one outbound buffer per connection, to which every frame it builds is appended (HEADERS,
+DATA, WINDOW_UPDATE, acknowledgements, resets). The tasks of a connection — its reader and its
 streams — only *queue*: they call the framer and then ``wake()``, which reschedules the
 parked writer task. Trio runs a task rescheduled now in its next batch, after every task that
 is runnable in this one, so the writer finds the frames of all the streams that ran meanwhile
