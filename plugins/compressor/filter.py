@@ -101,7 +101,7 @@ class CompressorFilter(HttpFilter):
 
     def _length_ok(self, headers: Headers) -> bool:
         length = headers.get("content-length")
-        small = length is not None and length.isdigit()
+        small = length is not None and length.isdecimal()
         if small and int(length or 0) < self.config.min_content_length:
             self.too_small.value += 1
             return False

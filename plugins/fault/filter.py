@@ -122,7 +122,7 @@ class FaultFilter(HttpFilter):
         delay = c.delay
         if c.header_delay:
             value = headers.get("x-envoy-fault-delay-request")
-            delay = int(value) / 1000 if value is not None and value.isdigit() else None
+            delay = int(value) / 1000 if value is not None and value.isdecimal() else None
         pct_header = "x-envoy-fault-delay-request-percentage" if c.header_delay else None
         keys = c.runtime_keys
         if delay and not c.header_delay:
@@ -151,7 +151,7 @@ class FaultFilter(HttpFilter):
         kbps = c.rate_limit_kbps
         if c.header_limit:
             value = headers.get("x-envoy-fault-throughput-response")
-            kbps = int(value) if value is not None and value.isdigit() and int(value) else None
+            kbps = int(value) if value is not None and value.isdecimal() and int(value) else None
         pct_header = "x-envoy-fault-throughput-response-percentage" if c.header_limit else None
         rl_key = keys["response_rate_limit_percent_runtime"]
         if kbps and self._drawn(c.rate_limit_percentage, pct_header, headers, rl_key):
@@ -172,10 +172,10 @@ class FaultFilter(HttpFilter):
         if c.header_abort:
             status = grpc_status = None
             value = headers.get("x-envoy-fault-abort-request")
-            if value is not None and value.isdigit() and 200 <= int(value) < 600:
+            if value is not None and value.isdecimal() and 200 <= int(value) < 600:
                 status = int(value)
             value = headers.get("x-envoy-fault-abort-grpc-request")
-            if value is not None and value.isdigit():
+            if value is not None and value.isdecimal():
                 grpc_status = int(value)
         if grpc_status is not None:
             return LocalReply(

@@ -98,7 +98,7 @@ def _consume_control_headers(headers: Headers, timeout: float | None) -> float |
     if not present:
         return timeout
     value = headers.get("x-envoy-upstream-rq-timeout-ms")
-    if value is not None and value.isdigit():
+    if value is not None and value.isdecimal():
         timeout = int(value) / 1000 or None
     for name in present:
         headers.remove(name)
@@ -112,7 +112,7 @@ def _grpc_timeout(value: str | None, route: Route, default: float | None) -> flo
     """The route timeout from a ``grpc-timeout`` header (``max_stream_duration``): capped by
     ``grpc_timeout_header_max`` unless it is 0, less ``grpc_timeout_header_offset``. Without
     a valid header the route's timeout stands."""
-    if not value or len(value) > 9 or value[-1] not in _GRPC_UNITS or not value[:-1].isdigit():
+    if not value or len(value) > 9 or value[-1] not in _GRPC_UNITS or not value[:-1].isdecimal():
         return default
     seconds = int(value[:-1]) * _GRPC_UNITS[value[-1]]
     if route.grpc_timeout_max:
@@ -125,7 +125,7 @@ def _grpc_timeout(value: str | None, route: Route, default: float | None) -> flo
 def _per_try_timeout(route: Route, headers: Headers | None) -> float | None:
     """The policy's ``per_try_timeout``, or ``x-envoy-upstream-rq-per-try-timeout-ms``."""
     value = headers.get("x-envoy-upstream-rq-per-try-timeout-ms") if headers else None
-    if value is not None and value.isdigit() and int(value):
+    if value is not None and value.isdecimal() and int(value):
         return int(value) / 1000
     policy = route.retry_policy
     return policy.per_try_timeout if policy is not None else None
@@ -551,6 +551,7 @@ class Router(TerminalFilter):
             stats.upstream_cx_rx_bytes_total.value += exchange.rx
             stats.upstream_cx_tx_bytes_total.value += exchange.tx
             dog.discard(exchange)
+            _cancel_body(exchange)  # HTTP/2: a request body still going will not be needed
             pool.release(conn, exchange.reusable)
             return Response(resp_headers, None, exchange.trailers, initial_body=initial)
         resp = Response(resp_headers, None, None, initial_body=initial)

@@ -119,3 +119,47 @@ async def test_route_level_header_add_and_remove() -> None:
     assert resp.header("x-upstream-secret") is None
     assert resp.header("x-kept") == "1"
     assert compare(envoy, await run_case("trioproxy", CONFIG, requests, script)) == []
+
+
+def _nominating(connection: str, extra: list[tuple[str, str]]) -> bytes:
+    lines = ["GET /api/x HTTP/1.1", "Host: example.com", *(f"{k}: {v}" for k, v in extra)]
+    lines.append(f"Connection: {connection}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "forwarded", "dropped"),
+    [
+        (
+            _nominating("close, x-foo", [("X-Foo", "bar"), ("X-Keep", "1")]),
+            200,
+            {"x-keep": "1"},
+            ["x-foo"],
+        ),
+        (_nominating("close, te", [("TE", "gzip, trailers")]), 200, {"te": "trailers"}, []),
+        (_nominating("close, te", [("TE", "gzip")]), 200, {}, ["te"]),
+        (_nominating("close, x-forwarded-for", [("X-Forwarded-For", "1.2.3.4")]), 400, {}, []),
+        (_nominating("close, :path", []), 400, {}, []),
+        (_nominating("close, a, b, c, d, e, f, g, h, i", []), 400, {}, []),
+    ],
+    ids=["custom", "te-trailers", "te-other", "xff", "pseudo", "ten-tokens"],
+)
+async def test_headers_named_in_connection(
+    request_bytes: bytes, status: int, forwarded: dict[str, str], dropped: list[str]
+) -> None:
+    """Envoy's HTTP/1.1 codec removes the request headers ``Connection`` names (``te`` kept
+    as ``te: trailers`` when it asks for them) and refuses a request that names
+    ``x-forwarded-*`` or a pseudo-header, or ten tokens or more; a response's are kept."""
+    script = (Reply(headers=(("connection", "x-up"), ("x-up", "1")), body=b"h"),)
+    envoy = await run_case("envoy", CONFIG, [request_bytes], script)
+    assert envoy.responses[0].status == status
+    if status == 200:
+        up = envoy.upstream_requests[0]
+        for name, value in forwarded.items():
+            assert up.header(name) == value
+        for name in dropped:
+            assert up.header(name) is None
+        assert envoy.responses[0].header("x-up") == "1"
+    else:
+        assert envoy.upstream_requests == ()
+    assert compare(envoy, await run_case("trioproxy", CONFIG, [request_bytes], script)) == []

@@ -98,8 +98,11 @@ async def echo(ctx: Ctx, sid: int, headers: dict[bytes, bytes], body: bytes) -> 
 class Peer:
     """An HTTP/2 server (h2) that runs ``script`` for each complete request."""
 
-    def __init__(self, script: Script = echo, **settings: int) -> None:
+    def __init__(
+        self, script: Script = echo, *, answer_on_head: bool = False, **settings: int
+    ) -> None:
         self.script = script
+        self.answer_on_head = answer_on_head  # run the script without waiting for the body
         self.settings = settings
         self.port = 0
         self.connections = 0
@@ -152,6 +155,9 @@ class Peer:
                             self.requests.append(heads[ev.stream_id])
                             self.open_streams += 1
                             self.most_open = max(self.most_open, self.open_streams)
+                            if self.answer_on_head:
+                                sid = ev.stream_id
+                                nursery.start_soon(self._run, ctx, sid, heads.pop(sid), b"")
                         elif isinstance(ev, h2.events.DataReceived):
                             bodies[ev.stream_id] += ev.data
                             conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
@@ -421,6 +427,14 @@ async def _connection_header(ctx: Ctx, sid: int, head: dict[bytes, bytes], body:
     await ctx.flush()
 
 
+async def _non_ascii_digit_status(
+    ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes
+) -> None:
+    # "20²": three characters that str.isdigit() takes and int() refuses
+    ctx.conn.send_headers(sid, [(b":status", b"20\xb2")], end_stream=True)
+    await ctx.flush()
+
+
 async def _push_promise(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
     # END_HEADERS, promised stream 2, a block of static-table fields only
     await ctx.flush(frame(0x5, 0x4, sid, (2).to_bytes(4, "big") + b"\x82\x86\x84"))
@@ -443,8 +457,17 @@ async def _data_before_head(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: 
         (_push_promise, h2.errors.ErrorCodes.PROTOCOL_ERROR),
         (_oversized_frame, h2.errors.ErrorCodes.FRAME_SIZE_ERROR),
         (_data_before_head, h2.errors.ErrorCodes.PROTOCOL_ERROR),
+        (_non_ascii_digit_status, h2.errors.ErrorCodes.PROTOCOL_ERROR),
     ],
-    ids=["content-length", "nul", "connection-header", "push-promise", "frame-size", "early-data"],
+    ids=[
+        "content-length",
+        "nul",
+        "connection-header",
+        "push-promise",
+        "frame-size",
+        "early-data",
+        "status-not-ascii",
+    ],
 )
 async def test_a_malformed_response_closes_the_connection_with_goaway(
     nursery: trio.Nursery, script: Script, code: int
@@ -502,3 +525,68 @@ async def test_a_body_longer_than_its_content_length_is_cut_off(nursery: trio.Nu
     _, _, body = received.partition(b"\r\n\r\n")
     assert received.startswith(b"HTTP/1.1 503") or len(body) < 4  # never a whole response
     assert peer.goaways == [h2.errors.ErrorCodes.PROTOCOL_ERROR]
+
+
+async def test_abandoned_downloads_give_their_window_back(nursery: trio.Nursery) -> None:
+    """Clients that read a big response's head and go away: what the proxy received of it
+    and nobody took is credited back, so the connection's window does not shrink to nothing
+    and the next request on it is answered."""
+    size = 32 * 1024 * 1024
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if head[b":path"].startswith(b"/big"):
+            await ctx.respond(
+                sid, b"x" * size, headers=[(b":status", b"200"), (b"content-length", b"%d" % size)]
+            )
+        else:
+            await ctx.respond(sid, b"small")
+
+    peer = Peer(script)
+    proxy = await proxy_for(nursery, peer)
+    with trio.fail_after(20):
+        for i in range(5):
+            s = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+            await s.send_all(b"GET /big%d HTTP/1.1\r\nhost: x\r\n\r\n" % i)
+            await s.receive_some(1000)  # the head, then nothing more is read
+            await trio.sleep(0.3)  # the server fills what the windows allow
+            await s.aclose()
+        while len(peer.resets) < 5:
+            await peer.changed.wait()
+    client = await Client.connect(proxy.port)
+    try:
+        with trio.fail_after(5):
+            resp, body = await client.request("GET", "/small")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (200, b"small")
+    assert peer.connections == 1
+    assert peer.resets == [h2.errors.ErrorCodes.CANCEL] * 5
+
+
+async def test_a_response_before_the_request_ends_resets_the_stream(
+    nursery: trio.Nursery,
+) -> None:
+    """The server answers a POST whose body is still coming: the client gets the answer, and
+    the proxy resets the upstream stream (CANCEL), which would otherwise stay open on the
+    server and count against its stream limit."""
+    peer = Peer(early, answer_on_head=True)
+    proxy = await proxy_for(nursery, peer)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    received = b""
+    try:
+        await stream.send_all(
+            b"POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n" + b"a" * 10
+        )
+        with trio.fail_after(10):
+            while b"too early" not in received:
+                received += await stream.receive_some(65536)
+            while not peer.resets:
+                await peer.changed.wait()
+    finally:
+        await stream.aclose()
+    assert received.startswith(b"HTTP/1.1 413")
+    assert peer.resets == [h2.errors.ErrorCodes.CANCEL]
+
+
+async def early(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    await ctx.respond(sid, b"too early", headers=[(b":status", b"413")])

@@ -41,6 +41,7 @@ from trioproxy.http.h2_frames import (
     END_STREAM,
     ENDED,
     INITIAL_WINDOW_SIZE,
+    INTERNAL_ERROR,
     MAX_HEADER_LIST_SIZE,
     NO_ERROR,
     PREFACE,
@@ -170,6 +171,11 @@ class H2Client(H2Framer):
 
     # ------------------------------------------------------------------ the client's part
 
+    def _local_settings_acked(self) -> None:
+        # Our SETTINGS precede every HEADERS we send, so the server applied our window to
+        # each stream we opened, and each began with it here (``send_request``): nothing to add.
+        self._acked_initial = self._local_initial
+
     def _goaway_last_stream_id(self) -> int:
         return 0  # the server opens no streams (no push)
 
@@ -256,6 +262,7 @@ class H2Client(H2Framer):
 
 __all__ = [
     "CANCEL",
+    "INTERNAL_ERROR",
     "MAX_STREAM_ID",
     "NO_ERROR",
     "PROTOCOL_ERROR",

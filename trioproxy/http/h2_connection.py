@@ -427,7 +427,7 @@ class Http2Connection(H2Handler):
             regular,
             True,
             False,
-            int(length) if length and length.isdigit() else None,
+            int(length) if length and length.isdecimal() else None,
             False,
             None,
         )

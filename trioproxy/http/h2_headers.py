@@ -169,7 +169,7 @@ def response_fields(block: Sequence[tuple[bytes, bytes]]) -> tuple[int, list[tup
     three-digit ``:status`` before the regular fields, no other pseudo-header);
     ``MalformedHeaders`` otherwise."""
     names, values = _fields(block)
-    if not names or names[0] != ":status" or len(values[0]) != 3 or not values[0].isdigit():
+    if not names or names[0] != ":status" or len(values[0]) != 3 or not values[0].isdecimal():
         raise MalformedHeaders("no (or an invalid) :status first")
     if any(name[0] == ":" for name in names[1:]):
         raise MalformedHeaders("unexpected pseudo-header in a response")

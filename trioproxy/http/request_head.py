@@ -25,6 +25,40 @@ _NEEDS_NORMALIZING = re.compile(r"%|/\.|//|\\")
 _XFCC = xfcc.HEADER
 
 
+#: Connection options that name no header (Envoy's ``ConnectionValues``).
+_OPTIONS = frozenset({"close", "keep-alive", "upgrade", "http2-settings"})
+#: A request naming one of these in ``Connection`` is refused: dropping them would hide where
+#: it came from.
+_NEVER_NOMINATED = frozenset({"x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"})
+
+
+def _sanitize_connection(headers: Headers) -> bool:
+    """Envoy's ``sanitizeConnectionHeader`` for an HTTP/1.1 request that is not an upgrade:
+    the headers ``Connection`` names are removed (``te`` stays as ``te: trailers`` if it
+    asks for trailers); False (answered 400) for ten or more tokens, a nominated
+    ``x-forwarded-*`` or pseudo-header, or a ``te`` of 256 bytes or more."""
+    value = ",".join(headers.get_all("connection"))
+    tokens = [t.strip().lower() for t in value.split(",") if t.strip()]
+    if len(tokens) >= 10:
+        return False
+    for token in tokens:
+        if token in _OPTIONS or token == "connection":
+            continue
+        if token in _NEVER_NOMINATED or token[:1] == ":":
+            return False
+        if token == "te":
+            te = headers.get("te")
+            if te is None:
+                continue
+            if len(te) >= 256:
+                return False
+            if "trailers" in [t.strip().lower() for t in te.split(",")]:
+                headers.set("te", "trailers")
+                continue
+        headers.remove(token)
+    return True
+
+
 def request_headers(
     head: h1.RequestHead, cfg: HcmConfig, conn: ConnectionInfo, scheme: str
 ) -> tuple[Headers, LocalReply | None]:
@@ -79,6 +113,8 @@ def request_headers(
     if upgrade and upgrade.lower() not in cfg.upgrades:
         stats.downstream_rq_ws_on_non_ws_route.value += 1
         return headers, LocalReply(403, b"", details="upgrade_failed")
+    if not upgrade and "connection" in headers and not _sanitize_connection(headers):
+        return headers, LocalReply(400, b"Bad Request", details="http1.connection_header_rejected")
     mutate_request_headers(
         headers,
         remote_ip=conn.remote_address[0],

@@ -48,8 +48,9 @@ _UUID_SET = (0x4 << 76) | (0x2 << 62)
 def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None:
     """Remove connection-specific headers; keep ``te: trailers`` if asked.
 
-    Like Envoy, the end-to-end headers a ``Connection`` header names are kept: the only ones
-    it drops for being named there are control headers that are in ``HOP_BY_HOP`` anyway."""
+    The headers a ``Connection`` header names are not touched here: an HTTP/1.1 request's
+    were removed when it was read (``request_head``, Envoy's codec does it), and a
+    response's are kept, as Envoy keeps them."""
     items = headers.items()
     if HOP_BY_HOP.isdisjoint([name for name, _ in items]):
         return  # the common case, decided in C

@@ -225,12 +225,12 @@ class RetryState:
             retry_on = retry_on | _conditions(grpc_header)
         remaining = policy.num_retries
         max_header = headers.get("x-envoy-max-retries")
-        if max_header is not None and max_header.isdigit():
+        if max_header is not None and max_header.isdecimal():
             remaining = int(max_header)
         codes = policy.retriable_status_codes
         codes_header = headers.get("x-envoy-retriable-status-codes")
         if codes_header:
-            extra = {int(c) for c in codes_header.split(",") if c.strip().isdigit()}
+            extra = {int(c) for c in codes_header.split(",") if c.strip().isdecimal()}
             codes = codes | extra
         if not retry_on or remaining <= 0:
             return None

@@ -27,6 +27,7 @@ REFUSED_STREAM).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -38,6 +39,7 @@ import trio
 from trioproxy.errors import UpstreamError
 from trioproxy.http import h2_headers
 from trioproxy.http.h2_client_proto import (
+    INTERNAL_ERROR,
     MAX_STREAM_ID,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
@@ -56,6 +58,8 @@ from trioproxy.upstream.stats import ClusterStats
 
 if TYPE_CHECKING:
     from trioproxy.upstream.config import ClusterConfig
+
+log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
 STREAM_WINDOW = 256 * 1024
@@ -158,6 +162,11 @@ class H2Connection(H2ClientHandler):
                     self._fail_all("protocol error", flag="UPE")
                     break
                 except Flood:  # closed without a GOAWAY, as Envoy does
+                    self._fail_all("protocol error", flag="UPE")
+                    break
+                except Exception:  # a fault of ours: it ends this connection, not the process
+                    log.exception("upstream HTTP/2 %s: reading failed", self.host.address_str)
+                    h.close_connection(INTERNAL_ERROR)
                     self._fail_all("protocol error", flag="UPE")
                     break
                 writer.wake()
@@ -286,6 +295,7 @@ class H2Exchange:
         self._reset_upstream()
         self._error = UpstreamError("upstream request timeout", flag="UT")
         self._forget()
+        self._release_data()
         self._wake()
 
     def _reset_upstream(self) -> None:
@@ -409,13 +419,32 @@ class H2Exchange:
 
     def cancel_body(self) -> None:
         """The router is done with this exchange: stop the body task, and reset the stream
-        if the response did not complete (a client that went away, an error)."""
+        if the response did not complete (a client that went away, an error), or if it did
+        while the request was still open on our side (RFC 9113 §8.1: the request's end
+        will not come, and the stream must stop counting against the server's limit).
+        Response bytes received and never taken are credited back to the connection."""
         if self._pump_scope is not None:
             self._pump_scope.cancel()
+        conn = self.conn
         if not self.complete and self._error is None:
             self._reset_upstream()
             self._error = UpstreamError("request abandoned", flag="UC")
             self._forget()
+        elif (
+            self.complete and self.stream_id and not conn.closed and conn.h2.cancel(self.stream_id)
+        ):
+            conn.writer.wake()
+        self._release_data()
+
+    def _release_data(self) -> None:
+        """Credit for the DATA received and never taken; without it, each abandoned response
+        would shrink the connection's window for good."""
+        flow = 0
+        while self._data:
+            flow += self._data.popleft()[1]
+        if flow and not self.conn.closed:
+            self.conn.h2.acknowledge_received_data(flow, self.stream_id)
+            self.conn.writer.wake()
 
     async def read_response_head(self) -> tuple[ResponseHead, bytes]:
         while self._head is None or self._head.status < 200:
@@ -573,8 +602,8 @@ class H2Pool:
         conn.active -= 1
         if conn.active == 0:
             conn.idle_since = trio.current_time()
-            if self._closed or conn.goaway:
-                conn.close()
+            if self._closed or conn.goaway or conn.h2.next_stream_id > MAX_STREAM_ID:
+                conn.close()  # (out of stream ids, it would hold a connection slot for ever)
         self._wake()
 
     def sweep(self, now: float | None = None) -> None:
