@@ -21,15 +21,7 @@ import trio
 
 from tests.h2client import H2Client
 from tests.support import Client, simple_config, start_proxy
-
-H2_OPTIONS = """
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config:
-      http2_protocol_options: {}
-"""
-
+from tests.upstream.test_h2_upstream import H2_OPTIONS
 
 ONE_CONNECTION = """
 circuit_breakers:
