@@ -94,10 +94,24 @@ async def _serve(stream: trio.SocketStream, upstream_port: int) -> None:
 
 
 async def main(listen_port: int, upstream_port: int) -> None:
-    async def handler(stream: trio.SocketStream) -> None:
-        await _serve(stream, upstream_port)
-
-    await trio.serve_tcp(handler, listen_port, host="127.0.0.1")
+    # Every pending connection per wake-up, as trioproxy's listener (and Envoy's) accepts:
+    # trio.serve_tcp takes one per scheduler round, which under load leaves connections
+    # waiting in the kernel's queue and shows up as a p99 of seconds.
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", listen_port))
+    listener.listen(1024)
+    listener.setblocking(False)
+    async with trio.open_nursery() as nursery:
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                stream = trio.SocketStream(trio.socket.from_stdlib_socket(conn))
+                nursery.start_soon(_serve, stream, upstream_port)
 
 
 if __name__ == "__main__":

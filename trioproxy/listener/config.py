@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -41,6 +41,8 @@ DEFAULT_LISTENER_FILTERS_TIMEOUT = 15.0
 class ListenerStats(StatBlock):
     """``listener.<address>.*``."""
 
+    units: ClassVar[dict[str, str]] = {"connections_accepted_per_socket_event": "Unspecified"}
+
     downstream_cx_total: Counter
     downstream_cx_destroy: Counter
     downstream_cx_overflow: Counter
@@ -50,7 +52,7 @@ class ListenerStats(StatBlock):
     downstream_cx_active: Gauge
     downstream_pre_cx_active: Gauge
     downstream_cx_length_ms: Histogram
-    #: Envoy records it only with max_connections_to_accept_per_socket_event (not built).
+    #: Recorded (as Envoy does) only when ``max_connections_to_accept_per_socket_event`` is set.
     connections_accepted_per_socket_event: Histogram
 
 
@@ -106,6 +108,9 @@ class ListenerConfig:
     bind_to_port: bool = True
     ipv4_compat: bool = False
     udp_filter: UdpListenerFilter | None = None
+    #: ``max_connections_to_accept_per_socket_event``: how many connections one wake-up of the
+    #: accept loop takes from the kernel; None (unset) takes all that are pending, as Envoy.
+    accept_per_event: int | None = None
 
     @property
     def single_chain(self) -> FilterChain | None:
@@ -147,6 +152,7 @@ class ListenerConfig:
             "canonical": d,
             "bind_to_port": _bool(d.get("bind_to_port", True)),
             "ipv4_compat": bool(sa.get("ipv4_compat", False)),
+            "accept_per_event": _accept_per_event(d),
         }
         if protocol == "UDP":
             return cls(
@@ -213,6 +219,20 @@ class ListenerConfig:
             use_original_dst=_bool(d.get("use_original_dst", False)),
             **common,
         )
+
+
+def _accept_per_event(d: Mapping[str, Any]) -> int | None:
+    """``max_connections_to_accept_per_socket_event``: a ``UInt32Value`` (its type is checked
+    with the proto) that must be greater than 0."""
+    key = "max_connections_to_accept_per_socket_event"
+    value = d.get(key)
+    if isinstance(value, Mapping):
+        value = value.get("value")
+    if value is None:
+        return None
+    if int(value) <= 0:
+        raise ConfigError(f"must be greater than 0, got {value}", path=key)
+    return int(value)
 
 
 def _bool(value: Any) -> bool:
