@@ -44,6 +44,7 @@ COMPILED = [
     "trioproxy/upstream/lb.py",
     "trioproxy/watchdog.py",
     "trioproxy/io.py",
+    "trioproxy/tls_stream.py",
     "trioproxy/stats/store.py",
     "trioproxy/http/rds.py",
     "trioproxy/upstream/cluster_manager.py",

@@ -169,6 +169,28 @@ async def test_tls_listener_routes_two_sni_names_to_two_clusters(
     assert proxy.stat("listener.127.0.0.1_0.no_filter_chain_match") == 1
 
 
+async def test_requested_server_name_is_the_inspected_sni(
+    nursery: trio.Nursery, pki: dict[str, Any]
+) -> None:
+    """%REQUESTED_SERVER_NAME% (access logs, headers, RBAC's requested_server_name) is the
+    SNI tls_inspector read, on a listener that terminates TLS (it was empty)."""
+    a = Backend(name="a")
+    await nursery.start(a.serve)
+    filters = [hcm("a")]
+    filters[0]["typed_config"]["route_config"]["request_headers_to_add"] = [
+        {"header": {"key": "x-sni", "value": "%REQUESTED_SERVER_NAME%"}}
+    ]
+    listener = {
+        "listener_filters": [{"name": "envoy.filters.listener.tls_inspector"}],
+        "filter_chains": [{"transport_socket": tls_socket(pki["a"]), "filters": filters}],
+    }
+    proxy = await start_proxy(nursery, bootstrap(listener, [cluster("a", a.port)]))
+    ctx = client_context(pki["ca"], None, pki["tmp"])
+    with trio.fail_after(10):
+        assert await https_get(proxy.port, "a.example.com", ctx) == (200, b"a")
+    assert a.requests[0].header("x-sni") == "a.example.com"
+
+
 async def _tls_name_server(nursery: trio.Nursery, leaf: Leaf, name: bytes, tmp: Path) -> int:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(*leaf.write(tmp, name.decode()))

@@ -37,6 +37,7 @@ from trioproxy.listener.filter import AcceptedSocket
 from trioproxy.listener.match import Conn, select
 from trioproxy.listener.tls import peer_details
 from trioproxy.network.filter import DownstreamConnection, Drain, Parked
+from trioproxy.tls_stream import TlsStream
 
 log = logging.getLogger(__name__)
 
@@ -341,16 +342,17 @@ class Listener:
         parked = False
         try:
             local = accepted.local_address
-            sni = alpn = ""
+            # (the SNI is the tls_inspector's, as Envoy's requestedServerName)
+            sni, alpn = accepted.server_name, ""
             peer_certificate = None
             if chain.tls is not None:
-                ssl_stream = trio.SSLStream(raw, chain.tls, server_side=True)
+                tls_stream = TlsStream(raw, chain.tls)
                 tls_stats = cfg.tls_stats
                 assert tls_stats is not None
                 try:
                     with trio.fail_after(TLS_HANDSHAKE_TIMEOUT):
-                        await ssl_stream.do_handshake()
-                except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+                        await tls_stream.do_handshake()
+                except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
                     tls_stats.connection_error.value += 1
                     reason = str(exc.__cause__ or exc).lower()
                     if "did not return a certificate" in reason:
@@ -361,7 +363,7 @@ class Listener:
                     return False
                 tls_stats.handshake.value += 1
                 if chain.tls.verify_mode != ssl.CERT_NONE:
-                    cert = ssl_stream.getpeercert()
+                    cert = tls_stream.getpeercert()
                     if not cert:
                         tls_stats.no_certificate.value += 1
                     elif chain.client_san_check is not None and not chain.client_san_check(cert):
@@ -369,18 +371,16 @@ class Listener:
                         log.debug("client certificate from %s matches no allowed SAN", addr)
                         return False
                     else:
-                        der = ssl_stream.getpeercert(binary_form=True)
+                        der = tls_stream.getpeercert(binary_form=True)
                         peer_certificate = peer_details(cert, der) if der else None
-                obj = ssl_stream._ssl_object
-                sni = getattr(obj, "server_hostname", None) or ""
-                alpn = ssl_stream.selected_alpn_protocol() or ""
-                version = ssl_stream.version()
+                alpn = tls_stream.selected_alpn_protocol() or ""
+                version = tls_stream.version()
                 if version:
                     cfg.scope.counter(f"ssl.versions.{version}").value += 1
-                cipher = ssl_stream.cipher()
+                cipher = tls_stream.cipher()
                 if cipher:
                     cfg.scope.counter(f"ssl.ciphers.{cipher[0]}").value += 1
-                stream = ssl_stream
+                stream = tls_stream
             info = ConnectionInfo(
                 remote_address=addr,
                 local_address=local,

@@ -93,7 +93,8 @@ def server_context(
             raise ConfigError(f"{key} is not supported yet", path=f"common_tls_context.{key}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _client_validation(ctx, d, common.get("validation_context") or {}, base_dir)
-    ctx.options |= ssl.OP_NO_COMPRESSION
+    # (no renegotiation, as Envoy's BoringSSL servers: trioproxy.tls_stream relies on it)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     params = common.get("tls_params", {})
     # Envoy's server defaults: TLS 1.2 to 1.3.
     ctx.minimum_version = (
