@@ -582,3 +582,44 @@ async def test_a_response_before_the_request_ends_resets_the_stream(
 
 async def early(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
     await ctx.respond(sid, b"too early", headers=[(b":status", b"413")])
+
+
+async def _empty_continuations(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    # a head (:status 200) left open, then CONTINUATION frames with nothing in them
+    await ctx.flush(frame(0x1, 0, sid, b"\x88") + frame(0x9, 0, sid, b"") * 2)
+
+
+async def _empty_headers(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    # a HEADERS frame with nothing in it, then an empty CONTINUATION
+    await ctx.flush(frame(0x1, 0, sid, b"") + frame(0x9, 0, sid, b""))
+
+
+@pytest.mark.parametrize(
+    "script", [_empty_continuations, _empty_headers], ids=["continuations", "headers"]
+)
+async def test_empty_frames_in_a_row_close_the_connection(
+    nursery: trio.Nursery, script: Script
+) -> None:
+    """Envoy's limit of one empty frame in a row (DATA, HEADERS or CONTINUATION) holds for
+    responses too: the request fails, the connection is closed (without GOAWAY, as Envoy
+    does), the flood is counted, and the next request goes on a new connection."""
+
+    async def first_bad(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if head[b":path"] == b"/bad":
+            await script(ctx, sid, head, body)
+        else:
+            await ctx.respond(sid, b"fine")
+
+    peer = Peer(first_bad)
+    proxy = await proxy_for(nursery, peer)
+    client = await Client.connect(proxy.port)
+    try:
+        with trio.fail_after(10):
+            resp, _ = await client.request("GET", "/bad")
+            assert resp.status_code == 503
+            resp, body = await client.request("GET", "/after")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (200, b"fine")
+    assert peer.connections == 2 and not peer.goaways
+    assert proxy.stat("cluster.backend.http2.inbound_empty_frames_flood") == 1

@@ -19,9 +19,11 @@ Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` fo
 value is not sent (``UPE``), and a response block breaking RFC 9113 §8.2-8.3 (CR, LF or NUL in
 a value, connection-specific fields, bad pseudo-headers; ``h2_headers``) is, like any
 malformed response, a connection error: GOAWAY PROTOCOL_ERROR, and every stream on the
-connection fails with ``UPE`` (Envoy's default for invalid messaging). A GOAWAY lets streams
-below its last stream id finish; later ones fail with ``UC`` and nothing sent (the router may
-retry them on another connection), as do streams the upstream refused (RST_STREAM
+connection fails with ``UPE`` (Envoy's default for invalid messaging). A flood (Envoy's
+control-frame and empty-frame limits, ``h2_frames``) fails them too and closes the connection
+without a GOAWAY, counted in ``cluster.<name>.http2.*`` as Envoy counts it. A GOAWAY lets
+streams below its last stream id finish; later ones fail with ``UC`` and nothing sent (the
+router may retry them on another connection), as do streams the upstream refused (RST_STREAM
 REFUSED_STREAM).
 """
 
@@ -51,6 +53,7 @@ from trioproxy.http.h2_client_proto import (
 )
 from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
+from trioproxy.stats import Scope
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
@@ -85,6 +88,8 @@ class H2Connection(H2ClientHandler):
         created: float,
         nursery: trio.Nursery,
         buffer_limit: int = 32 * 1024,
+        *,
+        http2_stats: Scope,
     ) -> None:
         self.stream = stream
         self.nursery = nursery
@@ -104,6 +109,8 @@ class H2Connection(H2ClientHandler):
             self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
         )
         self._window_changed = trio.Event()
+        #: ``cluster.<name>.http2.``: the floods that close a connection are counted there
+        self._http2 = http2_stats
 
     @property
     def max_streams(self) -> int:
@@ -161,7 +168,8 @@ class H2Connection(H2ClientHandler):
                     h.close_connection(PROTOCOL_ERROR)
                     self._fail_all("protocol error", flag="UPE")
                     break
-                except Flood:  # closed without a GOAWAY, as Envoy does
+                except Flood as flood:  # closed without a GOAWAY, as Envoy does
+                    self._http2.counter(flood.stat).value += 1
                     self._fail_all("protocol error", flag="UPE")
                     break
                 except Exception:  # a fault of ours: it ends this connection, not the process
@@ -500,6 +508,7 @@ class H2Pool:
         self._slot_freed = trio.Event()
         self._closed = False
         self._connecting = 0
+        self._http2 = stats.scope.scope("http2.")
 
     def has_idle(self) -> bool:
         return any(c.has_capacity() for c in self.connections)
@@ -562,6 +571,7 @@ class H2Pool:
             created,
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
+            http2_stats=self._http2,
         )
         try:
             await conn.start()
