@@ -215,7 +215,10 @@ class H2Framer:
         self.send_window = DEFAULT_WINDOW
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_MAX_FRAME_SIZE
-        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until it says)
+        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS: unlimited until its SETTINGS say
+        #: otherwise (RFC 9113 §6.5.2). Envoy's client assumes the same (2^31-1, not
+        #: nghttp2's default of 100): requests do not wait a round trip for the server's
+        #: SETTINGS, and a server may refuse the streams beyond its limit.
         self.peer_max_concurrent_streams = 1 << 32
 
         payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in settings)
@@ -255,6 +258,10 @@ class H2Framer:
 
     def _on_window(self, sid: int) -> None:
         """More send window for stream ``sid``; 0: for every stream."""
+        raise NotImplementedError
+
+    def _on_stream_limit(self) -> None:
+        """The peer's SETTINGS changed ``peer_max_concurrent_streams``."""
         raise NotImplementedError
 
     def _goaway_last_stream_id(self) -> int:
@@ -664,6 +671,7 @@ class H2Framer:
         if len(payload) % 6:
             raise self._conn_error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
         window_changed = False
+        stream_limit = self.peer_max_concurrent_streams
         for pos in range(0, len(payload), 6):
             ident = (payload[pos] << 8) | payload[pos + 1]
             value = int.from_bytes(payload[pos + 2 : pos + 6], "big")
@@ -691,6 +699,8 @@ class H2Framer:
         self._emit(SETTINGS, ACK, 0, b"")
         if window_changed:
             self._on_window(0)
+        if self.peer_max_concurrent_streams != stream_limit:
+            self._on_stream_limit()
 
     def _local_settings_acked(self) -> None:
         """The peer applies our initial window now: the streams it opened before get the

@@ -160,6 +160,9 @@ class H2Server(H2Framer):
     def _on_window(self, sid: int) -> None:
         self.handler.on_window(sid)
 
+    def _on_stream_limit(self) -> None:
+        pass  # the client's limit is on streams the server opens: none (no push)
+
     def _peer_goaway(self, last_stream_id: int, code: int) -> None:
         self.handler.on_goaway()
 

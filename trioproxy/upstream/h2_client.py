@@ -4,8 +4,10 @@ exchange the router drives (the same methods as the HTTP/1.1 ``Exchange``).
 Theory of operation: an ``H2Pool`` (one per cluster host, for clusters that ask for HTTP/2
 with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a few
 ``H2Connection``s. ``acquire`` takes a stream slot on a connection that has one — fewer active
-streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
-connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
+streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` (unlimited until the server's
+SETTINGS arrive, as Envoy's client assumes) and no GOAWAY — or opens a new connection if the
+cluster's ``max_connections`` breaker allows, or waits for a slot: a stream ending, a
+connection closing or the server's SETTINGS raising its limit wake the waiters. Each
 connection has one reader task (in the cluster manager's nursery) that feeds its framer
 (``h2_client_proto.H2Client``), which calls the connection back for each response head, DATA,
 trailers or reset, handed to the stream they belong to; one writer task
@@ -90,6 +92,7 @@ class H2Connection(H2ClientHandler):
         buffer_limit: int = 32 * 1024,
         *,
         http2_stats: Scope,
+        on_capacity: Callable[[], None],
     ) -> None:
         self.stream = stream
         self.nursery = nursery
@@ -111,6 +114,8 @@ class H2Connection(H2ClientHandler):
         self._window_changed = trio.Event()
         #: ``cluster.<name>.http2.``: the floods that close a connection are counted there
         self._http2 = http2_stats
+        #: the pool's: streams waiting for room look again
+        self._on_capacity = on_capacity
 
     @property
     def max_streams(self) -> int:
@@ -224,6 +229,9 @@ class H2Connection(H2ClientHandler):
     def on_window(self, sid: int) -> None:
         self._window_changed.set()
         self._window_changed = trio.Event()
+
+    def on_stream_limit(self) -> None:
+        self._on_capacity()
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
         """RFC 9113 §6.8: the streams up to the last stream id may finish (a server draining
@@ -572,6 +580,7 @@ class H2Pool:
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
             http2_stats=self._http2,
+            on_capacity=self._wake,
         )
         try:
             await conn.start()
