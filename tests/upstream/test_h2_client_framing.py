@@ -305,6 +305,51 @@ async def test_the_servers_stream_limit_is_kept(nursery: trio.Nursery) -> None:
     assert peer.connections == 1
 
 
+async def test_a_raised_stream_limit_lets_waiting_requests_in(nursery: trio.Nursery) -> None:
+    """A server allowing one stream at a time raises its limit to four (a new SETTINGS) while
+    the first of four requests is open and the three others wait for room in the proxy: they
+    open at once (the cluster allows one connection), without waiting for the first to end."""
+    all_open = trio.Event()
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if head[b":path"] == b"/first":
+            await ctx.respond(sid, b"ok")
+            return
+        if head[b":path"] == b"/u0":
+            await trio.sleep(0.5)  # the others are waiting for room by now
+            ctx.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 4})
+            await ctx.flush()
+        if ctx.peer.open_streams == 4:
+            all_open.set()
+        with trio.move_on_after(2):  # (without the new room, the others come only after this)
+            await all_open.wait()
+        await ctx.respond(sid, b"ok")
+
+    peer = Peer(script, max_concurrent_streams=1)
+    proxy = await proxy_for(nursery, peer, ONE_CONNECTION)
+    client = await Client.connect(proxy.port)
+    await client.request("GET", "/first")  # the server's first SETTINGS are in
+    await client.aclose()
+    statuses: list[int] = []
+
+    async def user(i: int) -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            resp, _ = await client.request("GET", f"/u{i}")
+            statuses.append(resp.status_code)
+        finally:
+            await client.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as users:
+            for i in range(4):
+                users.start_soon(user, i)
+                await trio.sleep(0.05)  # in this order: /u0 is the one open first
+    assert statuses == [200] * 4
+    assert peer.most_open == 4 and not peer.resets
+    assert peer.connections == 1
+
+
 async def test_goaway_mid_flight_finishes_old_streams_and_retries_new_ones(
     nursery: trio.Nursery,
 ) -> None:
@@ -582,3 +627,44 @@ async def test_a_response_before_the_request_ends_resets_the_stream(
 
 async def early(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
     await ctx.respond(sid, b"too early", headers=[(b":status", b"413")])
+
+
+async def _empty_continuations(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    # a head (:status 200) left open, then CONTINUATION frames with nothing in them
+    await ctx.flush(frame(0x1, 0, sid, b"\x88") + frame(0x9, 0, sid, b"") * 2)
+
+
+async def _empty_headers(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+    # a HEADERS frame with nothing in it, then an empty CONTINUATION
+    await ctx.flush(frame(0x1, 0, sid, b"") + frame(0x9, 0, sid, b""))
+
+
+@pytest.mark.parametrize(
+    "script", [_empty_continuations, _empty_headers], ids=["continuations", "headers"]
+)
+async def test_empty_frames_in_a_row_close_the_connection(
+    nursery: trio.Nursery, script: Script
+) -> None:
+    """Envoy's limit of one empty frame in a row (DATA, HEADERS or CONTINUATION) holds for
+    responses too: the request fails, the connection is closed (without GOAWAY, as Envoy
+    does), the flood is counted, and the next request goes on a new connection."""
+
+    async def first_bad(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        if head[b":path"] == b"/bad":
+            await script(ctx, sid, head, body)
+        else:
+            await ctx.respond(sid, b"fine")
+
+    peer = Peer(first_bad)
+    proxy = await proxy_for(nursery, peer)
+    client = await Client.connect(proxy.port)
+    try:
+        with trio.fail_after(10):
+            resp, _ = await client.request("GET", "/bad")
+            assert resp.status_code == 503
+            resp, body = await client.request("GET", "/after")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (200, b"fine")
+    assert peer.connections == 2 and not peer.goaways
+    assert proxy.stat("cluster.backend.http2.inbound_empty_frames_flood") == 1

@@ -30,6 +30,7 @@ class Recorder(H2ClientHandler):
     def __init__(self) -> None:
         self.events: list[tuple[object, ...]] = []
         self.windows: list[int] = []  # (kept apart: the server's SETTINGS bring one)
+        self.stream_limits = 0  # (likewise: how many SETTINGS changed the stream limit)
 
     def on_informational(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
         self.events.append(("info", sid, fields[0][1]))
@@ -48,6 +49,9 @@ class Recorder(H2ClientHandler):
 
     def on_window(self, sid: int) -> None:
         self.windows.append(sid)
+
+    def on_stream_limit(self) -> None:
+        self.stream_limits += 1
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
         self.events.append(("goaway", last_stream_id, code))
@@ -168,6 +172,20 @@ def test_the_servers_settings_are_applied() -> None:
     p.pump()
     assert sid in p.rec.windows
     assert p.client.local_flow_control_window(sid) >= 1000
+
+
+def test_the_stream_limit_is_unlimited_until_the_servers_settings_change_it() -> None:
+    # before any SETTINGS: more than a client's stream ids can ever open (Envoy's client
+    # assumes 2^31-1, not nghttp2's 100)
+    assert H2Client(Recorder()).peer_max_concurrent_streams >= 2**30
+    p = Pair()  # h2's SETTINGS: 100 streams
+    assert p.client.peer_max_concurrent_streams == 100 and p.rec.stream_limits == 1
+    p.server.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100})
+    p.pump()
+    assert p.rec.stream_limits == 1  # the same value again: nothing to tell
+    p.server.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 5})
+    p.pump()
+    assert p.client.peer_max_concurrent_streams == 5 and p.rec.stream_limits == 2
 
 
 def test_ping_is_answered_and_data_credit_given_back() -> None:

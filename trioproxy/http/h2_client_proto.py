@@ -26,8 +26,10 @@ it is a connection error), HEADERS on an even or never-opened stream, SETTINGS_E
 A GOAWAY closes the streams above its last stream id (the server never saw them: safe to send
 again elsewhere) and no new stream opens; those below it go on (RFC 9113 §6.8).
 
-The peer's SETTINGS_MAX_CONCURRENT_STREAMS is ``peer_max_concurrent_streams``; keeping within
-it is the caller's business (the pool counts its streams), as is retrying a refused stream.
+The peer's SETTINGS_MAX_CONCURRENT_STREAMS is ``peer_max_concurrent_streams``, unlimited until
+the server's first SETTINGS (as Envoy's client takes it); ``on_stream_limit`` tells when its
+SETTINGS change it. Keeping within it is the caller's business (the pool counts its streams),
+as is retrying a refused stream.
 """
 
 from __future__ import annotations
@@ -90,6 +92,11 @@ class H2ClientHandler:
 
     def on_window(self, sid: int) -> None:
         """More send window for stream ``sid``; 0: for every stream."""
+        raise NotImplementedError
+
+    def on_stream_limit(self) -> None:
+        """The server's SETTINGS changed its limit of concurrent streams
+        (``H2Client.peer_max_concurrent_streams``): streams waiting for room may fit now."""
         raise NotImplementedError
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
@@ -192,6 +199,9 @@ class H2Client(H2Framer):
 
     def _on_window(self, sid: int) -> None:
         self.handler.on_window(sid)
+
+    def _on_stream_limit(self) -> None:
+        self.handler.on_stream_limit()
 
     def _peer_goaway(self, last_stream_id: int, code: int) -> None:
         self.goaway_received = True

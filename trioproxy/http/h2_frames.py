@@ -22,8 +22,14 @@ Errors follow RFC 9113 §5.4:
 - a *stream error* queues RST_STREAM, closes the stream and tells the role (``_reset_here``);
   the connection goes on. A malformed message (``_malformed``) is one for the server, and a
   connection error for the client (Envoy's default for invalid messaging upstream);
-- a flood (too many control frames to answer in one read, too many empty DATA frames in a
-  row) raises ``Flood`` without a GOAWAY, as Envoy closes such a connection.
+- a flood (too many control frames to answer in one read, too many empty frames in a row)
+  raises ``Flood`` without a GOAWAY, as Envoy closes such a connection.
+
+Empty frames are counted as Envoy's ``max_consecutive_inbound_frames_with_empty_payload``
+does: a DATA frame with no data after its padding, a HEADERS frame with no payload at all
+(padding and priority fields are payload here) and a CONTINUATION frame with no payload, each
+without END_STREAM (which CONTINUATION never carries), add one; any such frame with something
+in it, or with END_STREAM, starts the count again; other frames leave it alone.
 
 Streams count from their HEADERS until both sides ended them or one reset them. Frames for
 streams closed a while ago are told apart from frames for streams never opened by remembering
@@ -209,7 +215,10 @@ class H2Framer:
         self.send_window = DEFAULT_WINDOW
         self.peer_initial_window = DEFAULT_WINDOW
         self.max_outbound_frame_size = DEFAULT_MAX_FRAME_SIZE
-        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until it says)
+        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS: unlimited until its SETTINGS say
+        #: otherwise (RFC 9113 §6.5.2). Envoy's client assumes the same (2^31-1, not
+        #: nghttp2's default of 100): requests do not wait a round trip for the server's
+        #: SETTINGS, and a server may refuse the streams beyond its limit.
         self.peer_max_concurrent_streams = 1 << 32
 
         payload = b"".join(k.to_bytes(2, "big") + v.to_bytes(4, "big") for k, v in settings)
@@ -249,6 +258,10 @@ class H2Framer:
 
     def _on_window(self, sid: int) -> None:
         """More send window for stream ``sid``; 0: for every stream."""
+        raise NotImplementedError
+
+    def _on_stream_limit(self) -> None:
+        """The peer's SETTINGS changed ``peer_max_concurrent_streams``."""
         raise NotImplementedError
 
     def _goaway_last_stream_id(self) -> int:
@@ -509,6 +522,13 @@ class H2Framer:
             return payload[1 : len(payload) - pad]
         return payload
 
+    def _empty_frame(self) -> None:
+        """One more empty frame in a row (see the module's docstring): past
+        ``max_empty_frames`` of them, a flood."""
+        self._empty += 1
+        if self._empty > self.max_empty_frames:
+            raise Flood("inbound_empty_frames_flood")
+
     # -- DATA
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
@@ -543,9 +563,7 @@ class H2Framer:
         if data or end:
             self._empty = 0
         else:
-            self._empty += 1
-            if self._empty > self.max_empty_frames:
-                raise Flood("inbound_empty_frames_flood")
+            self._empty_frame()
         if end:
             s.remote_closed = True
             if s.local_closed:
@@ -555,6 +573,10 @@ class H2Framer:
     # -- HEADERS and CONTINUATION
 
     def _headers(self, flags: int, sid: int, payload: bytes) -> None:
+        if payload or flags & END_STREAM:
+            self._empty = 0
+        else:
+            self._empty_frame()
         if not sid:
             raise self._conn_error(PROTOCOL_ERROR, "HEADERS on stream 0")
         block = self._unpad(flags, payload)
@@ -575,6 +597,10 @@ class H2Framer:
             self._cont_size = len(block)
 
     def _continuation(self, flags: int, payload: bytes) -> None:
+        if payload:
+            self._empty = 0
+        else:
+            self._empty_frame()
         self._cont_block.append(payload)
         self._cont_size += len(payload)
         if self._cont_size > self._max_header_block:
@@ -645,6 +671,7 @@ class H2Framer:
         if len(payload) % 6:
             raise self._conn_error(FRAME_SIZE_ERROR, "SETTINGS not a multiple of 6 bytes")
         window_changed = False
+        stream_limit = self.peer_max_concurrent_streams
         for pos in range(0, len(payload), 6):
             ident = (payload[pos] << 8) | payload[pos + 1]
             value = int.from_bytes(payload[pos + 2 : pos + 6], "big")
@@ -672,6 +699,8 @@ class H2Framer:
         self._emit(SETTINGS, ACK, 0, b"")
         if window_changed:
             self._on_window(0)
+        if self.peer_max_concurrent_streams != stream_limit:
+            self._on_stream_limit()
 
     def _local_settings_acked(self) -> None:
         """The peer applies our initial window now: the streams it opened before get the

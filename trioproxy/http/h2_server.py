@@ -16,8 +16,9 @@ Errors follow RFC 9113 §5.4:
   input and raises ``H2ConnectionError`` to the caller, which closes once the GOAWAY is out;
 - a *stream error* queues RST_STREAM, closes the stream and calls ``on_reset`` with
   ``remote=False``; the connection goes on;
-- a flood (too many control frames to answer in one read, too many empty DATA frames in a
-  row) raises ``Flood`` without a GOAWAY, as Envoy closes such a connection.
+- a flood (too many control frames to answer in one read, too many empty DATA, HEADERS or
+  CONTINUATION frames in a row) raises ``Flood`` without a GOAWAY, as Envoy closes such a
+  connection.
 
 Streams count against ``max_concurrent_streams`` from their HEADERS until both sides ended them
 or one reset them; a HEADERS beyond the limit is refused (RST_STREAM REFUSED_STREAM) and its
@@ -158,6 +159,9 @@ class H2Server(H2Framer):
 
     def _on_window(self, sid: int) -> None:
         self.handler.on_window(sid)
+
+    def _on_stream_limit(self) -> None:
+        pass  # the client's limit is on streams the server opens: none (no push)
 
     def _peer_goaway(self, last_stream_id: int, code: int) -> None:
         self.handler.on_goaway()

@@ -4,8 +4,10 @@ exchange the router drives (the same methods as the HTTP/1.1 ``Exchange``).
 Theory of operation: an ``H2Pool`` (one per cluster host, for clusters that ask for HTTP/2
 with ``typed_extension_protocol_options`` / ``http2_protocol_options``) keeps a few
 ``H2Connection``s. ``acquire`` takes a stream slot on a connection that has one — fewer active
-streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` and no GOAWAY — or opens a new
-connection if the cluster's ``max_connections`` breaker allows, or waits for a slot. Each
+streams than the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` (unlimited until the server's
+SETTINGS arrive, as Envoy's client assumes) and no GOAWAY — or opens a new connection if the
+cluster's ``max_connections`` breaker allows, or waits for a slot: a stream ending, a
+connection closing or the server's SETTINGS raising its limit wake the waiters. Each
 connection has one reader task (in the cluster manager's nursery) that feeds its framer
 (``h2_client_proto.H2Client``), which calls the connection back for each response head, DATA,
 trailers or reset, handed to the stream they belong to; one writer task
@@ -19,9 +21,11 @@ Header translation: the request's pseudo-headers become HTTP/2 ones (``host`` fo
 value is not sent (``UPE``), and a response block breaking RFC 9113 §8.2-8.3 (CR, LF or NUL in
 a value, connection-specific fields, bad pseudo-headers; ``h2_headers``) is, like any
 malformed response, a connection error: GOAWAY PROTOCOL_ERROR, and every stream on the
-connection fails with ``UPE`` (Envoy's default for invalid messaging). A GOAWAY lets streams
-below its last stream id finish; later ones fail with ``UC`` and nothing sent (the router may
-retry them on another connection), as do streams the upstream refused (RST_STREAM
+connection fails with ``UPE`` (Envoy's default for invalid messaging). A flood (Envoy's
+control-frame and empty-frame limits, ``h2_frames``) fails them too and closes the connection
+without a GOAWAY, counted in ``cluster.<name>.http2.*`` as Envoy counts it. A GOAWAY lets
+streams below its last stream id finish; later ones fail with ``UC`` and nothing sent (the
+router may retry them on another connection), as do streams the upstream refused (RST_STREAM
 REFUSED_STREAM).
 """
 
@@ -51,6 +55,7 @@ from trioproxy.http.h2_client_proto import (
 )
 from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
+from trioproxy.stats import Scope
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
@@ -85,6 +90,9 @@ class H2Connection(H2ClientHandler):
         created: float,
         nursery: trio.Nursery,
         buffer_limit: int = 32 * 1024,
+        *,
+        http2_stats: Scope,
+        on_capacity: Callable[[], None],
     ) -> None:
         self.stream = stream
         self.nursery = nursery
@@ -104,6 +112,10 @@ class H2Connection(H2ClientHandler):
             self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
         )
         self._window_changed = trio.Event()
+        #: ``cluster.<name>.http2.``: the floods that close a connection are counted there
+        self._http2 = http2_stats
+        #: the pool's: streams waiting for room look again
+        self._on_capacity = on_capacity
 
     @property
     def max_streams(self) -> int:
@@ -161,7 +173,8 @@ class H2Connection(H2ClientHandler):
                     h.close_connection(PROTOCOL_ERROR)
                     self._fail_all("protocol error", flag="UPE")
                     break
-                except Flood:  # closed without a GOAWAY, as Envoy does
+                except Flood as flood:  # closed without a GOAWAY, as Envoy does
+                    self._http2.counter(flood.stat).value += 1
                     self._fail_all("protocol error", flag="UPE")
                     break
                 except Exception:  # a fault of ours: it ends this connection, not the process
@@ -216,6 +229,9 @@ class H2Connection(H2ClientHandler):
     def on_window(self, sid: int) -> None:
         self._window_changed.set()
         self._window_changed = trio.Event()
+
+    def on_stream_limit(self) -> None:
+        self._on_capacity()
 
     def on_goaway(self, last_stream_id: int, code: int) -> None:
         """RFC 9113 §6.8: the streams up to the last stream id may finish (a server draining
@@ -500,6 +516,7 @@ class H2Pool:
         self._slot_freed = trio.Event()
         self._closed = False
         self._connecting = 0
+        self._http2 = stats.scope.scope("http2.")
 
     def has_idle(self) -> bool:
         return any(c.has_capacity() for c in self.connections)
@@ -562,6 +579,8 @@ class H2Pool:
             created,
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
+            http2_stats=self._http2,
+            on_capacity=self._wake,
         )
         try:
             await conn.start()
