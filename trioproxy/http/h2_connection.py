@@ -27,8 +27,8 @@ protections, each closing the connection and counted in ``http2.*``:
   does not read again while the writer is stuck on a client that does not read, and DATA waits
   once the connection's buffer limit is queued, so ``max_outbound_frames`` (10 000) cannot be
   reached;
-- more than ``max_consecutive_inbound_frames_with_empty_payload`` (1) DATA frames in a row
-  without payload or END_STREAM: ``inbound_empty_frames_flood``;
+- more than ``max_consecutive_inbound_frames_with_empty_payload`` (1) DATA, HEADERS or
+  CONTINUATION frames in a row without payload or END_STREAM: ``inbound_empty_frames_flood``;
 - rapid reset: once 500 streams have closed on a connection, more than half of them reset by
   the client within a second of opening: GOAWAY and close,
   ``downstream_rq_too_many_premature_resets``.
