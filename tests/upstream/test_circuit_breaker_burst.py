@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from tests.support import Backend, Client, Reply, simple_config, start_proxy
+from tests.support import Backend, Client, Reply, simple_config, start_proxy, until
 
 ACCESS_LOG = """
 access_log:
@@ -45,7 +45,13 @@ async def test_a_burst_past_max_requests_gets_503_uo(nursery: trio.Nursery, tmp_
         results.append((resp.status_code, trio.current_time() - start))
 
     async with trio.open_nursery() as burst:
-        for _ in range(6):
+        # Two requests in flight upstream (one after the other: while the first one's
+        # connection is still being made it is pending, and max_pending_requests is 1), then
+        # a burst of four, all at once.
+        for in_flight in (1, 2):
+            burst.start_soon(one)
+            await until(lambda n=in_flight: len(backend.requests) == n)
+        for _ in range(4):
             burst.start_soon(one)
     statuses = sorted(s for s, _ in results)
     assert statuses == [200, 200, 503, 503, 503, 503]
