@@ -222,3 +222,53 @@ async def test_a_peer_that_never_completes_the_handshake_is_not_waited_for_forev
     assert isinstance(info.value.__cause__, ssl.SSLError)
     await ours.aclose()
     c.close()
+
+
+async def test_client_side_sends_sni_and_verifies_the_server(ca: trustme.CA) -> None:
+    """The upstream side: SNI and ALPN offered, the server's certificate checked against the
+    trusted CA (a server from another CA fails the handshake, with the reason)."""
+    server_ctx, client_ctx = _contexts(ca, alpn=["h2"])
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda obj, name, ctx: names.append(name)
+    s, c = _socket_pair()
+    theirs = trio.SSLStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(s)), server_ctx, server_side=True
+    )
+    ours = TlsStream(
+        FastSocketStream(c), client_ctx, server_side=False, server_hostname="proxy.test"
+    )
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ours.do_handshake)
+            nursery.start_soon(theirs.do_handshake)
+        assert names == ["proxy.test"]
+        assert ours.selected_alpn_protocol() == "h2"
+        await ours.send_all(b"ping")
+        assert await _receive_exactly(theirs, 4) == b"ping"
+        await theirs.send_all(b"pong")
+        assert await _receive_exactly(ours, 4) == b"pong"
+    await ours.aclose()
+    await theirs.aclose()
+
+    stranger = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    trustme.CA().issue_cert("proxy.test").configure_cert(stranger)
+    s, c = _socket_pair()
+    theirs = trio.SSLStream(
+        trio.SocketStream(trio.socket.from_stdlib_socket(s)), stranger, server_side=True
+    )
+    ours = TlsStream(
+        FastSocketStream(c), client_ctx, server_side=False, server_hostname="proxy.test"
+    )
+
+    async def server() -> None:
+        with pytest.raises(trio.BrokenResourceError):
+            await theirs.do_handshake()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server)
+            with pytest.raises(trio.BrokenResourceError) as info:
+                await ours.do_handshake()
+            await ours.aclose()  # (the server sees the alert, then the close)
+    assert "certificate verify failed" in str(info.value)
+    await theirs.transport_stream.aclose()

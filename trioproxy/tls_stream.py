@@ -1,15 +1,15 @@
-"""Downstream TLS over a ``FastSocketStream``: ``ssl.SSLObject`` and two memory BIOs.
+"""TLS over a ``FastSocketStream``: ``ssl.SSLObject`` and two memory BIOs.
 
 ``trio.SSLStream`` does this for any transport and any use, and pays for it on every call:
 conflict detectors, locks, a generic retry loop that handles renegotiation from either
 direction, all interpreted. Profiled on HTTP/1.1 over TLS it was a quarter of the proxy's
-samples. This stream does only what a server-side connection of the proxy needs, in a module
-setup.py compiles:
+samples. This stream does only what the proxy's connections need (downstream: the listener's;
+upstream: the pools' and tcp_proxy's), in a module setup.py compiles:
 
 - ``do_handshake``, then ``receive_some`` and ``send_all``, which may run at the same time in
   two tasks (HTTP/2's reader and writer, the TCP proxy's two pumps), but never two receives
   or two sends at once (the callers are built that way, as for any trio stream);
-- no renegotiation (the server context refuses it, as Envoy's BoringSSL does), so a send
+- no renegotiation (both sides' contexts refuse it, as Envoy's BoringSSL does), so a send
   never has to read, and a read only ever has to send: TLS 1.3's post-handshake messages
   (session tickets, a key update's answer);
 - ``aclose`` sends close_notify without waiting for the peer's.
@@ -40,7 +40,8 @@ DEFAULT_MAX = 65536
 
 
 class TlsStream(trio.abc.Stream):
-    """A server-side TLS connection on ``transport``; call ``do_handshake`` first."""
+    """A TLS connection on ``transport``, the server's side unless ``server_hostname`` is
+    given (the client's, with that SNI); call ``do_handshake`` first."""
 
     __slots__ = (
         "transport",
@@ -54,11 +55,20 @@ class TlsStream(trio.abc.Stream):
         "_broken",
     )
 
-    def __init__(self, transport: FastSocketStream, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        transport: FastSocketStream,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool = True,
+        server_hostname: str | None = None,
+    ) -> None:
         self.transport = transport
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = context.wrap_bio(self._in, self._out, server_side=True)
+        self._obj = context.wrap_bio(
+            self._in, self._out, server_side=server_side, server_hostname=server_hostname
+        )
         #: a task is sending bytes taken from ``_out``; ``_sent`` wakes the one waiting
         self._sending = False
         self._sent: trio.Event | None = None

@@ -19,13 +19,13 @@ under the same timeout, and counts ``cluster.<name>.ssl.handshake`` or
 from __future__ import annotations
 
 import socket
-import ssl
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from trioproxy.errors import UpstreamError
 from trioproxy.io import FastSocketStream
+from trioproxy.tls_stream import TlsStream
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 class TlsUpstream(trio.abc.Stream):
     """A TLS connection to an upstream, with the plain stream's synchronous parts."""
 
-    def __init__(self, tls: trio.SSLStream[FastSocketStream], transport: FastSocketStream) -> None:
+    def __init__(self, tls: TlsStream, transport: FastSocketStream) -> None:
         self.tls = tls
         self.transport = transport
 
@@ -50,8 +50,7 @@ class TlsUpstream(trio.abc.Stream):
         return self.transport.closed
 
     def selected_alpn_protocol(self) -> str | None:
-        alpn: str | None = self.tls.selected_alpn_protocol()
-        return alpn
+        return self.tls.selected_alpn_protocol()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.tls.send_all(data)
@@ -123,11 +122,13 @@ async def open_connection(
     plain = FastSocketStream(raw)
     stream: UpstreamStream = plain
     if tls is not None:
-        ssl_stream = trio.SSLStream(plain, tls.context, server_hostname=tls.sni or None)
+        ssl_stream = TlsStream(
+            plain, tls.context, server_side=False, server_hostname=tls.sni or None
+        )
         try:
             with trio.fail_after(max(connect_timeout - (trio.current_time() - start), 0.001)):
                 await ssl_stream.do_handshake()
-        except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError, OSError) as exc:
+        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
             if tls_stats is not None:
                 tls_stats.counter("ssl.connection_error").value += 1
             _connect_failed(host, stats)

@@ -45,6 +45,8 @@ def client_context(
             raise ConfigError(f"{key} is not supported yet", path=f"common_tls_context.{key}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False  # Envoy checks names only with match_typed_subject_alt_names
+    # (no renegotiation, as Envoy without allow_renegotiation: trioproxy.tls_stream relies on it)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     validation = common.get("validation_context") or {}
     for key in validation:
         if key not in _VALIDATION_KNOWN:
