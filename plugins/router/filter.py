@@ -161,7 +161,13 @@ def _reset_reply(err: UpstreamError) -> LocalReply:
     body = _RESET_BODY + reason.encode()
     if err.flag == "UF":
         body += b", transport failure reason: " + err.reason.encode()
-    return LocalReply(503, body, details=details, flag=err.flag)
+    return LocalReply(_reset_status(err), body, details=details, flag=err.flag)
+
+
+def _reset_status(err: UpstreamError) -> int:
+    """502 when the upstream broke the protocol, 503 for the other resets: what Envoy 1.40
+    answers, side by side."""
+    return 502 if err.flag == "UPE" else 503
 
 
 class _CodeStats:
@@ -504,7 +510,8 @@ class Router(TerminalFilter):
                 info.upstream_transport_failure_reason = err.reason
                 if err.flag == "UC":
                     stats.upstream_rq_rx_reset.value += 1
-                self._finish(cluster, host, started, 503 if final else None, False, internal)
+                code = _reset_status(err)
+                self._finish(cluster, host, started, code if final else None, False, internal)
             done = True
             return _reset_reply(err)
         except BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 
@@ -142,6 +143,43 @@ async def test_upstream_down_is_503_uf(nursery: trio.Nursery) -> None:
     assert resp.status_code == 503
     assert body.startswith(b"upstream connect error or disconnect/reset before headers")
     assert proxy.stat("cluster.backend.upstream_cx_connect_fail") == 1
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"NOT HTTP AT ALL\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: abc\r\n\r\n",
+    ],
+    ids=["not-http", "header-without-colon", "bad-content-length"],
+)
+async def test_a_response_that_breaks_http1_is_502_upe(
+    nursery: trio.Nursery, answer: bytes
+) -> None:
+    """An upstream answering something that is not HTTP/1.1 gets the client a 502 (not the
+    503 of a reset), counted in ``upstream_cx_protocol_error``: Envoy 1.40, side by side,
+    answers and counts the same. The client's connection serves the next request."""
+
+    async def broken(stream: trio.SocketStream) -> None:
+        await stream.receive_some(65536)
+        await stream.send_all(answer)
+        await stream.aclose()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), broken, 0)
+    proxy = await start_proxy(nursery, simple_config([listeners[0].socket.getsockname()[1]]))
+    client = await Client.connect(proxy.port)
+    for _ in range(2):
+        resp, body = await client.request("GET", "/")
+        assert resp.status_code == 502
+        assert body == (
+            b"upstream connect error or disconnect/reset before headers. reset reason: "
+            b"protocol error"
+        )
+    assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 2
+    assert proxy.stat("cluster.backend.upstream_rq_502") == 2
+    assert proxy.stat("http.ingress_http.downstream_rq_5xx") == 2
     await client.aclose()
 
 

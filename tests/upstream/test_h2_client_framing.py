@@ -509,9 +509,9 @@ async def _data_before_head(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: 
 async def test_a_malformed_response_closes_the_connection_with_goaway(
     nursery: trio.Nursery, script: Script, code: int
 ) -> None:
-    """Envoy's answer to a malformed upstream response: 503 to the client (nothing of it
-    relayed), GOAWAY with the error to the server, and the next request on a new
-    connection."""
+    """Envoy's answer to a malformed upstream response: 502 to the client (nothing of it
+    relayed), GOAWAY with the error to the server, ``upstream_cx_protocol_error``, and the
+    next request on a new connection."""
 
     async def first_bad(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
         if head[b":path"] == b"/bad":
@@ -525,7 +525,7 @@ async def test_a_malformed_response_closes_the_connection_with_goaway(
     try:
         with trio.fail_after(10):
             resp, _ = await client.request("GET", "/bad")
-            assert resp.status_code == 503
+            assert resp.status_code == 502
             assert b"x-bad" not in dict(resp.headers)
             while not peer.goaways:
                 await peer.changed.wait()
@@ -536,6 +536,7 @@ async def test_a_malformed_response_closes_the_connection_with_goaway(
     assert (resp.status_code, body) == (200, b"fine")
     assert peer.connections == 2
     assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2
+    assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 1
 
 
 async def test_a_body_longer_than_its_content_length_is_cut_off(nursery: trio.Nursery) -> None:
@@ -661,10 +662,11 @@ async def test_empty_frames_in_a_row_close_the_connection(
     try:
         with trio.fail_after(10):
             resp, _ = await client.request("GET", "/bad")
-            assert resp.status_code == 503
+            assert resp.status_code == 502  # a protocol error, as Envoy answers
             resp, body = await client.request("GET", "/after")
     finally:
         await client.aclose()
     assert (resp.status_code, body) == (200, b"fine")
     assert peer.connections == 2 and not peer.goaways
     assert proxy.stat("cluster.backend.http2.inbound_empty_frames_flood") == 1
+    assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 1

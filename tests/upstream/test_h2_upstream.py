@@ -338,17 +338,19 @@ async def test_a_malformed_upstream_response_is_refused_and_the_next_request_ser
     nursery: trio.Nursery,
 ) -> None:
     """CR/LF in an upstream HTTP/2 header never reaches the client (RFC 9113 §8.2.1): the
-    response is a protocol error (UPE, 503) and the connection is replaced."""
+    response is a protocol error (UPE, 502, as Envoy answers) and the connection is replaced."""
     upstream = H2Echo()
     await nursery.start(upstream.serve)
     proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
     client = await Client.connect(proxy.port)
     try:
         resp, _ = await client.request("GET", "/smuggle")
-        assert resp.status_code == 503  # Envoy's answer to a reset before the headers
+        assert resp.status_code == 502
         assert b"set-cookie" not in dict(resp.headers)
         resp, body = await client.request("GET", "/after")
         assert (resp.status_code, body) == (200, b"got 0 bytes")
     finally:
         await client.aclose()
     assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2
+    assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 1
+    assert proxy.stat("cluster.backend.http2.rx_messaging_error") == 1

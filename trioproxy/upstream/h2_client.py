@@ -55,7 +55,7 @@ from trioproxy.http.h2_client_proto import (
 )
 from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
-from trioproxy.stats import Scope
+from trioproxy.stats import Counter, Scope
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
@@ -92,6 +92,7 @@ class H2Connection(H2ClientHandler):
         buffer_limit: int = 32 * 1024,
         *,
         http2_stats: Scope,
+        protocol_errors: Counter,
         on_capacity: Callable[[], None],
     ) -> None:
         self.stream = stream
@@ -114,6 +115,8 @@ class H2Connection(H2ClientHandler):
         self._window_changed = trio.Event()
         #: ``cluster.<name>.http2.``: the floods that close a connection are counted there
         self._http2 = http2_stats
+        #: ``cluster.<name>.upstream_cx_protocol_error``: the peer broke HTTP/2 on this connection
+        self._protocol_errors = protocol_errors
         #: the pool's: streams waiting for room look again
         self._on_capacity = on_capacity
 
@@ -167,15 +170,16 @@ class H2Connection(H2ClientHandler):
                 try:
                     h.receive(bytes(data))
                 except H2ConnectionError:
-                    self._fail_all("protocol error", flag="UPE")
+                    self._protocol_error()
                     break
                 except h2_headers.MalformedHeaders:
                     h.close_connection(PROTOCOL_ERROR)
-                    self._fail_all("protocol error", flag="UPE")
+                    self._http2.counter("rx_messaging_error").value += 1
+                    self._protocol_error()
                     break
                 except Flood as flood:  # closed without a GOAWAY, as Envoy does
                     self._http2.counter(flood.stat).value += 1
-                    self._fail_all("protocol error", flag="UPE")
+                    self._protocol_error()
                     break
                 except Exception:  # a fault of ours: it ends this connection, not the process
                     log.exception("upstream HTTP/2 %s: reading failed", self.host.address_str)
@@ -187,6 +191,10 @@ class H2Connection(H2ClientHandler):
         finally:
             self._fail_all("connection termination")
             self.closed = True
+
+    def _protocol_error(self) -> None:
+        self._protocol_errors.value += 1
+        self._fail_all("protocol error", flag="UPE")
 
     # -- what the framer tells (H2ClientHandler) ------------------------------------------------
     def on_informational(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
@@ -580,6 +588,7 @@ class H2Pool:
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
             http2_stats=self._http2,
+            protocol_errors=self.stats.upstream_cx_protocol_error,
             on_capacity=self._wake,
         )
         try:

@@ -67,6 +67,12 @@ class Exchange:
             return UpstreamError("upstream request timeout", flag="UT")
         return UpstreamError("connection termination", flag="UC")
 
+    def _protocol_error(self, exc: ProtocolError) -> UpstreamError:
+        """The response broke HTTP/1.1: the connection is closed (``upstream_cx_protocol_error``)
+        and the router answers 502, as Envoy does."""
+        self.conn.stats.upstream_cx_protocol_error.value += 1
+        return UpstreamError(f"protocol error: {exc.reason}", flag="UPE")
+
     async def send(self, data: bytes) -> None:
         try:
             await self.conn.stream.send_all(data)
@@ -124,7 +130,7 @@ class Exchange:
                 if not data and ev is h1.NEED_DATA:
                     raise UpstreamError("connection termination", flag="UC")
         except ProtocolError as exc:
-            raise UpstreamError(f"protocol error: {exc.reason}", flag="UPE") from exc
+            raise self._protocol_error(exc) from exc
         return ev
 
     async def read_response_head(self) -> tuple[h1.ResponseHead, bytes]:
@@ -151,7 +157,7 @@ class Exchange:
                 else:
                     break
         except ProtocolError as exc:
-            raise UpstreamError(f"protocol error: {exc.reason}", flag="UPE") from exc
+            raise self._protocol_error(exc) from exc
         return head, b"".join(chunks)
 
     def _finish(self, ev: h1.EndOfMessage) -> None:

@@ -53,13 +53,29 @@ class UpstreamConnection:
     """A connection lent to the router; ``codec`` is the router's slot for its parser state.
     (A plain class, not attrs: this module is compiled by mypyc in a compiled build.)"""
 
-    __slots__ = ("stream", "host", "raw", "created", "requests", "codec", "idle_since", "closed")
+    __slots__ = (
+        "stream",
+        "host",
+        "raw",
+        "created",
+        "requests",
+        "codec",
+        "idle_since",
+        "closed",
+        "stats",
+    )
 
     def __init__(
-        self, stream: UpstreamStream, host: Host, raw: socket.socket, created: float
+        self,
+        stream: UpstreamStream,
+        host: Host,
+        raw: socket.socket,
+        created: float,
+        stats: ClusterStats,
     ) -> None:
         self.stream = stream
         self.host = host
+        self.stats = stats  # the cluster's: a response that breaks HTTP/1.1 is counted there
         self.raw = raw  # the same socket, for the synchronous quiet check and close
         self.created = created
         self.requests = 0
@@ -314,14 +330,18 @@ class Http1Pool:
             self._open -= 1
             self.queue.slot_freed(None if self._open else self)
             raise
-        return UpstreamConnection(stream=stream, host=self.host, raw=stream.socket, created=created)
+        return UpstreamConnection(
+            stream=stream, host=self.host, raw=stream.socket, created=created, stats=self.stats
+        )
 
     def adopt(self, stream: UpstreamStream, created: float) -> UpstreamConnection:
         """Take a connection opened elsewhere (``AutoPool``, after ALPN chose HTTP/1.1) as
         this pool's, lent out for one request."""
         self._open += 1
         self.stats.upstream_cx_http1_total.value += 1
-        conn = UpstreamConnection(stream=stream, host=self.host, raw=stream.socket, created=created)
+        conn = UpstreamConnection(
+            stream=stream, host=self.host, raw=stream.socket, created=created, stats=self.stats
+        )
         conn.requests = 1
         return conn
 
