@@ -354,3 +354,29 @@ async def test_a_malformed_upstream_response_is_refused_and_the_next_request_ser
     assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 2
     assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 1
     assert proxy.stat("cluster.backend.http2.rx_messaging_error") == 1
+
+
+async def test_a_burst_on_a_cold_pool_shares_one_connection(nursery: trio.Nursery) -> None:
+    """Eight requests at once to an HTTP/2 upstream with no connection yet: one connection is
+    opened and all eight are streams on it (the requests that waited for it are not woken
+    before it can take them, which would open a second)."""
+    upstream = H2Echo()
+    await nursery.start(upstream.serve)
+    proxy = await start_proxy(nursery, simple_config([upstream.port], cluster_extra=H2_OPTIONS))
+    clients = [await Client.connect(proxy.port) for _ in range(8)]
+    statuses: list[int] = []
+
+    async def one(client: Client) -> None:
+        resp, _ = await client.request("GET", "/burst")
+        statuses.append(resp.status_code)
+
+    try:
+        async with trio.open_nursery() as burst:
+            for client in clients:
+                burst.start_soon(one, client)
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert statuses == [200] * 8
+    assert proxy.stat("cluster.backend.upstream_cx_http2_total") == 1
+    assert proxy.stat("cluster.backend.upstream_rq_pending_total") >= 7

@@ -569,10 +569,12 @@ class H2Pool:
                 tls=self.config.upstream_tls,
                 tls_stats=self.stats.scope,
             )
+            return await self.adopt(stream, created, counted=True)
         finally:
+            # the waiters look again once the connection is in ``connections`` (or failed):
+            # woken sooner, one of them would open a second connection
             self._connecting -= 1
             self._wake()
-        return await self.adopt(stream, created, counted=True)
 
     async def adopt(
         self, stream: UpstreamStream, created: float, *, counted: bool = False
