@@ -203,6 +203,21 @@ def write_docs(text: str, path: Path = DOCS) -> None:
     path.write_text(doc)
 
 
+def nox_args(argv: list[str]) -> str:
+    """The suite's arguments as ``nox -s bench`` takes them: nox adds ``--floor`` and a
+    pure-Python install of its own for ``--pure-python``, so a run's own paths stay out."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--pure-python":
+            skip = True
+        elif arg != "--floor" and not arg.startswith("--pure-python="):
+            out.append(arg)
+    return " ".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     bench_http.add_arguments(ap)
@@ -216,7 +231,10 @@ def main() -> int:
     args = ap.parse_args()
     started = time.monotonic()
     argv = " ".join(sys.argv[1:])
-    command = f"python benchmarks/bench_suite.py {argv}\n# or: python3 -m nox -s bench -- {argv}"
+    command = (
+        f"python benchmarks/bench_suite.py {argv}\n"
+        f"# or: python3 -m nox -s bench -- {nox_args(sys.argv[1:])}"
+    )
     for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("taskset", "util-linux")):
         require(tool, package)
     http_plan = bench_http.plan(args)  # --quick shortens the runs here

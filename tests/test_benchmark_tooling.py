@@ -81,3 +81,11 @@ def test_the_suite_section_is_replaced_in_place_and_inserted_before_the_first_he
     second = first.replace("run 1", "run 2")
     bench_suite.write_docs(second, docs)
     assert docs.read_text() == f"# Benchmarks\n\nIntro.\n\n{second}\n## Older figures\n\nkept\n"
+
+
+def test_the_nox_form_of_the_reproduce_command_leaves_out_what_nox_adds() -> None:
+    # nox -s bench makes its own pure-Python install and adds --floor: a run's local
+    # interpreter path must not end up in the command the docs tell readers to run
+    argv = ["--duration", "8", "--pure-python", "/work/venv/bin/python", "--floor", "--write-docs"]
+    assert bench_suite.nox_args(argv) == "--duration 8 --write-docs"
+    assert bench_suite.nox_args(["--pure-python=/x/python", "--quick"]) == "--quick"
