@@ -101,6 +101,8 @@ PREMATURE_RESET_MIN_STREAMS = 500
 #: How long the last frames (a GOAWAY) may take to go out before the connection closes anyway
 #: (Envoy's ``delayed_close_timeout`` default).
 FINAL_FLUSH_TIMEOUT = 1.0
+#: The name of every stream's task (trio's default is built per task: repr() of the method).
+_STREAM_TASK = "trioproxy.http.h2_connection stream"
 
 
 class _Stream:
@@ -296,7 +298,8 @@ class Http2Connection(H2Handler):
         s = _Stream(sid, end_stream)
         self._streams[sid] = s
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_stream, s, pseudo, regular)
+        # a name given: trio would otherwise build one per stream from repr() of the bound method
+        self._nursery.start_soon(self._run_stream, s, pseudo, regular, name=_STREAM_TASK)
 
     def on_data(self, sid: int, data: bytes, flow: int, end_stream: bool) -> None:
         s = self._streams.get(sid)

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _connection_ids = itertools.count(1)
 TLS_HANDSHAKE_TIMEOUT = 10.0
+#: The name of every connection's task (trio's default is built per task).
+_CONNECTION_TASK = "trioproxy.listener.tcp connection"
 
 
 def bind_socket(
@@ -213,7 +215,7 @@ class Listener:
             # (the task starts in _run_connection: one coroutine frame less held by every
             # connection)
             accepted = AcceptedSocket(conn, (addr[0], addr[1]), local)
-            handlers.start_soon(self._run_connection, accepted)
+            handlers.start_soon(self._run_connection, accepted, name=_CONNECTION_TASK)
         return n, True, False
 
     def adopt(self, accepted: AcceptedSocket) -> bool:
@@ -226,7 +228,7 @@ class Listener:
             return False
         self.active += 1
         accepted.handed_off = True
-        self._handlers.start_soon(self._run_connection, accepted)
+        self._handlers.start_soon(self._run_connection, accepted, name=_CONNECTION_TASK)
         return True
 
     async def hand_off(self) -> socket.socket | None:
@@ -453,7 +455,7 @@ class Listener:
 
     def _resume_parked(self, idle: _Idle) -> None:
         assert self._handlers is not None  # the lot's task is in it while anything is parked
-        self._handlers.start_soon(self._resumed, idle)
+        self._handlers.start_soon(self._resumed, idle, name=_CONNECTION_TASK)
 
     async def _resumed(self, idle: _Idle) -> None:
         """A parked connection's task again: the client sent something (or closed), or its

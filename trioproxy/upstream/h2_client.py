@@ -417,7 +417,9 @@ class H2Exchange:
         keeps flowing while the response streams back (gRPC bidirectional streaming).
         ``cancel_body`` stops it; a failing body resets the stream."""
         self._pump_scope = trio.CancelScope()
-        self.conn.nursery.start_soon(self._pump, body, trailers, self._pump_scope)
+        self.conn.nursery.start_soon(
+            self._pump, body, trailers, self._pump_scope, name="trioproxy upstream h2 body"
+        )
 
     async def _pump(
         self,
