@@ -517,8 +517,6 @@ class Router(TerminalFilter):
                 self._finish(cluster, host, started, 504 if final else None, False, internal)
             else:
                 info.upstream_transport_failure_reason = err.reason
-                if err.flag == "UC":
-                    stats.upstream_rq_rx_reset.value += 1
                 code = _reset_status(err)
                 self._finish(cluster, host, started, code if final else None, False, internal)
             done = True
@@ -751,8 +749,6 @@ class _UpstreamBody:
             self.stream.info.response_flags.add(err.flag)
             if err.flag == "UT":
                 self.cluster.stats.upstream_rq_timeout.value += 1
-            else:
-                self.cluster.stats.upstream_rq_rx_reset.value += 1
             self._settle(False)
             raise
 
