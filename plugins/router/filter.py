@@ -262,6 +262,10 @@ class Router(TerminalFilter):
             per_try = _per_try_timeout(route, None) if retry is not None else None
         else:
             retry = per_try = None
+        if retry is None and route.retry_policy is not None:
+            # no retries (``num_retries: 0``, or no condition): the one attempt still has the
+            # policy's ``per_try_timeout``, as in Envoy
+            per_try = _per_try_timeout(route, None)
         span = stream.span
         if span is not None:
             span.inject(headers)
@@ -290,6 +294,11 @@ class Router(TerminalFilter):
         if retry is None:
             if replay is not None:
                 body = replay.attempt()
+            if per_try is not None and watchdog.now() + per_try < deadline:
+                deadline = watchdog.now() + per_try
+                return await self._forward(
+                    stream, route, cluster, host, body, deadline, per_try=True
+                )
             return await self._forward(stream, route, cluster, host, body, deadline)
         return await self._retrying(
             stream, route, cluster, host, body, deadline, retry, per_try, replay
@@ -508,8 +517,6 @@ class Router(TerminalFilter):
                 self._finish(cluster, host, started, 504 if final else None, False, internal)
             else:
                 info.upstream_transport_failure_reason = err.reason
-                if err.flag == "UC":
-                    stats.upstream_rq_rx_reset.value += 1
                 code = _reset_status(err)
                 self._finish(cluster, host, started, code if final else None, False, internal)
             done = True
@@ -742,8 +749,6 @@ class _UpstreamBody:
             self.stream.info.response_flags.add(err.flag)
             if err.flag == "UT":
                 self.cluster.stats.upstream_rq_timeout.value += 1
-            else:
-                self.cluster.stats.upstream_rq_rx_reset.value += 1
             self._settle(False)
             raise
 

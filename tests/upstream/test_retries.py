@@ -232,6 +232,27 @@ async def test_per_try_timeout_gives_a_slow_attempt_up(nursery: trio.Nursery) ->
     assert proxy.stat("cluster.backend.upstream_rq_timeout") == 0
 
 
+async def test_per_try_timeout_bounds_the_only_attempt_without_retries(
+    nursery: trio.Nursery,
+) -> None:
+    """``num_retries: 0``: no retry, but the one attempt still has ``per_try_timeout`` (504
+    counted as a per-try timeout, as Envoy does), not the route's 5 s."""
+    backend = Backend(handler=lambda rec: Reply(delay=2.0))
+    port = await nursery.start(backend.serve)
+    routes = retry_routes("{retry_on: 5xx, num_retries: 0, per_try_timeout: 0.2s}")
+    proxy = await start_proxy(nursery, simple_config([port], routes=routes))
+    client = await Client.connect(proxy.port)
+    start = trio.current_time()
+    try:
+        resp, body = await client.request("GET", "/")
+    finally:
+        await client.aclose()
+    assert (resp.status_code, body) == (504, b"upstream request timeout")
+    assert trio.current_time() - start < 1.5
+    assert proxy.stat("cluster.backend.upstream_rq_per_try_timeout") == 1
+    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 0
+
+
 async def test_retriable_status_codes_and_attempt_count_headers(nursery: trio.Nursery) -> None:
     calls: list[str | None] = []
 

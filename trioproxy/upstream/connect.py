@@ -166,13 +166,22 @@ def close_connection(
     breakers: CircuitBreakers,
     *,
     remote: bool,
+    active_rq: bool = False,
 ) -> None:
-    """Close a connection opened by ``open_connection`` and count its end."""
+    """Close a connection opened by ``open_connection`` and count its end: ``remote``, the
+    upstream ended it; ``active_rq``, a request on it had not finished
+    (``upstream_cx_destroy_{local,remote}_with_active_rq``, as Envoy counts them)."""
     stream.close()
     stats.upstream_cx_destroy.value += 1
     if remote:
         stats.upstream_cx_destroy_remote.value += 1
     else:
         stats.upstream_cx_destroy_local.value += 1
+    if active_rq:
+        stats.upstream_cx_destroy_with_active_rq.value += 1
+        if remote:
+            stats.upstream_cx_destroy_remote_with_active_rq.value += 1
+        else:
+            stats.upstream_cx_destroy_local_with_active_rq.value += 1
     stats.upstream_cx_length_ms.record((trio.current_time() - created) * 1000.0)
     connection_gone(host, stats, breakers)

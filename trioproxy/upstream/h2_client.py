@@ -27,6 +27,15 @@ without a GOAWAY, counted in ``cluster.<name>.http2.*`` as Envoy counts it. A GO
 streams below its last stream id finish; later ones fail with ``UC`` and nothing sent (the
 router may retry them on another connection), as do streams the upstream refused (RST_STREAM
 REFUSED_STREAM).
+
+Stats of a stream that ends without its response, counted by the reason it ended as Envoy's
+HTTP/2 pool counts them (checked side by side with Envoy 1.40): the upstream reset it,
+``upstream_rq_rx_reset``; we reset it (the route timeout, the client gone, a stream-level
+protocol error) or a protocol error closed the connection, ``upstream_rq_tx_reset``; the
+connection went away under it, ``upstream_rq_pending_failure_eject``; refused or past a
+GOAWAY, none. A connection that goes away with streams still open counts
+``upstream_cx_destroy_{local,remote}_with_active_rq`` as well (not one closed on a protocol
+error: its streams were reset first).
 """
 
 from __future__ import annotations
@@ -92,7 +101,7 @@ class H2Connection(H2ClientHandler):
         buffer_limit: int = 32 * 1024,
         *,
         http2_stats: Scope,
-        protocol_errors: Counter,
+        stats: ClusterStats,
         on_capacity: Callable[[], None],
     ) -> None:
         self.stream = stream
@@ -108,6 +117,9 @@ class H2Connection(H2ClientHandler):
         self.closed = False
         self.destroyed = False
         self.goaway = False
+        #: how it ended: the upstream closed it, or streams were still open (stats only)
+        self.remote_closed = False
+        self.closed_with_active_rq = False
         self.idle_since = created
         self.writer = FrameWriter(
             self.h2, stream, high_water=buffer_limit, close=self.close, on_broken=self._broken
@@ -115,8 +127,8 @@ class H2Connection(H2ClientHandler):
         self._window_changed = trio.Event()
         #: ``cluster.<name>.http2.``: the floods that close a connection are counted there
         self._http2 = http2_stats
-        #: ``cluster.<name>.upstream_cx_protocol_error``: the peer broke HTTP/2 on this connection
-        self._protocol_errors = protocol_errors
+        #: the cluster's: ``upstream_cx_protocol_error`` and the stream-reset counters
+        self.stats = stats
         #: the pool's: streams waiting for room look again
         self._on_capacity = on_capacity
 
@@ -141,6 +153,7 @@ class H2Connection(H2ClientHandler):
 
     def _broken(self) -> None:
         """The writer could not send: every stream fails, the reader stops."""
+        self.remote_closed = not self.closed
         self._fail_all("connection termination")
         self.close()
 
@@ -166,6 +179,7 @@ class H2Connection(H2ClientHandler):
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     data = b""
                 if not data:
+                    self.remote_closed = not self.closed
                     break
                 try:
                     h.receive(bytes(data))
@@ -184,7 +198,9 @@ class H2Connection(H2ClientHandler):
                 except Exception:  # a fault of ours: it ends this connection, not the process
                     log.exception("upstream HTTP/2 %s: reading failed", self.host.address_str)
                     h.close_connection(INTERNAL_ERROR)
-                    self._fail_all("protocol error", flag="UPE")
+                    self._fail_all(
+                        "protocol error", flag="UPE", counter=self.stats.upstream_rq_tx_reset
+                    )
                     break
                 writer.wake()
                 await writer.wait_sent()  # an upstream that does not read is not read either
@@ -193,8 +209,11 @@ class H2Connection(H2ClientHandler):
             self.closed = True
 
     def _protocol_error(self) -> None:
-        self._protocol_errors.value += 1
-        self._fail_all("protocol error", flag="UPE")
+        """The upstream broke HTTP/2 (we close the connection): its streams fail with
+        ``UPE`` and count as reset by us, as Envoy counts a codec's protocol error."""
+        stats = self.stats
+        stats.upstream_cx_protocol_error.value += 1
+        self._fail_all("protocol error", flag="UPE", counter=stats.upstream_rq_tx_reset)
 
     # -- what the framer tells (H2ClientHandler) ------------------------------------------------
     def on_informational(self, sid: int, fields: list[tuple[bytes, bytes]]) -> None:
@@ -228,11 +247,13 @@ class H2Connection(H2ClientHandler):
         ex = self.exchanges.get(sid)
         if ex is not None:
             if not remote:
-                ex._on_reset("protocol error", False, flag="UPE")
+                ex._on_reset(
+                    "protocol error", False, flag="UPE", counter=self.stats.upstream_rq_tx_reset
+                )
             elif code == REFUSED_STREAM:
                 ex._on_reset("refused stream", True)
             else:
-                ex._on_reset("remote reset", False)
+                ex._on_reset("remote reset", False, counter=self.stats.upstream_rq_rx_reset)
 
     def on_window(self, sid: int) -> None:
         self._window_changed.set()
@@ -249,9 +270,18 @@ class H2Connection(H2ClientHandler):
             if stream_id > last_stream_id:  # never processed: safe to send again elsewhere
                 ex._on_reset("connection termination", True)
 
-    def _fail_all(self, reason: str, flag: str = "UC") -> None:
+    def _fail_all(self, reason: str, flag: str = "UC", counter: Counter | None = None) -> None:
+        """Fail every open stream. Without ``counter``, the connection went away under them:
+        ``upstream_rq_pending_failure_eject`` each, and the connection ends with active
+        requests. With one (a protocol error: we reset them first, then close), that counter
+        each, and they are over before the connection is, as in Envoy."""
+        if not self.exchanges:
+            return
+        if counter is None:
+            counter = self.stats.upstream_rq_pending_failure_eject
+            self.closed_with_active_rq = True
         for ex in list(self.exchanges.values()):
-            ex._on_reset(reason, False, flag=flag)
+            ex._on_reset(reason, False, flag=flag, counter=counter)
 
     async def wait_window(self) -> None:
         await self._window_changed.wait()
@@ -302,9 +332,14 @@ class H2Exchange:
         self._forget()
         self._wake()
 
-    def _on_reset(self, reason: str, unprocessed: bool, flag: str = "UC") -> None:
+    def _on_reset(
+        self, reason: str, unprocessed: bool, flag: str = "UC", counter: Counter | None = None
+    ) -> None:
+        """The stream ended without its response; ``counter``: the reset stat it counts."""
         if self.complete:
             return
+        if counter is not None and self._error is None:
+            counter.value += 1
         self._error = UpstreamError(reason, flag=flag, unprocessed=unprocessed)
         self._forget()
         self._wake()
@@ -314,13 +349,20 @@ class H2Exchange:
 
     # -- what the router calls ---------------------------------------------------------------
     def expire(self) -> None:
-        """The route timeout fired: reset the stream and fail what waits on it."""
+        """The route timeout fired: reset the stream (``upstream_rq_tx_reset``, as Envoy) and
+        fail what waits on it."""
         self.timed_out = True
+        self._count_local_reset()
         self._reset_upstream()
         self._error = UpstreamError("upstream request timeout", flag="UT")
         self._forget()
         self._release_data()
         self._wake()
+
+    def _count_local_reset(self) -> None:
+        """``upstream_rq_tx_reset`` for a stream we give up on while it is open."""
+        if self.stream_id and not self.complete and self._error is None:
+            self.conn.stats.upstream_rq_tx_reset.value += 1
 
     def _reset_upstream(self) -> None:
         """RST_STREAM (CANCEL) a stream we give up on, so that it stops counting against the
@@ -441,7 +483,9 @@ class H2Exchange:
                     and conn.h2.cancel(self.stream_id)
                 ):
                     conn.writer.wake()
-                self._on_reset(f"request body failed: {exc}", False)
+                self._on_reset(
+                    f"request body failed: {exc}", False, counter=conn.stats.upstream_rq_tx_reset
+                )
 
     def cancel_body(self) -> None:
         """The router is done with this exchange: stop the body task, and reset the stream
@@ -453,6 +497,7 @@ class H2Exchange:
             self._pump_scope.cancel()
         conn = self.conn
         if not self.complete and self._error is None:
+            self._count_local_reset()
             self._reset_upstream()
             self._error = UpstreamError("request abandoned", flag="UC")
             self._forget()
@@ -542,7 +587,13 @@ class H2Pool:
                     conn.requests += 1
                     return conn
             if self._connecting == 0 and self.breakers.connections.can_create():
-                return await self._connect()
+                try:
+                    return await self._connect()
+                except UpstreamError:
+                    # failed before the request had a stream: counted as Envoy counts the
+                    # pending requests of a connection that failed
+                    stats.upstream_rq_pending_failure_eject.value += 1
+                    raise
             if not self.breakers.connections.can_create():
                 stats.upstream_cx_overflow.value += 1
             pending = self.breakers.pending
@@ -592,7 +643,7 @@ class H2Pool:
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
             http2_stats=self._http2,
-            protocol_errors=self.stats.upstream_cx_protocol_error,
+            stats=self.stats,
             on_capacity=self._wake,
         )
         try:
@@ -610,7 +661,7 @@ class H2Pool:
         try:
             await conn.run()
         finally:
-            self._destroy(conn, remote=not conn.closed)
+            self._destroy(conn, remote=conn.remote_closed)
 
     def _destroy(self, conn: H2Connection, *, remote: bool) -> None:
         if conn in self.connections:
@@ -618,7 +669,13 @@ class H2Pool:
         if not conn.destroyed:
             conn.destroyed = True
             close_connection(
-                conn.stream, conn.created, self.host, self.stats, self.breakers, remote=remote
+                conn.stream,
+                conn.created,
+                self.host,
+                self.stats,
+                self.breakers,
+                remote=remote,
+                active_rq=conn.closed_with_active_rq,
             )
         conn.closed = True
         self._wake()
@@ -692,15 +749,19 @@ class AutoPool:
         async with self._choosing:
             if self.chosen is not None:
                 return await self.chosen.acquire()
-            stream, created = await open_connection(
-                self.host,
-                self.stats,
-                self.breakers,
-                connect_timeout=self.config.connect_timeout,
-                source_address=self.config.source_address,
-                tls=self.config.upstream_tls,
-                tls_stats=self.stats.scope,
-            )
+            try:
+                stream, created = await open_connection(
+                    self.host,
+                    self.stats,
+                    self.breakers,
+                    connect_timeout=self.config.connect_timeout,
+                    source_address=self.config.source_address,
+                    tls=self.config.upstream_tls,
+                    tls_stats=self.stats.scope,
+                )
+            except UpstreamError:
+                self.stats.upstream_rq_pending_failure_eject.value += 1  # (as the pools do)
+                raise
             alpn = getattr(stream, "selected_alpn_protocol", lambda: None)()
             if alpn == "h2":
                 h2pool = H2Pool(self.host, self.config, self.stats, self.breakers, self.nursery)

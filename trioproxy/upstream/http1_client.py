@@ -7,6 +7,13 @@ response's keep-alive and whether both messages were complete.
 
 Upstream failures are mapped to ``UpstreamError`` with Envoy's response flags: ``UC``
 (connection terminated before a response), ``UPE`` (the upstream broke the protocol).
+
+Stats: as in Envoy, an HTTP/1.1 request failing counts none of the ``upstream_rq_*_reset``
+or ``upstream_rq_pending_failure_eject`` counters (Envoy's HTTP/1.1 pool takes no stream-reset
+callbacks; checked side by side with Envoy 1.40). What it counts is the connection's end
+with the request unfinished, ``upstream_cx_destroy_{local,remote}_with_active_rq``: the
+exchange marks its connection ``busy`` until the whole response is in, and ``peer_closed``
+when the upstream closed it, and the pool reads both when it closes the connection.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ class Exchange:
         "trailers",
         "deadline",
         "timed_out",
+        "in_body",
     )
 
     def __init__(self, conn: Any, deadline: float = math.inf) -> None:
@@ -55,6 +63,8 @@ class Exchange:
         self.trailers: Headers | None = None
         self.deadline = deadline  # the route timeout, enforced by the watchdog
         self.timed_out = False
+        self.in_body = False  # the final response head is in, its body is not
+        conn.busy = True
 
     def expire(self) -> None:
         """The route timeout passed: close the connection, which wakes a waiting read or
@@ -65,6 +75,7 @@ class Exchange:
     def _failed(self, exc: Exception) -> UpstreamError:
         if self.timed_out:
             return UpstreamError("upstream request timeout", flag="UT")
+        self.conn.peer_closed = True
         return UpstreamError("connection termination", flag="UC")
 
     def _protocol_error(self, exc: ProtocolError) -> UpstreamError:
@@ -128,6 +139,11 @@ class Exchange:
                 parser.feed(data)
                 ev = parser.next_event()
                 if not data and ev is h1.NEED_DATA:
+                    self.conn.peer_closed = True
+                    if self.in_body:
+                        # a body cut short by the upstream's close: Envoy's codec takes it
+                        # for a protocol error (still a reset, ``UC``, for the router)
+                        self.conn.stats.upstream_cx_protocol_error.value += 1
                     raise UpstreamError("connection termination", flag="UC")
         except ProtocolError as exc:
             raise self._protocol_error(exc) from exc
@@ -158,10 +174,12 @@ class Exchange:
                     break
         except ProtocolError as exc:
             raise self._protocol_error(exc) from exc
+        self.in_body = not self.complete
         return head, b"".join(chunks)
 
     def _finish(self, ev: h1.EndOfMessage) -> None:
         self.complete = True
+        self.conn.busy = False
         if ev.trailers:
             self.trailers = Headers(ev.trailers)
 

@@ -51,7 +51,9 @@ QUIET_CHECK_AFTER = 0.5
 
 class UpstreamConnection:
     """A connection lent to the router; ``codec`` is the router's slot for its parser state.
-    (A plain class, not attrs: this module is compiled by mypyc in a compiled build.)"""
+    ``busy``: a request on it has not had its whole response yet; ``peer_closed``: the
+    upstream closed or reset it (both set by ``http1_client.Exchange``, for the stats of its
+    end). (A plain class, not attrs: this module is compiled by mypyc in a compiled build.)"""
 
     __slots__ = (
         "stream",
@@ -63,6 +65,8 @@ class UpstreamConnection:
         "idle_since",
         "closed",
         "stats",
+        "busy",
+        "peer_closed",
     )
 
     def __init__(
@@ -82,6 +86,8 @@ class UpstreamConnection:
         self.codec: Any = None
         self.idle_since = 0.0
         self.closed = False
+        self.busy = False
+        self.peer_closed = False
 
     def is_quiet(self) -> bool:
         """True when nothing is readable: no EOF, no stray bytes from the upstream."""
@@ -250,7 +256,13 @@ class Http1Pool:
                         if conn is not None:
                             return conn
                         continue
-                conn = await self._connect()
+                try:
+                    conn = await self._connect()
+                except UpstreamError:
+                    # the connection this request waited for failed: Envoy fails its pending
+                    # requests then, and counts each
+                    stats.upstream_rq_pending_failure_eject.value += 1
+                    raise
                 conn.requests = 1
                 return conn
         finally:
@@ -349,7 +361,13 @@ class Http1Pool:
         conn.closed = True
         # closing notifies trio first, so a task blocked on the connection is woken
         close_connection(
-            conn.stream, conn.created, self.host, self.stats, self.breakers, remote=remote
+            conn.stream,
+            conn.created,
+            self.host,
+            self.stats,
+            self.breakers,
+            remote=remote or conn.peer_closed,
+            active_rq=conn.busy,
         )
         self._open -= 1
         self.queue.slot_freed(None if self._open else self)
