@@ -352,7 +352,8 @@ async def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
     await stream.aclose()
 
 
-async def test_stream_idle_timeout_answers_408_before_the_response(nursery: trio.Nursery) -> None:
+async def test_stream_idle_timeout_answers_504_for_a_whole_request(nursery: trio.Nursery) -> None:
+    """The request was in: the wait that timed out was the upstream's (504, as Envoy 1.40)."""
     backend = Backend()
     backend.handler = lambda r: Reply(delay=3.0)
     await nursery.start(backend.serve)
@@ -361,6 +362,17 @@ async def test_stream_idle_timeout_answers_408_before_the_response(nursery: trio
     )
     with trio.fail_after(5):
         out = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 504")
+    assert out.endswith(b"stream timeout")
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
+
+
+async def test_stream_idle_timeout_answers_408_for_a_stalled_body(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery, hcm_extra="stream_idle_timeout: 0.2s")
+    with trio.fail_after(5):
+        out = await raw_exchange(
+            proxy.port, b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab"
+        )
     assert out.startswith(b"HTTP/1.1 408")
     assert out.endswith(b"stream timeout")
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1

@@ -43,6 +43,7 @@ from trioproxy.http.local_reply import (
     NO_ROUTE,
     REQUEST_TIMEOUT,
     STREAM_TIMEOUT,
+    STREAM_TIMEOUT_GATEWAY,
     for_request,
     http_date,
     reply_headers,
@@ -342,18 +343,22 @@ class Http1Connection:
         stream = self._stream
         assert stream is not None
         st = self.stats
+        info = stream.info
         if self._expired == "request":
             st.downstream_rq_timeout.value += 1
             reply = REQUEST_TIMEOUT
         else:
+            # (504 once the request was whole: the wait was the upstream's; as Envoy 1.40,
+            # which keeps the connection open after it, where this one closes)
             st.downstream_rq_idle_timeout.value += 1
-            reply = STREAM_TIMEOUT
-        info = stream.info
+            info.response_flags.add("SI")
+            reply = STREAM_TIMEOUT_GATEWAY if self._body_done else STREAM_TIMEOUT
         if info.response_code == 0:
             head_only = stream.request_headers.get(":method") == "HEAD"
             await self._write_local_reply(stream, reply, head_only, False)
-        else:
-            info.response_flags.add("SI")
+        else:  # the response is cut: the connection closes under it (a reset, for Envoy)
+            info.response_code_details = reply.details
+            st.downstream_rq_tx_reset.value += 1
         info.end_monotonic = _now()
         self._log(stream)
 

@@ -35,8 +35,22 @@ protections, each closing the connection and counted in ``http2.*``:
 
 Conformance: tests/h2spec ports h2spec's server cases (its numbering), over h2c and TLS.
 
-Not yet: stream idle and request timeouts on HTTP/2 streams, extended CONNECT, the priority
-and WINDOW_UPDATE flood counters.
+Timeouts, on the watchdog (``trioproxy.watchdog``, 50 ms resolution) as on HTTP/1.1, and as
+Envoy 1.40 answers them (checked side by side):
+
+- ``stream_idle_timeout``: no request DATA received and no response HEADERS or DATA sent on a
+  stream for that long. Before the response started: 504 "stream timeout" when the request was
+  whole, 408 when it was not; after: RST_STREAM INTERNAL_ERROR. ``SI`` either way,
+  ``downstream_rq_idle_timeout``.
+- ``request_timeout``: the request not whole that long after its HEADERS: 408 "request
+  timeout" (or the reset, once the response started), ``downstream_rq_timeout``.
+- ``common_http_protocol_options.idle_timeout``: no stream open for that long: GOAWAY
+  (NO_ERROR, the last stream id seen) and close once it is out, ``downstream_cx_idle_timeout``.
+  (Envoy first sends a GOAWAY announcing the shutdown and closes ``drain_timeout`` later; a
+  stream the client opens in that gap is served there and refused here, REFUSED_STREAM, which
+  clients retry.)
+
+Not yet: extended CONNECT, the priority and WINDOW_UPDATE flood counters.
 """
 
 from __future__ import annotations
@@ -49,6 +63,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from trioproxy import watchdog
 from trioproxy.errors import ProtocolError
 from trioproxy.http import h1, h2_headers
 from trioproxy.http.conn_manager_config import HcmConfig, ListenerHttpStats
@@ -70,6 +85,9 @@ from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
     FILTER_ERROR,
     NO_ROUTE,
+    REQUEST_TIMEOUT,
+    STREAM_TIMEOUT,
+    STREAM_TIMEOUT_GATEWAY,
     for_request,
     http_date,
     is_grpc_reply,
@@ -111,10 +129,13 @@ class _Stream:
     __slots__ = (
         "body",
         "body_in",
+        "deadline",
         "ended",
+        "expired",
         "no_body",
         "opened",
         "protocol_error",
+        "rq_deadline",
         "scope",
         "sid",
         "trailers",
@@ -123,6 +144,12 @@ class _Stream:
 
     def __init__(self, sid: int, no_body: bool) -> None:
         self.sid = sid
+        #: the watchdog's: the stream idle timeout's, or the request timeout's if sooner
+        self.deadline = math.inf
+        #: ``request_timeout``'s, while the request is not whole
+        self.rq_deadline = math.inf
+        #: "idle" or "request" once a timeout cancelled the stream
+        self.expired: str | None = None
         self.opened = trio.current_time()
         #: the request body as (data, flow-controlled length), unless END_STREAM came on the
         #: request's HEADERS (``no_body``: no channel at all)
@@ -141,6 +168,24 @@ class _Stream:
     def end_body(self) -> None:
         if self.body_in is not None:
             self.body_in.close()
+
+    def expire(self) -> None:
+        """A timeout fired (the watchdog): cancel what the stream awaits; ``_run_stream``
+        answers."""
+        self.expired = "request" if self.rq_deadline <= watchdog.now() else "idle"
+        self.scope.cancel()
+
+    def touch(self, idle: float | None) -> None:
+        """Stream activity: push the stream idle timeout back."""
+        self.deadline = min(
+            watchdog.now() + idle if idle is not None else math.inf, self.rq_deadline
+        )
+
+    def request_ended(self, idle: float | None) -> None:
+        """The request is whole: the request timeout no longer applies."""
+        self.ended = True
+        self.rq_deadline = math.inf
+        self.touch(idle)
 
     def window_changed(self) -> None:
         if self.window is not None:
@@ -193,6 +238,9 @@ class Http2Connection(H2Handler):
         self._http2 = cfg.scope.scope("http2.")
         self._closed_streams = 0
         self._premature_resets = 0
+        self._dog = watchdog.current()
+        #: the watchdog's: when the connection idle timeout fires (no stream open)
+        self.deadline = math.inf
 
     # ------------------------------------------------------------------ I/O
 
@@ -204,6 +252,21 @@ class Http2Connection(H2Handler):
     def _writer_broken(self) -> None:
         self._client_gone = True
         self._stop()
+
+    def _idle_from_now(self) -> None:
+        """No stream is open: the connection idle timeout starts."""
+        timeout = self.cfg.idle_timeout
+        self.deadline = math.inf if timeout is None else watchdog.now() + timeout
+
+    def expire(self) -> None:
+        """The connection idle timeout fired: GOAWAY, then close once it is out."""
+        if self._streams or self._goaway_sent:
+            return
+        self.stats.downstream_cx_idle_timeout.value += 1
+        self._goaway_sent = True
+        self.h2.goaway()
+        self._writer.wake()
+        self._close_if_done()
 
     def _close_if_done(self) -> None:
         """After a GOAWAY (ours or the client's), close once the last stream is over and
@@ -221,6 +284,8 @@ class Http2Connection(H2Handler):
             st.downstream_cx_ssl_total.value += 1
             st.downstream_cx_ssl_active.value += 1
         writer = self._writer
+        self._idle_from_now()
+        self._dog.add(self)
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(writer.run)
@@ -234,6 +299,7 @@ class Http2Connection(H2Handler):
                 writer.close_when_sent()
                 outer.cancel_scope.deadline = trio.current_time() + FINAL_FLUSH_TIMEOUT
         finally:
+            self._dog.discard(self)
             st.downstream_cx_destroy.value += 1
             st.downstream_cx_active.value -= 1
             st.downstream_cx_http2_active.value -= 1
@@ -297,6 +363,7 @@ class Http2Connection(H2Handler):
         pseudo, regular = h2_headers.request_fields(fields)
         s = _Stream(sid, end_stream)
         self._streams[sid] = s
+        self.deadline = math.inf  # a stream is open: the connection is not idle
         assert self._nursery is not None
         # a name given: trio would otherwise build one per stream from repr() of the bound method
         self._nursery.start_soon(self._run_stream, s, pseudo, regular, name=_STREAM_TASK)
@@ -306,8 +373,10 @@ class Http2Connection(H2Handler):
         if s is not None and s.body_in is not None:
             s.body_in.send_nowait((data, flow))
             if end_stream:
-                s.ended = True
+                s.request_ended(self.cfg.stream_idle_timeout)
                 s.end_body()
+            else:
+                s.touch(self.cfg.stream_idle_timeout)
         else:  # data for a stream we no longer track: give the credit back
             self.h2.acknowledge_received_data(flow, sid)
 
@@ -316,7 +385,7 @@ class Http2Connection(H2Handler):
         s = self._streams.get(sid)
         if s is not None:
             s.trailers = trailers
-            s.ended = True
+            s.request_ended(self.cfg.stream_idle_timeout)
             s.end_body()
 
     def on_reset(self, sid: int, remote: bool) -> None:
@@ -398,6 +467,7 @@ class Http2Connection(H2Handler):
             view = view[window:]
             h.send_data(s.sid, bytes(chunk), end_stream=end and not view)
             writer.queued(len(chunk))
+            s.touch(self.cfg.stream_idle_timeout)
         if end and not data:
             h.end_stream(s.sid)
             writer.wake()
@@ -455,6 +525,12 @@ class Http2Connection(H2Handler):
         if cfg.tracing is not None and reject is None:
             start_span(cfg.tracing, stream)
         head_only = method == "HEAD"
+        # the stream's timeouts, on the watchdog (``_Stream.expire``)
+        if cfg.request_timeout is not None and not s.ended:
+            s.rq_deadline = watchdog.now() + cfg.request_timeout
+        s.touch(cfg.stream_idle_timeout)
+        if s.deadline != math.inf:
+            self._dog.add(s)
         try:
             with s.scope:
                 if reject is not None or not method or ":path" not in pseudo:
@@ -471,7 +547,9 @@ class Http2Connection(H2Handler):
                     assert isinstance(result, Response)
                     await self._respond(stream, s, result, head_only)
             if s.scope.cancelled_caught:
-                if s.protocol_error:
+                if s.expired is not None:
+                    await self._timed_out(stream, s, head_only)
+                elif s.protocol_error:
                     info.response_flags.add("DPE")
                 else:
                     info.response_flags.add("DC")
@@ -503,7 +581,10 @@ class Http2Connection(H2Handler):
                 info.response_flags.add("LR")
                 self._reset(s)
         finally:
+            self._dog.discard(s)
             self._streams.pop(s.sid, None)
+            if not self._streams:
+                self._idle_from_now()
             st.downstream_rq_active.value -= 1
             info.end_monotonic = info.last_downstream_tx = _now()
             st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
@@ -522,6 +603,25 @@ class Http2Connection(H2Handler):
             self._writer.wake()
             self._close_if_done()
             self._stream_closed()
+
+    async def _timed_out(self, stream: HttpStream, s: _Stream, head_only: bool) -> None:
+        """A timeout cancelled the stream (``_Stream.expire``): answer it as Envoy does, or
+        reset it if the response has started."""
+        st = self.stats
+        info = stream.info
+        if s.expired == "request":
+            st.downstream_rq_timeout.value += 1
+            reply = REQUEST_TIMEOUT
+        else:
+            st.downstream_rq_idle_timeout.value += 1
+            info.response_flags.add("SI")
+            reply = STREAM_TIMEOUT_GATEWAY if s.ended else STREAM_TIMEOUT
+        if info.response_code == 0:
+            with contextlib.suppress(StreamClosed):  # (reset by the client meanwhile)
+                await self._local_reply(stream, s, reply, head_only)
+        else:
+            info.response_code_details = reply.details
+            self._reset(s)
 
     def _reset(self, s: _Stream) -> None:
         try:
@@ -641,6 +741,7 @@ class Http2Connection(H2Handler):
             return
         h.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not has_more)
         self._writer.wake()
+        s.touch(cfg.stream_idle_timeout)
         if not has_more:
             if resp.body is not None:
                 async for _ in resp.body:

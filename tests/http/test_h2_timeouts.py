@@ -1,0 +1,243 @@
+"""Timeouts on HTTP/2 streams and connections, answered as Envoy 1.40 answers them (each case
+was run side by side with Envoy): ``stream_idle_timeout``, ``request_timeout`` and the
+connection's ``common_http_protocol_options.idle_timeout``."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import hyperframe.frame as hf
+import trio
+
+from tests.h2spec.raw import Raw, frame_bytes
+from tests.support import Backend, Reply, simple_config, start_proxy
+
+INTERNAL_ERROR = 0x2
+NO_ERROR = 0x0
+
+ACCESS_LOG = """
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {path}
+    log_format:
+      text_format_source:
+        inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\\n"
+"""
+
+
+async def _raw_backend(
+    nursery: trio.Nursery, respond: Callable[[trio.SocketStream], Awaitable[None]]
+) -> int:
+    """An HTTP/1.1 upstream that reads one request head, then runs ``respond``."""
+
+    async def handler(stream: trio.SocketStream) -> None:
+        data = b""
+        with trio.move_on_after(5):
+            while b"\r\n\r\n" not in data:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    return
+                data += chunk
+            await respond(stream)
+
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def _stream_frames(client: Raw, sid: int) -> list[hf.Frame]:
+    """The frames of stream ``sid`` until it ends (END_STREAM or RST_STREAM)."""
+    frames: list[hf.Frame] = []
+    with trio.fail_after(5):
+        while True:
+            f = await client.next_frame()
+            assert f is not None, frames
+            if f.stream_id != sid:
+                continue
+            frames.append(f)
+            if isinstance(f, hf.RstStreamFrame) or "END_STREAM" in f.flags:
+                return frames
+
+
+def _status(frames: list[hf.Frame]) -> str:
+    return str(frames[0].decoded[":status"])  # type: ignore[attr-defined]
+
+
+def _body(frames: list[hf.Frame]) -> bytes:
+    return b"".join(f.data for f in frames if isinstance(f, hf.DataFrame))
+
+
+def _log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+async def _wait_log(path: Path, n: int) -> list[str]:
+    with trio.fail_after(5):
+        while len(_log_lines(path)) < n:  # noqa: ASYNC110 - a file
+            await trio.sleep(0.02)
+    return _log_lines(path)
+
+
+async def test_stream_idle_timeout_on_a_whole_request_answers_504(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    backend = Backend(handler=lambda r: Reply(delay=3.0))
+    port = await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    hcm = "stream_idle_timeout: 0.3s" + ACCESS_LOG.format(path=log)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        t0 = trio.current_time()
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "504" and _body(frames) == b"stream timeout"
+        assert 0.25 <= trio.current_time() - t0 < 2
+        assert await client.ping_answered()  # the connection goes on
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
+    assert await _wait_log(log, 1) == ["504 SI stream_idle_timeout"]
+
+
+async def test_stream_idle_timeout_on_a_stalled_request_body_answers_408(
+    nursery: trio.Nursery,
+) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(
+            client.request_headers(
+                1, end_stream=False, method="POST", extra=[("content-length", "10")]
+            )
+            + frame_bytes(0x0, 0, 1, b"ab")
+        )
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "408" and _body(frames) == b"stream timeout"
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
+
+
+async def test_request_timeout_ends_a_request_body_that_keeps_dripping(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Each DATA frame pushes the stream idle timeout back, not the request timeout."""
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.6s" + ACCESS_LOG.format(path=log)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        headers = client.request_headers(
+            1, end_stream=False, method="POST", extra=[("content-length", "100")]
+        )
+        await client.send(headers)
+        frames: list[hf.Frame] = []
+
+        async def drip() -> None:
+            while True:
+                await client.send(frame_bytes(0x0, 0, 1, b"x"))
+                await trio.sleep(0.1)
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(drip)
+            t0 = trio.current_time()
+            frames = await _stream_frames(client, 1)
+            elapsed = trio.current_time() - t0
+            inner.cancel_scope.cancel()
+        assert _status(frames) == "408" and _body(frames) == b"request timeout"
+        assert 0.55 <= elapsed < 2
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
+    assert await _wait_log(log, 1) == ["408 - request_overall_timeout"]
+
+
+async def test_stream_idle_timeout_after_the_response_started_resets_the_stream(
+    nursery: trio.Nursery,
+) -> None:
+    async def partial(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nab")
+        await trio.sleep(5)
+
+    port = await _raw_backend(nursery, partial)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200" and _body(frames) == b"ab"
+        assert isinstance(frames[-1], hf.RstStreamFrame)
+        assert frames[-1].error_code == INTERNAL_ERROR
+        assert await client.ping_answered()
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_tx_reset") == 1
+
+
+async def test_response_data_keeps_a_slow_stream_alive(nursery: trio.Nursery) -> None:
+    async def drip(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n")
+        for _ in range(5):
+            await trio.sleep(0.15)
+            await stream.send_all(b"ab")
+
+    port = await _raw_backend(nursery, drip)
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200" and _body(frames) == b"ab" * 5
+        assert "END_STREAM" in frames[-1].flags
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
+
+
+async def test_an_idle_connection_gets_goaway_and_is_closed(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    hcm = "common_http_protocol_options: {idle_timeout: 0.4s}"
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200"
+        t0 = trio.current_time()
+        goaway = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
+        assert isinstance(goaway, hf.GoAwayFrame)
+        assert goaway.error_code == NO_ERROR and goaway.last_stream_id == 1
+        assert 0.35 <= trio.current_time() - t0 < 2
+        assert await client.next_frame() is None and client.closed
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 1
+
+
+async def test_an_open_stream_keeps_the_connection_from_idling_out(
+    nursery: trio.Nursery,
+) -> None:
+    backend = Backend(handler=lambda r: Reply(delay=0.8))
+    port = await nursery.start(backend.serve)
+    hcm = "common_http_protocol_options: {idle_timeout: 0.3s}"
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)  # GOAWAY would come first if it idled out
+        assert _status(frames) == "200" and _body(frames) == b"ok"
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 0
