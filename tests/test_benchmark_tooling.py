@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trustme
 import yaml
 
@@ -89,3 +90,28 @@ def test_the_nox_form_of_the_reproduce_command_leaves_out_what_nox_adds() -> Non
     argv = ["--duration", "8", "--pure-python", "/work/venv/bin/python", "--floor", "--write-docs"]
     assert bench_suite.nox_args(argv) == "--duration 8 --write-docs"
     assert bench_suite.nox_args(["--pure-python=/x/python", "--quick"]) == "--quick"
+
+
+def test_perf_samples_are_charged_to_the_nearest_compiled_or_interpreted_frame(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks import profile_proxy
+
+    lib = "/usr/lib/libpython3.11.so.1.0"
+    compiled = "/venv/site-packages/abc__mypyc.cpython-311-x86_64-linux-gnu.so"
+    script = "\n\n".join(
+        [
+            # a send in the kernel, under compiled code, under the interpreter
+            f"python\n\t 1 tcp_sendmsg ([kernel.kallsyms])\n\t 2 send (/lib/libc.so.6)\n"
+            f"\t 3 CPyDef_io_flush ({compiled})\n\t 4 _PyEval_EvalFrameDefault ({lib})",
+            # the interpreter's own work, above any compiled frame
+            f"python\n\t 5 _PyObject_Malloc ({lib})\n\t 6 _PyEval_EvalFrameDefault ({lib})\n"
+            f"\t 7 CPyDef_io_flush ({compiled})",
+            f"python\n\t 8 CPyDef_io_flush ({compiled})",
+        ]
+    )
+    profile_proxy.owners(script, 5)
+    out = capsys.readouterr().out
+    assert "3 samples; kernel at the leaf: 33.3 %" in out
+    assert " 66.7 %  CPyDef_io_flush" in out
+    assert " 33.3 %  <interpreted" in out
