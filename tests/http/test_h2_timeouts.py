@@ -241,3 +241,53 @@ async def test_an_open_stream_keeps_the_connection_from_idling_out(
     finally:
         await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 0
+
+
+async def test_request_timeout_stops_once_the_request_is_whole(nursery: trio.Nursery) -> None:
+    backend = Backend(handler=lambda r: Reply(delay=0.8))
+    port = await nursery.start(backend.serve)
+    hcm = "stream_idle_timeout: 0s\nrequest_timeout: 0.3s"
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(
+            client.request_headers(
+                1, end_stream=False, method="POST", extra=[("content-length", "2")]
+            )
+            + frame_bytes(0x0, 0x1, 1, b"ab")  # DATA, END_STREAM
+        )
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200" and _body(frames) == b"ok"
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
+
+
+async def test_a_streaming_response_stops_the_request_timeout(nursery: trio.Nursery) -> None:
+    """As Envoy: once the response has started, a request still streaming is not cut by
+    ``request_timeout`` (a gRPC bidirectional stream, say)."""
+
+    async def slow_answer(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(6):
+            await trio.sleep(0.1)
+            await stream.send_all(b"2\r\nab\r\n")
+        await stream.send_all(b"0\r\n\r\n")
+
+    port = await _raw_backend(nursery, slow_answer)
+    hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.3s"
+    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(
+            client.request_headers(
+                1, end_stream=False, method="POST", extra=[("content-length", "100")]
+            )
+            + frame_bytes(0x0, 0, 1, b"a")
+        )
+        frames = await _stream_frames(client, 1)  # the request never ends
+        assert _status(frames) == "200" and _body(frames) == b"ab" * 6
+        assert "END_STREAM" in frames[-1].flags
+    finally:
+        await client.aclose()
+    assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0

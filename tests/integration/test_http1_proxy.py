@@ -540,3 +540,21 @@ async def test_ipv6_addresses_are_written_as_envoy_writes_them(nursery: trio.Nur
     assert header(resp, "x-remote") == f"[::1]:{client_port}"
     assert header(resp, "x-peer") == "::1"
     await client.aclose()
+
+
+async def test_request_timeout_stops_once_the_request_is_whole(nursery: trio.Nursery) -> None:
+    """With the stream idle timeout off, a whole request waits on a slow upstream past
+    ``request_timeout``: that timeout is over once the body is in."""
+    backend = Backend()
+    backend.handler = lambda r: Reply(delay=0.8)
+    await nursery.start(backend.serve)
+    hcm = "stream_idle_timeout: 0s\nrequest_timeout: 0.3s"
+    proxy = await start_proxy(nursery, simple_config([backend.port], hcm_extra=hcm))
+    with trio.fail_after(5):
+        out = await raw_exchange(
+            proxy.port,
+            b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nconnection: close\r\n\r\nab",
+        )
+    assert out.startswith(b"HTTP/1.1 200")
+    assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
+    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0

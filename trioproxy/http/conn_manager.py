@@ -222,8 +222,9 @@ class Http1Connection:
     def _touch(self) -> None:
         """Stream activity: push the stream idle timeout back."""
         idle = self.cfg.stream_idle_timeout
-        if idle is not None:
-            self.deadline = min(watchdog.now() + idle, self._rq_deadline)
+        self.deadline = min(
+            watchdog.now() + idle if idle is not None else math.inf, self._rq_deadline
+        )
 
     # -- I/O ------------------------------------------------------------------------------
     async def _next_event(self) -> Any:
@@ -749,6 +750,9 @@ class Http1Connection:
         status = int(headers.get(":status") or 502)
         info.response_code = status
         info.response_headers = headers
+        if self._rq_deadline != math.inf:  # the response started: no request timeout (Envoy)
+            self._rq_deadline = math.inf
+            self._touch()
         if cfg.always_set_request_id_in_response or "x-envoy-force-trace" in stream.request_headers:
             # (Envoy answers a forced trace with the request id, so it can be found)
             rid = stream.request_headers.get("x-request-id")

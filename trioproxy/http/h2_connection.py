@@ -42,8 +42,8 @@ Envoy 1.40 answers them (checked side by side):
   stream for that long. Before the response started: 504 "stream timeout" when the request was
   whole, 408 when it was not; after: RST_STREAM INTERNAL_ERROR. ``SI`` either way,
   ``downstream_rq_idle_timeout``.
-- ``request_timeout``: the request not whole that long after its HEADERS: 408 "request
-  timeout" (or the reset, once the response started), ``downstream_rq_timeout``.
+- ``request_timeout``: the request not whole that long after its HEADERS, and no response
+  started: 408 "request timeout", ``downstream_rq_timeout``.
 - ``common_http_protocol_options.idle_timeout``: no stream open for that long: GOAWAY
   (NO_ERROR, the last stream id seen) and close once it is out, ``downstream_cx_idle_timeout``.
   (Envoy first sends a GOAWAY announcing the shutdown and closes ``drain_timeout`` later; a
@@ -396,6 +396,7 @@ class Http2Connection(H2Handler):
             self._http2.counter("tx_reset").value += 1
             self.stats.downstream_rq_tx_reset.value += 1
         if s is not None:
+            self._dog.discard(s)  # (over: no timeout may answer it now)
             if not remote:
                 s.protocol_error = True
             elif trio.current_time() - s.opened < PREMATURE_RESET_WINDOW:
@@ -741,6 +742,7 @@ class Http2Connection(H2Handler):
             return
         h.send_headers(s.sid, h2_headers.response_block(headers), end_stream=not has_more)
         self._writer.wake()
+        s.rq_deadline = math.inf  # the response started: no request timeout (as Envoy)
         s.touch(cfg.stream_idle_timeout)
         if not has_more:
             if resp.body is not None:
