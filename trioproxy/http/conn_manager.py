@@ -41,9 +41,6 @@ from trioproxy.http.local_reply import (
     FILTER_ERROR,
     HEADER_TIMEOUT,
     NO_ROUTE,
-    REQUEST_TIMEOUT,
-    STREAM_TIMEOUT,
-    STREAM_TIMEOUT_GATEWAY,
     for_request,
     http_date,
     reply_headers,
@@ -56,6 +53,7 @@ from trioproxy.http.stream_common import (
     filtered_response_body,
     log_stream,
     start_span,
+    timeout_reply,
 )
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
@@ -345,15 +343,9 @@ class Http1Connection:
         assert stream is not None
         st = self.stats
         info = stream.info
-        if self._expired == "request":
-            st.downstream_rq_timeout.value += 1
-            reply = REQUEST_TIMEOUT
-        else:
-            # (504 once the request was whole: the wait was the upstream's; as Envoy 1.40,
-            # which keeps the connection open after it, where this one closes)
-            st.downstream_rq_idle_timeout.value += 1
-            info.response_flags.add("SI")
-            reply = STREAM_TIMEOUT_GATEWAY if self._body_done else STREAM_TIMEOUT
+        assert self._expired is not None
+        # (after a 504 Envoy 1.40 keeps the connection open; this one closes)
+        reply = timeout_reply(st, stream, self._expired, self._body_done)
         if info.response_code == 0:
             head_only = stream.request_headers.get(":method") == "HEAD"
             await self._write_local_reply(stream, reply, head_only, False)

@@ -85,9 +85,6 @@ from trioproxy.http.headers import Headers
 from trioproxy.http.local_reply import (
     FILTER_ERROR,
     NO_ROUTE,
-    REQUEST_TIMEOUT,
-    STREAM_TIMEOUT,
-    STREAM_TIMEOUT_GATEWAY,
     for_request,
     http_date,
     is_grpc_reply,
@@ -101,6 +98,7 @@ from trioproxy.http.stream_common import (
     filtered_response_body,
     log_stream,
     start_span,
+    timeout_reply,
 )
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.http.stream_info import now as _now
@@ -608,15 +606,9 @@ class Http2Connection(H2Handler):
     async def _timed_out(self, stream: HttpStream, s: _Stream, head_only: bool) -> None:
         """A timeout cancelled the stream (``_Stream.expire``): answer it as Envoy does, or
         reset it if the response has started."""
-        st = self.stats
+        assert s.expired is not None
+        reply = timeout_reply(self.stats, stream, s.expired, s.ended)
         info = stream.info
-        if s.expired == "request":
-            st.downstream_rq_timeout.value += 1
-            reply = REQUEST_TIMEOUT
-        else:
-            st.downstream_rq_idle_timeout.value += 1
-            info.response_flags.add("SI")
-            reply = STREAM_TIMEOUT_GATEWAY if s.ended else STREAM_TIMEOUT
         if info.response_code == 0:
             with contextlib.suppress(StreamClosed):  # (reset by the client meanwhile)
                 await self._local_reply(stream, s, reply, head_only)

@@ -12,7 +12,8 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from trioproxy.http.conn_manager_config import FilterChain, HcmConfig, HcmStats, ListenerHttpStats
-from trioproxy.http.filter import HttpStream, Response
+from trioproxy.http.filter import HttpStream, LocalReply, Response
+from trioproxy.http.local_reply import REQUEST_TIMEOUT, STREAM_TIMEOUT, STREAM_TIMEOUT_GATEWAY
 from trioproxy.tracing.http import HttpTracing
 
 log = logging.getLogger("trioproxy.http.conn_manager")
@@ -87,6 +88,21 @@ def count_status(st: HcmStats, ls: ListenerHttpStats, status: int) -> None:
         ls.downstream_rq_1xx.value += 1
     st.downstream_rq_completed.value += 1
     ls.downstream_rq_completed.value += 1
+
+
+def timeout_reply(
+    st: HcmStats, stream: HttpStream, expired: str, request_whole: bool
+) -> LocalReply:
+    """What a stream timeout answers (``expired``: "request" or "idle"), counted, as Envoy's
+    ``onRequestTimeout``/``onIdleTimeout``: the stream idle timeout is ``SI`` and 504 once
+    the request was whole (the wait was the upstream's), 408 before; the request timeout 408.
+    Once the response has started, the caller resets the stream instead, with these details."""
+    if expired == "request":
+        st.downstream_rq_timeout.value += 1
+        return REQUEST_TIMEOUT
+    st.downstream_rq_idle_timeout.value += 1
+    stream.info.response_flags.add("SI")
+    return STREAM_TIMEOUT_GATEWAY if request_whole else STREAM_TIMEOUT
 
 
 def start_span(tracing: HttpTracing, stream: HttpStream) -> None:
