@@ -606,23 +606,40 @@ class Router(TerminalFilter):
             headers.set("transfer-encoding", "chunked")
         await exchange.send_request_head(method, headers)
         result: list[Any] = []
+        # What failed, raised once the nursery is closed: a nursery would wrap it in an
+        # exception group, which the router's and the connection manager's handlers (for
+        # ``UpstreamError``, the client body's ``ProtocolError``) would not catch.
+        failed: list[Exception] = []
         sent_all = False
 
         async def pump() -> None:
             nonlocal sent_all
-            async for chunk in body:
-                await exchange.send_body(chunk, chunked)
-            await exchange.end_body(stream.request_trailers, chunked)
-            sent_all = True
+            try:
+                async for chunk in body:
+                    await exchange.send_body(chunk, chunked)
+                await exchange.end_body(stream.request_trailers, chunked)
+                sent_all = True
+            except UpstreamError as exc:
+                failed.append(exc)  # the read sees the connection's end too (or an answer)
+            except Exception as exc:  # the client's body failed: the upstream's answer is moot
+                failed.append(exc)
+                nursery.cancel_scope.cancel()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump)
-            result.extend(await exchange.read_response_head())
-            if not sent_all:
-                # The upstream answered before the whole request was sent: stop sending and
-                # do not reuse the connection.
-                exchange.keep_alive = False
+            try:
+                result.extend(await exchange.read_response_head())
+            except UpstreamError as exc:
+                failed.insert(0, exc)
                 nursery.cancel_scope.cancel()
+            else:
+                if not sent_all:
+                    # The upstream answered before the whole request was sent: stop sending
+                    # and do not reuse the connection.
+                    exchange.keep_alive = False
+                    nursery.cancel_scope.cancel()
+        if not result:
+            raise failed[0]
         return result[0], result[1]
 
     def _tunnel(

@@ -558,3 +558,74 @@ async def test_request_timeout_stops_once_the_request_is_whole(nursery: trio.Nur
     assert out.startswith(b"HTTP/1.1 200")
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
+
+
+async def _closing_upstream(nursery: trio.Nursery, answer_from: int) -> tuple[int, list[bytes]]:
+    """An upstream that reads each request's head and closes without answering, until the
+    ``answer_from``-th connection, which reads the whole request and answers 200."""
+    seen: list[bytes] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        seen.append(b"")
+        n = len(seen)
+        buf = b""
+        while b"\r\n\r\n" not in buf or (n >= answer_from and not buf.endswith(b"body")):
+            data = await stream.receive_some(65536)
+            if not data:
+                return
+            buf += data
+            seen[-1] = buf
+        if n >= answer_from:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await stream.aclose()
+
+    listeners = await nursery.start(trio.serve_tcp, handler, 0)
+    return listeners[0].socket.getsockname()[1], seen
+
+
+POST_WITH_BODY = b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbody"
+
+
+async def test_a_request_with_a_body_whose_upstream_closes_gets_503(
+    nursery: trio.Nursery,
+) -> None:
+    """Not a 500 "filter error": the body's sender and the response's reader both see the
+    connection end, and the router answers the reset as it does without a body."""
+    port, _ = await _closing_upstream(nursery, answer_from=99)
+    proxy = await start_proxy(nursery, simple_config([port]))
+    out = await raw_exchange(proxy.port, POST_WITH_BODY)
+    assert out.startswith(b"HTTP/1.1 503")
+    assert out.endswith(b"reset reason: connection termination")
+    assert proxy.stat("http.ingress_http.downstream_rq_filter_error") == 0
+
+
+async def test_a_request_with_a_body_is_retried_after_a_reset(nursery: trio.Nursery) -> None:
+    port, seen = await _closing_upstream(nursery, answer_from=2)
+    routes = """
+              - match: {prefix: "/"}
+                route:
+                  cluster: backend
+                  retry_policy: {retry_on: reset, num_retries: 1}"""
+    proxy = await start_proxy(nursery, simple_config([port], routes=routes))
+    out = await raw_exchange(proxy.port, POST_WITH_BODY)
+    assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"ok")
+    assert len(seen) == 2 and seen[1].endswith(b"body")  # the body, sent again
+    assert proxy.stat("cluster.backend.upstream_rq_retry") == 1
+
+
+async def test_a_broken_chunked_request_body_gets_400(nursery: trio.Nursery) -> None:
+    (backend,), proxy = await _setup(nursery)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    async with stream:
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n"
+        )
+        await trio.sleep(0.1)  # the request is on its way upstream
+        await stream.send_all(b"zz\r\nxx\r\n")  # not a chunk size
+        out = b""
+        with trio.fail_after(5):
+            while data := await stream.receive_some(65536):
+                out += data
+    assert out.startswith(b"HTTP/1.1 400")
+    assert proxy.stat("http.ingress_http.downstream_cx_protocol_error") == 1
+    assert proxy.stat("http.ingress_http.downstream_rq_filter_error") == 0
