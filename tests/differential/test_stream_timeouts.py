@@ -14,14 +14,7 @@ import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
 
-from .harness import (
-    HCM_TYPE,
-    ROUTER_TYPE,
-    build_request,
-    find_envoy,
-    run_proxy,
-    send_raw,
-)
+from .harness import build_request, find_envoy, http_config, run_proxy, send_raw
 
 pytestmark = [
     pytest.mark.envoy,
@@ -62,51 +55,19 @@ async def upstream(stream: trio.SocketStream) -> None:
 
 
 def _config(log: Path) -> str:
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {{listener_port}}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-          stream_idle_timeout: 0.3s
-          request_timeout: 0.6s
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {log}
-              log_format:
-                text_format_source:
-                  inline_string: "{LOG_FORMAT}\\n"
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend, timeout: 10s}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": {ROUTER_TYPE}
-  clusters:
-  - name: backend
-    type: STATIC
-    load_assignment:
-      cluster_name: backend
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{address: 127.0.0.1, port_value: {{upstream_port}}}}
+    hcm = f"""
+stream_idle_timeout: 0.3s
+request_timeout: 0.6s
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {log}
+    log_format: {{text_format_source: {{inline_string: "{LOG_FORMAT}\\n"}}}}
 """
+    return http_config(
+        '- match: {prefix: "/"}\n  route: {cluster: backend, timeout: 10s}', hcm_extra=hcm
+    )
 
 
 async def _h2_case(port: int, method: str, path: str, body: bytes, length: int, drip: bool) -> str:
