@@ -20,14 +20,8 @@ import pytest
 import trio
 
 from tests.support import Client, free_ports, simple_config, start_proxy
+from tests.upstream.test_h2_upstream import H2_OPTIONS
 
-H2_OPTIONS = """
-typed_extension_protocol_options:
-  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-    explicit_http_config:
-      http2_protocol_options: {}
-"""
 ROUTES = """
               - match: {path: "/timeout"}
                 route: {cluster: backend, timeout: 0.5s}
