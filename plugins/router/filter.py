@@ -471,7 +471,7 @@ class Router(TerminalFilter):
         exchange: UpstreamExchange | None = None
         done = False
         try:
-            conn = await self._acquire(pool, deadline)
+            conn = await self._acquire(pool, deadline, body is not None)
             exchange = pool.exchange(conn, deadline)
             dog.add(exchange)
             info.first_upstream_tx = _now()
@@ -576,14 +576,14 @@ class Router(TerminalFilter):
         return resp
 
     @staticmethod
-    async def _acquire(pool: Any, deadline: float) -> Any:
-        """A connection from the pool. With an idle one at hand this does not wait, so it
-        needs no timer; otherwise (connect, or queueing behind the circuit breaker) the route
-        deadline is an exact cancel scope."""
+    async def _acquire(pool: Any, deadline: float, checked: bool = False) -> Any:
+        """A connection from the pool (``checked``: see ``Http1Pool.acquire``). With an idle
+        one at hand this does not wait, so it needs no timer; otherwise (connect, or queueing
+        behind the circuit breaker) the route deadline is an exact cancel scope."""
         if pool.has_idle():
-            return await pool.acquire()
+            return await pool.acquire(checked)
         with trio.CancelScope(deadline=deadline) as scope:
-            return await pool.acquire()
+            return await pool.acquire(checked)
         assert scope.cancelled_caught
         raise UpstreamError("upstream request timeout", flag="UT")
 

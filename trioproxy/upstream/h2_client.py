@@ -576,7 +576,9 @@ class H2Pool:
     def has_idle(self) -> bool:
         return any(c.has_capacity() for c in self.connections)
 
-    async def acquire(self) -> H2Connection:
+    async def acquire(self, checked: bool = False) -> H2Connection:
+        """A connection with room for a stream. (``checked`` is the HTTP/1.1 pool's: an
+        HTTP/2 connection's reader sees its end at once.)"""
         if self._closed:
             raise UpstreamError("connection pool closed", flag="UF")
         stats = self.stats
@@ -743,12 +745,12 @@ class AutoPool:
     def has_idle(self) -> bool:
         return self.chosen is not None and bool(self.chosen.has_idle())
 
-    async def acquire(self) -> Any:
+    async def acquire(self, checked: bool = False) -> Any:
         if self.chosen is not None:
-            return await self.chosen.acquire()
+            return await self.chosen.acquire(checked)
         async with self._choosing:
             if self.chosen is not None:
-                return await self.chosen.acquire()
+                return await self.chosen.acquire(checked)
             try:
                 stream, created = await open_connection(
                     self.host,

@@ -189,7 +189,10 @@ class Exchange:
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self.keep_alive
+        """The response is whole, keep-alive, and nothing came after it: bytes the upstream
+        sends unasked would be taken for the next request's response (Envoy's codec reads
+        them at once and drops the connection)."""
+        return self.complete and self.keep_alive and not self.parser.has_leftover()
 
 
 class _ResponseBody:

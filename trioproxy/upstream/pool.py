@@ -6,7 +6,10 @@ out. ``acquire`` tries, in order:
 
 1. an idle connection: the newest that is neither past the idle timeout nor "noisy". A quiet
    check is a non-blocking ``recv(MSG_PEEK)``: anything readable on an idle HTTP/1.1 connection
-   is either EOF (the upstream closed it) or garbage, so the connection is discarded. When the
+   is either EOF (the upstream closed it) or garbage, so the connection is discarded. It is
+   made on connections idle for ``QUIET_CHECK_AFTER`` and, whatever their idle time, for
+   requests with a body (``acquire(checked=True)``): a bodiless request that meets a closed
+   connection is sent again on another (the router's ``_stale``), a body cannot be. When the
    newest idle connection has expired every older one has too, so they all go.
 2. otherwise the request becomes *pending* (Envoy counts ``upstream_rq_pending_total`` for it;
    beyond ``max_pending_requests`` it overflows with ``UO``), and a new connection is opened if
@@ -225,11 +228,13 @@ class Http1Pool:
         find those connections expired or closed and connect instead)."""
         return bool(self._idle)
 
-    async def acquire(self) -> UpstreamConnection:
-        """A connection to ``host``, ready for one request; raises ``UpstreamError`` (UF, UO)."""
+    async def acquire(self, checked: bool = False) -> UpstreamConnection:
+        """A connection to ``host``, ready for one request; raises ``UpstreamError`` (UF, UO).
+        ``checked``: peek at an idle connection even if it was released moments ago (for a
+        request with a body, which cannot be sent again should the upstream have closed it)."""
         if self._closed:
             raise UpstreamError("connection pool closed", flag="UF")
-        conn = self._take_idle()
+        conn = self._take_idle(checked)
         if conn is not None:
             return conn
         stats = self.stats
@@ -252,7 +257,7 @@ class Http1Pool:
                             return conn
                         if self._closed:
                             raise UpstreamError("connection pool closed", flag="UF")
-                        conn = self._take_idle()
+                        conn = self._take_idle(checked)
                         if conn is not None:
                             return conn
                         continue
@@ -285,7 +290,7 @@ class Http1Pool:
         conn.idle_since = watchdog.now()
         self._idle.append(conn)
 
-    def _take_idle(self) -> UpstreamConnection | None:
+    def _take_idle(self, checked: bool = False) -> UpstreamConnection | None:
         idle = self._idle
         if not idle:
             return None
@@ -301,8 +306,10 @@ class Http1Pool:
                     self._destroy(idle.pop(), remote=False)
                 return None
             # The peek costs a syscall; a connection released moments ago cannot have hit an
-            # upstream's keep-alive idle timeout (seconds), so under load it is skipped.
-            if now - conn.idle_since >= QUIET_CHECK_AFTER and not conn.is_quiet():
+            # upstream's keep-alive idle timeout (seconds), so under load it is skipped, unless
+            # the request could not be sent again (an upstream may close right after a
+            # response without saying so).
+            if (checked or now - conn.idle_since >= QUIET_CHECK_AFTER) and not conn.is_quiet():
                 self._destroy(conn, remote=True)
                 continue
             conn.requests += 1

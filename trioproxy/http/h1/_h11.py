@@ -90,6 +90,11 @@ class _Base:
             or self._error is not None
         )
 
+    def has_leftover(self) -> bool:
+        """Whether anything came after the message just ended (see ``_httptools``)."""
+        buffered, closed = self._conn.trailing_data
+        return bool(buffered or closed or self._eof or self._tail or self._error is not None)
+
     def trailing_data(self) -> bytes:
         if self._tail is not None:
             return self._tail

@@ -232,6 +232,14 @@ class _Base:
     def trailing_data(self) -> bytes:
         return self._trailing
 
+    def has_leftover(self) -> bool:
+        """Whether anything came after the message just ended: (part of) another, an error,
+        the peer's close. An upstream connection whose response has a leftover is not
+        reused: what follows was not asked for."""
+        return bool(
+            self._events or self._in_head or self._eof or self._error is not None or self._trailing
+        )
+
 
 class ServerParser(_Base):
     """Parses requests (the downstream side)."""
@@ -340,6 +348,9 @@ class ClientParser(_Base):
         self._hsize = 0
         self._trailers = None
         self._reason = b""
+
+    def has_leftover(self) -> bool:
+        return bool(self._buf) or super().has_leftover()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
