@@ -157,6 +157,9 @@ async def test_untrusted_upstream_certificate_is_refused(
     assert status == 503 and b"TLS handshake" in body
     assert seen == []
     assert proxy.stat("cluster.backend.ssl.connection_error") == 1
+    # counted as Envoy 1.40 counts it (measured): a connection that ended, remotely
+    assert proxy.stat("cluster.backend.upstream_cx_destroy") == 1
+    assert proxy.stat("cluster.backend.upstream_cx_destroy_remote") == 1
 
 
 async def test_client_certificate_for_mtls_upstreams(

@@ -92,6 +92,9 @@ async def test_connect_failure_is_uf() -> None:
     assert info.value.flag == "UF"
     s = cluster.stats
     assert s.upstream_cx_connect_fail.value == 1
+    # Envoy 1.40 (measured) counts the refused connection's end too, as remote
+    assert (s.upstream_cx_destroy.value, s.upstream_cx_destroy_remote.value) == (1, 1)
+    assert s.upstream_cx_destroy_local.value == 0
     assert s.upstream_cx_active.value == 0
     assert s.upstream_rq_pending_active.value == 0
     assert host.cx_connect_fail == 1
@@ -131,6 +134,9 @@ async def test_connect_timeout_is_uf(
     assert cluster.stats.upstream_cx_connect_timeout.value == 1
     assert cluster.stats.upstream_cx_connect_fail.value == 1
     assert cluster.stats.upstream_cx_active.value == 0
+    # and a timed-out one's as local (Envoy 1.40, measured)
+    assert cluster.stats.upstream_cx_destroy_local.value == 1
+    assert cluster.stats.upstream_cx_destroy_remote.value == 0
 
 
 async def test_max_connections_queues_then_pending_overflows(echo_server: EchoServer) -> None:

@@ -4,7 +4,8 @@
 (``upstream_bind_config``; Istio's inbound passthrough binds 127.0.0.6 so that its own traffic
 is told apart by iptables), connects under the cluster's ``connect_timeout`` as a cancel-scope
 deadline, and counts what Envoy counts for every connection attempt: ``upstream_cx_total``,
-``upstream_cx_active``, ``upstream_cx_connect_fail`` / ``upstream_cx_connect_timeout``,
+``upstream_cx_active``, ``upstream_cx_connect_fail`` / ``upstream_cx_connect_timeout`` (and
+``upstream_cx_destroy_{remote,local}`` for them, as Envoy),
 ``upstream_cx_connect_ms``, the ``max_connections`` breaker and the host's ``cx_*``.
 ``close_connection`` undoes the gauges and records ``upstream_cx_length_ms``. Failures raise
 ``UpstreamError(flag="UF")``.
@@ -107,11 +108,11 @@ async def open_connection(
             await tsock.connect(address)
         if scope.cancelled_caught:
             stats.upstream_cx_connect_timeout.value += 1
-            _connect_failed(host, stats)
+            _connect_failed(host, stats, remote=False)
             raise UpstreamError(f"connect to {address[0]}:{address[1]} timed out", flag="UF")
         ok = True
     except OSError as e:
-        _connect_failed(host, stats)
+        _connect_failed(host, stats, remote=True)
         raise UpstreamError(
             f"connect to {address[0]}:{address[1]} failed: {e.strerror or e}", flag="UF"
         ) from None
@@ -131,7 +132,7 @@ async def open_connection(
         except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
             if tls_stats is not None:
                 tls_stats.counter("ssl.connection_error").value += 1
-            _connect_failed(host, stats)
+            _connect_failed(host, stats, remote=not isinstance(exc, trio.TooSlowError))
             plain.close()
             connection_gone(host, stats, breakers)
             reason = str(exc.__cause__ or exc) or type(exc).__name__
@@ -146,9 +147,17 @@ async def open_connection(
     return stream, now
 
 
-def _connect_failed(host: Host, stats: ClusterStats) -> None:
+def _connect_failed(host: Host, stats: ClusterStats, *, remote: bool) -> None:
+    """Count a connection that never opened. Envoy 1.40 counts its end too, measured: as
+    remote for a refused connect or a failed TLS handshake (even one whose certificate we
+    refused), as local for a connect timeout."""
     stats.upstream_cx_connect_fail.value += 1
     host.cx_connect_fail += 1
+    stats.upstream_cx_destroy.value += 1
+    if remote:
+        stats.upstream_cx_destroy_remote.value += 1
+    else:
+        stats.upstream_cx_destroy_local.value += 1
 
 
 def connection_gone(host: Host, stats: ClusterStats, breakers: CircuitBreakers) -> None:
