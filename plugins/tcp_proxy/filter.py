@@ -119,15 +119,7 @@ class TcpProxy(TerminalNetworkFilter):
             info.upstream_host = host.address_str
             info.attempt_count += 1
             try:
-                up, created = await open_connection(
-                    host,
-                    stats,
-                    cluster.breakers,
-                    connect_timeout=cluster.config.connect_timeout,
-                    source_address=cluster.config.source_address,
-                    tls=cluster.config.upstream_tls,
-                    tls_stats=stats.scope,
-                )
+                up, created = await open_connection(host, stats, cluster.breakers, cluster.config)
             except UpstreamError as exc:
                 info.upstream_transport_failure_reason = str(exc)
                 continue

@@ -20,7 +20,7 @@ under the same timeout, and counts ``cluster.<name>.ssl.handshake`` or
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -32,6 +32,7 @@ from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
 
 if TYPE_CHECKING:
+    from trioproxy.upstream.config import ClusterConfig
     from trioproxy.upstream.tls import UpstreamTls
 
 
@@ -78,16 +79,14 @@ UpstreamStream = FastSocketStream | TlsUpstream
 
 
 async def open_connection(
-    host: Host,
-    stats: ClusterStats,
-    breakers: CircuitBreakers,
-    *,
-    connect_timeout: float,
-    source_address: tuple[str, int] | None = None,
-    tls: UpstreamTls | None = None,
-    tls_stats: Any = None,
+    host: Host, stats: ClusterStats, breakers: CircuitBreakers, config: ClusterConfig
 ) -> tuple[UpstreamStream, float]:
-    """A connected stream to ``host`` and the ``trio.current_time()`` it connected at."""
+    """A connected stream to ``host`` and the ``trio.current_time()`` it connected at, with
+    the cluster's ``connect_timeout``, ``upstream_bind_config`` and TLS context."""
+    connect_timeout = config.connect_timeout
+    source_address = config.source_address
+    tls: UpstreamTls | None = config.upstream_tls
+    tls_stats = stats.scope
     breakers.connections.inc()
     stats.upstream_cx_total.value += 1
     stats.upstream_cx_active.value += 1

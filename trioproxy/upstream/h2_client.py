@@ -616,13 +616,7 @@ class H2Pool:
         self.stats.upstream_cx_http2_total.value += 1
         try:
             stream, created = await open_connection(
-                self.host,
-                self.stats,
-                self.breakers,
-                connect_timeout=self.config.connect_timeout,
-                source_address=self.config.source_address,
-                tls=self.config.upstream_tls,
-                tls_stats=self.stats.scope,
+                self.host, self.stats, self.breakers, self.config
             )
             return await self.adopt(stream, created, counted=True)
         finally:
@@ -753,13 +747,7 @@ class AutoPool:
                 return await self.chosen.acquire(checked)
             try:
                 stream, created = await open_connection(
-                    self.host,
-                    self.stats,
-                    self.breakers,
-                    connect_timeout=self.config.connect_timeout,
-                    source_address=self.config.source_address,
-                    tls=self.config.upstream_tls,
-                    tls_stats=self.stats.scope,
+                    self.host, self.stats, self.breakers, self.config
                 )
             except UpstreamError:
                 self.stats.upstream_rq_pending_failure_eject.value += 1  # (as the pools do)

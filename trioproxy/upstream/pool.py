@@ -183,9 +183,7 @@ class PoolStatistics:
 class Http1Pool:
     __slots__ = (
         "_closed",
-        "_connect_timeout",
-        "_source_address",
-        "_tls",
+        "_config",
         "_idle",
         "_idle_timeout",
         "_max_requests",
@@ -208,9 +206,7 @@ class Http1Pool:
         self.stats = stats
         self.breakers = breakers
         self.queue = queue
-        self._connect_timeout = config.connect_timeout
-        self._source_address = config.source_address
-        self._tls = config.upstream_tls
+        self._config = config
         self._idle_timeout = config.idle_timeout
         self._max_requests = config.max_requests_per_connection
         self._idle: deque[UpstreamConnection] = deque()
@@ -337,13 +333,7 @@ class Http1Pool:
         self.stats.upstream_cx_http1_total.value += 1
         try:
             stream, created = await open_connection(
-                self.host,
-                self.stats,
-                self.breakers,
-                connect_timeout=self._connect_timeout,
-                source_address=self._source_address,
-                tls=self._tls,
-                tls_stats=self.stats.scope,
+                self.host, self.stats, self.breakers, self._config
             )
         except BaseException:
             self._open -= 1
