@@ -12,12 +12,13 @@ from __future__ import annotations
 import functools
 import ipaddress
 import random
+from typing import Final
 
 from trioproxy.http.headers import Headers
 
 #: Connection-specific headers never forwarded in either direction (RFC 9110 §7.6.1 plus the
 #: ones Envoy also removes).
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         "connection",
         "keep-alive",
@@ -40,9 +41,9 @@ def new_request_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_getrandbits = random.getrandbits
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
+_getrandbits: Final = random.getrandbits
+_UUID_CLEAR: Final = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
+_UUID_SET: Final = (0x4 << 76) | (0x2 << 62)
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None:
@@ -65,7 +66,7 @@ def strip_hop_by_hop(headers: Headers, *, keep_te_trailers: bool = True) -> None
 
 
 #: Stripped from every request that is not internal (Envoy's ``cleanInternalHeaders``) …
-_EXTERNAL_STRIP = (
+_EXTERNAL_STRIP: Final = (
     "x-envoy-retriable-status-codes",
     "x-envoy-retriable-header-names",
     "x-envoy-retry-on",
@@ -82,15 +83,15 @@ _EXTERNAL_STRIP = (
     "x-envoy-hedge-on-per-try-timeout",
 )
 #: … and also from edge requests (``use_remote_address`` and not internal).
-_EDGE_STRIP = (
+_EDGE_STRIP: Final = (
     "x-envoy-decorator-operation",
     "x-envoy-downstream-service-cluster",
     "x-envoy-downstream-service-node",
 )
-_EXTERNAL_STRIP_SET = frozenset(_EXTERNAL_STRIP)
-_EDGE_STRIP_SET = frozenset(_EDGE_STRIP)
+_EXTERNAL_STRIP_SET: Final = frozenset(_EXTERNAL_STRIP)
+_EDGE_STRIP_SET: Final = frozenset(_EDGE_STRIP)
 #: Every request header ``mutate_request_headers`` reads, replaces or removes.
-_ACTED_ON = (
+_ACTED_ON: Final = (
     HOP_BY_HOP
     | _EXTERNAL_STRIP_SET
     | _EDGE_STRIP_SET
@@ -106,12 +107,15 @@ _ACTED_ON = (
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_loopback(ip: str) -> bool:
+def _loopback(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_loopback
     except ValueError:
         return False
+
+
+# (Final, as the other per-request globals here: compiled, it is read without a dict lookup)
+_is_loopback: Final = functools.lru_cache(maxsize=1024)(_loopback)
 
 
 def _in(ip: str, networks: tuple[Network, ...]) -> bool:

@@ -19,7 +19,7 @@ when the upstream closed it, and the pool reads both when it closes the connecti
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Final
 
 import trio
 
@@ -27,9 +27,9 @@ from trioproxy.errors import ProtocolError, UpstreamError
 from trioproxy.http import h1
 from trioproxy.http.headers import Headers
 
-READ_SIZE = 65536
+READ_SIZE: Final = 65536
 #: Methods whose bodiless requests go out without ``content-length: 0`` (Envoy's rule).
-_NO_LENGTH_METHODS = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
+_NO_LENGTH_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "TRACE", "CONNECT"})
 
 
 class Exchange:

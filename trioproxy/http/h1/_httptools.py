@@ -13,7 +13,7 @@ HEAD is parsed by feeding only its head bytes to a throw-away parser.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -42,11 +42,11 @@ def _new(cls: Any, proto: Any) -> Any:
 
 
 # Wire header name → lower-case str; bounded so hostile peers cannot grow it without limit.
-_NAMES: dict[bytes, str] = {}
-_FINAL = object()  # queued after the EndOfMessage of a message that is not keep-alive
+_NAMES: Final[dict[bytes, str]] = {}
+_FINAL: Final = object()  # queued after the EndOfMessage of a message that is not keep-alive
 #: ``_headers`` between a head and the next message (never appended to: ``on_message_begin``
 #: starts a new list, and headers after the head are trailers).
-_NO_HEADERS: list[tuple[str, str]] = []
+_NO_HEADERS: Final[list[tuple[str, str]]] = []
 
 
 class _Abort(Exception):
