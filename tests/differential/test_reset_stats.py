@@ -9,6 +9,8 @@ proxy of each kind serves them all and the counters stay apart.
 
 from __future__ import annotations
 
+import textwrap
+
 import pytest
 import trio
 
@@ -21,14 +23,14 @@ from tests.upstream.test_reset_stats import (
 )
 
 from .harness import (
-    HCM_TYPE,
-    ROUTER_TYPE,
     build_request,
     find_envoy,
     free_port,
+    http_config,
     render,
     run_proxy,
     send_raw,
+    static_cluster,
 )
 
 pytestmark = [
@@ -57,8 +59,7 @@ COMPARED = (
 ROUTE_EXTRA = {
     "timeout": "timeout: 0.5s",
     "per_try": (
-        "timeout: 5s\n"
-        "                  retry_policy: {retry_on: reset, num_retries: 0, per_try_timeout: 0.5s}"
+        "timeout: 5s\n    retry_policy: {retry_on: reset, num_retries: 0, per_try_timeout: 0.5s}"
     ),
 }
 
@@ -66,54 +67,18 @@ ROUTE_EXTRA = {
 def _config(http2: bool) -> str:
     routes = "".join(
         f"""
-              - match: {{path: "{path}"}}
-                route:
-                  cluster: {name}
-                  {ROUTE_EXTRA.get(name, "")}"""
+- match: {{path: "{path}"}}
+  route:
+    cluster: {name}
+    {ROUTE_EXTRA.get(name, "")}"""
         for path, name in CASES.items()
     )
-    options = "\n".join("    " + line for line in H2_OPTIONS.strip().splitlines())
+    options = textwrap.indent(H2_OPTIONS, "  ") if http2 else ""  # under the cluster's name
     clusters = "".join(
-        f"""
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-{options if http2 else ""}
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address:
-                address: 127.0.0.1
-                port_value: {{{"refused_port" if name == "refused" else "upstream_port"}}}"""
+        static_cluster(name, "{refused_port}" if name == "refused" else "{upstream_port}") + options
         for name in CASES.values()
     )
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {{listener_port}}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-          route_config:
-            virtual_hosts:
-            - name: backend
-              domains: ["*"]
-              routes:{routes}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": {ROUTER_TYPE}
-  clusters:{clusters}
-"""
+    return http_config(routes, clusters=clusters)
 
 
 async def _outcomes(kind: str, http2: bool) -> dict[str, tuple[str, dict[str, int]]]:

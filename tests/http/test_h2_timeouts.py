@@ -4,14 +4,15 @@ connection's ``common_http_protocol_options.idle_timeout``."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import hyperframe.frame as hf
 import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
-from tests.support import Backend, Reply, simple_config, start_proxy
+from tests.support import Backend, Proxy, Reply, simple_config, start_proxy
 
 INTERNAL_ERROR = 0x2
 NO_ERROR = 0x0
@@ -62,6 +63,20 @@ async def _stream_frames(client: Raw, sid: int) -> list[hf.Frame]:
                 return frames
 
 
+@contextlib.asynccontextmanager
+async def _proxy_and_client(
+    nursery: trio.Nursery, upstream_port: int, hcm_extra: str
+) -> AsyncIterator[tuple[Proxy, Raw]]:
+    """A proxy to ``upstream_port`` with ``hcm_extra`` and an HTTP/2 client connected to it,
+    closed on leaving; the proxy outlives the block, so its counters can be read after."""
+    proxy = await start_proxy(nursery, simple_config([upstream_port], hcm_extra=hcm_extra))
+    client = await Raw.connect(proxy.port)
+    try:
+        yield proxy, client
+    finally:
+        await client.aclose()
+
+
 def _status(frames: list[hf.Frame]) -> str:
     return str(frames[0].decoded[":status"])  # type: ignore[attr-defined]
 
@@ -88,17 +103,13 @@ async def test_stream_idle_timeout_on_a_whole_request_answers_504(
     port = await nursery.start(backend.serve)
     log = tmp_path / "access.log"
     hcm = "stream_idle_timeout: 0.3s" + ACCESS_LOG.format(path=log)
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         t0 = trio.current_time()
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "504" and _body(frames) == b"stream timeout"
         assert 0.25 <= trio.current_time() - t0 < 2
         assert await client.ping_answered()  # the connection goes on
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
     assert await _wait_log(log, 1) == ["504 SI stream_idle_timeout"]
 
@@ -108,9 +119,7 @@ async def test_stream_idle_timeout_on_a_stalled_request_body_answers_408(
 ) -> None:
     backend = Backend()
     port = await nursery.start(backend.serve)
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, "stream_idle_timeout: 0.3s") as (proxy, client):
         await client.send(
             client.request_headers(
                 1, end_stream=False, method="POST", extra=[("content-length", "10")]
@@ -119,8 +128,6 @@ async def test_stream_idle_timeout_on_a_stalled_request_body_answers_408(
         )
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "408" and _body(frames) == b"stream timeout"
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
 
@@ -133,9 +140,7 @@ async def test_request_timeout_ends_a_request_body_that_keeps_dripping(
     port = await nursery.start(backend.serve)
     log = tmp_path / "access.log"
     hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.6s" + ACCESS_LOG.format(path=log)
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         headers = client.request_headers(
             1, end_stream=False, method="POST", extra=[("content-length", "100")]
         )
@@ -155,8 +160,6 @@ async def test_request_timeout_ends_a_request_body_that_keeps_dripping(
             inner.cancel_scope.cancel()
         assert _status(frames) == "408" and _body(frames) == b"request timeout"
         assert 0.55 <= elapsed < 2
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 1
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
     assert await _wait_log(log, 1) == ["408 - request_overall_timeout"]
@@ -170,17 +173,13 @@ async def test_stream_idle_timeout_after_the_response_started_resets_the_stream(
         await trio.sleep(5)
 
     port = await _raw_backend(nursery, partial)
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, "stream_idle_timeout: 0.3s") as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "200" and _body(frames) == b"ab"
         assert isinstance(frames[-1], hf.RstStreamFrame)
         assert frames[-1].error_code == INTERNAL_ERROR
         assert await client.ping_answered()
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
     assert proxy.stat("http.ingress_http.downstream_rq_tx_reset") == 1
 
@@ -193,15 +192,11 @@ async def test_response_data_keeps_a_slow_stream_alive(nursery: trio.Nursery) ->
             await stream.send_all(b"ab")
 
     port = await _raw_backend(nursery, drip)
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra="stream_idle_timeout: 0.3s"))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, "stream_idle_timeout: 0.3s") as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "200" and _body(frames) == b"ab" * 5
         assert "END_STREAM" in frames[-1].flags
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
 
 
@@ -209,9 +204,7 @@ async def test_an_idle_connection_gets_goaway_and_is_closed(nursery: trio.Nurser
     backend = Backend()
     port = await nursery.start(backend.serve)
     hcm = "common_http_protocol_options: {idle_timeout: 0.4s}"
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "200"
@@ -221,8 +214,6 @@ async def test_an_idle_connection_gets_goaway_and_is_closed(nursery: trio.Nurser
         assert goaway.error_code == NO_ERROR and goaway.last_stream_id == 1
         assert 0.35 <= trio.current_time() - t0 < 2
         assert await client.next_frame() is None and client.closed
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 1
 
 
@@ -232,14 +223,10 @@ async def test_an_open_stream_keeps_the_connection_from_idling_out(
     backend = Backend(handler=lambda r: Reply(delay=0.8))
     port = await nursery.start(backend.serve)
     hcm = "common_http_protocol_options: {idle_timeout: 0.3s}"
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)  # GOAWAY would come first if it idled out
         assert _status(frames) == "200" and _body(frames) == b"ok"
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 0
 
 
@@ -247,9 +234,7 @@ async def test_request_timeout_stops_once_the_request_is_whole(nursery: trio.Nur
     backend = Backend(handler=lambda r: Reply(delay=0.8))
     port = await nursery.start(backend.serve)
     hcm = "stream_idle_timeout: 0s\nrequest_timeout: 0.3s"
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(
             client.request_headers(
                 1, end_stream=False, method="POST", extra=[("content-length", "2")]
@@ -258,8 +243,6 @@ async def test_request_timeout_stops_once_the_request_is_whole(nursery: trio.Nur
         )
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "200" and _body(frames) == b"ok"
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0
 
 
@@ -276,9 +259,7 @@ async def test_a_streaming_response_stops_the_request_timeout(nursery: trio.Nurs
 
     port = await _raw_backend(nursery, slow_answer)
     hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.3s"
-    proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
-    client = await Raw.connect(proxy.port)
-    try:
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(
             client.request_headers(
                 1, end_stream=False, method="POST", extra=[("content-length", "100")]
@@ -288,6 +269,4 @@ async def test_a_streaming_response_stops_the_request_timeout(nursery: trio.Nurs
         frames = await _stream_frames(client, 1)  # the request never ends
         assert _status(frames) == "200" and _body(frames) == b"ab" * 6
         assert "END_STREAM" in frames[-1].flags
-    finally:
-        await client.aclose()
     assert proxy.stat("http.ingress_http.downstream_rq_timeout") == 0

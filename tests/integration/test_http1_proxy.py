@@ -10,7 +10,16 @@ import pytest
 import trio
 import trio.testing
 
-from tests.support import Backend, Client, Reply, header, raw_exchange, simple_config, start_proxy
+from tests.support import (
+    Backend,
+    Client,
+    Handler,
+    Reply,
+    header,
+    raw_exchange,
+    simple_config,
+    start_proxy,
+)
 
 
 async def _setup(nursery: trio.Nursery, backends: int = 1, **kw: object):  # type: ignore[no-untyped-def]
@@ -352,28 +361,27 @@ async def test_idle_keep_alive_connection_is_closed_after_idle_timeout(
     await stream.aclose()
 
 
-async def test_stream_idle_timeout_answers_504_for_a_whole_request(nursery: trio.Nursery) -> None:
-    """The request was in: the wait that timed out was the upstream's (504, as Envoy 1.40)."""
-    backend = Backend()
-    backend.handler = lambda r: Reply(delay=3.0)
+@pytest.mark.parametrize(
+    ("request_bytes", "handler", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nhost: a\r\n\r\n", lambda r: Reply(delay=3.0), b"504"),
+        (b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab", None, b"408"),
+    ],
+    ids=["whole-request-504", "stalled-body-408"],
+)
+async def test_stream_idle_timeout_answers_for_whose_wait_timed_out(
+    nursery: trio.Nursery, request_bytes: bytes, handler: Handler | None, status: bytes
+) -> None:
+    """The request was in: the wait that timed out was the upstream's (504, as Envoy 1.40).
+    The body stalled: it was the client's (408)."""
+    backend = Backend(handler=handler)
     await nursery.start(backend.serve)
     proxy = await start_proxy(
         nursery, simple_config([backend.port], hcm_extra="stream_idle_timeout: 0.2s")
     )
     with trio.fail_after(5):
-        out = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 504")
-    assert out.endswith(b"stream timeout")
-    assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
-
-
-async def test_stream_idle_timeout_answers_408_for_a_stalled_body(nursery: trio.Nursery) -> None:
-    (backend,), proxy = await _setup(nursery, hcm_extra="stream_idle_timeout: 0.2s")
-    with trio.fail_after(5):
-        out = await raw_exchange(
-            proxy.port, b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab"
-        )
-    assert out.startswith(b"HTTP/1.1 408")
+        out = await raw_exchange(proxy.port, request_bytes)
+    assert out.startswith(b"HTTP/1.1 " + status)
     assert out.endswith(b"stream timeout")
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 1
 

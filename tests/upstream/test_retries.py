@@ -13,6 +13,7 @@ import trio
 from tests.support import (
     Backend,
     Client,
+    Handler,
     Recorded,
     Reply,
     free_ports,
@@ -207,6 +208,27 @@ async def test_a_body_past_the_buffer_limit_is_not_retried(nursery: trio.Nursery
     assert len(backend.requests) == 1 + 2  # the large body once, the small one twice
 
 
+async def _request_past_a_per_try_timeout(
+    nursery: trio.Nursery, handler: Handler, policy: str
+) -> tuple[int, bytes]:
+    """One GET through a route with retry ``policy`` to a backend answering with ``handler``,
+    whose first answer outlasts the policy's ``per_try_timeout``. Checks that attempt was given
+    up well before it answered and counted as a per-try timeout, not the route's; returns the
+    client's status and body."""
+    port = await nursery.start(Backend(handler=handler).serve)
+    proxy = await start_proxy(nursery, simple_config([port], routes=retry_routes(policy)))
+    client = await Client.connect(proxy.port)
+    start = trio.current_time()
+    try:
+        resp, body = await client.request("GET", "/")
+    finally:
+        await client.aclose()
+    assert trio.current_time() - start < 1.5
+    assert proxy.stat("cluster.backend.upstream_rq_per_try_timeout") == 1
+    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 0
+    return resp.status_code, body
+
+
 async def test_per_try_timeout_gives_a_slow_attempt_up(nursery: trio.Nursery) -> None:
     calls: list[int] = []
 
@@ -214,22 +236,8 @@ async def test_per_try_timeout_gives_a_slow_attempt_up(nursery: trio.Nursery) ->
         calls.append(1)
         return Reply(delay=2.0) if len(calls) == 1 else Reply(body=b"quick")
 
-    backend = Backend(handler=handler)
-    port = await nursery.start(backend.serve)
-    proxy = await start_proxy(
-        nursery,
-        simple_config([port], routes=retry_routes("{retry_on: 5xx, per_try_timeout: 0.2s}")),
-    )
-    client = await Client.connect(proxy.port)
-    start = trio.current_time()
-    try:
-        resp, body = await client.request("GET", "/")
-    finally:
-        await client.aclose()
-    assert (resp.status_code, body) == (200, b"quick")
-    assert trio.current_time() - start < 1.5
-    assert proxy.stat("cluster.backend.upstream_rq_per_try_timeout") == 1
-    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 0
+    policy = "{retry_on: 5xx, per_try_timeout: 0.2s}"
+    assert await _request_past_a_per_try_timeout(nursery, handler, policy) == (200, b"quick")
 
 
 async def test_per_try_timeout_bounds_the_only_attempt_without_retries(
@@ -237,20 +245,9 @@ async def test_per_try_timeout_bounds_the_only_attempt_without_retries(
 ) -> None:
     """``num_retries: 0``: no retry, but the one attempt still has ``per_try_timeout`` (504
     counted as a per-try timeout, as Envoy does), not the route's 5 s."""
-    backend = Backend(handler=lambda rec: Reply(delay=2.0))
-    port = await nursery.start(backend.serve)
-    routes = retry_routes("{retry_on: 5xx, num_retries: 0, per_try_timeout: 0.2s}")
-    proxy = await start_proxy(nursery, simple_config([port], routes=routes))
-    client = await Client.connect(proxy.port)
-    start = trio.current_time()
-    try:
-        resp, body = await client.request("GET", "/")
-    finally:
-        await client.aclose()
-    assert (resp.status_code, body) == (504, b"upstream request timeout")
-    assert trio.current_time() - start < 1.5
-    assert proxy.stat("cluster.backend.upstream_rq_per_try_timeout") == 1
-    assert proxy.stat("cluster.backend.upstream_rq_timeout") == 0
+    policy = "{retry_on: 5xx, num_retries: 0, per_try_timeout: 0.2s}"
+    answer = await _request_past_a_per_try_timeout(nursery, lambda rec: Reply(delay=2.0), policy)
+    assert answer == (504, b"upstream request timeout")
 
 
 async def test_retriable_status_codes_and_attempt_count_headers(nursery: trio.Nursery) -> None:
