@@ -1,8 +1,8 @@
 """Stream timeouts through real Envoy and trioproxy: ``stream_idle_timeout`` and
 ``request_timeout`` on HTTP/2 streams and HTTP/1.1 requests, against an upstream that is slow
 to answer, stops halfway through its body, or trickles it. Compared: what each client got
-(status, body, how the stream ended), the timeout and reset counters, and the access log's
-code, flags and details."""
+(status, body, how the stream ended; on HTTP/1.1, whether the connection then carries a next
+request), the timeout and reset counters, and the access log's code, flags and details."""
 
 from __future__ import annotations
 
@@ -120,6 +120,45 @@ async def _h2_case(port: int, method: str, path: str, body: bytes, length: int, 
     return f"{status} {data!r} {end}"
 
 
+async def _h1_response(stream: trio.SocketStream) -> str:
+    """One response with a Content-Length (all of them here): status, Connection header and
+    body; or "closed" if the connection ends (or is reset) first."""
+    buf = b""
+    try:
+        while b"\r\n\r\n" not in buf:
+            data = await stream.receive_some(65536)
+            if not data:
+                return "closed"
+            buf += data
+        head, _, body = buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+        while len(body) < int(headers["content-length"]):
+            data = await stream.receive_some(65536)
+            if not data:
+                break
+            body += data
+    except trio.BrokenResourceError:
+        return "closed"
+    return f"{lines[0].split(' ')[1]} connection={headers.get('connection')} {body!r}"
+
+
+async def _h1_case(port: int, raw: bytes) -> str:
+    """``raw`` on a new connection, then a next request on the same connection: both answers
+    (or "closed"). A stream timeout ends its stream; whether the connection goes on after it
+    is what Envoy decides from the request's state."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        with trio.fail_after(5):
+            await stream.send_all(raw)
+            first = await _h1_response(stream)
+            try:
+                await stream.send_all(b"GET /trickle HTTP/1.1\r\nhost: a\r\n\r\n")
+            except trio.BrokenResourceError:
+                return f"HTTP/1.1 {first}, then closed"
+            return f"HTTP/1.1 {first}, then {await _h1_response(stream)}"
+
+
 async def _outcomes(kind: str, tmp: Path) -> tuple[list[str], dict[str, int], list[str]]:
     log = tmp / f"{kind}.log"
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -136,12 +175,12 @@ async def _outcomes(kind: str, tmp: Path) -> tuple[list[str], dict[str, int], li
             got.append(await _h2_case(lp, "POST", "/slow", b"a", 100, True))
             got.append(await _h2_case(lp, "POST", "/trickle", b"a", 100, False))
             for raw in (
-                build_request("GET", "/slow", host="a"),
+                build_request("GET", "/slow", host="a"),  # (Connection: close)
+                b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n",
+                b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nab",
                 b"POST /slow HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nab",
             ):
-                with trio.fail_after(5):
-                    resp = await send_raw(lp, raw)
-                got.append(f"HTTP/1.1 {resp.status} {resp.body!r}")
+                got.append(await _h1_case(lp, raw))
             await trio.sleep(0.3)  # the access log is written
             stats_page = await send_raw(proxy.admin_port, build_request("GET", "/stats", host="a"))
         nursery.cancel_scope.cancel()

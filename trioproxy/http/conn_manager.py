@@ -16,8 +16,11 @@ ahead but answered strictly in order). For each request:
 5. record stats, call log phases and access loggers.
 
 Everything a stream does happens inside its cancel scope: a stream timeout cancels whatever a
-filter was awaiting. A filter that raises fails only its stream (500, or a closed connection if
-the response had started), and is counted in ``http.<prefix>.downstream_rq_filter_error``.
+filter was awaiting (and the upstream exchange, whose connection is then closed, not pooled).
+After the 504 of a stream idle timeout on a whole request the connection goes on under a new
+scope, as Envoy's does; a 408 (the request body unread) closes it. A filter that raises fails
+only its stream (500, or a closed connection if the response had started), and is counted in
+``http.<prefix>.downstream_rq_filter_error``.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ class Http1Connection:
         "_idle",
         "_rq_deadline",
         "_expired",
+        "_rejected",
         "_scope",
         "_stream",
         "_dog",
@@ -140,6 +144,7 @@ class Http1Connection:
         self._idle_expired = False
         self._rq_deadline = math.inf  # request_timeout, while the request is incomplete
         self._expired: str | None = None  # "idle" or "request" once a stream timed out
+        self._rejected = False  # a request was rejected (bad head): no keep-alive after it
         self._scope = trio.CancelScope()
         self._stream: HttpStream | None = None
         self._dog = watchdog.current()
@@ -163,7 +168,8 @@ class Http1Connection:
         draining, park: wake the waiting read with ``notify_closing`` (without closing), and
         ``_wait_first_bytes`` returns the connection to the listener as ``Parked``. During a
         stream: cancel the connection's scope, which cancels whatever the stream's filters
-        await; ``run`` then answers 408 if the response has not started, and closes."""
+        await; ``_serve`` then answers 504 or 408 if the response has not started (see
+        ``_stream_timed_out``), and goes on under a new scope or closes."""
         if self._idle:
             transport = self.conn.transport
             sock = transport.socket
@@ -281,26 +287,40 @@ class Http1Connection:
         st = self.stats
         drain = self.conn.drain
         try:
-            with self._scope:
-                while True:
-                    head = await self._read_head()
-                    if head is None:
-                        break
-                    keep_alive = await self._serve_request(head)
-                    head = None  # an idle connection keeps nothing of its last request
-                    if not keep_alive:
-                        st.downstream_cx_destroy_local.value += 1
-                        break
-                    if drain.draining and drain.close_idle:
-                        # (A listener update waits for the next request instead, answered
-                        # with Connection: close: this response may have promised keep-alive.)
-                        st.downstream_cx_drain_close.value += 1
-                        break
-                    self.parser.start_next_cycle()
-            if self._expired == "peer":
-                self._peer_gone()
-            elif self._expired is not None:
-                await self._stream_timed_out()
+            while True:
+                head: h1.RequestHead | None = None
+                with self._scope:
+                    while True:
+                        head = await self._read_head()
+                        if head is None:
+                            break
+                        keep_alive = await self._serve_request(head)
+                        head = None  # an idle connection keeps nothing of its last request
+                        if not keep_alive:
+                            st.downstream_cx_destroy_local.value += 1
+                            break
+                        if drain.draining and drain.close_idle:
+                            # (A listener update waits for the next request instead, answered
+                            # with Connection: close: this response may have promised
+                            # keep-alive.)
+                            st.downstream_cx_drain_close.value += 1
+                            break
+                        self.parser.start_next_cycle()
+                if self._expired is None:
+                    break
+                if self._expired == "peer":
+                    self._peer_gone()
+                    break
+                if not await self._stream_timed_out(head):
+                    break
+                # A 504 after a whole request (as Envoy): the connection carries on, under a
+                # new scope (the timeout spent this one).
+                if drain.draining and drain.close_idle:
+                    st.downstream_cx_drain_close.value += 1
+                    break
+                self._expired = None
+                self._scope = trio.CancelScope()
+                self.parser.start_next_cycle()
         except _Park:
             self._scope = _PARKED_SCOPE
             return self
@@ -337,23 +357,32 @@ class Http1Connection:
         stream.info.end_monotonic = _now()
         self._log(stream)
 
-    async def _stream_timed_out(self) -> None:
-        """The watchdog cancelled the current stream: answer 408 if nothing was sent yet."""
+    async def _stream_timed_out(self, head: h1.RequestHead | None) -> bool:
+        """The watchdog cancelled the current stream (of ``head``): answer if nothing was sent
+        yet, and return whether the connection may carry another request. As Envoy 1.40, it
+        may after a 504 (the request was whole: nothing of it is left unread) if the request
+        allowed keep-alive; a 408 (the rest of the body unread) or a cut response closes."""
         stream = self._stream
         assert stream is not None
+        self._stream = None
         st = self.stats
         info = stream.info
         assert self._expired is not None
-        # (after a 504 Envoy 1.40 keeps the connection open; this one closes)
         reply = timeout_reply(st, stream, self._expired, self._body_done)
+        keep_alive = False
         if info.response_code == 0:
             head_only = stream.request_headers.get(":method") == "HEAD"
-            await self._write_local_reply(stream, reply, head_only, False)
+            # (the request timeout fires only while the body is incomplete: a 408 that closes)
+            keep_alive = (
+                head is not None and head.keep_alive and head.upgrade is None and not self._rejected
+            )
+            keep_alive = await self._write_local_reply(stream, reply, head_only, keep_alive)
         else:  # the response is cut: the connection closes under it (a reset, for Envoy)
             info.response_code_details = reply.details
             st.downstream_rq_tx_reset.value += 1
         info.end_monotonic = _now()
         self._log(stream)
+        return keep_alive
 
     async def _read_head(self) -> h1.RequestHead | None:
         """The next request head, or None when the connection should close quietly."""
@@ -533,6 +562,7 @@ class Http1Connection:
             if reject is not None:
                 result: Response | LocalReply = reject
                 keep_alive = False
+                self._rejected = True  # (the connection ends with this request)
             else:
                 result = await self._decode(stream)
             if type(result) is LocalReply:
