@@ -287,6 +287,7 @@ class Http1Connection:
         st = self.stats
         drain = self.conn.drain
         try:
+            keep_alive = False
             while True:
                 head: h1.RequestHead | None = None
                 with self._scope:
@@ -305,8 +306,21 @@ class Http1Connection:
                             # keep-alive.)
                             st.downstream_cx_drain_close.value += 1
                             break
+                        if self._expired is not None:
+                            break  # see below: a timeout that fired as the stream ended
                         self.parser.start_next_cycle()
                 if self._expired is None:
+                    break
+                if self._stream is None:
+                    # The timeout (or the client's close) was noticed in the scheduler batch
+                    # where its stream finished whole: nothing is left to answer, and the
+                    # cancellation must not reach the next request. A connection ending
+                    # anyway (not keep-alive, draining) has been counted above.
+                    if keep_alive and not (drain.draining and drain.close_idle):
+                        self._expired = None
+                        self._scope = trio.CancelScope()
+                        self.parser.start_next_cycle()
+                        continue
                     break
                 if self._expired == "peer":
                     self._peer_gone()
