@@ -1,4 +1,5 @@
-"""HTTP/2 from the client to the proxy: prior knowledge, TLS with ALPN, bodies, GOAWAY."""
+"""HTTP/2 from the client to the proxy: prior knowledge, TLS with ALPN, bodies, GOAWAY on a
+drain (a listener removed, a shutdown)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import contextlib
 import json
 import shutil
 
+import hyperframe.frame as hf
 import pytest
 import trio
 import trustme
 
 from tests.h2client import H2Client, H2Error
-from tests.support import Backend, simple_config, start_proxy
+from tests.h2spec.raw import Raw
+from tests.support import Backend, free_ports, simple_config, start_proxy
+from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
+from tests.xds.test_ads import served
+from trioproxy.testing.xds_server import AdsServer
 
 CURL = shutil.which("curl")
 
@@ -86,6 +92,78 @@ async def test_goaway_on_drain_lets_the_stream_in_flight_finish(nursery: trio.Nu
         release.set()
     assert result[0][0] == 200 and result[0][2] == b"late"  # type: ignore[index]
     await client.aclose()
+
+
+async def _goaways_until_closed(client: Raw) -> list[tuple[float, int | None]]:
+    """Each GOAWAY NO_ERROR the proxy sends until it closes, as (seconds since the call, last
+    stream id), and (seconds, ``None``) for the close."""
+    t0 = trio.current_time()
+    got: list[tuple[float, int | None]] = []
+    with trio.fail_after(8):
+        while not got or got[-1][1] is not None:
+            f = await client.next_frame(timeout=8)
+            if f is None:
+                got.append((trio.current_time() - t0, None))
+            elif isinstance(f, hf.GoAwayFrame):
+                assert f.error_code == 0
+                got.append((trio.current_time() - t0, f.last_stream_id))
+    return got
+
+
+async def test_a_removed_listener_closes_its_http2_connections_in_two_goaways(
+    nursery: trio.Nursery,
+) -> None:
+    """A listener update or removal starts Envoy's graceful close at once: GOAWAY 2^31-1,
+    the final GOAWAY ``drain_timeout`` later, the close 1 s after it."""
+    backend = Backend()
+    bport = await nursery.start(backend.serve)
+    (lport,) = free_ports(1)
+    ads = AdsServer()
+    ads.start()
+    try:
+        proxy = await start_proxy(nursery, bootstrap(ads.port), drain_time=5.0)
+        lds = listener("l", lport)
+        lds["filter_chains"][0]["filters"][0]["typed_config"]["drain_timeout"] = "0.5s"
+        ads.set(CDS, "1", [cluster("c", bport)])
+        ads.set(LDS, "1", [lds])
+        ads.set(RDS, "1", [route("local_route", "c")])
+        await served(lport, b"backend")
+        client = await Raw.connect(lport)
+        try:
+            await client.send(client.request_headers(1))
+            assert await client.response_status(1) == 200
+            ads.set(LDS, "2", [])
+            got = await _goaways_until_closed(client)
+        finally:
+            await client.aclose()
+    finally:
+        ads.stop()
+    (t1, first), (t2, final), (t3, end) = got
+    assert first == 2**31 - 1 and final == 1 and end is None
+    assert t1 < 1 and 0.4 <= t2 - t1 < 1 and 0.9 <= t3 - t2 < 1.5
+    assert proxy.stat("http.http.downstream_cx_drain_close") == 1
+    assert proxy.stat("http.http.http2.goaway_sent") == 1
+
+
+async def test_shutdown_sends_an_idle_connection_the_final_goaway_at_once(
+    nursery: trio.Nursery,
+) -> None:
+    """A shutdown does not announce: idle connections close at once, as HTTP/1.1 ones do."""
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    proxy = await start_proxy(nursery, simple_config([port]), drain_time=5.0)
+    client = await Raw.connect(proxy.port)
+    try:
+        await client.send(client.request_headers(1))
+        assert await client.response_status(1) == 200
+        proxy.server.request_shutdown()
+        final = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame))
+        assert isinstance(final, hf.GoAwayFrame)
+        assert final.error_code == 0 and final.last_stream_id == 1
+    finally:
+        await client.aclose()  # the client closes on it: the proxy need not wait
+    assert proxy.stat("http.ingress_http.downstream_cx_drain_close") == 1
+    assert proxy.stat("http.ingress_http.http2.goaway_sent") == 1
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")

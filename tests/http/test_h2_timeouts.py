@@ -1,6 +1,7 @@
 """Timeouts on HTTP/2 streams and connections, answered as Envoy 1.40 answers them (each case
-was run side by side with Envoy): ``stream_idle_timeout``, ``request_timeout`` and the
-connection's ``common_http_protocol_options.idle_timeout``."""
+was run side by side with Envoy): ``stream_idle_timeout``, ``request_timeout``, and the
+connection's ``common_http_protocol_options.idle_timeout`` with the graceful close it starts
+(two GOAWAYs ``drain_timeout`` apart, then the delayed close)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ import hyperframe.frame as hf
 import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
-from tests.support import Backend, Proxy, Reply, simple_config, start_proxy
+from tests.support import Backend, Proxy, Reply, simple_config, start_proxy, until
 
 INTERNAL_ERROR = 0x2
 NO_ERROR = 0x0
+REFUSED_STREAM = 0x7
+#: the last stream id of the GOAWAY that announces a graceful close
+MAX_STREAM_ID = 2**31 - 1
 
 ACCESS_LOG = """
 access_log:
@@ -200,21 +204,106 @@ async def test_response_data_keeps_a_slow_stream_alive(nursery: trio.Nursery) ->
     assert proxy.stat("http.ingress_http.downstream_rq_idle_timeout") == 0
 
 
-async def test_an_idle_connection_gets_goaway_and_is_closed(nursery: trio.Nursery) -> None:
+async def _until_closed(client: Raw, t0: float) -> list[tuple[float, hf.Frame | None]]:
+    """The GOAWAY frames the proxy sends until it closes, and ``None`` for the close, each
+    with its time since ``t0``."""
+    got: list[tuple[float, hf.Frame | None]] = []
+    with trio.fail_after(6):
+        while not got or got[-1][1] is not None:
+            f = await client.next_frame(timeout=6)
+            if f is None or isinstance(f, hf.GoAwayFrame):
+                got.append((trio.current_time() - t0, f))
+    return got
+
+
+def _goaway(f: hf.Frame | None) -> int | None:
+    """The last stream id of a GOAWAY NO_ERROR; ``None`` for any other frame."""
+    if isinstance(f, hf.GoAwayFrame) and f.error_code == NO_ERROR:
+        return int(f.last_stream_id)
+    return None
+
+
+async def test_an_idle_connection_is_closed_in_two_goaways_as_in_envoy(
+    nursery: trio.Nursery,
+) -> None:
+    """Envoy 1.40's graceful close: GOAWAY 2^31-1 when the idle timeout fires, the final
+    GOAWAY (last stream id) ``drain_timeout`` later, and the close 1 s after that when the
+    client does not close first."""
     backend = Backend()
     port = await nursery.start(backend.serve)
-    hcm = "common_http_protocol_options: {idle_timeout: 0.4s}"
+    hcm = "common_http_protocol_options: {idle_timeout: 0.3s}\ndrain_timeout: 0.6s"
     async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
         assert _status(frames) == "200"
-        t0 = trio.current_time()
-        goaway = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
-        assert isinstance(goaway, hf.GoAwayFrame)
-        assert goaway.error_code == NO_ERROR and goaway.last_stream_id == 1
-        assert 0.35 <= trio.current_time() - t0 < 2
-        assert await client.next_frame() is None and client.closed
+        got = await _until_closed(client, trio.current_time())
+    (t1, first), (t2, final), (t3, end) = got
+    assert _goaway(first) == MAX_STREAM_ID and _goaway(final) == 1 and end is None
+    assert 0.25 <= t1 < 1
+    assert 0.5 <= t2 - t1 < 1
+    assert 0.9 <= t3 - t2 < 1.5
     assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 1
+    assert proxy.stat("http.ingress_http.http2.goaway_sent") == 1  # the final GOAWAY
+    assert proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout") == 1
+    assert proxy.stat("http.ingress_http.downstream_cx_drain_close") == 0
+
+
+async def test_a_stream_opened_between_the_goaways_is_served(nursery: trio.Nursery) -> None:
+    """The stream is served, the final GOAWAY names it and still comes ``drain_timeout``
+    after the first; the idle timeout fires again meanwhile and is counted again, as in
+    Envoy. A client that closes on the final GOAWAY is not waited for."""
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    hcm = "common_http_protocol_options: {idle_timeout: 0.3s}\ndrain_timeout: 0.8s"
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
+        first = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
+        t1 = trio.current_time()
+        assert _goaway(first) == MAX_STREAM_ID
+        await client.send(client.request_headers(1))
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200"
+        final = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
+        assert _goaway(final) == 1
+        assert 0.7 <= trio.current_time() - t1 < 1.3
+    await until(lambda: proxy.stat("http.ingress_http.downstream_cx_destroy") == 1)
+    assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 2
+    assert proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout") == 0
+    assert len(backend.requests) == 1
+
+
+async def test_a_stream_open_at_the_final_goaway_finishes_before_the_close(
+    nursery: trio.Nursery,
+) -> None:
+    backend = Backend(handler=lambda r: Reply(delay=0.8))
+    port = await nursery.start(backend.serve)
+    hcm = "common_http_protocol_options: {idle_timeout: 0.3s}\ndrain_timeout: 0.3s"
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
+        first = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
+        assert _goaway(first) == MAX_STREAM_ID
+        await client.send(client.request_headers(1))
+        final = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame), timeout=3)
+        assert _goaway(final) == 1
+        await client.send(client.request_headers(3))  # after the final GOAWAY: refused
+        refused = await client.wait_for(lambda f: isinstance(f, hf.RstStreamFrame), timeout=3)
+        assert isinstance(refused, hf.RstStreamFrame)
+        assert refused.stream_id == 3 and refused.error_code == REFUSED_STREAM
+        frames = await _stream_frames(client, 1)
+        assert _status(frames) == "200" and _body(frames) == b"ok"
+        t0 = trio.current_time()
+        assert await client.next_frame(timeout=3) is None and client.closed
+        assert 0.9 <= trio.current_time() - t0 < 1.5  # the delayed close
+    assert len(backend.requests) == 1
+
+
+async def test_a_zero_drain_timeout_sends_both_goaways_at_once(nursery: trio.Nursery) -> None:
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    hcm = "common_http_protocol_options: {idle_timeout: 0.3s}\ndrain_timeout: 0s"
+    async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
+        got = await _until_closed(client, trio.current_time())
+    (t1, first), (t2, final), (_, end) = got
+    assert _goaway(first) == MAX_STREAM_ID and _goaway(final) == 0 and end is None
+    assert t2 - t1 < 0.2
 
 
 async def test_an_open_stream_keeps_the_connection_from_idling_out(

@@ -355,7 +355,7 @@ class HcmConfig:
             request_headers_timeout=_timeout(d.get("request_headers_timeout"), 10.0),
             stream_idle_timeout=_timeout(d.get("stream_idle_timeout"), 300.0),
             request_timeout=_timeout(d.get("request_timeout"), 300.0),
-            drain_timeout=duration(d.get("drain_timeout"), 5.0) or 5.0,
+            drain_timeout=_drain_timeout(d.get("drain_timeout")),
             max_request_headers_bytes=int(max_kb) * 1024,
             max_headers_count=int(common.get("max_headers_count", 100)),
             normalize_path=d.get("normalize_path", True),
@@ -405,6 +405,13 @@ def _timeout(value: str | None, default: float) -> float | None:
         return default
     seconds = duration(value, default)
     return seconds or None
+
+
+def _drain_timeout(value: str | None) -> float:
+    """``drain_timeout``, 5 s unless set; 0 is kept (Envoy 1.40 then sends its two GOAWAYs
+    together), not read as "disabled" like the timeouts above."""
+    seconds = duration(value, 5.0)
+    return 5.0 if seconds is None else seconds
 
 
 def _internal_networks(d: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -15,8 +15,20 @@ within the peer's windows, waiting for WINDOW_UPDATE when they are spent.
 RST_STREAM from the client cancels that stream's scope, and whatever its filters awaited with
 it; the connection lives on.
 
-A drain (shutdown or a listener update) sends GOAWAY with the last stream id: streams in flight
-finish, new ones are refused, and the connection closes when the last one ends.
+Graceful close, as Envoy 1.40's connection manager does it (checked side by side): a GOAWAY
+announcing it (NO_ERROR, last stream id 2^31-1: streams the client opens until the final one
+are still served), ``drain_timeout`` (5 s) later the final GOAWAY (the last stream id seen;
+a stream opened after it is refused with REFUSED_STREAM, where Envoy ignores it), and once no
+stream is left, the close: when the client closes, or ``DELAYED_CLOSE_TIMEOUT`` (1 s) later,
+``downstream_cx_delayed_close_timeout``. The final GOAWAY counts ``http2.goaway_sent``. All
+three timers are the watchdog's.
+
+The connection idle timeout starts it, and so does a listener update or removal,
+``downstream_cx_drain_close`` (Envoy starts it at the connection's next response; here every
+connection starts at once). A connection still open when the listener's drain time ends is
+closed then: with the defaults (5 s each), usually before its final GOAWAY. A shutdown sends
+the final GOAWAY at once: streams in flight finish, and an idle connection closes as idle
+HTTP/1.1 ones do.
 
 Limits (../shared/DEFAULTS.md): ``max_concurrent_streams`` 100, stream window 64 KiB,
 connection window 1 MiB, header list ``max_request_headers_kb``, and Envoy's flood
@@ -44,11 +56,9 @@ Envoy 1.40 answers them (checked side by side):
   ``downstream_rq_idle_timeout``.
 - ``request_timeout``: the request not whole that long after its HEADERS, and no response
   started: 408 "request timeout", ``downstream_rq_timeout``.
-- ``common_http_protocol_options.idle_timeout``: no stream open for that long: GOAWAY
-  (NO_ERROR, the last stream id seen) and close once it is out, ``downstream_cx_idle_timeout``.
-  (Envoy first sends a GOAWAY announcing the shutdown and closes ``drain_timeout`` later; a
-  stream the client opens in that gap is served there and refused here, REFUSED_STREAM, which
-  clients retry.)
+- ``common_http_protocol_options.idle_timeout``: no stream open for that long: the graceful
+  close above, ``downstream_cx_idle_timeout``. The timeout runs on while draining, and firing
+  again then only counts (as in Envoy).
 
 Not yet: extended CONNECT, the priority and WINDOW_UPDATE flood counters.
 """
@@ -117,6 +127,10 @@ PREMATURE_RESET_MIN_STREAMS = 500
 #: How long the last frames (a GOAWAY) may take to go out before the connection closes anyway
 #: (Envoy's ``delayed_close_timeout`` default).
 FINAL_FLUSH_TIMEOUT = 1.0
+#: After the final GOAWAY, with no stream left: how long the client may take to close first
+#: (Envoy's ``delayed_close_timeout`` default), so that our close cannot turn into a TCP reset
+#: that loses the GOAWAY; then we close, ``downstream_cx_delayed_close_timeout``.
+DELAYED_CLOSE_TIMEOUT = 1.0
 #: The name of every stream's task (trio's default is built per task: repr() of the method).
 _STREAM_TASK = "trioproxy.http.h2_connection stream"
 
@@ -224,6 +238,15 @@ class Http2Connection(H2Handler):
         )
         #: the client closed or reset the connection: streams still running end as ``DC``
         self._client_gone = False
+        #: The graceful close, as Envoy's connection manager does it: ``_draining`` once the
+        #: GOAWAY announcing it is out (new streams still served), ``_closing`` once the final
+        #: GOAWAY is (``_goaway_sent`` too: no new streams), ``_lingering`` once no stream is
+        #: left either: the client's bytes are no longer read, and we close when it does or
+        #: ``DELAYED_CLOSE_TIMEOUT`` later.
+        self._draining = False
+        self._closing = False
+        self._lingering = False
+        #: Any GOAWAY that ends the connection is out (the final one, or an error's).
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8).
         self._peer_goaway = False
@@ -237,8 +260,15 @@ class Http2Connection(H2Handler):
         self._closed_streams = 0
         self._premature_resets = 0
         self._dog = watchdog.current()
-        #: the watchdog's: when the connection idle timeout fires (no stream open)
+        #: The connection's timers, on trio's clock (``inf``: not armed): the idle timeout
+        #: (no stream open), the final GOAWAY (``drain_timeout`` after the announcing one) and
+        #: the delayed close. The watchdog sees the soonest as ``deadline`` and calls
+        #: ``expire``; the connection is registered with it from start to end.
+        self._idle_at = math.inf
+        self._drain_at = math.inf
+        self._close_at = math.inf
         self.deadline = math.inf
+        self._delayed_close_timeout = cfg.scope.counter("downstream_cx_delayed_close_timeout")
 
     # ------------------------------------------------------------------ I/O
 
@@ -252,24 +282,67 @@ class Http2Connection(H2Handler):
         self._stop()
 
     def _idle_from_now(self) -> None:
-        """No stream is open: the connection idle timeout starts."""
+        """No stream is open: the connection idle timeout starts. (It runs while draining
+        too, as in Envoy, where firing then only counts ``downstream_cx_idle_timeout``.)"""
         timeout = self.cfg.idle_timeout
-        self.deadline = math.inf if timeout is None else watchdog.now() + timeout
+        self._idle_at = (
+            math.inf if timeout is None or self._goaway_sent else watchdog.now() + timeout
+        )
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
 
     def expire(self) -> None:
-        """The connection idle timeout fired: GOAWAY, then close once it is out."""
-        if self._streams or self._goaway_sent:
+        """A connection timer fired (the watchdog's): the idle timeout starts the graceful
+        close, the drain timeout sends the final GOAWAY, the delayed close closes."""
+        now = watchdog.now()
+        if self._close_at <= now:  # the client did not close after the final GOAWAY
+            self._close_at = math.inf
+            self._delayed_close_timeout.value += 1
+            self._stop()
+        if self._idle_at <= now:
+            self._idle_at = math.inf
+            self.stats.downstream_cx_idle_timeout.value += 1
+            if not self._draining:
+                self._announce()
+        if self._drain_at <= now:
+            self._final_goaway()
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
+        self._dog.add(self)  # (the watchdog let go of it to call this)
+
+    def _announce(self) -> None:
+        """Start the graceful close (Envoy's drain sequence): a GOAWAY with the highest stream
+        id, so that a stream the client opens meanwhile is still served; the final GOAWAY
+        follows ``drain_timeout`` later. The caller updates ``deadline``."""
+        if self._goaway_sent or self.h2.closed:
             return
-        self.stats.downstream_cx_idle_timeout.value += 1
-        self._goaway_sent = True
+        self._draining = True
+        self.h2.shutdown_notice()
+        self._writer.wake()
+        self._drain_at = watchdog.now() + self.cfg.drain_timeout
+
+    def _final_goaway(self) -> None:
+        """The final GOAWAY (NO_ERROR, the last stream id seen): streams open finish, new ones
+        are refused; then the delayed close. The caller updates ``deadline``."""
+        self._drain_at = self._idle_at = math.inf
+        if self._goaway_sent or self.h2.closed:
+            return
+        self._goaway_sent = self._closing = True
+        self._http2.counter("goaway_sent").value += 1
         self.h2.goaway()
         self._writer.wake()
         self._close_if_done()
 
     def _close_if_done(self) -> None:
-        """After a GOAWAY (ours or the client's), close once the last stream is over and
-        everything is sent."""
-        if (self._goaway_sent or self._peer_goaway) and not self._streams:
+        """After a GOAWAY (ours or the client's), once the last stream is over: after our
+        final GOAWAY, wait for the client's close (``DELAYED_CLOSE_TIMEOUT`` at most); after
+        the client's GOAWAY or an error's, close once everything is sent."""
+        if self._streams:
+            return
+        if self._closing:
+            if not self._lingering:
+                self._lingering = True
+                self._close_at = watchdog.now() + DELAYED_CLOSE_TIMEOUT
+                self.deadline = self._close_at
+        elif self._goaway_sent or self._peer_goaway:
             self._writer.close_when_sent()
 
     async def run(self) -> None:
@@ -316,20 +389,33 @@ class Http2Connection(H2Handler):
             if not data:
                 self._client_gone = True
                 return
+            if self._lingering:
+                continue  # (closing: only the client's close matters now, as in Envoy)
             if not self._feed(bytes(data)):
                 return
-            if (self._goaway_sent or self._peer_goaway) and not self._streams:
+            if not self._streams and (
+                self._peer_goaway or (self._goaway_sent and not self._closing)
+            ):
                 return
             # a client that does not read what we answer is not read either
             await writer.wait_sent()
 
     async def _goaway_on_drain(self) -> None:
-        await self.conn.drain.wait_draining()
-        self._goaway_sent = True
-        self.stats.downstream_cx_drain_close.value += 1
-        self.h2.goaway()  # the streams in flight go on
-        self._writer.wake()
-        self._close_if_done()
+        """A listener update or removal starts the graceful close, as Envoy's drain does
+        (there at the connection's next response, here at once). A shutdown sends the final
+        GOAWAY at once: the streams in flight finish, and an idle connection closes now, as
+        idle HTTP/1.1 ones do."""
+        drain = self.conn.drain
+        await drain.wait_draining()
+        if self._goaway_sent:
+            return
+        if not self._draining:
+            self.stats.downstream_cx_drain_close.value += 1
+        if drain.close_idle:
+            self._final_goaway()
+        else:
+            self._announce()
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
 
     def _feed(self, data: bytes) -> bool:
         """Give ``data`` to the framer (which calls the ``on_*`` methods below); ``False``
@@ -361,7 +447,8 @@ class Http2Connection(H2Handler):
         pseudo, regular = h2_headers.request_fields(fields)
         s = _Stream(sid, end_stream)
         self._streams[sid] = s
-        self.deadline = math.inf  # a stream is open: the connection is not idle
+        self._idle_at = math.inf  # a stream is open: the connection is not idle
+        self.deadline = self._drain_at
         assert self._nursery is not None
         # a name given: trio would otherwise build one per stream from repr() of the bound method
         self._nursery.start_soon(self._run_stream, s, pseudo, regular, name=_STREAM_TASK)

@@ -49,6 +49,7 @@ from trioproxy.http.h2_frames import (
     END_STREAM,
     ENDED,
     ENHANCE_YOUR_CALM,
+    GOAWAY,
     INITIAL_WINDOW_SIZE,
     INTERNAL_ERROR,
     MAX_CONCURRENT_STREAMS,
@@ -69,6 +70,9 @@ from trioproxy.http.h2_frames import (
     StreamError,
     content_length,
 )
+
+#: The highest stream id (RFC 9113 §5.1.1): the last stream id of the announcing GOAWAY.
+MAX_STREAM_ID = 2**31 - 1
 
 
 class H2Handler:
@@ -136,6 +140,12 @@ class H2Server(H2Framer):
     def goaway(self) -> None:
         """A graceful GOAWAY (NO_ERROR, the highest stream id seen): streams open go on."""
         self._goaway(NO_ERROR)
+
+    def shutdown_notice(self) -> None:
+        """The GOAWAY that announces a graceful close (RFC 9113 §6.8): NO_ERROR and the
+        highest stream id there can be, so every stream the client opens still counts; the
+        final ``goaway()`` follows."""
+        self._emit(GOAWAY, 0, 0, MAX_STREAM_ID.to_bytes(4, "big") + NO_ERROR.to_bytes(4, "big"))
 
     def finish(self, sid: int) -> None:
         """The application is done with stream ``sid``. A response sent whole while the
