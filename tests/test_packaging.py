@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -27,3 +29,20 @@ def test_builtin_plugins_are_registered_through_the_entry_point_group() -> None:
 
     eps = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="trioproxy")}
     assert eps.get("router") == "trioproxy_plugins.router"
+
+
+def test_no_merge_conflict_markers_are_committed() -> None:
+    """A merge resolved in a hurry once left both sides of a README row in place."""
+    files = subprocess.run(
+        ["git", "ls-files", "*.md", "*.py", "*.yaml", "*.toml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    marked = [
+        name
+        for name in files
+        if re.search(r"^(<{7} |>{7} |={7}$)", (ROOT / name).read_text(errors="replace"), re.M)
+    ]
+    assert marked == []
