@@ -45,7 +45,7 @@ from trioproxy.http.local_reply import (
     http_date,
     reply_headers,
 )
-from trioproxy.http.request_head import request_headers
+from trioproxy.http.request_head import refuse_upgrade, request_headers
 from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
@@ -514,6 +514,8 @@ class Http1Connection:
         stream.end_stream = self._body_done
         stream.cancel_scope = self._scope
         self._stream = stream
+        if reject is None and head.upgrade is not None:
+            reject = refuse_upgrade(cfg, stream, head.upgrade)
         if cfg.tracing is not None and reject is None:
             start_span(cfg.tracing, stream)
         # Stream timeouts go to the watchdog (see ``expire``).
@@ -676,7 +678,6 @@ class Http1Connection:
             info.response_code = 101
             info.response_headers = headers
             self._count_status(101)
-            st.downstream_cx_upgrades_total.value += 1
             st.downstream_cx_upgrades_active.value += 1
             try:
                 await self._send(_encode_head(headers) + tunnel.initial)
