@@ -9,6 +9,12 @@ response started answers 504 ``UT``.
 
 The upstream connection returns to the pool only when both messages completed and the upstream
 kept the connection alive; otherwise it is closed.
+
+Tunnels: an upgrade the upstream accepts (101), or a CONNECT it answers 2xx, hands the upstream
+connection to the connection manager to splice (``_tunnel``). A CONNECT on a route with
+``connect_config`` is answered here instead, over a TCP connection of its own
+(``connect.terminate``). Neither is retried, mirrored or bounded by the route timeout (Envoy
+starts that timer when the request is complete, which a tunnel's never is).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from trioproxy.http.stream_info import StreamInfo
 from trioproxy.upstream import client
 from trioproxy.upstream.cluster_manager import Cluster
 
+from . import connect
 from .config import RouterConfig
 
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
@@ -285,6 +292,8 @@ class Router(TerminalFilter):
             stats.upstream_cx_none_healthy.value += 1
             return NO_HEALTHY_UPSTREAM
         info.upstream_host = host.address_str
+        if headers.get(":method") == "CONNECT":
+            return await self._connect(stream, route, cluster, host)
         deadline = watchdog.now() + timeout if timeout else math.inf
         vh = route.virtual_host
         if vh is not None and vh.include_request_attempt_count:
@@ -305,6 +314,27 @@ class Router(TerminalFilter):
         return await self._retrying(
             stream, route, cluster, host, body, deadline, retry, per_try, replay
         )
+
+    async def _connect(
+        self, stream: HttpStream, route: Route, cluster: Cluster, host: Any
+    ) -> Response | LocalReply:
+        """A CONNECT: terminated here (``connect_config``) or forwarded, one attempt."""
+        if not stream.info.protocol.startswith("HTTP/1"):
+            # HTTP/2 CONNECT, extended or not, is not supported yet (the HTTP/2 connection
+            # refuses one without :path first): no tunnel where no splice could take it
+            cluster.finish_request()
+            return LocalReply(403, b"", details="upgrade_failed")
+        if route.terminate_connect:
+            return await connect.terminate(self, stream, route, cluster, host)
+        config = cluster.config
+        if config.http2 or (config.auto_http and config.upstream_tls is not None):
+            cluster.finish_request()
+            log.warning(
+                "CONNECT forwarded to cluster %s: HTTP/2 upstreams are not supported yet",
+                cluster.name,
+            )
+            return LocalReply(503, b"", details="connect_over_http2_upstream_unsupported")
+        return await self._forward(stream, route, cluster, host, None, math.inf)
 
     def _mirror(
         self, route: Route, headers: Headers, replay: Replay | None, timeout: float | None
@@ -550,12 +580,18 @@ class Router(TerminalFilter):
         strip_hop_by_hop(resp_headers, keep_te_trailers=False)
         if head.status == 204:
             resp_headers.remove("content-length")  # a 204 has none (RFC 9110 §8.6), as Envoy
-        if not self.config.suppress_envoy_headers:
+        tunnel = (head.status == 101 and bool(headers.get("upgrade"))) or (
+            method == "CONNECT" and 200 <= head.status < 300
+        )
+        if not self.config.suppress_envoy_headers and not tunnel:
+            # (Envoy adds it only once the request is complete, which a tunnel's never is)
             resp_headers.set("x-envoy-upstream-service-time", str(int((now - started) * 1000)))
         if route.mutates_headers:
             route.apply_response_headers(resp_headers, info)
-        if head.status == 101 and headers.get("upgrade"):
-            return self._tunnel(resp_headers, head, exchange, conn, pool, cluster, host, started)
+        if tunnel:
+            return self._tunnel(
+                resp_headers, head, exchange, conn, pool, cluster, host, started, info
+            )
         # an attempt to be retried is charged under cluster.<name>.retry.* (as Envoy)
         retried = (
             retry is not None
@@ -654,24 +690,32 @@ class Router(TerminalFilter):
         cluster: Cluster,
         host: Any,
         started: float,
+        info: StreamInfo,
     ) -> Response:
-        """The upstream switched protocols (WebSocket): hand its byte stream to the connection
-        manager, which splices it with the client's. The route timeout ends here; the
-        connection never goes back to the pool."""
-        upgrade = next((v for k, v in head.headers if k == "upgrade"), "")
-        resp_headers.set("upgrade", upgrade)
-        resp_headers.set("connection", "upgrade")
-        self._finish(cluster, host, started, 101, True)
+        """The upstream switched protocols (WebSocket) or opened the tunnel a CONNECT asked
+        for (a 2xx): hand its byte stream to the connection manager, which splices it with
+        the client's. The route timeout ends here; the connection never goes back to the
+        pool, and its end counts with the request active, as in Envoy."""
+        if head.status == 101:
+            upgrade = next((v for k, v in head.headers if k == "upgrade"), "")
+            resp_headers.set("upgrade", upgrade)
+            resp_headers.set("connection", "upgrade")
+        else:  # a 2xx to CONNECT has no body, whatever it says (RFC 9110 §9.3.6)
+            resp_headers.remove("content-length")
+            resp_headers.remove("transfer-encoding")
+        self._finish(cluster, host, started, head.status, True)
         watchdog.current().discard(exchange)
         exchange.keep_alive = False
+        conn.busy = True
         stats = cluster.stats
+        tail = exchange.parser.trailing_data()
 
         def close() -> None:
-            stats.upstream_cx_rx_bytes_total.value += exchange.rx
-            stats.upstream_cx_tx_bytes_total.value += exchange.tx
+            # the exchange's bytes (the tail among them) and the tunnel's after them
+            stats.upstream_cx_rx_bytes_total.value += exchange.rx + info.bytes_sent - len(tail)
+            stats.upstream_cx_tx_bytes_total.value += exchange.tx + info.bytes_received
             pool.release(conn, False)
 
-        tail = exchange.parser.trailing_data()
         return Response(resp_headers, tunnel=Tunnel(conn.stream, tail, close))
 
     def _finish(

@@ -365,3 +365,137 @@ def test_route_repr_names_its_virtual_host_and_config() -> None:
     assert "virtual_host=<VirtualHost 'v'>" in text
     assert "config=<RouteConfiguration 'rc'>" in text
     assert "HeaderMutations(add=(), remove=(), formatters={})" in text
+
+
+# -- CONNECT and upgrades ---------------------------------------------------------------------
+
+
+def connect_req(authority: str = "example.com:443") -> Headers:
+    """A CONNECT as the HTTP/1.1 connection manager builds it: no :path."""
+    return Headers([(":authority", authority), (":method", "CONNECT"), (":scheme", "http")])
+
+
+def test_connect_matches_only_connect_matcher_routes() -> None:
+    rc = config(
+        vhost(
+            "v",
+            ["*"],
+            [
+                {"match": {"prefix": "/"}, "route": {"cluster": "web"}},
+                {"name": "tunnel", "match": {"connect_matcher": {}}, "route": {"cluster": "t"}},
+            ],
+        )
+    )
+    route = rc.route(connect_req())
+    assert route is not None and route.name == "tunnel" and route.pathless
+    assert rc.route(req("/")).cluster == "web"  # type: ignore[union-attr]
+    # a connect_matcher route never takes a request with a path
+    only_connect = config(
+        vhost("v", ["*"], [{"match": {"connect_matcher": {}}, "route": {"cluster": "t"}}])
+    )
+    assert only_connect.route(req("/")) is None
+    # and without one, a CONNECT finds no route (Envoy answers 404 NR)
+    assert config(vhost("v", ["*"])).route(connect_req()) is None
+
+
+def test_connect_matcher_still_checks_headers() -> None:
+    rc = config(
+        vhost(
+            "v",
+            ["*"],
+            [
+                {
+                    "match": {
+                        "connect_matcher": {},
+                        "headers": [{"name": "x-tunnel", "present_match": True}],
+                    },
+                    "route": {"cluster": "t"},
+                }
+            ],
+        )
+    )
+    assert rc.route(connect_req()) is None
+    h = connect_req()
+    h.add("x-tunnel", "1")
+    assert rc.route(h) is not None
+
+
+def _route_with(upgrade_configs: list[dict[str, Any]]) -> Route:
+    rc = config(
+        vhost(
+            "v",
+            ["*"],
+            [
+                {
+                    "match": {"connect_matcher": {}},
+                    "route": {"cluster": "c", "upgrade_configs": upgrade_configs},
+                }
+            ],
+        )
+    )
+    route = rc.route(connect_req())
+    assert route is not None
+    return route
+
+
+def test_route_upgrade_configs_override_the_connection_managers() -> None:
+    # Envoy's table: the route's setting wins when it names the type, else the HCM's
+    route = _route_with(
+        [{"upgrade_type": "WebSocket"}, {"upgrade_type": "CONNECT", "enabled": False}]
+    )
+    assert route.upgrades == {"websocket": True, "connect": False}
+    assert route.upgrade_enabled("websocket", frozenset())
+    assert not route.upgrade_enabled("connect", frozenset({"connect"}))
+    assert route.upgrade_enabled("h2c-other", frozenset({"h2c-other"}))
+    assert not route.upgrade_enabled("spdy/3", frozenset())
+    assert not route.terminate_connect
+
+
+def test_connect_config_terminates_connect() -> None:
+    assert _route_with([{"upgrade_type": "CONNECT", "connect_config": {}}]).terminate_connect
+    assert _route_with([{"upgrade_type": "connect", "connect_config": {}}]).terminate_connect
+    assert not _route_with([{"upgrade_type": "CONNECT"}]).terminate_connect
+
+
+@pytest.mark.parametrize(
+    ("upgrade_configs", "message", "path"),
+    [
+        (
+            [{"upgrade_type": "websocket"}, {"upgrade_type": "WebSocket"}],
+            "Duplicate upgrade WebSocket",
+            "upgrade_configs[1]",
+        ),
+        (
+            [{"upgrade_type": "websocket", "connect_config": {}}],
+            "Non-CONNECT upgrade type websocket has ConnectConfig",
+            "upgrade_configs[0].connect_config",
+        ),
+        (
+            [{"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}],
+            "allow_post is not supported yet",
+            "upgrade_configs[0].connect_config.allow_post",
+        ),
+        (
+            [
+                {
+                    "upgrade_type": "CONNECT",
+                    "connect_config": {"proxy_protocol_config": {"version": "V2"}},
+                }
+            ],
+            "proxy_protocol_config is not supported yet",
+            "upgrade_configs[0].connect_config.proxy_protocol_config",
+        ),
+        (
+            [{"upgrade_type": "CONNECT-UDP", "connect_config": {}}],
+            "CONNECT-UDP is not supported yet",
+            "upgrade_configs[0].connect_config",
+        ),
+    ],
+)
+def test_route_upgrade_config_errors_name_the_field(
+    upgrade_configs: list[dict[str, Any]], message: str, path: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        _route_with(upgrade_configs)
+    assert err.value.reason == message
+    assert err.value.path.endswith(f"routes[0].route.{path}")

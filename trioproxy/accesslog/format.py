@@ -265,7 +265,10 @@ _NOARG: dict[str, Getter] = {
     "UPSTREAM_REMOTE_ADDRESS": lambda i: i.upstream_host,
     "UPSTREAM_CLUSTER": lambda i: i.upstream_cluster,
     "UPSTREAM_LOCAL_ADDRESS": lambda i: i.upstream_local_address,
-    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: i.upstream_transport_failure_reason,
+    # (spaces as underscores, as Envoy's formatter writes it)
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: i.upstream_transport_failure_reason.replace(
+        " ", "_"
+    ),
     "DOWNSTREAM_REMOTE_ADDRESS": lambda i: i.downstream_remote_address,
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": lambda i: _without_port(i.downstream_remote_address),
     "DOWNSTREAM_LOCAL_ADDRESS": lambda i: i.downstream_local_address,

@@ -48,7 +48,7 @@ from trioproxy.http.local_reply import (
     http_date,
     reply_headers,
 )
-from trioproxy.http.request_head import request_headers
+from trioproxy.http.request_head import refuse_upgrade, request_headers
 from trioproxy.http.request_headers import mutate_response_headers
 from trioproxy.http.stream_common import (
     count_status,
@@ -366,8 +366,10 @@ class Http1Connection:
         st = self.stats
         st.downstream_cx_destroy_remote.value += 1
         st.downstream_cx_destroy_remote_active_rq.value += 1
+        st.downstream_cx_destroy_active_rq.value += 1
         st.downstream_rq_rx_reset.value += 1
         stream.info.response_flags.add("DC")
+        stream.info.response_code_details = "downstream_remote_disconnect"
         stream.info.end_monotonic = _now()
         self._log(stream)
 
@@ -557,6 +559,8 @@ class Http1Connection:
         stream.end_stream = self._body_done
         stream.cancel_scope = self._scope
         self._stream = stream
+        if reject is None and head.upgrade is not None:
+            reject = refuse_upgrade(cfg, stream, head.upgrade)
         if cfg.tracing is not None and reject is None:
             start_span(cfg.tracing, stream)
         # Stream timeouts go to the watchdog (see ``expire``).
@@ -615,6 +619,12 @@ class Http1Connection:
             if info.first_downstream_tx is None and info.response_code:
                 info.first_downstream_tx = info.end_monotonic
             st.downstream_rq_time.record((info.end_monotonic - t0) * 1000)
+            if head.upgrade is not None and info.response_code:
+                # an upgrade's (or a CONNECT's) request never ends: the connection's end
+                # resets it, as Envoy counts it (a client gone away counts in _peer_gone)
+                st.downstream_rq_response_before_rq_complete.value += 1
+                if self._expired is None:
+                    st.downstream_rq_rx_reset.value += 1
             if self._expired is None:  # a timed-out stream is logged once answered
                 self._log(stream)
         if not self._body_done:
@@ -698,14 +708,16 @@ class Http1Connection:
         return keep_alive
 
     async def _splice(self, stream: HttpStream, resp: Response, tunnel: Tunnel) -> None:
-        """An upgraded connection (WebSocket): send the 101, then copy bytes both ways until
-        either side closes; the stream idle timeout still applies. The connection ends with
-        the tunnel."""
+        """An upgraded connection (WebSocket's 101) or an open CONNECT tunnel (a 2xx): send
+        the response head, then copy bytes both ways until either side closes; the stream
+        idle timeout still applies. The connection ends with the tunnel; the client's close
+        (or half-close, which Envoy takes as a close) counts as a client gone away."""
         cfg = self.cfg
         st = self.stats
         info = stream.info
         headers = resp.headers
         stream.response_headers = headers
+        status = resp.status
         try:
             for phase in cfg.chain.response_headers:
                 await phase(stream, headers)
@@ -715,15 +727,17 @@ class Http1Connection:
                 server_name=cfg.server_name,
                 transformation=cfg.server_header_transformation,
             )
-            headers.set("upgrade", upgrade)
-            headers.set("connection", "upgrade")
-            info.response_code = 101
+            if status == 101:
+                headers.set("upgrade", upgrade)
+                headers.set("connection", "upgrade")
+            headers.set("date", http_date(info.start_time))
+            info.response_code = status
             info.response_headers = headers
-            self._count_status(101)
-            st.downstream_cx_upgrades_total.value += 1
+            self._count_status(status)
             st.downstream_cx_upgrades_active.value += 1
             try:
                 await self._send(_encode_head(headers) + tunnel.initial)
+                info.bytes_sent += len(tunnel.initial)
                 info.first_downstream_tx = _now()
                 pending = self.parser.trailing_data()
                 up = tunnel.stream
@@ -742,17 +756,22 @@ class Http1Connection:
 
     async def _pump_up(self, up: trio.abc.Stream, done: trio.CancelScope, info: Any) -> None:
         """Client → upstream."""
-        try:
-            while True:
+        while True:
+            try:
                 data = await self.stream.receive_some(READ_SIZE)
-                if not data:
-                    break
-                self.rx += len(data)
-                info.bytes_received += len(data)
-                self._touch()
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:  # the client went away: as ``probe`` would find (``_peer_gone``)
+                self._expired = "peer"
+                self._scope.cancel()
+                return
+            self.rx += len(data)
+            info.bytes_received += len(data)
+            self._touch()
+            try:
                 await up.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
         done.cancel()
 
     async def _pump_down(self, up: trio.abc.Stream, done: trio.CancelScope, info: Any) -> None:

@@ -227,7 +227,8 @@ class HcmConfig:
     xfcc_details: tuple[str, ...] = ()
     #: ``tracing``: sampling and the provider's tracer; ``None`` when not traced.
     tracing: HttpTracing | None = None
-    #: ``upgrade_configs``: the upgrade types (lower case) this connection manager forwards.
+    #: ``upgrade_configs``: the upgrade types (lower case, ``connect`` for CONNECT) this
+    #: connection manager enables; a route's own ``upgrade_configs`` override it.
     upgrades: frozenset[str] = frozenset()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
     #: Parsers of its HTTP/1.1 connections' requests, held only while a request is read.
@@ -385,8 +386,6 @@ def _upgrades(d: Mapping[str, Any]) -> frozenset[str]:
                 "upgrade filter chains are not supported yet", path=f"upgrade_configs[{i}].filters"
             )
         kind = str(u.get("upgrade_type", "")).lower()
-        if kind == "connect":
-            raise ConfigError("CONNECT is not supported yet", path=f"upgrade_configs[{i}]")
         if u.get("enabled", True):
             out.add(kind)
     return frozenset(out)

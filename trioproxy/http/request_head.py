@@ -1,18 +1,21 @@
 """From a parsed HTTP/1.1 request head to the header map filters see (sans-IO).
 
 The request line becomes pseudo-headers (``Host`` becomes ``:authority``; an absolute-form
-target gives both), requests Envoy refuses get their local reply (no Host, HTTP/1.0 when not
-accepted, upgrades without ``upgrade_configs``, underscores when configured), then Envoy's
-header mutations and path normalisation apply.
+target gives both; a CONNECT's authority-form target is its ``:authority`` and it has no
+``:path``), requests Envoy refuses get their local reply (no Host, HTTP/1.0 when not accepted,
+underscores when configured), then Envoy's header mutations and path normalisation apply.
+Whether an upgrade (or CONNECT) may go on is decided once the route is known:
+``refuse_upgrade``.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from trioproxy.http import h1, xfcc
 from trioproxy.http.conn_manager_config import HcmConfig
-from trioproxy.http.filter import ConnectionInfo, LocalReply
+from trioproxy.http.filter import ConnectionInfo, HttpStream, LocalReply
 from trioproxy.http.headers import Headers
 from trioproxy.http.path import Outcome, normalize
 from trioproxy.http.request_headers import mutate_request_headers
@@ -75,7 +78,13 @@ def request_headers(
             authority = value
         else:
             items.append((name, value))
-    if target[:1] != "/":
+    connect = head.method == "CONNECT"
+    if connect:
+        # authority-form (checked by the codec): the target is the authority, whatever
+        # Host says, and there is no path (Envoy's codec)
+        authority = target
+        items = [(n, v) for n, v in items if n != "content-length"]  # (only ever 0)
+    elif target[:1] != "/":
         if target == "*" and head.method == "OPTIONS":
             pass
         elif "://" in target:
@@ -92,14 +101,17 @@ def request_headers(
             authority = cfg.default_host_for_http_10
         elif reject is None:
             reject = LocalReply(400, b"", details="missing_host_header")
-    headers = Headers(
-        [
-            (":authority", authority),
-            (":path", target),
-            (":method", head.method),
-            (":scheme", scheme),
-        ]
-    )
+    if connect:
+        headers = Headers([(":authority", authority), (":method", "CONNECT"), (":scheme", scheme)])
+    else:
+        headers = Headers(
+            [
+                (":authority", authority),
+                (":path", target),
+                (":method", head.method),
+                (":scheme", scheme),
+            ]
+        )
     headers.items().extend(items)
     if reject is not None:
         return headers, reject
@@ -110,9 +122,6 @@ def request_headers(
     if cfg.headers_with_underscores_action == "DROP_HEADER":
         headers.items()[:] = [(n, v) for n, v in headers.items() if "_" not in n]
     upgrade = head.upgrade
-    if upgrade and upgrade.lower() not in cfg.upgrades:
-        stats.downstream_rq_ws_on_non_ws_route.value += 1
-        return headers, LocalReply(403, b"", details="upgrade_failed")
     if not upgrade and "connection" in headers and not _sanitize_connection(headers):
         return headers, LocalReply(400, b"Bad Request", details="http1.connection_header_rejected")
     mutate_request_headers(
@@ -130,7 +139,7 @@ def request_headers(
     )
     if cfg.xfcc_mode != "SANITIZE" or _XFCC in headers:
         xfcc.apply(headers, cfg.xfcc_mode, cfg.xfcc_details, conn.peer_certificate)
-    if upgrade:  # hop-by-hop, but the point of an upgrade request: carried on
+    if upgrade and not connect:  # hop-by-hop, but the point of an upgrade request: carried on
         headers.set("upgrade", upgrade)
         headers.set("connection", "upgrade")
     if (
@@ -152,8 +161,34 @@ def request_headers(
             )
         if new != target:
             headers.set(":path", new)
-    if cfg.strip_port_mode and ":" in authority and not authority.endswith("]"):
+    if cfg.strip_port_mode and ":" in authority and not authority.endswith("]") and not connect:
+        # (a CONNECT keeps its port, as Envoy's strip_port_from_connect is off by default)
         host, _, port = authority.rpartition(":")
         if cfg.strip_port_mode == "any" or port == str(conn.local_address[1]):
             headers.set(":authority", host)
     return headers, None
+
+
+def refuse_upgrade(cfg: HcmConfig, stream: HttpStream, upgrade: str) -> LocalReply | None:
+    """Envoy's upgrade check (``createUpgradeFilterChain``), made when the stream is routed:
+    an upgrade (``upgrade`` is the ``Upgrade`` value, or ``CONNECT``) goes on when the route's
+    ``upgrade_configs`` enable it, or name it not and the connection manager's do; it counts
+    in ``downstream_cx_upgrades_total`` then. Refused on a route, it is answered 403
+    ``upgrade_failed``; refused without a route, it goes on to the router, which answers 404
+    (both measured with Envoy 1.40)."""
+    kind = upgrade.lower()
+    route: Any = stream.route
+    hcm = cfg.upgrades
+    allowed = kind in hcm if route is None else route.upgrade_enabled(kind, hcm)
+    stats = cfg.stats
+    if allowed:
+        stats.downstream_cx_upgrades_total.value += 1
+        return None
+    if route is None:
+        return None
+    stats.downstream_rq_ws_on_non_ws_route.value += 1
+    info = stream.info
+    info.route_name = route.name
+    if route.cluster is not None:
+        info.upstream_cluster = route.cluster
+    return LocalReply(403, b"", details="upgrade_failed")

@@ -16,6 +16,11 @@ A ``Route`` carries what the router and the connection manager need: its action 
 choice, direct response or redirect), the timeout, path and host rewrites, and the header
 mutations of route, virtual host and route configuration in Envoy's order.
 
+A CONNECT request has no ``:path`` (its target is the authority): as in Envoy, only routes
+with ``connect_matcher`` are tried for it, and a route's ``upgrade_configs`` say which upgrades
+(CONNECT among them) it enables or disables over the connection manager's, and whether it
+terminates CONNECT itself (``connect_config``) or forwards it.
+
 This module is compiled by mypyc in a compiled build, and mypyc compiles attrs fields with
 factories wrongly (the class fails at import). ``Route`` and ``HeaderMutations``, which had
 such fields, are plain slotted classes that keep what ``attrs.frozen`` gave them: the same
@@ -339,6 +344,9 @@ _ROUTE_FIELDS = (
     "virtual_host",
     "config",
     "mutates_headers",
+    "upgrades",
+    "terminate_connect",
+    "pathless",
 )
 
 
@@ -393,6 +401,15 @@ class Route:
     #: Whether any level (weighted cluster, route, virtual host, route configuration) adds
     #: or removes headers; most routes do not, and then the router skips both calls below.
     mutates_headers: bool
+    #: The route action's ``upgrade_configs``: upgrade type (lower case) → enabled. A type
+    #: named here overrides the connection manager's ``upgrade_configs`` (``upgrade_enabled``).
+    upgrades: Mapping[str, bool]
+    #: ``connect_config`` on the CONNECT upgrade: the router answers CONNECT itself and opens
+    #: a TCP connection to the host; without it, CONNECT is forwarded as a request.
+    terminate_connect: bool
+    #: The match is ``connect_matcher``: the one kind of route a request without ``:path``
+    #: (CONNECT) can match.
+    pathless: bool
 
     def __init__(
         self,
@@ -428,6 +445,9 @@ class Route:
         virtual_host: Any = None,
         config: Any = None,
         mutates_headers: bool = True,
+        upgrades: Mapping[str, bool] | None = None,  # None: a new empty dict
+        terminate_connect: bool = False,
+        pathless: bool = False,
     ) -> None:
         # object.__setattr__, as __setattr__ refuses (see _link)
         object.__setattr__(self, "name", name)
@@ -470,6 +490,9 @@ class Route:
         object.__setattr__(self, "virtual_host", virtual_host)
         object.__setattr__(self, "config", config)
         object.__setattr__(self, "mutates_headers", mutates_headers)
+        object.__setattr__(self, "upgrades", {} if upgrades is None else upgrades)
+        object.__setattr__(self, "terminate_connect", terminate_connect)
+        object.__setattr__(self, "pathless", pathless)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError
@@ -508,6 +531,13 @@ class Route:
         return not all(m.empty for m in levels)
 
     # -- what the router calls ----------------------------------------------------------
+    def upgrade_enabled(self, kind: str, hcm_upgrades: frozenset[str]) -> bool:
+        """Whether an upgrade of ``kind`` (``websocket``, ``connect`` …, lower case) may go
+        on this route: the route's own ``upgrade_configs`` say so if they name the type, else
+        the connection manager's (Envoy's ``createUpgradeFilterChain``)."""
+        enabled = self.upgrades.get(kind)
+        return kind in hcm_upgrades if enabled is None else enabled
+
     def cluster_name(self, headers: Headers, random_value: int = 0) -> str | None:
         if self.cluster is not None:
             return self.cluster
@@ -650,11 +680,14 @@ def _compile_match(m: Mapping[str, Any]) -> tuple[Callable[[str, Headers], bool]
 
         preds.append(sep)
     elif "connect_matcher" in m:
+        # (only tried for requests without :path, see ``RouteConfiguration.route``)
         preds.append(lambda path, h: h.get(":method") == "CONNECT")
     elif "path_match_policy" in m:
         raise ConfigError("path_match_policy is not supported yet", path="path_match_policy")
     else:
-        raise ConfigError("a route match needs prefix, path, safe_regex or path_separated_prefix")
+        raise ConfigError(
+            "a route match needs prefix, path, safe_regex, path_separated_prefix or connect_matcher"
+        )
     for i, hm in enumerate(m.get("headers", ())):
         try:
             hp = header_matcher(hm)
@@ -704,6 +737,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
         "request_mutations": _mutations(d, "request"),
         "response_mutations": _mutations(d, "response"),
         "per_filter": _per_filter(d, conv),
+        "pathless": "connect_matcher" in d.get("match", {}),
     }
     if "direct_response" in d:
         dr = d["direct_response"]
@@ -723,10 +757,12 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
             "route %r: priority HIGH is served with the DEFAULT circuit breakers and pools",
             d.get("name", ""),
         )
-    for unsupported in ("internal_redirect_policy", "upgrade_configs"):
-        if a.get(unsupported):
-            raise ConfigError(f"{unsupported} is not supported yet", path=f"route.{unsupported}")
+    if a.get("internal_redirect_policy"):
+        raise ConfigError(
+            "internal_redirect_policy is not supported yet", path="route.internal_redirect_policy"
+        )
     kw: dict[str, Any] = {}
+    kw["upgrades"], kw["terminate_connect"] = _route_upgrades(a.get("upgrade_configs", ()))
     if "cluster" in a:
         kw["cluster"] = a["cluster"]
     elif "cluster_header" in a:
@@ -791,6 +827,39 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     except ConfigError as exc:
         raise exc.at("route") from None
     return Route(**kw, **common)
+
+
+def _route_upgrades(configs: Sequence[Mapping[str, Any]]) -> tuple[dict[str, bool], bool]:
+    """``RouteAction.upgrade_configs``: (upgrade type → enabled, whether CONNECT is
+    terminated here), with Envoy's errors."""
+    upgrades: dict[str, bool] = {}
+    terminate = False
+    for i, u in enumerate(configs):
+        path = f"route.upgrade_configs[{i}]"
+        kind = str(u.get("upgrade_type", ""))
+        enabled = u.get("enabled", True)
+        if isinstance(enabled, Mapping):  # a BoolValue
+            enabled = enabled.get("value", False)
+        if kind.lower() in upgrades:
+            raise ConfigError(f"Duplicate upgrade {kind}", path=path)
+        upgrades[kind.lower()] = bool(enabled)
+        if "connect_config" not in u:
+            continue
+        if kind.lower() == "connect-udp":
+            raise ConfigError("CONNECT-UDP is not supported yet", path=f"{path}.connect_config")
+        if kind.lower() != "connect":
+            raise ConfigError(
+                f"Non-CONNECT upgrade type {kind} has ConnectConfig", path=f"{path}.connect_config"
+            )
+        cc = u.get("connect_config") or {}
+        for unsupported in ("proxy_protocol_config", "allow_post"):
+            if cc.get(unsupported):
+                raise ConfigError(
+                    f"{unsupported} is not supported yet",
+                    path=f"{path}.connect_config.{unsupported}",
+                )
+        terminate = True
+    return upgrades, terminate
 
 
 @attrs.frozen(eq=False)
@@ -903,7 +972,13 @@ class RouteConfiguration:
         vh = self.find_virtual_host(headers)
         if vh is None:
             return None
-        full = headers.get(":path") or "/"
+        full = headers.get(":path")
+        if full is None:  # CONNECT: only connect_matcher routes (as Envoy)
+            for r in vh.routes:
+                if r.pathless and r.match_fn("", headers):
+                    return r
+            return None
+        full = full or "/"
         q = full.find("?")
         path = full if q < 0 else full[:q]
         for r in vh.routes:

@@ -114,6 +114,8 @@ class Exchange:
                 continue
             items.append((name, value))
         items.insert(0, ("host", authority))
+        if method == "CONNECT":
+            path = authority  # authority-form (a CONNECT has no :path)
         # a bodiless POST, PUT, OPTIONS … says so, as Envoy's HTTP/1 codec does
         if (
             end_stream

@@ -109,6 +109,42 @@ def test_connect_is_an_upgrade(codec: str) -> None:
     assert p.trailing_data() == b"TLS"
 
 
+@pytest.mark.parametrize(
+    "target", ["example.com:443", "[::1]:8443", "10.0.0.1:0", "a-b.example:65535"]
+)
+def test_connect_takes_an_authority_form_target(codec: str, target: str) -> None:
+    p = h1.make_server_parser(codec)
+    p.feed(b"CONNECT %s HTTP/1.1\r\nContent-Length: 0\r\n\r\n" % target.encode())
+    head = p.next_event()
+    assert (head.target, head.upgrade, head.content_length) == (target, "CONNECT", 0)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status", "details"),
+    [
+        # what Envoy 1.40's codec answers, measured (tests/differential/test_connect.py)
+        (b"CONNECT example.com HTTP/1.1\r\n\r\n", 400, "http1.invalid_url"),
+        (b"CONNECT /foo HTTP/1.1\r\nHost: a\r\n\r\n", 400, "http1.invalid_url"),
+        (b"CONNECT http://a:80/ HTTP/1.1\r\nHost: a\r\n\r\n", 400, "http1.invalid_url"),
+        (b"CONNECT a:99999 HTTP/1.1\r\n\r\n", 400, "http1.invalid_url"),
+        (b"CONNECT a:443 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400, "http1.body_disallowed"),
+        (
+            b"CONNECT a:443 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            501,
+            "http1.invalid_transfer_encoding",
+        ),
+    ],
+)
+def test_connect_refused_as_envoys_codec_does(
+    codec: str, raw: bytes, status: int, details: str
+) -> None:
+    p = h1.make_server_parser(codec)
+    p.feed(raw)
+    with pytest.raises(ProtocolError) as info:
+        p.next_event()
+    assert (info.value.status_hint, info.value.details) == (status, details)
+
+
 def test_upgrade_header_without_connection_token_is_plain(codec: str) -> None:
     ev = parse_requests(codec, b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n" + GET)
     assert [h.upgrade for h in heads(ev)] == [None, None]
@@ -326,6 +362,31 @@ def test_switching_protocols_response_keeps_trailing_bytes(codec: str) -> None:
     assert p.next_event() is h1.PAUSED
     p.feed(b"G")
     assert p.trailing_data() == b"FG"
+
+
+def test_2xx_to_connect_opens_the_tunnel(codec: str) -> None:
+    data = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-A: b\r\n\r\nTUNNEL"
+    for cut in range(len(data) + 1):
+        p = h1.make_client_parser(codec)
+        p.expect("CONNECT")
+        for chunk in split(data, [cut]):
+            p.feed(chunk)
+        assert p.next_event().status == 100
+        head = p.next_event()
+        assert (head.status, head.headers) == (200, [("x-a", "b")])
+        assert p.next_event() == h1.EndOfMessage([])
+        assert p.next_event() is h1.PAUSED
+        p.feed(b"+more")
+        assert p.trailing_data() == b"TUNNEL+more"
+
+
+def test_refused_connect_response_has_its_body(codec: str) -> None:
+    data = b"HTTP/1.1 407 Proxy Auth\r\nContent-Length: 3\r\n\r\nno!"
+    for cut in range(len(data) + 1):
+        ev = responses(codec, ["CONNECT"], data, [cut])
+        assert ev[0].status == 407
+        assert b"".join(e.data for e in ev if type(e) is h1.Data) == b"no!"
+        assert ev[-1] == h1.EndOfMessage([])
 
 
 def test_codec_selection(codec: str, monkeypatch: pytest.MonkeyPatch) -> None:

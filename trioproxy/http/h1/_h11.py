@@ -127,7 +127,7 @@ class _Base:
         if sum(len(n) + len(v) for n, v in headers) > self._max_header_bytes:
             raise common.too_large()
         made = self._make_head(head, headers)
-        if getattr(made, "status", 0) == 101 or getattr(made, "upgrade", None) is not None:
+        if self._switches(made):
             # Switching protocols (or CONNECT): like llhttp, the message ends with its head
             # and the rest of the stream belongs to the new protocol.
             self._tail = buf[end + 4 :]
@@ -159,6 +159,10 @@ class _Base:
 
     def _check_partial_start(self, buf: bytes) -> None:
         pass
+
+    def _switches(self, head: Any) -> bool:
+        """Whether the stream belongs to another protocol after ``head``."""
+        return getattr(head, "upgrade", None) is not None
 
     def _parse_start(self, start: bytes) -> Any:
         raise NotImplementedError
@@ -242,6 +246,7 @@ class ServerParser(_Base):
         method, target, version = start
         keep_alive, chunked, length, expect, upgrade = common.analyse(headers, version, True)
         if method == "CONNECT":
+            common.check_connect(target, chunked, length)
             upgrade = "CONNECT"
         return RequestHead(
             method, target, version, headers, keep_alive, chunked, length, expect, upgrade
@@ -305,6 +310,11 @@ class ClientParser(_Base):
 
     def _canonical_start(self, head: Any) -> bytes:
         return b"HTTP/1.1 %d X\r\n" % head.status
+
+    def _switches(self, head: Any) -> bool:
+        # a 101, or a 2xx to CONNECT: the tunnel is open (RFC 9110 §9.3.6)
+        status: int = head.status
+        return status == 101 or (self._method == "CONNECT" and 200 <= status < 300)
 
     def _started(self) -> None:
         conn = self._conn

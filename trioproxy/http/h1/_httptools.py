@@ -8,7 +8,8 @@ the list).  Errors are deferred: events parsed before the bad byte are still del
 ``_Abort`` inside a callback, which llhttp turns into a callback error that ``feed`` unwraps.
 
 llhttp cannot be told that a response has no body (HEAD) through httptools, so a response to
-HEAD is parsed by feeding only its head bytes to a throw-away parser.
+HEAD is parsed by feeding only its head bytes to a throw-away parser. Nor that a 2xx response
+to CONNECT ends with its head (what follows is the tunnel's): its head is fed alone too.
 """
 
 from __future__ import annotations
@@ -273,10 +274,11 @@ class ServerParser(_Base):
         headers = self._headers
         try:
             keep_alive, chunked, length, expect, upgrade = common.analyse(headers, version, True)
+            if method == "CONNECT":
+                common.check_connect(self._url.decode("latin-1"), chunked, length)
+                upgrade = "CONNECT"
         except ProtocolError as exc:
             self._fail(exc)
-        if method == "CONNECT":
-            upgrade = "CONNECT"
         self._upgrade_ignored = upgrade is None
         self._events.append(
             RequestHead(
@@ -317,7 +319,15 @@ class ServerParser(_Base):
 class ClientParser(_Base):
     """Parses responses (upstream connections); call ``expect(method)`` before each one."""
 
-    __slots__ = ("_buf", "_close_delimited", "_dead", "_head_only", "_interim", "_reason")
+    __slots__ = (
+        "_buf",
+        "_close_delimited",
+        "_connect",
+        "_dead",
+        "_head_only",
+        "_interim",
+        "_reason",
+    )
 
     def __init__(
         self, max_header_bytes: int = 60 * 1024, max_headers: int = 100, max_uri: int = 16 * 1024
@@ -325,6 +335,7 @@ class ClientParser(_Base):
         super().__init__(max_header_bytes, max_headers, max_uri)
         self._reason = b""
         self._head_only = False
+        self._connect = False  # the response is to a CONNECT (see ``_feed_connect``)
         self._buf = b""
         self._close_delimited = False
         self._interim = False
@@ -333,6 +344,7 @@ class ClientParser(_Base):
 
     def expect(self, method: str) -> None:
         self._head_only = method == "HEAD"
+        self._connect = method == "CONNECT"
         if self._dead and not self._head_only:
             self._dead = False
             self._p = _new(httptools.HttpResponseParser, self)
@@ -421,6 +433,43 @@ class ClientParser(_Base):
                 break
         self._buf = buf
 
+    def _feed_connect(self, data: bytes) -> None:
+        """A response to CONNECT: its head goes to llhttp alone. A 2xx ends there, and the
+        bytes after it are the tunnel's (``trailing_data``, as after a 101); any other final
+        status is read on as usual, its body included."""
+        buf = self._buf + data
+        while not self._failed():
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if b"\n" in buf.replace(b"\r\n", b""):
+                    self._error = common.error("bare LF in response head")
+                elif len(buf) > self._raw_limit:
+                    self._error = common.too_large()
+                break
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            n = len(self._events)
+            self._feed(head)
+            if self._failed() or self._upgraded:  # (a 101 switched protocols already)
+                break
+            if len(self._events) == n:
+                self._error = common.error("malformed response head")
+                break
+            if self._interim:
+                continue  # a 1xx: the final head follows
+            self._connect = False
+            status: int = self._events[-1].status
+            if 200 <= status < 300:
+                self._events.append(EndOfMessage([]))
+                self._close_delimited = False
+                self._upgraded = True
+                self._dead = True  # llhttp waits for a body that never comes
+                self._trailing = buf
+            elif buf:
+                self._feed(buf)
+            buf = b""
+            break
+        self._buf = buf
+
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             return
@@ -435,6 +484,8 @@ class ClientParser(_Base):
             return
         if self._head_only:
             self._feed_head_only(data)
+        elif self._connect:
+            self._feed_connect(data)
         elif self._dead:
             self._buf += data
         else:

@@ -11,6 +11,7 @@ head before h11 sees it, since h11 tolerates all of those.
 Status choices (Envoy's answers): framing errors are 400 ``http1.codec_error``-style; a
 Transfer-Encoding other than exactly ``chunked`` is 501 ``http1.invalid_transfer_encoding``
 (Envoy's codec answers NotImplemented); any repeated Content-Length is 400, as llhttp does.
+``check_connect`` holds a CONNECT request to what Envoy 1.40's codec accepts (measured).
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ CL_AND_TE: Final = "http1.content_length_and_chunked_not_allowed"
 INVALID_TE: Final = "http1.invalid_transfer_encoding"
 TE_NOT_ALLOWED: Final = "http1.transfer_encoding_not_allowed"
 INVALID_CL: Final = "http1.content_length_not_allowed"
+INVALID_URL: Final = "http1.invalid_url"
+BODY_DISALLOWED: Final = "http1.body_disallowed"
 
 
 def error(reason: str, details: str = CODEC_ERROR, status: int = 400) -> ProtocolError:
@@ -86,6 +89,27 @@ def too_many() -> ProtocolError:
 
 def uri_too_long() -> ProtocolError:
     return error("request URI too long", URI_TOO_LONG, 414)
+
+
+#: A CONNECT target in authority form (RFC 9110 §9.3.6): a host (a reg-name, an IPv4
+#: address or a bracketed IPv6 literal) and a port, which is required.
+_CONNECT_TARGET: Final = re.compile(
+    r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]+):([0-9]{1,5})"
+)
+
+
+def check_connect(target: str, chunked: bool, length: int | None) -> None:
+    """A CONNECT request head as Envoy's codec takes it: no Transfer-Encoding (501
+    ``http1.invalid_transfer_encoding``), no body (a Content-Length other than 0 is 400
+    ``http1.body_disallowed``) and an authority-form target, ``host:port`` with a port up to
+    65535 (anything else, a path or an absolute URL included, is 400 ``http1.invalid_url``)."""
+    if chunked:
+        raise error("Transfer-Encoding in a CONNECT request", INVALID_TE, 501)
+    if length:
+        raise error("a CONNECT request with a body", BODY_DISALLOWED)
+    m = _CONNECT_TARGET.fullmatch(target)
+    if m is None or int(m.group(2)) > 65535:
+        raise error(f"invalid CONNECT target {target[:64]!r}", INVALID_URL)
 
 
 def _tokens(value: str) -> list[str]:
