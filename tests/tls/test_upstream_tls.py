@@ -156,8 +156,9 @@ async def test_untrusted_upstream_certificate_is_refused(
     status, body = await _get(proxy.port)
     assert status == 503 and b"TLS handshake" in body
     assert seen == []
-    assert proxy.stat("cluster.backend.ssl.connection_error") == 1
-    # counted as Envoy 1.40 counts it (measured): a connection that ended, remotely
+    # counted as Envoy 1.40 counts it (measured): a verification failure, and a connection
+    # that ended, remotely
+    assert proxy.stat("cluster.backend.ssl.fail_verify_error") == 1
     assert proxy.stat("cluster.backend.upstream_cx_destroy") == 1
     assert proxy.stat("cluster.backend.upstream_cx_destroy_remote") == 1
 

@@ -338,3 +338,63 @@ async def test_idle_connection_with_stray_bytes_is_not_reused(nursery: trio.Nurs
     assert cluster.stats.upstream_cx_destroy_remote.value == 1
     pool.release(fresh, False)
     nursery.cancel_scope.cancel()
+
+
+async def test_a_request_with_a_body_is_not_handed_a_connection_the_upstream_closed(
+    echo_server: EchoServer,
+) -> None:
+    """Queued behind ``max_connections``, a request with a body gets the next released
+    connection straight from ``release``: it is peeked at too (found by review)."""
+    echo_server.close_after = 1
+    cluster = make_cluster(
+        echo_server.port, circuit_breakers={"thresholds": [{"max_connections": 1}]}
+    )
+    host = cluster.choose_host()
+    assert host is not None
+    pool = cluster.pool(host)
+    conn = await pool.acquire()
+    await conn.stream.send_all(b"ping")
+    assert await conn.stream.receive_some(10) == b"ping"
+    await echo_server.closed.wait()
+    await trio.sleep(0.05)  # the upstream's FIN is in
+    got = []
+
+    async def body_request() -> None:
+        got.append(await pool.acquire(checked=True))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(body_request)
+        await trio.sleep(0.05)  # queued behind max_connections
+        pool.release(conn, True)  # the response was whole and keep-alive
+    assert got[0] is not conn and got[0].is_quiet()
+    assert cluster.stats.upstream_cx_destroy_remote.value == 1
+    pool.release(got[0], False)
+
+
+async def test_a_cancelled_tls_handshake_gives_its_connection_slot_back(
+    nursery: trio.Nursery,
+) -> None:
+    """The route deadline or the client's going away cancels a handshake: the connection's
+    gauges, breaker slot and socket are given back (found by review: they leaked)."""
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, host="127.0.0.1"), silent, 0)
+    port = listeners[0].socket.getsockname()[1]
+    tls = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/"
+            "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "x",
+        },
+    }
+    cluster = make_cluster(port, transport_socket=tls)
+    host = cluster.choose_host()
+    assert host is not None
+    with trio.move_on_after(0.2):
+        await cluster.pool(host).acquire()
+    assert cluster.stats.upstream_cx_active.value == 0
+    assert host.cx_active == 0
+    assert cluster.breakers.connections.count == 0

@@ -90,7 +90,7 @@ async def test_a_tls_cluster_never_falls_back_to_plaintext(nursery: trio.Nursery
     raw = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 503") and b"TLS handshake" in raw
     assert backend.requests == []  # nothing went out in plaintext
-    assert proxy.stat("cluster.backend.ssl.connection_error") == 1
+    assert proxy.stat("cluster.backend.upstream_cx_connect_fail") == 1
 
 
 async def test_bad_trusted_ca_is_a_config_error(nursery: trio.Nursery) -> None:

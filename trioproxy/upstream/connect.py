@@ -12,15 +12,16 @@ deadline, and counts what Envoy counts for every connection attempt: ``upstream_
 
 A cluster with an ``UpstreamTlsContext`` gets a ``TlsUpstream``: the TLS handshake (SNI, ALPN,
 certificate verification against ``trusted_ca``, client certificate) is part of connecting,
-under the same timeout, and counts ``cluster.<name>.ssl.handshake`` or
-``ssl.connection_error``. It offers what pools and tcp_proxy use of a plain socket stream
+under the same timeout, and counts ``cluster.<name>.ssl.handshake``, or its failure as Envoy
+does (``_handshake_failed``; a handshake that times out is a connect timeout). It offers what pools and tcp_proxy use of a plain socket stream
 (``socket``, ``closed``, ``close()``).
 """
 
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+import ssl
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -125,31 +126,51 @@ async def open_connection(
         ssl_stream = TlsStream(
             plain, tls.context, server_side=False, server_hostname=tls.sni or None
         )
+        shaken = False
         try:
             with trio.fail_after(max(connect_timeout - (trio.current_time() - start), 0.001)):
                 await ssl_stream.do_handshake()
-        except (trio.BrokenResourceError, trio.TooSlowError, OSError) as exc:
-            if tls_stats is not None:
-                tls_stats.counter("ssl.connection_error").value += 1
-            _connect_failed(host, stats, remote=not isinstance(exc, trio.TooSlowError))
-            plain.close()
-            connection_gone(host, stats, breakers)
+            shaken = True
+        except trio.TooSlowError:
+            # the connect timeout covers the handshake, as Envoy's does
+            stats.upstream_cx_connect_timeout.value += 1
+            _connect_failed(host, stats, remote=False)
+            raise UpstreamError(
+                f"TLS handshake with {address[0]}:{address[1]} timed out", flag="UF"
+            ) from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            _handshake_failed(exc, tls_stats)
+            _connect_failed(host, stats, remote=True)
             reason = str(exc.__cause__ or exc) or type(exc).__name__
             raise UpstreamError(
                 f"TLS handshake with {address[0]}:{address[1]} failed: {reason}", flag="UF"
             ) from None
-        if tls_stats is not None:
-            tls_stats.counter("ssl.handshake").value += 1
+        finally:
+            if not shaken:  # (cancelled too: the client left, the route timeout passed)
+                plain.close()
+                connection_gone(host, stats, breakers)
+        tls_stats.counter("ssl.handshake").value += 1
         stream = TlsUpstream(ssl_stream, plain)
     now = trio.current_time()
     stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
     return stream, now
 
 
+def _handshake_failed(exc: Exception, tls_stats: Any) -> None:
+    """The ``ssl.*`` counter of a failed handshake, as Envoy 1.40 counts it (measured): a
+    certificate we refused, ``ssl.fail_verify_error``; any other TLS error,
+    ``ssl.connection_error``; the peer's close, none."""
+    cause = exc.__cause__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        tls_stats.counter("ssl.fail_verify_error").value += 1
+    elif isinstance(cause, ssl.SSLError) and not isinstance(cause, ssl.SSLEOFError):
+        tls_stats.counter("ssl.connection_error").value += 1
+
+
 def _connect_failed(host: Host, stats: ClusterStats, *, remote: bool) -> None:
     """Count a connection that never opened. Envoy 1.40 counts its end too, measured: as
     remote for a refused connect or a failed TLS handshake (even one whose certificate we
-    refused), as local for a connect timeout."""
+    refused), as local for a connect timeout (the TLS handshake's included)."""
     stats.upstream_cx_connect_fail.value += 1
     host.cx_connect_fail += 1
     stats.upstream_cx_destroy.value += 1

@@ -249,6 +249,9 @@ class Http1Pool:
                     if self._open:
                         conn = await self.queue.wait(self)
                         if conn is not None:
+                            if checked and not conn.is_quiet():
+                                self._destroy(conn, remote=True)  # (a slot is free now)
+                                continue
                             conn.requests += 1
                             return conn
                         if self._closed:
