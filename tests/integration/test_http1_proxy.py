@@ -672,3 +672,29 @@ async def test_a_broken_chunked_request_body_gets_400(nursery: trio.Nursery) -> 
     assert out.startswith(b"HTTP/1.1 400")
     assert proxy.stat("http.ingress_http.downstream_cx_protocol_error") == 1
     assert proxy.stat("http.ingress_http.downstream_rq_filter_error") == 0
+
+
+async def test_a_local_reply_while_shutting_down_says_connection_close(
+    nursery: trio.Nursery,
+) -> None:
+    """A request in flight when the shutdown's drain starts ends in a local reply (here the
+    route timeout's 504): like a proxied response then, it says ``connection: close``, and
+    the connection closes after it (found by review: it closed without saying so)."""
+    backend = Backend(handler=lambda r: Reply(delay=3.0))
+    await nursery.start(backend.serve)
+    routes = """
+              - match: {prefix: "/"}
+                route: {cluster: backend, timeout: 0.5s}"""
+    proxy = await start_proxy(nursery, simple_config([backend.port], routes=routes), drain_time=5.0)
+    stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+    await trio.sleep(0.1)
+    proxy.server.request_shutdown()
+    out = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            out += chunk
+    await stream.aclose()
+    assert out.startswith(b"HTTP/1.1 504")
+    assert b"\r\nconnection: close\r\n" in out
+    assert proxy.stat("http.ingress_http.downstream_cx_drain_close") == 1

@@ -632,6 +632,10 @@ class Http1Connection:
             # bytes cannot be trusted to be a new request.
             st.downstream_rq_response_before_rq_complete.value += 1
             keep_alive = False
+        if self._expired is not None:
+            # A timeout (or the client's close) noticed as this stream finished whole: it
+            # was not answered as timed out (``_serve`` goes on), so it is logged here.
+            self._log(stream)
         self._stream = None  # (kept above for a stream that times out or loses its client)
         return keep_alive
 
@@ -676,6 +680,9 @@ class Http1Connection:
             for phase in cfg.chain.response_headers:
                 await phase(stream, headers)
         if not self._body_done:
+            keep_alive = False
+        if keep_alive and self.conn.drain.draining:  # (as ``_write_response``)
+            self.stats.downstream_cx_drain_close.value += 1
             keep_alive = False
         if not keep_alive:
             headers.set("connection", "close")
