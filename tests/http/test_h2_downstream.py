@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+from collections.abc import Callable
 
 import hyperframe.frame as hf
 import pytest
@@ -94,9 +95,12 @@ async def test_goaway_on_drain_lets_the_stream_in_flight_finish(nursery: trio.Nu
     await client.aclose()
 
 
-async def _goaways_until_closed(client: Raw) -> list[tuple[float, int | None]]:
+async def _goaways_until_closed(
+    client: Raw, after: Callable[[], object] | None = None
+) -> list[tuple[float, int | None]]:
     """Each GOAWAY NO_ERROR the proxy sends until it closes, as (seconds since the call, last
-    stream id), and (seconds, ``None``) for the close."""
+    stream id), and (seconds, ``None``) for the close; ``after``: called 0.4 s after the
+    first GOAWAY."""
     t0 = trio.current_time()
     got: list[tuple[float, int | None]] = []
     with trio.fail_after(8):
@@ -107,6 +111,9 @@ async def _goaways_until_closed(client: Raw) -> list[tuple[float, int | None]]:
             elif isinstance(f, hf.GoAwayFrame):
                 assert f.error_code == 0
                 got.append((trio.current_time() - t0, f.last_stream_id))
+                if after is not None and len(got) == 1:
+                    await trio.sleep(0.4)
+                    after()
     return got
 
 
@@ -157,13 +164,50 @@ async def test_shutdown_sends_an_idle_connection_the_final_goaway_at_once(
         await client.send(client.request_headers(1))
         assert await client.response_status(1) == 200
         proxy.server.request_shutdown()
-        final = await client.wait_for(lambda f: isinstance(f, hf.GoAwayFrame))
-        assert isinstance(final, hf.GoAwayFrame)
-        assert final.error_code == 0 and final.last_stream_id == 1
+        got = await _goaways_until_closed(client)  # the client does not close first
     finally:
-        await client.aclose()  # the client closes on it: the proxy need not wait
+        await client.aclose()
+    (t1, final), (t2, end) = got
+    assert final == 1 and end is None
+    assert t2 - t1 < 0.5  # closed once the GOAWAY is out, without the delayed close
     assert proxy.stat("http.ingress_http.downstream_cx_drain_close") == 1
     assert proxy.stat("http.ingress_http.http2.goaway_sent") == 1
+    assert proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout") == 0
+
+
+async def test_a_listener_removed_after_the_idle_timeout_announced_keeps_that_schedule(
+    nursery: trio.Nursery,
+) -> None:
+    """The idle timeout has already announced the close: the listener's removal does not
+    announce it again nor push the final GOAWAY back (Envoy starts its drain sequence only
+    once). Found by review."""
+    backend = Backend()
+    bport = await nursery.start(backend.serve)
+    (lport,) = free_ports(1)
+    ads = AdsServer()
+    ads.start()
+    try:
+        await start_proxy(nursery, bootstrap(ads.port), drain_time=10.0)
+        lds = listener("l", lport)
+        hcm = lds["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["drain_timeout"] = "1s"
+        hcm["common_http_protocol_options"] = {"idle_timeout": "0.2s"}
+        ads.set(CDS, "1", [cluster("c", bport)])
+        ads.set(LDS, "1", [lds])
+        ads.set(RDS, "1", [route("local_route", "c")])
+        await served(lport, b"backend")
+        client = await Raw.connect(lport)
+        try:
+            await client.send(client.request_headers(1))
+            assert await client.response_status(1) == 200
+            got = await _goaways_until_closed(client, after=lambda: ads.set(LDS, "2", []))
+        finally:
+            await client.aclose()
+    finally:
+        ads.stop()
+    (t1, first), (t2, final), (_, end) = got
+    assert first == 2**31 - 1 and final == 1 and end is None
+    assert 0.8 <= t2 - t1 < 1.3  # drain_timeout after the first, not after the removal
 
 
 @pytest.mark.skipif(CURL is None, reason="curl is not installed")

@@ -246,6 +246,9 @@ class Http2Connection(H2Handler):
         self._draining = False
         self._closing = False
         self._lingering = False
+        #: the server is shutting down: once the final GOAWAY is out and no stream is left,
+        #: close without waiting for the client (as idle HTTP/1.1 connections are closed)
+        self._shutdown = False
         #: Any GOAWAY that ends the connection is out (the final one, or an error's).
         self._goaway_sent = False
         #: The client's GOAWAY: no new streams, but those open finish (RFC 9113 §6.8).
@@ -317,7 +320,10 @@ class Http2Connection(H2Handler):
         self._draining = True
         self.h2.shutdown_notice()
         self._writer.wake()
-        self._drain_at = watchdog.now() + self.cfg.drain_timeout
+        if self.cfg.drain_timeout <= 0:
+            self._final_goaway()  # together, as Envoy sends them (not a watchdog tick apart)
+        else:
+            self._drain_at = watchdog.now() + self.cfg.drain_timeout
 
     def _final_goaway(self) -> None:
         """The final GOAWAY (NO_ERROR, the last stream id seen): streams open finish, new ones
@@ -337,7 +343,7 @@ class Http2Connection(H2Handler):
         the client's GOAWAY or an error's, close once everything is sent."""
         if self._streams:
             return
-        if self._closing:
+        if self._closing and not self._shutdown:
             if not self._lingering:
                 self._lingering = True
                 self._close_at = watchdog.now() + DELAYED_CLOSE_TIMEOUT
@@ -412,8 +418,9 @@ class Http2Connection(H2Handler):
         if not self._draining:
             self.stats.downstream_cx_drain_close.value += 1
         if drain.close_idle:
+            self._shutdown = True
             self._final_goaway()
-        else:
+        elif not self._draining:  # (already announced by the idle timeout: that one holds)
             self._announce()
         self.deadline = min(self._idle_at, self._drain_at, self._close_at)
 
