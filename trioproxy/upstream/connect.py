@@ -13,8 +13,8 @@ deadline, and counts what Envoy counts for every connection attempt: ``upstream_
 A cluster with an ``UpstreamTlsContext`` gets a ``TlsUpstream``: the TLS handshake (SNI, ALPN,
 certificate verification against ``trusted_ca``, client certificate) is part of connecting,
 under the same timeout, and counts ``cluster.<name>.ssl.handshake``, or its failure as Envoy
-does (``_handshake_failed``; a handshake that times out is a connect timeout). It offers what pools and tcp_proxy use of a plain socket stream
-(``socket``, ``closed``, ``close()``).
+does (``_handshake_failed``; a handshake that times out is a connect timeout). It offers what
+pools and tcp_proxy use of a plain socket stream (``socket``, ``closed``, ``close()``).
 """
 
 from __future__ import annotations

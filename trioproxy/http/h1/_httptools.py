@@ -42,7 +42,8 @@ def _new(cls: Any, proto: Any) -> Any:
     return p
 
 
-# Wire header name → lower-case str; bounded so hostile peers cannot grow it without limit.
+# Wire header name → lower-case str; bounded in number and name length, so that hostile peers
+# cannot grow it without limit (or pin long names).
 _NAMES: Final[dict[bytes, str]] = {}
 _FINAL: Final = object()  # queued after the EndOfMessage of a message that is not keep-alive
 #: ``_headers`` between a head and the next message (never appended to: ``on_message_begin``
@@ -152,7 +153,7 @@ class _Base:
         lname = _NAMES.get(name)
         if lname is None:
             lname = name.decode("latin-1").lower()
-            if len(_NAMES) < 4096:
+            if len(_NAMES) < 4096 and len(name) <= 64:
                 _NAMES[name] = lname
         headers.append((lname, value.decode("latin-1")))
 

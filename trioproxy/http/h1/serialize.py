@@ -15,9 +15,11 @@ from typing import Final
 from trioproxy.errors import ProtocolError
 
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-#: Header names already checked (bounded: a peer's made-up names cannot grow it for ever).
+#: Header names already checked, bounded in number and length: a peer's made-up names
+#: cannot pin more than 4096 x 64 characters.
 _KNOWN_TOKENS: Final[set[str]] = set()
 _KNOWN_TOKENS_MAX: Final = 4096
+_KNOWN_TOKEN_LENGTH: Final = 64
 _BAD_VALUE: Final = re.compile(r"[\r\n\x00]")
 _REASONS: Final = {int(s): s.phrase for s in HTTPStatus}
 _LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -44,7 +46,7 @@ def _encode_fields(lines: list[str], headers: Headers) -> None:
         if name not in tokens:
             if _TOKEN.fullmatch(name) is None:
                 _find_invalid(headers)
-            if len(tokens) < _KNOWN_TOKENS_MAX:
+            if len(tokens) < _KNOWN_TOKENS_MAX and len(name) <= _KNOWN_TOKEN_LENGTH:
                 tokens.add(name)
     lines.append(block)
 
