@@ -191,10 +191,9 @@ class Exchange:
 
     @property
     def reusable(self) -> bool:
-        """The response is whole, keep-alive, and nothing came after it: bytes the upstream
-        sends unasked would be taken for the next request's response (Envoy's codec reads
-        them at once and drops the connection)."""
-        return self.complete and self.keep_alive and not self.parser.has_leftover()
+        """The response is whole and keep-alive. (``Http1Pool.release`` still refuses the
+        connection if the upstream sent anything after it.)"""
+        return self.complete and self.keep_alive
 
 
 class _ResponseBody:

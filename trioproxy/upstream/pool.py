@@ -277,6 +277,12 @@ class Http1Pool:
         """Give ``conn`` back after a request. ``remote``: the upstream closed it (stats only)."""
         if conn.closed:
             return
+        if reusable and conn.codec is not None and conn.codec.has_leftover():
+            # Bytes after a complete response, unasked: they would be taken for the next
+            # request's response. Envoy's codec parses them as they come, takes them for a
+            # protocol error and closes the connection.
+            self.stats.upstream_cx_protocol_error.value += 1
+            reusable = False
         if not reusable or self._closed:
             self._destroy(conn, remote=remote)
             return
