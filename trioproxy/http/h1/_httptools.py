@@ -407,15 +407,22 @@ class ClientParser(_Base):
         if not self._keep_alive:
             self._events.append(_FINAL)
 
+    def _head_end(self, buf: bytes) -> int:
+        """Where the response head in ``buf`` ends (its blank line), or -1: not yet, or it
+        is bad (a bare LF, or too long: the error is set)."""
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if b"\n" in buf.replace(b"\r\n", b""):
+                self._error = common.error("bare LF in response head")
+            elif len(buf) > self._raw_limit:
+                self._error = common.too_large()
+        return end
+
     def _feed_head_only(self, data: bytes) -> None:
         buf = self._buf + data
         while not self._failed():
-            end = buf.find(b"\r\n\r\n")
+            end = self._head_end(buf)
             if end < 0:
-                if b"\n" in buf.replace(b"\r\n", b""):
-                    self._error = common.error("bare LF in response head")
-                elif len(buf) > self._raw_limit:
-                    self._error = common.too_large()
                 break
             head, buf = buf[: end + 4], buf[end + 4 :]
             self._p = _new(httptools.HttpResponseParser, self)
@@ -440,12 +447,8 @@ class ClientParser(_Base):
         status is read on as usual, its body included."""
         buf = self._buf + data
         while not self._failed():
-            end = buf.find(b"\r\n\r\n")
+            end = self._head_end(buf)
             if end < 0:
-                if b"\n" in buf.replace(b"\r\n", b""):
-                    self._error = common.error("bare LF in response head")
-                elif len(buf) > self._raw_limit:
-                    self._error = common.too_large()
                 break
             head, buf = buf[: end + 4], buf[end + 4 :]
             n = len(self._events)
