@@ -353,12 +353,14 @@ def http_config(
     vhost_extra: str = "",
     hcm_extra: str = "",
     clusters: str = "",
+    virtual_hosts: str = "",
 ) -> str:
     """The Envoy config most differential cases need, as a template for ``run_proxy``: admin,
-    one listener with a connection manager (``stat_prefix: ingress_http``) whose one virtual
-    host ``backend`` (every domain) has ``routes``; ``http_filters`` ahead of the router; the
-    ``backend`` cluster at ``{upstream_port}`` and any ``clusters`` after it. Each argument is
-    YAML written from column 0; it is indented here."""
+    one listener with a connection manager (``stat_prefix: ingress_http``) whose virtual host
+    ``backend`` (every domain) has ``routes``, followed by any ``virtual_hosts`` (for named
+    domains); ``http_filters`` ahead of the router; the ``backend`` cluster at
+    ``{upstream_port}`` and any ``clusters`` after it. Each argument is YAML written from
+    column 0; it is indented here."""
     return f"""
 admin:
   address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
@@ -377,7 +379,7 @@ static_resources:
             - name: backend
               domains: ["*"]
 {_block(vhost_extra, 14)}              routes:
-{_block(routes, 14)}          http_filters:
+{_block(routes, 14)}{_block(virtual_hosts, 12)}          http_filters:
 {_block(http_filters, 10)}          - name: envoy.filters.http.router
             typed_config:
               "@type": {ROUTER_TYPE}

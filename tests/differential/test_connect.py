@@ -25,7 +25,7 @@ import attrs
 import pytest
 import trio
 
-from .harness import HCM_TYPE, ROUTER_TYPE, build_request, find_envoy, run_proxy, send_raw
+from .harness import build_request, find_envoy, http_config, run_proxy, send_raw, static_cluster
 
 pytestmark = [
     pytest.mark.envoy,
@@ -39,88 +39,52 @@ LOG_FORMAT = (
 )
 
 
-def _cluster(name: str, port: str) -> str:
-    return f"""
-  - name: {name}
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: {name}
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}"""
-
-
 def config(*, enabled: bool, log_path: Path) -> str:
     """The proxy config (``{upstream_port}``: the echo server, ``{proxy_port}``: the upstream
     proxy, filled in by the test)."""
-    hcm_upgrades = "          upgrade_configs: [{upgrade_type: CONNECT}]\n" if enabled else ""
     terminate = "upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]"
+    forward = """
+- name: fwd
+  domains: ["fwd.example:443"]
+  routes:
+  - name: forward
+    match: {connect_matcher: {}}
+    route: {cluster: proxy}"""
+    vhosts = forward
     if enabled:
-        vhosts = f"""
-            - name: term
-              domains: ["term.example:443"]
-              routes:
-              - name: tunnel
-                match: {{connect_matcher: {{}}}}
-                route: {{cluster: backend, {terminate}}}
-            - name: fwd
-              domains: ["fwd.example:443"]
-              routes:
-              - name: forward
-                match: {{connect_matcher: {{}}}}
-                route: {{cluster: proxy}}
-            - name: dead
-              domains: ["dead.example:443"]
-              routes:
-              - name: refused
-                match: {{connect_matcher: {{}}}}
-                route: {{cluster: dead, {terminate}}}"""
-    else:
-        vhosts = """
-            - name: fwd
-              domains: ["fwd.example:443"]
-              routes:
-              - name: forward
-                match: {connect_matcher: {}}
-                route: {cluster: proxy}"""
-    clusters = (
-        _cluster("backend", "{upstream_port}")
-        + _cluster("proxy", "{proxy_port}")
-        + _cluster("dead", "1")
+        vhosts = (
+            f"""
+- name: term
+  domains: ["term.example:443"]
+  routes:
+  - name: tunnel
+    match: {{connect_matcher: {{}}}}
+    route: {{cluster: backend, {terminate}}}"""
+            + forward
+            + f"""
+- name: dead
+  domains: ["dead.example:443"]
+  routes:
+  - name: refused
+    match: {{connect_matcher: {{}}}}
+    route: {{cluster: dead, {terminate}}}"""
+        )
+    hcm = (
+        ("upgrade_configs: [{upgrade_type: CONNECT}]\n" if enabled else "")
+        + f"""
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {log_path}
+    log_format: {{text_format_source: {{inline_string: "{LOG_FORMAT}"}}}}"""
     )
-    return f"""
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {{admin_port}}}}}}
-static_resources:
-  listeners:
-  - name: ingress
-    address: {{socket_address: {{address: 127.0.0.1, port_value: {{listener_port}}}}}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": {HCM_TYPE}
-          stat_prefix: ingress_http
-{hcm_upgrades}          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {log_path}
-              log_format: {{text_format_source: {{inline_string: "{LOG_FORMAT}"}}}}
-          route_config:
-            virtual_hosts:{vhosts}
-            - name: other
-              domains: ["*"]
-              routes:
-              - match: {{prefix: "/"}}
-                route: {{cluster: backend}}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{"@type": {ROUTER_TYPE}}}
-  clusters:{clusters}
-"""
+    return http_config(
+        '- match: {prefix: "/"}\n  route: {cluster: backend}',
+        hcm_extra=hcm,
+        virtual_hosts=vhosts,
+        clusters=static_cluster("proxy", "{proxy_port}") + static_cluster("dead", "1"),
+    )
 
 
 # -- the upstreams --------------------------------------------------------------------------
