@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import hyperframe.frame as hf
 import pytest
@@ -15,7 +15,7 @@ import trustme
 
 from tests.h2client import H2Client, H2Error
 from tests.h2spec.raw import Raw
-from tests.support import Backend, free_ports, simple_config, start_proxy
+from tests.support import Backend, Proxy, free_ports, simple_config, start_proxy
 from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
 from tests.xds.test_ads import served
 from trioproxy.testing.xds_server import AdsServer
@@ -117,20 +117,21 @@ async def _goaways_until_closed(
     return got
 
 
-async def test_a_removed_listener_closes_its_http2_connections_in_two_goaways(
-    nursery: trio.Nursery,
-) -> None:
-    """A listener update or removal starts Envoy's graceful close at once: GOAWAY 2^31-1,
-    the final GOAWAY ``drain_timeout`` later, the close 1 s after it."""
+@contextlib.asynccontextmanager
+async def _xds_listener(
+    nursery: trio.Nursery, hcm: dict[str, object], drain_time: float
+) -> AsyncIterator[tuple[Proxy, AdsServer, Raw]]:
+    """A proxy whose listener (with ``hcm`` set on its connection manager) comes from an ADS
+    server, and an HTTP/2 client that has had one response on it; closed on leaving."""
     backend = Backend()
     bport = await nursery.start(backend.serve)
     (lport,) = free_ports(1)
     ads = AdsServer()
     ads.start()
     try:
-        proxy = await start_proxy(nursery, bootstrap(ads.port), drain_time=5.0)
+        proxy = await start_proxy(nursery, bootstrap(ads.port), drain_time=drain_time)
         lds = listener("l", lport)
-        lds["filter_chains"][0]["filters"][0]["typed_config"]["drain_timeout"] = "0.5s"
+        lds["filter_chains"][0]["filters"][0]["typed_config"].update(hcm)
         ads.set(CDS, "1", [cluster("c", bport)])
         ads.set(LDS, "1", [lds])
         ads.set(RDS, "1", [route("local_route", "c")])
@@ -139,12 +140,22 @@ async def test_a_removed_listener_closes_its_http2_connections_in_two_goaways(
         try:
             await client.send(client.request_headers(1))
             assert await client.response_status(1) == 200
-            ads.set(LDS, "2", [])
-            got = await _goaways_until_closed(client)
+            yield proxy, ads, client
         finally:
             await client.aclose()
     finally:
         ads.stop()
+
+
+async def test_a_removed_listener_closes_its_http2_connections_in_two_goaways(
+    nursery: trio.Nursery,
+) -> None:
+    """A listener update or removal starts Envoy's graceful close at once: GOAWAY 2^31-1,
+    the final GOAWAY ``drain_timeout`` later, the close 1 s after it."""
+    hcm: dict[str, object] = {"drain_timeout": "0.5s"}
+    async with _xds_listener(nursery, hcm, drain_time=5.0) as (proxy, ads, client):
+        ads.set(LDS, "2", [])
+        got = await _goaways_until_closed(client)
     (t1, first), (t2, final), (t3, end) = got
     assert first == 2**31 - 1 and final == 1 and end is None
     assert t1 < 1 and 0.4 <= t2 - t1 < 1 and 0.9 <= t3 - t2 < 1.5
@@ -181,30 +192,12 @@ async def test_a_listener_removed_after_the_idle_timeout_announced_keeps_that_sc
     """The idle timeout has already announced the close: the listener's removal does not
     announce it again nor push the final GOAWAY back (Envoy starts its drain sequence only
     once). Found by review."""
-    backend = Backend()
-    bport = await nursery.start(backend.serve)
-    (lport,) = free_ports(1)
-    ads = AdsServer()
-    ads.start()
-    try:
-        await start_proxy(nursery, bootstrap(ads.port), drain_time=10.0)
-        lds = listener("l", lport)
-        hcm = lds["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["drain_timeout"] = "1s"
-        hcm["common_http_protocol_options"] = {"idle_timeout": "0.2s"}
-        ads.set(CDS, "1", [cluster("c", bport)])
-        ads.set(LDS, "1", [lds])
-        ads.set(RDS, "1", [route("local_route", "c")])
-        await served(lport, b"backend")
-        client = await Raw.connect(lport)
-        try:
-            await client.send(client.request_headers(1))
-            assert await client.response_status(1) == 200
-            got = await _goaways_until_closed(client, after=lambda: ads.set(LDS, "2", []))
-        finally:
-            await client.aclose()
-    finally:
-        ads.stop()
+    hcm: dict[str, object] = {
+        "drain_timeout": "1s",
+        "common_http_protocol_options": {"idle_timeout": "0.2s"},
+    }
+    async with _xds_listener(nursery, hcm, drain_time=10.0) as (_, ads, client):
+        got = await _goaways_until_closed(client, after=lambda: ads.set(LDS, "2", []))
     (t1, first), (t2, final), (_, end) = got
     assert first == 2**31 - 1 and final == 1 and end is None
     assert 0.8 <= t2 - t1 < 1.3  # drain_timeout after the first, not after the removal
