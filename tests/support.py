@@ -262,6 +262,36 @@ async def raw_exchange(
     return out
 
 
+class RawRequests:
+    """HTTP/1.1 requests read one at a time off a raw connection, for the tests' hand-written
+    (misbehaving) upstreams: the head, and with ``body`` its content-length body."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buf = b""
+
+    async def next(self, *, body: bool = True) -> bytes | None:
+        """The next request's head (up to its blank line), or None once the peer closed."""
+        while b"\r\n\r\n" not in self.buf:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                return None
+            self.buf += data
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        if body:
+            length = 0
+            for line in head.lower().split(b"\r\n"):
+                if line.startswith(b"content-length:"):
+                    length = int(line.split(b":", 1)[1])
+            while len(self.buf) < length:
+                data = await self.stream.receive_some(65536)
+                if not data:
+                    return None
+                self.buf += data
+            self.buf = self.buf[length:]
+        return head
+
+
 class Client:
     """A keep-alive HTTP/1.1 client over one connection (h11, independent of our codec)."""
 

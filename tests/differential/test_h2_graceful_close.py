@@ -12,6 +12,7 @@ import pytest
 import trio
 
 from tests.h2spec.raw import Raw
+from tests.support import RawRequests
 
 from .harness import build_request, find_envoy, http_config, run_proxy, send_raw
 
@@ -30,15 +31,9 @@ COUNTERS = (
 
 async def upstream(stream: trio.SocketStream) -> None:
     """Answers each request "ok"; /slow after 1.5 s."""
-    buf = b""
+    requests = RawRequests(stream)
     with trio.move_on_after(10):
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
+        while (head := await requests.next()) is not None:
             if head.split(b" ", 2)[1] == b"/slow":
                 await trio.sleep(1.5)
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")

@@ -14,6 +14,7 @@ import contextlib
 import pytest
 import trio
 
+from tests.support import RawRequests
 from trioproxy.upstream.cluster_manager import SWEEP_INTERVAL
 
 from .harness import build_request, find_envoy, http_config, run_proxy, send_raw
@@ -35,23 +36,10 @@ ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 def _upstream(behaviour: str) -> object:
     async def handler(stream: trio.SocketStream) -> None:
-        buf = b""
+        requests = RawRequests(stream)
         async with stream:
             with contextlib.suppress(trio.BrokenResourceError), trio.move_on_after(10):
-                while True:
-                    while b"\r\n\r\n" not in buf:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        buf += data
-                    head, _, buf = buf.partition(b"\r\n\r\n")
-                    length = 0
-                    for line in head.lower().split(b"\r\n"):
-                        if line.startswith(b"content-length:"):
-                            length = int(line.split(b":", 1)[1])
-                    while len(buf) < length:
-                        buf += await stream.receive_some(65536)
-                    buf = buf[length:]
+                while await requests.next() is not None:
                     if behaviour == "close":
                         await stream.send_all(ANSWER)
                         return

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
+from tests.support import RawRequests
 
 from .harness import build_request, find_envoy, http_config, run_proxy, send_raw
 
@@ -29,15 +30,9 @@ async def upstream(stream: trio.SocketStream) -> None:
     """Reads each request's head (never a body), then: /slow answers after 3 s; /partial
     sends 2 of 10 body bytes and stops; /trickle sends its 10 bytes 2 at a time, 0.1 s apart,
     and keeps the connection for the next request."""
-    buf = b""
+    requests = RawRequests(stream)
     with trio.move_on_after(10):
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
+        while (head := await requests.next(body=False)) is not None:
             path = head.split(b" ", 2)[1]
             start = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n"
             if path == b"/partial":

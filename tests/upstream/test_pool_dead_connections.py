@@ -21,28 +21,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.support import Client, simple_config, start_proxy
-
-
-async def _read_request(stream: trio.SocketStream) -> bool:
-    """Read one request (head and its content-length body); False if the peer closed."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = await stream.receive_some(65536)
-        if not data:
-            return False
-        buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
-    length = 0
-    for line in head.lower().split(b"\r\n"):
-        if line.startswith(b"content-length:"):
-            length = int(line.split(b":", 1)[1])
-    while len(body) < length:
-        data = await stream.receive_some(65536)
-        if not data:
-            return False
-        body += data
-    return True
+from tests.support import Client, RawRequests, simple_config, start_proxy
 
 
 def upstream(behaviour: str, connections: list[int]) -> object:
@@ -51,9 +30,10 @@ def upstream(behaviour: str, connections: list[int]) -> object:
 
     async def handler(stream: trio.SocketStream) -> None:
         connections.append(1)
+        requests = RawRequests(stream)
         async with stream:
             try:
-                while await _read_request(stream):
+                while await requests.next() is not None:
                     answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                     if behaviour == "close":
                         await stream.send_all(answer)
