@@ -9,7 +9,7 @@ from functools import partial
 
 import trio
 
-from tests.support import raw_exchange, simple_config, start_proxy, until
+from tests.support import Proxy, raw_exchange, simple_config, start_proxy, until
 
 HCM_CONNECT = """
 upgrade_configs:
@@ -85,6 +85,22 @@ async def read_exactly(stream: trio.SocketStream, n: int, have: bytes = b"") -> 
     return buf
 
 
+async def _open_tunnel(
+    nursery: trio.Nursery, hcm_extra: str = ""
+) -> tuple[Echo, Proxy, trio.SocketStream]:
+    """An echo upstream, a proxy terminating CONNECT to it, and a client whose tunnel is
+    open (the 200 read)."""
+    echo = Echo()
+    port = await serve(nursery, echo.handle)
+    proxy = await start_proxy(
+        nursery, simple_config([port], routes=TERMINATE, hcm_extra=HCM_CONNECT + hcm_extra)
+    )
+    client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+    await client.send_all(CONNECT)
+    await read_head(client)
+    return echo, proxy, client
+
+
 async def test_terminated_connect_tunnels_bytes_both_ways(nursery: trio.Nursery) -> None:
     echo = Echo(greet=True)
     port = await serve(nursery, echo.handle)
@@ -123,14 +139,7 @@ async def test_terminated_connect_tunnels_bytes_both_ways(nursery: trio.Nursery)
 async def test_a_half_closing_client_closes_the_tunnel(nursery: trio.Nursery) -> None:
     # Envoy takes an HTTP/1.1 client's half-close as a close: the upstream sees its end and
     # nothing it sends afterwards reaches the client
-    echo = Echo()
-    port = await serve(nursery, echo.handle)
-    proxy = await start_proxy(
-        nursery, simple_config([port], routes=TERMINATE, hcm_extra=HCM_CONNECT)
-    )
-    client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-    await client.send_all(CONNECT)
-    await read_head(client)
+    echo, proxy, client = await _open_tunnel(nursery)
     await client.send_all(b"ping")
     assert await read_exactly(client, 4) == b"ping"
     client.socket.shutdown(socket.SHUT_WR)
@@ -142,14 +151,7 @@ async def test_a_half_closing_client_closes_the_tunnel(nursery: trio.Nursery) ->
 
 
 async def test_the_upstreams_close_ends_the_tunnel(nursery: trio.Nursery) -> None:
-    echo = Echo()
-    port = await serve(nursery, echo.handle)
-    proxy = await start_proxy(
-        nursery, simple_config([port], routes=TERMINATE, hcm_extra=HCM_CONNECT)
-    )
-    client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-    await client.send_all(CONNECT)
-    await read_head(client)
+    echo, proxy, client = await _open_tunnel(nursery)
     await client.send_all(b"BYE\n")
     with trio.fail_after(5):
         assert await read_exactly(client, 4) == b"bye\n"
@@ -159,15 +161,7 @@ async def test_the_upstreams_close_ends_the_tunnel(nursery: trio.Nursery) -> Non
 
 
 async def test_the_stream_idle_timeout_applies_to_the_tunnel(nursery: trio.Nursery) -> None:
-    echo = Echo()
-    port = await serve(nursery, echo.handle)
-    config = simple_config(
-        [port], routes=TERMINATE, hcm_extra=HCM_CONNECT + "stream_idle_timeout: 0.3s\n"
-    )
-    proxy = await start_proxy(nursery, config)
-    client = await trio.open_tcp_stream("127.0.0.1", proxy.port)
-    await client.send_all(CONNECT)
-    await read_head(client)
+    echo, proxy, client = await _open_tunnel(nursery, "stream_idle_timeout: 0.3s\n")
     for _ in range(3):  # traffic keeps it open
         await trio.sleep(0.15)
         await client.send_all(b"x")
