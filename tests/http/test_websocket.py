@@ -29,6 +29,12 @@ async def _echo_server(nursery: trio.Nursery) -> int:
     return int(server.port)
 
 
+async def _raw_upgrade(port: int, path: str) -> bytes:
+    """A WebSocket upgrade request for ``path`` by hand, and what came back."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    return await raw_exchange(port, request.encode())
+
+
 async def test_websocket_echo_both_directions(nursery: trio.Nursery) -> None:
     port = await _echo_server(nursery)
     proxy = await start_proxy(nursery, simple_config([port], hcm_extra=UPGRADES))
@@ -95,10 +101,7 @@ async def test_a_route_enables_the_upgrade_on_its_own(nursery: trio.Nursery) -> 
     async with open_websocket("127.0.0.1", proxy.port, "/chat", use_ssl=False) as ws:
         await ws.send_message("hi")
         assert await ws.get_message() == "echo:hi"
-    raw = await raw_exchange(
-        proxy.port,
-        b"GET /other HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
+    raw = await _raw_upgrade(proxy.port, "/other")
     assert raw.startswith(b"HTTP/1.1 403")
     assert proxy.stat("http.ingress_http.downstream_cx_upgrades_total") == 1
 
@@ -111,10 +114,7 @@ async def test_a_route_disables_the_upgrade(nursery: trio.Nursery) -> None:
                   cluster: backend
                   upgrade_configs: [{upgrade_type: websocket, enabled: false}]"""
     proxy = await start_proxy(nursery, simple_config([port], routes=routes, hcm_extra=UPGRADES))
-    raw = await raw_exchange(
-        proxy.port,
-        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
+    raw = await _raw_upgrade(proxy.port, "/chat")
     assert raw.startswith(b"HTTP/1.1 403")
     assert proxy.stat("http.ingress_http.downstream_rq_ws_on_non_ws_route") == 1
 
@@ -126,10 +126,7 @@ async def test_an_upgrade_without_a_route_is_not_found(nursery: trio.Nursery) ->
               - match: {prefix: "/api"}
                 route: {cluster: backend}"""
     proxy = await start_proxy(nursery, simple_config([port], routes=routes))
-    raw = await raw_exchange(
-        proxy.port,
-        b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-    )
+    raw = await _raw_upgrade(proxy.port, "/chat")
     assert raw.startswith(b"HTTP/1.1 404")
     assert proxy.stat("http.ingress_http.downstream_rq_ws_on_non_ws_route") == 0
 
