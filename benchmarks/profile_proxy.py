@@ -3,7 +3,7 @@
     python benchmarks/profile_proxy.py perf   [--role h1|h2c_h1] [--connections 50]
     python benchmarks/profile_proxy.py pyspy  ...   # Python frames (trio's, interpreted code)
     python benchmarks/profile_proxy.py strace ...   # system calls per request, beside Envoy's
-    python benchmarks/profile_proxy.py steps  ...   # trio task steps and I/O waits per request
+    python benchmarks/profile_proxy.py steps  ...   # trio steps, waits, tasks, scopes per request
 
 The rig is the benchmarks' own (benchlib: nginx backend, the same proxy config, proxy pinned
 to core 0, load on core 1); the load is wrk (h1) or h2load -m10 (h2c_h1).
@@ -18,7 +18,9 @@ to core 0, load on core 1); the load is wrk (h1) or h2load -m10 (h2c_h1).
   scheduler, its I/O manager, the instruments; compiled code shows as the interpreted frame
   that called it.
 - ``strace`` counts system calls (``strace -c``) for trioproxy and Envoy under the same load.
-- ``steps`` runs trioproxy with a trio instrument counting task steps and I/O waits.
+- ``steps`` runs trioproxy with a trio instrument counting task steps, I/O waits and tasks
+  spawned, and counts the cancel scopes entered (each about 4 µs of interpreted trio code,
+  a nursery one of them).
 
 Figures, not tests: docs/benchmarks.md says what they showed.
 """
@@ -42,14 +44,21 @@ import benchlib as bl
 STEPS_LAUNCHER = """
 import collections, signal, sys, trio
 class Count:
-    steps = io = 0
+    steps = io = spawned = scopes = 0
     def before_task_step(self, task):
         Count.steps += 1
     def before_io_wait(self, timeout):
         Count.io += 1
+    def task_spawned(self, task):
+        Count.spawned += 1
+enter = trio.CancelScope.__enter__
+def counted_enter(self):
+    Count.scopes += 1
+    return enter(self)
+trio.CancelScope.__enter__ = counted_enter
 def dump(*_):
     with open(sys.argv[1], "w") as f:
-        f.write(f"{Count.steps} {Count.io}")
+        f.write(f"{Count.steps} {Count.io} {Count.spawned} {Count.scopes}")
 signal.signal(signal.SIGUSR1, dump)
 run = trio.run
 def counted(fn, *args, **kw):
@@ -134,8 +143,10 @@ def main() -> int:
                 os.kill(t.pid, signal.SIGUSR1)
                 time.sleep(0.3)
                 after = [int(x) for x in (tmp / "steps").read_text().split()]
-                print(f"{n} requests: {(after[0] - before[0]) / n:.2f} task steps and "
-                      f"{(after[1] - before[1]) / n:.3f} I/O waits per request")  # fmt: skip
+                per = [(a - b) / n for a, b in zip(after, before, strict=True)]
+                print(f"{n} requests; per request: {per[0]:.2f} task steps, {per[1]:.3f} I/O "
+                      f"waits, {per[2]:.3f} tasks spawned, {per[3]:.3f} cancel scopes "
+                      "entered (nurseries included)")  # fmt: skip
                 continue
             if args.tool == "perf":
                 out = tmp / "perf.data"
