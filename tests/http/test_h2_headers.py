@@ -152,11 +152,14 @@ def test_a_request_block_splits_into_pseudo_and_regular_fields() -> None:
         [*GOOD, (b"x y", b"1")],
         [*GOOD, (b"x-\xe9", b"1")],
         [*GOOD, (b"", b"1")],
+        [*GOOD, (b"x\ny", b"1")],
         [*GOOD, (b"x", b"a\r\nb")],
         [*GOOD, (b"x", b"a\nb")],
         [*GOOD, (b"x", b"a\x00")],
         [*GOOD, (b"x", b" padded")],
         [*GOOD, (b"x", b"padded\t")],
+        [*GOOD, (b"x", b"padded "), (b"y", b"1")],
+        [*GOOD, (b"x", b"1"), (b"y", b"\tpadded")],
         [*GOOD, (b"connection", b"close")],
         [*GOOD, (b"keep-alive", b"5")],
         [*GOOD, (b"te", b"gzip")],
@@ -183,6 +186,18 @@ def test_a_malformed_request_block_is_refused(block: list[tuple[bytes, bytes]]) 
     ours.send_headers(1, block, end_stream=True)
     with pytest.raises(h2.exceptions.ProtocolError):
         peer.receive_data(ours.data_to_send())
+
+
+def test_names_a_peer_invents_are_checked_every_time_without_growing_a_table() -> None:
+    for i in range(2 * h2_headers._KNOWN_NAMES_MAX):
+        h2_headers.request_fields([*GOOD, (f"x-made-up-{i}".encode(), b"1")])
+    assert len(h2_headers._KNOWN_NAMES) <= h2_headers._KNOWN_NAMES_MAX
+    long_name = b"x-" + b"a" * 200
+    assert h2_headers.request_fields([*GOOD, (long_name, b"1")])[1] == [(long_name.decode(), "1")]
+    assert long_name not in h2_headers._KNOWN_NAMES
+    for bad in (b"X-Made-Up-1", b"connection"):
+        with pytest.raises(h2_headers.MalformedHeaders):
+            h2_headers.request_fields([*GOOD, (bad, b"1")])
 
 
 def test_received_trailers_carry_no_pseudo_header() -> None:

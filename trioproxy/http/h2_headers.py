@@ -60,10 +60,18 @@ _UNIQUE = frozenset(
 )
 _REQUEST_PSEUDO = (":authority", ":path", ":scheme")
 
-#: Field names, joined by LF: each one or more of 0x21-0x7e except upper case and the colon,
-#: a pseudo-header's leading colon apart.
-_NAMES = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+(?:\n:?[\x21-\x39\x3b-\x40\x5b-\x7e]+)*")
-_PAD = (b" ", b"\t")  # not at either end of a value
+#: A field name: one or more of 0x21-0x7e except upper case and the colon, a pseudo-header's
+#: leading colon apart.
+_NAME = re.compile(rb":?[\x21-\x39\x3b-\x40\x5b-\x7e]+")
+#: Field values joined by LF: each without NUL, CR or LF, and without space or tab at
+#: either end.
+_VALUE = rb"(?:[^\x00\r\n \t](?:[^\x00\r\n]*[^\x00\r\n \t])?)?"
+_VALUES = re.compile(_VALUE + rb"(?:\n" + _VALUE + rb")*")
+#: Names already checked, as text: a peer's blocks repeat a few names, and a name found here
+#: costs one lookup. Bounded in entries and length, so a peer inventing names cannot grow it.
+_KNOWN_NAMES: dict[bytes, str] = {}
+_KNOWN_NAMES_MAX = 1024
+_KNOWN_NAME_LENGTH = 64
 _CONNECTION_SPECIFIC = frozenset(
     {"connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade"}
 )
@@ -87,36 +95,42 @@ def config(*, client_side: bool) -> h2.config.H2Configuration:
     )
 
 
+def _checked_name(raw: bytes) -> str:
+    """A received field name as text, once checked (characters, not connection-specific);
+    remembered while ``_KNOWN_NAMES`` has room."""
+    if _NAME.fullmatch(raw) is None:
+        raise MalformedHeaders("invalid header field name")
+    name = raw.decode("latin-1")
+    if name in _CONNECTION_SPECIFIC:
+        raise MalformedHeaders("connection-specific header field")
+    if len(raw) <= _KNOWN_NAME_LENGTH and len(_KNOWN_NAMES) < _KNOWN_NAMES_MAX:
+        _KNOWN_NAMES[raw] = name
+    return name
+
+
 def _fields(block: Sequence[tuple[bytes, bytes]]) -> tuple[list[str], list[str]]:
     """The names and the values, as latin-1 text, after the checks that apply to every block:
     characters, connection-specific fields and ``te``."""
-    if not block:
-        return [], []
-    names = b"\n".join([n for n, _ in block])
-    if _NAMES.fullmatch(names) is None:
-        raise MalformedHeaders("invalid header field name")
-    values = b"\n".join([v for _, v in block])
-    if (
-        values.count(b"\n") != len(block) - 1
-        or b"\r" in values
-        or b"\x00" in values
-        or values.startswith(_PAD)
-        or values.endswith(_PAD)
-        or b"\n " in values
-        or b" \n" in values
-        or b"\n\t" in values
-        or b"\t\n" in values
-    ):
+    known = _KNOWN_NAMES
+    names: list[str] = []
+    raw_values: list[bytes] = []
+    for raw, raw_value in block:
+        name = known.get(raw)
+        names.append(_checked_name(raw) if name is None else name)
+        raw_values.append(raw_value)
+    if not names:
+        return names, []
+    # One scan of all the values: LF only as the separator (so no LF inside a value), and
+    # each value passes _VALUES' rules.
+    values = b"\n".join(raw_values)
+    if values.count(b"\n") != len(names) - 1 or _VALUES.fullmatch(values) is None:
         raise MalformedHeaders("invalid header field value")
-    name_list = names.decode("latin-1").split("\n")
     value_list = values.decode("latin-1").split("\n")
-    if not _CONNECTION_SPECIFIC.isdisjoint(name_list):
-        raise MalformedHeaders("connection-specific header field")
-    if "te" in name_list:
-        for name, value in zip(name_list, value_list, strict=True):
+    if "te" in names:
+        for name, value in zip(names, value_list, strict=True):
             if name == "te" and value.lower() != "trailers":
                 raise MalformedHeaders("te other than trailers")
-    return name_list, value_list
+    return names, value_list
 
 
 def request_fields(
