@@ -1,12 +1,12 @@
 """Where a proxied request's time goes: trioproxy under load, seen by one of four tools.
 
-    python benchmarks/profile_proxy.py perf   [--role h1|h2c_h1] [--connections 50]
+    python benchmarks/profile_proxy.py perf   [--role h1|h2c_h1|h2c_h2c] [--connections 50]
     python benchmarks/profile_proxy.py pyspy  ...   # Python frames (trio's, interpreted code)
     python benchmarks/profile_proxy.py strace ...   # system calls per request, beside Envoy's
     python benchmarks/profile_proxy.py steps  ...   # trio steps, waits, tasks, scopes per request
 
 The rig is the benchmarks' own (benchlib: nginx backend, the same proxy config, proxy pinned
-to core 0, load on core 1); the load is wrk (h1) or h2load -m10 (h2c_h1).
+to core 0, load on core 1); the load is wrk (h1) or h2load -m10 (h2c_h1, h2c_h2c).
 
 - ``perf`` (``perf record -e cpu-clock --call-graph dwarf``, needs
   ``/proc/sys/kernel/perf_event_paranoid`` ≤ 1 for kernel frames) charges each sample to the
@@ -113,7 +113,7 @@ def owners(script: str, top: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tool", choices=["perf", "pyspy", "strace", "steps"])
-    ap.add_argument("--role", choices=["h1", "h2c_h1"], default="h1")
+    ap.add_argument("--role", choices=["h1", "h2c_h1", "h2c_h2c"], default="h1")
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--top", type=int, default=40)
