@@ -314,6 +314,17 @@ async def get_stat_names(admin_port: int) -> set[str]:
     return names
 
 
+async def nonzero_stats(admin_port: int, *families: str) -> dict[str, str]:
+    """The stats whose names start with one of ``families`` and whose value is not 0."""
+    resp = await send_raw(admin_port, build_request("GET", "/stats", host="admin"))
+    out = {}
+    for line in resp.body.decode().splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value != "0" and any(name.startswith(f) for f in families):
+            out[name] = value
+    return out
+
+
 # -- proxies ---------------------------------------------------------------------------------
 
 

@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 import trio
 
-from .harness import CaseResult, RecordedRequest, Reply, build_request, find_envoy, run_case
+from .harness import (
+    CaseResult,
+    RecordedRequest,
+    RecordingUpstream,
+    Reply,
+    build_request,
+    find_envoy,
+    nonzero_stats,
+    run_case,
+    run_proxy,
+    send_raw,
+)
 from .test_http1_basic import CONFIG
 
 pytestmark = [
@@ -109,3 +120,49 @@ async def test_access_log_lines_match_envoy(tmp_path: Path) -> None:
     _, trio_text, trio_errors = await logged("trioproxy", tmp_path / "trioproxy")
     assert trio_text == envoy_text
     assert trio_errors == envoy_errors
+
+
+#: Requests whose head does not parse, each on its own connection, then one that does.
+UNPARSED = [
+    b"GET / HTTP/1.1\r\nHost: example.com\r\nBad Name: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: abc\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: example.com\r\nContent-Length: 5\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: example.com\r\nTransfer-Encoding: gzip\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: example.com\r\nX: a\x01b\r\n\r\n",
+    b"GET /api HTTP/1.1\r\nHost: example.com\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00",  # a TLS ClientHello on a plaintext port
+    b"GET /api/partial HTTP/1.1\r\nHost: exa",  # never finished: request_headers_timeout
+    build_request("GET", "/api/ok"),
+]
+
+
+async def unparsed(kind: str, tmp: Path) -> tuple[list[tuple[int, bytes]], dict[str, str], str]:
+    await trio.Path(tmp).mkdir()
+    config = config_with_logs(tmp).replace(
+        "          stat_prefix: ingress_http\n",
+        "          stat_prefix: ingress_http\n          request_headers_timeout: 0.5s\n",
+        1,
+    )
+    upstream = RecordingUpstream(script=script)
+    listeners = await upstream.listen()
+    async with run_proxy(kind, config, upstream.port) as proxy, trio.open_nursery() as nursery:
+        await nursery.start(upstream.serve, listeners)
+        replies = [await send_raw(proxy.listener_port, raw) for raw in UNPARSED]
+        stats = await nonzero_stats(proxy.admin_port, "http.ingress_http.downstream_")
+        nursery.cancel_scope.cancel()
+    for histogram in ("downstream_rq_time", "downstream_cx_length_ms"):  # (timings)
+        stats.pop(f"http.ingress_http.{histogram}", None)
+    text = await trio.Path(tmp / "text.log").read_text()
+    return [(r.status, r.body) for r in replies], stats, text
+
+
+async def test_requests_that_do_not_parse_are_answered_counted_and_logged_as_envoy(
+    tmp_path: Path,
+) -> None:
+    envoy = await unparsed("envoy", tmp_path / "envoy")
+    assert envoy[0][-1] == (200, b"hello")
+    assert envoy[1]["http.ingress_http.downstream_rq_total"] == str(len(UNPARSED))
+    assert envoy[2].count(" DPE ") == len(UNPARSED) - 2
+    assert await unparsed("trioproxy", tmp_path / "trioproxy") == envoy

@@ -19,11 +19,10 @@ import pytest
 import trio
 
 from tests.differential.harness import (
-    build_request,
     command_for,
     find_envoy,
     free_port,
-    send_raw,
+    nonzero_stats,
     wait_accepting,
 )
 
@@ -56,16 +55,6 @@ async def proxy(kind: str, config: str, admin_port: int) -> AsyncIterator[None]:
                 process.kill()
                 await process.wait()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-async def nonzero_stats(admin_port: int, *families: str) -> dict[str, str]:
-    resp = await send_raw(admin_port, build_request("GET", "/stats", host="admin"))
-    out = {}
-    for line in resp.body.decode().splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and value != "0" and any(name.startswith(f) for f in families):
-            out[name] = value
-    return out
 
 
 def admin(port: int) -> str:

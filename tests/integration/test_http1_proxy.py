@@ -19,6 +19,7 @@ from tests.support import (
     raw_exchange,
     simple_config,
     start_proxy,
+    until,
 )
 
 
@@ -216,6 +217,34 @@ async def test_oversized_headers_get_431_and_close(nursery: trio.Nursery) -> Non
     many = b"".join(f"x-h{i}: v\r\n".encode() for i in range(101))
     out = await raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nhost: a\r\n" + many + b"\r\n")
     assert out.startswith(b"HTTP/1.1 431")
+
+
+@pytest.mark.parametrize("delay", ["0.3s", "0s"])
+async def test_after_an_error_answer_the_proxy_waits_for_the_client_to_close(
+    nursery: trio.Nursery, delay: str
+) -> None:
+    """As Envoy's delayed_close_timeout: the client may close first (counted a remote
+    close) until the timeout closes it (a local close); 0 closes at once. The proxy's side
+    is half-closed at once, so a client reading to the end is not kept waiting."""
+    (backend,), proxy = await _setup(nursery, hcm_extra=f"delayed_close_timeout: {delay}")
+    for closes_first in (True, False):
+        stream = await trio.open_tcp_stream("127.0.0.1", proxy.port)
+        await stream.send_all(b"GET / HTTP/1.1\r\nhost: a\r\nbad name: 1\r\n\r\n")
+        out = b""
+        with trio.fail_after(0.25):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 400") and out.endswith(b"Bad Request")
+        if closes_first:
+            await stream.aclose()
+            await until(lambda: proxy.stat("http.ingress_http.downstream_cx_destroy") == 1)
+        else:
+            await until(lambda: proxy.stat("http.ingress_http.downstream_cx_destroy") == 2)
+            await stream.aclose()
+    timed_out = proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout")
+    remote = proxy.stat("http.ingress_http.downstream_cx_destroy_remote")
+    local = proxy.stat("http.ingress_http.downstream_cx_destroy_local")
+    assert (timed_out, remote, local) == ((0, 0, 2) if delay == "0s" else (1, 1, 1))
 
 
 async def test_ambiguous_framing_is_400_and_closed(nursery: trio.Nursery) -> None:

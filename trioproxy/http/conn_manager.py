@@ -30,6 +30,7 @@ import math
 import socket
 import time
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Any
 
 import trio
@@ -428,7 +429,7 @@ class Http1Connection:
                     ev = await self._next_event()
                 if scope.cancelled_caught:
                     self.stats.downstream_rq_header_timeout.value += 1
-                    await self._send_local_reply_raw(HEADER_TIMEOUT, False)
+                    await self._answer_unparsed(HEADER_TIMEOUT)
                     return None
         except ProtocolError as exc:
             await self._protocol_error(exc)
@@ -496,24 +497,77 @@ class Http1Connection:
 
     async def _protocol_error(self, exc: ProtocolError) -> None:
         self.stats.downstream_cx_protocol_error.value += 1
-        if exc.status_hint == 431:
-            self.stats.downstream_rq_too_large.value += 1
-        reply = LocalReply(
-            exc.status_hint, b"Bad Request" if exc.status_hint == 400 else b"", details=exc.details
+        body = HTTPStatus(exc.status_hint).phrase.encode("ascii")
+        await self._answer_unparsed(
+            LocalReply(exc.status_hint, body, details=exc.details, flag="DPE")
         )
-        await self._send_local_reply_raw(reply, False)
 
-    async def _send_local_reply_raw(self, reply: LocalReply, head_only: bool) -> None:
-        """Answer outside a stream (bad framing, header timeout) and close."""
-        now = time.time()
-        headers = reply_headers(reply, self.cfg.server_name, now)
+    async def _answer_unparsed(self, reply: LocalReply) -> None:
+        """Answer a request whose head did not parse (bad framing, header timeout) and close.
+        Envoy has a stream from a request's first byte, so this is one in the stats and the
+        access log, as Envoy counts and logs it: without request headers, and reset by the
+        close before it completed."""
+        st = self.stats
+        st.downstream_rq_total.value += 1
+        st.downstream_rq_http1_total.value += 1
+        st.downstream_rq_response_before_rq_complete.value += 1
+        st.downstream_rq_rx_reset.value += 1
+        conn_info = self.conn.info
+        info = StreamInfo(
+            start_time=time.time(),
+            start_monotonic=_now(),
+            protocol="HTTP/1.1",
+            downstream_remote_address=self._remote,
+            downstream_local_address=self._local,
+            requested_server_name=conn_info.sni,
+            connection_id=conn_info.connection_id,
+        )
+        info.downstream_direct_remote_address = info.downstream_remote_address
+        headers = reply_headers(reply, self.cfg.server_name, info.start_time)
         headers.add("connection", "close")
-        data = _encode_head(headers) + (b"" if head_only else reply.body)
+        if reply.flag:
+            info.response_flags.add(reply.flag)
+        info.response_code = reply.status
+        info.response_code_details = reply.details
+        info.response_headers = headers
+        info.bytes_sent = len(reply.body)
         self._count_status(reply.status)
         try:
-            await self._send(data)
+            await self._send(_encode_head(headers) + reply.body)
         except _Closed:
-            pass
+            st.downstream_cx_destroy_remote.value += 1
+            return
+        finally:
+            info.end_monotonic = info.last_downstream_tx = _now()
+            st.downstream_rq_time.record((info.end_monotonic - info.start_monotonic) * 1000)
+            self._log(HttpStream(request_headers=Headers(), info=info, connection=conn_info))
+        await self._delayed_close()
+
+    async def _delayed_close(self) -> None:
+        """Before closing after an error answer, give the client ``delayed_close_timeout``
+        to read it and close first, as Envoy does: closing with its bytes unread would make
+        the kernel send a reset, which can destroy the answer before the client reads it.
+        Unlike Envoy, and as RFC 9112 §9.6 asks, our side is half-closed first (over
+        cleartext), so a client reading to the end of the connection sees it at once; what
+        the client still sends is read and dropped."""
+        st = self.stats
+        delay = self.cfg.delayed_close_timeout
+        if delay is None:
+            st.downstream_cx_destroy_local.value += 1
+            return
+        stream = self.stream
+        with trio.move_on_after(delay):
+            try:
+                if isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                while data := await stream.receive_some(READ_SIZE):
+                    self.rx += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            st.downstream_cx_destroy_remote.value += 1
+            return
+        st.downstream_cx_delayed_close_timeout.value += 1
+        st.downstream_cx_destroy_local.value += 1
 
     def _count_status(self, status: int) -> None:
         count_status(self.stats, self.lstats, status)

@@ -43,6 +43,7 @@ class HcmStats(StatBlock):
     downstream_cx_destroy_remote_active_rq: Counter
     downstream_cx_destroy_local_active_rq: Counter
     downstream_cx_protocol_error: Counter
+    downstream_cx_delayed_close_timeout: Counter
     downstream_cx_idle_timeout: Counter
     downstream_cx_drain_close: Counter
     downstream_cx_rx_bytes_total: Counter
@@ -206,6 +207,7 @@ class HcmConfig:
     via: str = ""
     idle_timeout: float | None = 3600.0
     request_headers_timeout: float | None = 10.0
+    delayed_close_timeout: float | None = 1.0
     stream_idle_timeout: float | None = 300.0
     request_timeout: float | None = 300.0
     drain_timeout: float = 5.0
@@ -354,6 +356,7 @@ class HcmConfig:
             via=d.get("via", ""),
             idle_timeout=_timeout(common.get("idle_timeout"), 3600.0),
             request_headers_timeout=_timeout(d.get("request_headers_timeout"), 10.0),
+            delayed_close_timeout=_timeout(d.get("delayed_close_timeout"), 1.0),
             stream_idle_timeout=_timeout(d.get("stream_idle_timeout"), 300.0),
             request_timeout=_timeout(d.get("request_timeout"), 300.0),
             drain_timeout=_drain_timeout(d.get("drain_timeout")),

@@ -30,7 +30,7 @@ STREAM_TIMEOUT = LocalReply(408, b"stream timeout", details="stream_idle_timeout
 #: The stream idle timeout once the whole request was in: what timed out was the wait for the
 #: upstream, so 504 (Envoy's ``maybeRequestTimeoutCode``).
 STREAM_TIMEOUT_GATEWAY = LocalReply(504, b"stream timeout", details="stream_idle_timeout")
-HEADER_TIMEOUT = LocalReply(408, b"request header read timeout", details="request_header_timeout")
+HEADER_TIMEOUT = LocalReply(408, b"request header timeout", details="request_header_timeout")
 FILTER_ERROR = LocalReply(500, b"filter error", details="filter_raised_exception")
 
 # Envoy's Grpc::Utility::httpToGrpcStatus.

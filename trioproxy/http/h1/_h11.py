@@ -217,12 +217,22 @@ class _Base:
             raise common.error(msg) from exc
 
 
+def _method_prefix(text: str) -> bool:
+    return any(m.startswith(text) for m in common.KNOWN_METHODS)
+
+
 class ServerParser(_Base):
     """Parses requests (the downstream side)."""
 
     _role = h11.SERVER
 
     def _check_partial_start(self, buf: bytes) -> None:
+        # A method is refused from its first wrong byte, as llhttp does: a client speaking
+        # another protocol (a TLS hello) gets its 400 now, not the header timeout's 408.
+        method, space, _ = buf.partition(b" ")
+        name = method.decode("latin-1")
+        if name not in common.KNOWN_METHODS if space else not _method_prefix(name):
+            raise common.error(f"invalid method {name!r}")
         parts = buf.split(None, 2)
         if len(parts) >= 2 and len(parts[1]) > self._max_uri:
             raise common.uri_too_long()

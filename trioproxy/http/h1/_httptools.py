@@ -61,8 +61,6 @@ def _map_llhttp(exc: Exception) -> ProtocolError:
         if "Content-Length" in msg:
             return common.error(msg, common.CL_AND_TE)
         return common.error(msg, common.INVALID_TE, 501)
-    if "Content-Length" in msg:
-        return common.error(msg, common.INVALID_CL)
     if "header value char" in msg:
         return common.error(msg, common.INVALID_CHARACTERS)
     return common.error(msg or "malformed HTTP/1.1 message")

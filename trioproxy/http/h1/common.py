@@ -70,7 +70,6 @@ INVALID_CHARACTERS: Final = "http1.invalid_characters"
 CL_AND_TE: Final = "http1.content_length_and_chunked_not_allowed"
 INVALID_TE: Final = "http1.invalid_transfer_encoding"
 TE_NOT_ALLOWED: Final = "http1.transfer_encoding_not_allowed"
-INVALID_CL: Final = "http1.content_length_not_allowed"
 INVALID_URL: Final = "http1.invalid_url"
 BODY_DISALLOWED: Final = "http1.body_disallowed"
 
@@ -136,7 +135,7 @@ def analyse(
         if c == "c":
             if name == "content-length":
                 if cl is not None:
-                    raise error("repeated Content-Length", INVALID_CL)
+                    raise error("repeated Content-Length")
                 cl = value
             elif name == "connection":
                 conn = value if conn is None else f"{conn},{value}"
@@ -161,7 +160,7 @@ def analyse(
         chunked = True
     elif cl is not None:
         if not cl or not cl.isdigit() or not cl.isascii() or len(cl) > 18:
-            raise error(f"malformed Content-Length {cl!r}", INVALID_CL)
+            raise error(f"malformed Content-Length {cl!r}")
         length = int(cl)
     if conn is None:
         keep_alive = version == "1.1"
