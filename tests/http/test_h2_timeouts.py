@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import hyperframe.frame as hf
+import pytest
 import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
@@ -223,15 +224,19 @@ def _goaway(f: hf.Frame | None) -> int | None:
     return None
 
 
+@pytest.mark.parametrize("delayed_close", [None, 0.4, 0.0])
 async def test_an_idle_connection_is_closed_in_two_goaways_as_in_envoy(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, delayed_close: float | None
 ) -> None:
     """Envoy 1.40's graceful close: GOAWAY 2^31-1 when the idle timeout fires, the final
-    GOAWAY (last stream id) ``drain_timeout`` later, and the close 1 s after that when the
-    client does not close first."""
+    GOAWAY (last stream id) ``drain_timeout`` later, and the close ``delayed_close_timeout``
+    (1 s unless set; 0: at once) after that when the client does not close first."""
     backend = Backend()
     port = await nursery.start(backend.serve)
     hcm = "common_http_protocol_options: {idle_timeout: 0.3s}\ndrain_timeout: 0.6s"
+    if delayed_close is not None:
+        hcm += f"\ndelayed_close_timeout: {delayed_close}s"
+    delay = 1.0 if delayed_close is None else delayed_close
     async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         await client.send(client.request_headers(1))
         frames = await _stream_frames(client, 1)
@@ -241,10 +246,10 @@ async def test_an_idle_connection_is_closed_in_two_goaways_as_in_envoy(
     assert _goaway(first) == MAX_STREAM_ID and _goaway(final) == 1 and end is None
     assert 0.25 <= t1 < 1
     assert 0.5 <= t2 - t1 < 1
-    assert 0.9 <= t3 - t2 < 1.5
+    assert delay - 0.1 <= t3 - t2 < delay + 0.5
     assert proxy.stat("http.ingress_http.downstream_cx_idle_timeout") == 1
     assert proxy.stat("http.ingress_http.http2.goaway_sent") == 1  # the final GOAWAY
-    assert proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout") == 1
+    assert proxy.stat("http.ingress_http.downstream_cx_delayed_close_timeout") == (delay > 0)
     assert proxy.stat("http.ingress_http.downstream_cx_drain_close") == 0
 
 

@@ -21,7 +21,7 @@ Graceful close, as Envoy 1.40's connection manager does it (checked side by side
 announcing it (NO_ERROR, last stream id 2^31-1: streams the client opens until the final one
 are still served), ``drain_timeout`` (5 s) later the final GOAWAY (the last stream id seen;
 a stream opened after it is refused with REFUSED_STREAM, where Envoy ignores it), and once no
-stream is left, the close: when the client closes, or ``DELAYED_CLOSE_TIMEOUT`` (1 s) later,
+stream is left, the close: when the client closes, or ``delayed_close_timeout`` (1 s) later,
 ``downstream_cx_delayed_close_timeout``. The final GOAWAY counts ``http2.goaway_sent``. All
 three timers are the watchdog's.
 
@@ -129,10 +129,6 @@ PREMATURE_RESET_MIN_STREAMS = 500
 #: How long the last frames (a GOAWAY) may take to go out before the connection closes anyway
 #: (Envoy's ``delayed_close_timeout`` default).
 FINAL_FLUSH_TIMEOUT = 1.0
-#: After the final GOAWAY, with no stream left: how long the client may take to close first
-#: (Envoy's ``delayed_close_timeout`` default), so that our close cannot turn into a TCP reset
-#: that loses the GOAWAY; then we close, ``downstream_cx_delayed_close_timeout``.
-DELAYED_CLOSE_TIMEOUT = 1.0
 #: The name of every stream worker's task (trio's default is built per task: repr() of the
 #: method).
 _STREAM_TASK = "trioproxy.http.h2_connection stream"
@@ -283,7 +279,7 @@ class Http2Connection(H2Handler):
         #: GOAWAY announcing it is out (new streams still served), ``_closing`` once the final
         #: GOAWAY is (``_goaway_sent`` too: no new streams), ``_lingering`` once no stream is
         #: left either: the client's bytes are no longer read, and we close when it does or
-        #: ``DELAYED_CLOSE_TIMEOUT`` later.
+        #: ``delayed_close_timeout`` later (at once when it is 0).
         self._draining = False
         self._closing = False
         self._lingering = False
@@ -382,14 +378,17 @@ class Http2Connection(H2Handler):
 
     def _close_if_done(self) -> None:
         """After a GOAWAY (ours or the client's), once the last stream is over: after our
-        final GOAWAY, wait for the client's close (``DELAYED_CLOSE_TIMEOUT`` at most); after
+        final GOAWAY, wait for the client's close (``delayed_close_timeout`` at most); after
         the client's GOAWAY or an error's, close once everything is sent."""
         if self._streams:
             return
         if self._closing and not self._shutdown:
-            if not self._lingering:
+            delay = self.cfg.delayed_close_timeout
+            if delay is None:  # (0: close once the final GOAWAY is out)
+                self._writer.close_when_sent()
+            elif not self._lingering:
                 self._lingering = True
-                self._close_at = watchdog.now() + DELAYED_CLOSE_TIMEOUT
+                self._close_at = watchdog.now() + delay
                 self.deadline = self._close_at
         elif self._goaway_sent or self._peer_goaway:
             self._writer.close_when_sent()
