@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import trioproxy.http.hpack
 from trioproxy.http.hpack import (
     Decoder,
     Encoder,
@@ -327,6 +328,19 @@ def test_never_indexed_fields_use_the_never_indexed_form_and_stay_out_of_the_tab
     block = encoder.encode([hpack.NeverIndexedHeaderTuple(b"x-token", b"new")])
     assert block[:2] == b"\x1f\x2f"  # 0x10 | 15, then 62 - 15
     assert len(encoder.entries()) == 1
+
+
+def test_values_kept_out_of_the_table_stay_out_of_the_process_wide_caches() -> None:
+    """A credential must not outlive its request in a cache shared by all connections."""
+    secret = b"Bearer " + b"s3cr3t-t0ken" * 3
+    fields = [hpack.NeverIndexedHeaderTuple(b"authorization", secret), (b"x-seen", b"recurs")]
+    block = Encoder().encode(fields)
+    assert Decoder().decode(block) == [tuple(f) for f in fields]
+    cached = [
+        *trioproxy.http.hpack._literal_cache,
+        *trioproxy.http.hpack._huff_decode_cache.values(),
+    ]
+    assert cached.count(b"recurs") == 2 and secret not in cached
 
 
 def test_full_and_name_matches_are_indexed() -> None:

@@ -161,8 +161,9 @@ _huff_decode_cache: dict[bytes, bytes] = {}
 _literal_cache: dict[bytes, bytes] = {}
 
 
-def huffman_decode(data: bytes) -> bytes:
-    """Decode a Huffman-coded string (RFC 7541 §5.2); ``HpackError`` if it is invalid."""
+def huffman_decode(data: bytes, remember: bool = True) -> bytes:
+    """Decode a Huffman-coded string (RFC 7541 §5.2); ``HpackError`` if it is invalid.
+    ``remember=False`` keeps it out of the cache (see ``Decoder.decode``)."""
     cached = _huff_decode_cache.get(data)
     if cached is not None:
         return cached
@@ -177,7 +178,7 @@ def huffman_decode(data: bytes) -> bytes:
     if not _HUFF_ACCEPT[state]:
         raise HpackError("invalid Huffman string (EOS, or bad padding)")
     result = b"".join(parts)
-    if len(data) <= _CACHE_MAX_STRING:
+    if remember and len(data) <= _CACHE_MAX_STRING:
         if len(_huff_decode_cache) >= _CACHE_LIMIT:
             _huff_decode_cache.clear()
         _huff_decode_cache[data] = result
@@ -209,8 +210,9 @@ def _encode_int(out: bytearray, value: int, prefix_bits: int, flags: int) -> Non
     out.append(value)
 
 
-def encode_string(data: bytes) -> bytes:
-    """The string literal of ``data`` (RFC 7541 §5.2): Huffman coded when that is shorter."""
+def encode_string(data: bytes, remember: bool = True) -> bytes:
+    """The string literal of ``data`` (RFC 7541 §5.2): Huffman coded when that is shorter.
+    ``remember=False`` keeps it out of the cache (see ``Encoder._encode_never_indexed``)."""
     cached = _literal_cache.get(data)
     if cached is not None:
         return cached
@@ -223,7 +225,7 @@ def encode_string(data: bytes) -> bytes:
         _encode_int(out, len(data), 7, 0)
         out += data
     result = bytes(out)
-    if len(data) <= _CACHE_MAX_STRING:
+    if remember and len(data) <= _CACHE_MAX_STRING:
         if len(_literal_cache) >= _CACHE_LIMIT:
             _literal_cache.clear()
         _literal_cache[data] = result
@@ -341,11 +343,14 @@ class Encoder:
         return 0
 
     def _encode_never_indexed(self, out: bytearray, name: bytes, value: bytes) -> None:
+        # The value is a credential or new on every request (h2_headers): kept out of the
+        # process-wide cache as out of the table, where it would only push out the values
+        # that recur, and outlive its request.
         name_index = self._name_index(name)
         _encode_int(out, name_index, 4, 0x10)
         if not name_index:
             out += encode_string(name)
-        out += encode_string(value)
+        out += encode_string(value, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +441,9 @@ class Decoder:
                 name: bytes = self._get(index)[0]
             else:
                 name, pos = _decode_string(block, pos)
-            value, pos = _decode_string(block, pos)
+            # Only a value the peer indexes is expected to recur: one it keeps out of its
+            # table (a credential, a request id) stays out of the process-wide cache too.
+            value, pos = _decode_string(block, pos, indexing)
             size = len(name) + len(value) + ENTRY_OVERHEAD
             list_size += size
             field = (name, value)
@@ -480,7 +487,7 @@ def _decode_int(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
     return value, pos
 
 
-def _decode_string(block: bytes, pos: int) -> tuple[bytes, int]:
+def _decode_string(block: bytes, pos: int, remember: bool = True) -> tuple[bytes, int]:
     """The string literal at ``pos`` (RFC 7541 §5.2), and the position after it."""
     end = len(block)
     if pos >= end:
@@ -496,5 +503,5 @@ def _decode_string(block: bytes, pos: int) -> tuple[bytes, int]:
         raise HpackError("string longer than the block")
     data = block[pos:stop]
     if b & 0x80:
-        data = huffman_decode(data)
+        data = huffman_decode(data, remember)
     return data, stop
