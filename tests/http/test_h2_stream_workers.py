@@ -7,6 +7,7 @@ only.)"""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import hyperframe.frame as hf
@@ -15,6 +16,7 @@ import trio
 from tests.h2client import H2Client
 from tests.h2spec.raw import Raw, frame_bytes
 from tests.support import Backend, Recorded, Reply, simple_config, start_proxy, until
+from trioproxy.http.filter import HttpStream
 from trioproxy.http.h2_connection import IDLE_STREAM_WORKERS
 
 CANCEL = 0x8
@@ -118,8 +120,8 @@ async def test_more_streams_at_once_than_workers_kept_are_all_answered(
     client = await H2Client.connect(proxy.port)
     answers: dict[str, tuple[int, bytes]] = {}
 
-    async def get(path: str) -> None:
-        status, _, body = await client.request("GET", path)
+    async def get(path: str, headers: list[tuple[str, str]]) -> None:
+        status, _, body = await client.request("GET", path, b"", headers)
         answers[path] = (status, body)
 
     n = 3 * IDLE_STREAM_WORKERS
@@ -128,7 +130,12 @@ async def test_more_streams_at_once_than_workers_kept_are_all_answered(
         for burst in range(2):
             async with trio.open_nursery() as many:
                 for i in range(n):
-                    many.start_soon(get, f"/{burst}/{i}")
+                    many.start_soon(get, f"/{burst}/{i}", [("x-big", "v" * 20_000)])
+        await until(lambda: proxy.stat("http.ingress_http.downstream_rq_active") == 0)
+        # the workers waiting for the connection's next streams hold nothing of the last ones
+        gc.collect()
+        held = [o for o in gc.get_objects() if type(o) is HttpStream]
+        assert not [o for o in held if (o.request_headers.get(":path") or "").startswith("/1/")]
         await client.aclose()
     assert answers == {f"/{b}/{i}": (200, f"/{b}/{i}".encode()) for b in range(2) for i in range(n)}
     assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 2 * n

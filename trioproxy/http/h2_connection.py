@@ -135,6 +135,8 @@ _STREAM_TASK = "trioproxy.http.h2_connection stream"
 #: How many stream workers a connection keeps waiting for its next streams (``_next_stream``):
 #: a worker that finishes a stream when that many already wait ends instead.
 IDLE_STREAM_WORKERS = 16
+_NO_PSEUDO: dict[str, str] = {}
+_NO_FIELDS: list[tuple[str, str]] = []
 
 
 class _Stream:
@@ -815,6 +817,12 @@ class Http2Connection(H2Handler):
         self._writer.wake()
         self._close_if_done()
         self._stream_closed()
+        # A worker waiting for its next stream still refers to this one: keep nothing of
+        # the request there (headers can be 60 KiB, and up to IDLE_STREAM_WORKERS wait).
+        s.http = None
+        s.pseudo = _NO_PSEUDO
+        s.regular = _NO_FIELDS
+        s.trailers = None
 
     async def _timed_out(self, stream: HttpStream, s: _Stream, head_only: bool) -> None:
         """A timeout cancelled the stream (``_Stream.expire``): answer it as Envoy does, or
