@@ -172,6 +172,19 @@ HCM_TYPE = (
 )
 
 
+def file_access_log(path: object, fmt: str) -> str:
+    """The connection manager's ``access_log``: one file logger writing a ``fmt`` line per
+    request to ``path`` (for ``simple_config(hcm_extra=...)``)."""
+    return f"""
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: {path}
+    log_format: {{text_format_source: {{inline_string: "{fmt}\\n"}}}}
+"""
+
+
 def simple_config(
     upstream_ports: Sequence[int],
     *,

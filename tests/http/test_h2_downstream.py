@@ -15,7 +15,7 @@ import trustme
 
 from tests.h2client import H2Client, H2Error
 from tests.h2spec.raw import Raw
-from tests.support import Backend, Proxy, free_ports, simple_config, start_proxy
+from tests.support import Backend, Proxy, file_access_log, free_ports, simple_config, start_proxy
 from tests.xds.resources import CDS, LDS, RDS, bootstrap, cluster, listener, route
 from tests.xds.test_ads import served
 from trioproxy.testing.xds_server import AdsServer
@@ -379,13 +379,7 @@ async def test_streams_cut_off_by_the_client_closing_are_logged_dc(
     log = Path(str(tmp_path)) / "access.log"
     backend = Backend(handler=lambda rec: Reply(delay=2.0))
     port = await nursery.start(backend.serve)
-    access_log = f"""
-          access_log:
-          - name: envoy.access_loggers.file
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-              path: {log}
-              log_format: {{text_format_source: {{inline_string: "%RESPONSE_FLAGS%\\n"}}}}"""
+    access_log = file_access_log(log, "%RESPONSE_FLAGS%")
     proxy = await start_proxy(nursery, simple_config([port], hcm_extra=access_log))
     client = await H2Client.connect(proxy.port)
 

@@ -15,21 +15,19 @@ import trio
 
 from tests.h2client import H2Client
 from tests.h2spec.raw import Raw, frame_bytes
-from tests.support import Backend, Recorded, Reply, simple_config, start_proxy, until
+from tests.support import (
+    Backend,
+    Recorded,
+    Reply,
+    file_access_log,
+    simple_config,
+    start_proxy,
+    until,
+)
 from trioproxy.http.filter import HttpStream
 from trioproxy.http.h2_connection import IDLE_STREAM_WORKERS
 
 CANCEL = 0x8
-ACCESS_LOG = """
-access_log:
-- name: envoy.access_loggers.file
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: {path}
-    log_format:
-      text_format_source:
-        inline_string: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\\n"
-"""
 
 
 def _slow_or_quick(rec: Recorded) -> Reply:
@@ -69,7 +67,9 @@ async def test_reset_and_timed_out_streams_leave_the_next_streams_alone(
     backend = Backend(handler=_slow_or_quick)
     port = await nursery.start(backend.serve)
     log = tmp_path / "access.log"
-    hcm = "stream_idle_timeout: 0.3s" + ACCESS_LOG.format(path=log)
+    hcm = "stream_idle_timeout: 0.3s" + file_access_log(
+        log, "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%"
+    )
     proxy = await start_proxy(nursery, simple_config([port], hcm_extra=hcm))
     client = await Raw.connect(proxy.port)
     try:

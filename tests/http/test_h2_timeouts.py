@@ -14,24 +14,14 @@ import pytest
 import trio
 
 from tests.h2spec.raw import Raw, frame_bytes
-from tests.support import Backend, Proxy, Reply, simple_config, start_proxy, until
+from tests.support import Backend, Proxy, Reply, file_access_log, simple_config, start_proxy, until
 
 INTERNAL_ERROR = 0x2
 NO_ERROR = 0x0
 REFUSED_STREAM = 0x7
 #: the last stream id of the GOAWAY that announces a graceful close
 MAX_STREAM_ID = 2**31 - 1
-
-ACCESS_LOG = """
-access_log:
-- name: envoy.access_loggers.file
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: {path}
-    log_format:
-      text_format_source:
-        inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\\n"
-"""
+LOG_FORMAT = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%"
 
 
 async def _raw_backend(
@@ -107,7 +97,7 @@ async def test_stream_idle_timeout_on_a_whole_request_answers_504(
     backend = Backend(handler=lambda r: Reply(delay=3.0))
     port = await nursery.start(backend.serve)
     log = tmp_path / "access.log"
-    hcm = "stream_idle_timeout: 0.3s" + ACCESS_LOG.format(path=log)
+    hcm = "stream_idle_timeout: 0.3s" + file_access_log(log, LOG_FORMAT)
     async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         t0 = trio.current_time()
         await client.send(client.request_headers(1))
@@ -144,7 +134,7 @@ async def test_request_timeout_ends_a_request_body_that_keeps_dripping(
     backend = Backend()
     port = await nursery.start(backend.serve)
     log = tmp_path / "access.log"
-    hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.6s" + ACCESS_LOG.format(path=log)
+    hcm = "stream_idle_timeout: 0.3s\nrequest_timeout: 0.6s" + file_access_log(log, LOG_FORMAT)
     async with _proxy_and_client(nursery, port, hcm) as (proxy, client):
         headers = client.request_headers(
             1, end_stream=False, method="POST", extra=[("content-length", "100")]

@@ -7,16 +7,7 @@ from pathlib import Path
 
 import trio
 
-from tests.support import Backend, Client, Reply, simple_config, start_proxy, until
-
-ACCESS_LOG = """
-access_log:
-- name: envoy.access_loggers.file
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: {path}
-    log_format: {{text_format_source: {{inline_string: "%RESPONSE_CODE% %RESPONSE_FLAGS%\\n"}}}}
-"""
+from tests.support import Backend, Client, Reply, file_access_log, simple_config, start_proxy, until
 
 
 async def test_a_burst_past_max_requests_gets_503_uo(nursery: trio.Nursery, tmp_path: Path) -> None:
@@ -27,7 +18,7 @@ async def test_a_burst_past_max_requests_gets_503_uo(nursery: trio.Nursery, tmp_
         nursery,
         simple_config(
             [port],
-            hcm_extra=ACCESS_LOG.format(path=log),
+            hcm_extra=file_access_log(log, "%RESPONSE_CODE% %RESPONSE_FLAGS%"),
             cluster_extra="""
     circuit_breakers:
       thresholds: [{max_requests: 2, max_pending_requests: 1}]""",
