@@ -24,8 +24,11 @@ from tests.support import (
     start_proxy,
     until,
 )
-from trioproxy.http.filter import HttpStream
+from trioproxy.hookspecs import hookimpl
+from trioproxy.http.filter import HttpFilter, HttpStream
 from trioproxy.http.h2_connection import IDLE_STREAM_WORKERS
+from trioproxy.http.headers import Headers
+from trioproxy.registry import HttpFilterFactory
 
 CANCEL = 0x8
 
@@ -140,3 +143,56 @@ async def test_more_streams_at_once_than_workers_kept_are_all_answered(
     assert answers == {f"/{b}/{i}": (200, f"/{b}/{i}".encode()) for b in range(2) for i in range(n)}
     assert proxy.stat("http.ingress_http.downstream_rq_2xx") == 2 * n
     assert proxy.stat("http.ingress_http.downstream_rq_active") == 0
+
+
+class KeepAndCancel(HttpFilter):
+    """Keeps the stream of ``/first``; on ``/second`` cancels that (finished) stream."""
+
+    def __init__(self) -> None:
+        self.kept: HttpStream | None = None
+
+    async def on_request_headers(self, stream: HttpStream, headers: Headers) -> None:
+        if headers.get(":path") == "/first":
+            self.kept = stream
+        elif self.kept is not None and self.kept.cancel_scope is not None:
+            self.kept.cancel_scope.cancel()
+            await trio.sleep(0.01)  # a checkpoint: a cancellation that hit this stream shows
+
+
+class KeepAndCancelPlugin:
+    def __init__(self) -> None:
+        self.filter = KeepAndCancel()
+
+    @hookimpl
+    def trioproxy_http_filters(self) -> list[HttpFilterFactory]:
+        url = "type.googleapis.com/test.KeepAndCancel"
+        return [HttpFilterFactory("test.keep", (url,), create=lambda cfg, ctx: self.filter)]
+
+
+async def test_cancelling_a_finished_stream_leaves_the_next_ones_alone(
+    nursery: trio.Nursery,
+) -> None:
+    """``HttpStream.cancel_scope`` ends its own stream only, even when a filter cancels it
+    after the stream is over and the worker serves another."""
+    backend = Backend()
+    port = await nursery.start(backend.serve)
+    filters = """
+    - name: test.keep
+      typed_config:
+        "@type": type.googleapis.com/xds.type.v3.TypedStruct
+        type_url: type.googleapis.com/test.KeepAndCancel
+        value: {}
+    """
+    plugin = KeepAndCancelPlugin()
+    proxy = await start_proxy(
+        nursery, simple_config([port], http_filters=filters), plugins=[plugin]
+    )
+    client = await H2Client.connect(proxy.port)
+    async with trio.open_nursery() as inner:
+        inner.start_soon(client.reader)
+        with trio.fail_after(5):
+            assert (await client.request("GET", "/first"))[0] == 200
+            assert (await client.request("GET", "/second"))[0] == 200
+        await client.aclose()
+    assert plugin.filter.kept is not None and plugin.filter.kept.cancel_scope.cancel_called
+    assert proxy.stat("http.ingress_http.downstream_rq_rx_reset") == 0

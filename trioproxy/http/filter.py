@@ -24,7 +24,7 @@ response had started), the error is logged and counted, and the connection lives
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -103,6 +103,17 @@ class ConnectionInfo:
     local_address_restored: bool = False
 
 
+
+class Cancellable(Protocol):
+    """What ends a stream: a ``trio.CancelScope`` (HTTP/1.1), or an HTTP/2 stream's own
+    handle (its worker's scope is shared by the streams it serves one after another)."""
+
+    def cancel(self) -> None: ...
+
+    @property
+    def cancel_called(self) -> bool: ...
+
+
 @attrs.define(eq=False)
 class HttpStream:
     """One request/response exchange, as filters see it.
@@ -122,8 +133,9 @@ class HttpStream:
     _route: Any = None
     _routed: bool = False
     _router: Callable[[Headers], Any] | None = None
-    #: Cancelling it ends the stream and its HTTP/1.1 connection (stream timeouts do that).
-    cancel_scope: trio.CancelScope | None = None
+    #: Cancelling it ends the stream (on HTTP/1.1, its connection too), as stream timeouts
+    #: do; once the stream is over it does nothing.
+    cancel_scope: Cancellable | None = None
     end_stream: bool = False  # the request has no body
     #: The stream's trace span (``trioproxy.tracing.Span``) when the connection manager traces.
     span: Any = None

@@ -205,10 +205,15 @@ class _Stream:
             self.body_in.close()
 
     def cancel(self) -> None:
-        """End what the stream awaits (its worker answers it, ``Http2Connection._serve``)."""
+        """End what the stream awaits (its worker answers it, ``Http2Connection._serve``);
+        nothing once it is over. The stream's ``HttpStream.cancel_scope``."""
         self.cancelled = True
         if self.scope is not None:
             self.scope.cancel()
+
+    @property
+    def cancel_called(self) -> bool:
+        return self.cancelled
 
     def expire(self) -> None:
         """A timeout fired (the watchdog): cancel what the stream awaits; its worker
@@ -719,7 +724,7 @@ class Http2Connection(H2Handler):
         stream = HttpStream(request_headers=headers, info=info, connection=self.conn.info)
         stream._router = cfg.routes.route
         stream.end_stream = s.no_body
-        stream.cancel_scope = s.scope
+        stream.cancel_scope = s
         if reject is None and (not method or ":path" not in pseudo):
             reject = LocalReply(400, b"", details="missing_required_header")
         if cfg.tracing is not None and reject is None:
@@ -817,6 +822,9 @@ class Http2Connection(H2Handler):
         self._writer.wake()
         self._close_if_done()
         self._stream_closed()
+        # The worker's scope goes on with its next stream: a late cancel of this one (a
+        # filter kept its HttpStream) must not reach it.
+        s.scope = None
         # A worker waiting for its next stream still refers to this one: keep nothing of
         # the request there (headers can be 60 KiB, and up to IDLE_STREAM_WORKERS wait).
         s.http = None
