@@ -103,7 +103,6 @@ class ConnectionInfo:
     local_address_restored: bool = False
 
 
-
 class Cancellable(Protocol):
     """What ends a stream: a ``trio.CancelScope`` (HTTP/1.1), or an HTTP/2 stream's own
     handle (its worker's scope is shared by the streams it serves one after another)."""
