@@ -131,6 +131,26 @@ BAD = [
         5,
     ),
 ]
+# Valid for Envoy, but a field trioproxy cannot honour yet: refused, not served as if absent.
+NOT_YET = [
+    (
+        BASE.replace(
+            "stat_prefix: ingress",
+            "stat_prefix: ingress\n          local_reply_config: {mappers: []}",
+        ),
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.local_reply_config",
+        "not supported by trioproxy yet",
+        12,
+        11,
+    ),
+    (
+        BASE.replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    alt_stat_name: x"),
+        "static_resources.clusters[0].alt_stat_name",
+        "not supported by trioproxy yet",
+        27,
+        5,
+    ),
+]
 
 
 def test_the_demo_configs_are_found() -> None:
@@ -145,7 +165,9 @@ def test_demo_configs_load(path: str) -> None:
     assert loaded.source == path
 
 
-@pytest.mark.parametrize("text,path,reason,line,column", BAD, ids=[b[2] for b in BAD])
+@pytest.mark.parametrize(
+    "text,path,reason,line,column", BAD + NOT_YET, ids=[b[2] for b in BAD + NOT_YET]
+)
 def test_bad_config_is_located(text: str, path: str, reason: str, line: int, column: int) -> None:
     with pytest.raises(ConfigError) as info:
         load_bootstrap(yaml_text=text)
@@ -154,6 +176,17 @@ def test_bad_config_is_located(text: str, path: str, reason: str, line: int, col
     assert reason in err.reason
     assert (err.line, err.column) == (line, column)
     assert err.source == "<config-yaml>"
+
+
+def test_a_refused_field_spelt_with_its_default_is_accepted() -> None:
+    """Envoy's default, written out, changes nothing: such a config loads."""
+    text = BASE.replace(
+        "stat_prefix: ingress",
+        "stat_prefix: ingress\n          stream_error_on_invalid_http_message: false",
+    ).replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    alt_stat_name: ''")
+    loaded = load_bootstrap(yaml_text=text)
+    hcm = loaded.canonical["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    assert hcm["typed_config"]["stream_error_on_invalid_http_message"] is False
 
 
 def test_canonical_form() -> None:

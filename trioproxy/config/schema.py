@@ -22,7 +22,7 @@ from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from trioproxy.config import pgv
+from trioproxy.config import pgv, unsupported
 from trioproxy.config.descriptors import pool
 from trioproxy.errors import ConfigError
 
@@ -148,6 +148,8 @@ class _Walker:
                 out[fd.name] = conv  # a later spelling of the same field wins, as in Envoy
             else:
                 out.pop(fd.name, None)
+        if (refused := unsupported.refused(name, out)) is not None:
+            raise _fail("not supported by trioproxy yet", f"{path}.{refused}" if path else refused)
         for o in md.oneofs:
             present = [f.name for f in o.fields if f.name in out]
             if len(present) > 1:
@@ -217,6 +219,8 @@ class _Walker:
         return cv
 
     def default_for(self, fd: FieldDescriptor) -> Any:
+        if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type.full_name in _WRAPPERS:
+            return self.default_for(fd.message_type.fields_by_name["value"])
         if fd.type == FieldDescriptor.TYPE_ENUM:
             return fd.enum_type.values[0].name
         if fd.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
