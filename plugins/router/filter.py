@@ -254,7 +254,7 @@ class Router(TerminalFilter):
             code = getattr(route, "cluster_not_found_response_code", 503)
             return LocalReply(code, b"", details="cluster_not_found", flag="NC")
         info.upstream_cluster = cluster.name
-        route.rewrite(headers)
+        route.rewrite(headers, not self.config.suppress_envoy_headers)
         if route.mutates_headers:
             route.apply_request_headers(headers, info)
         timeout = route.timeout

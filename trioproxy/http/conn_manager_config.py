@@ -217,6 +217,7 @@ class HcmConfig:
     merge_slashes: bool = False
     escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
     strip_port_mode: str = ""  # "" | "matching" | "any"
+    strip_trailing_host_dot: bool = False
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     headers_with_underscores_action: str = "ALLOW"
@@ -371,6 +372,7 @@ class HcmConfig:
                 )
             ),
             strip_port_mode=strip,
+            strip_trailing_host_dot=bool(d.get("strip_trailing_host_dot")),
             accept_http_10=h1opts.get("accept_http_10", False),
             default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),
             headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),

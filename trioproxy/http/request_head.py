@@ -161,12 +161,28 @@ def request_headers(
             )
         if new != target:
             headers.set(":path", new)
+    if cfg.strip_trailing_host_dot:
+        stripped = without_trailing_dot(authority)
+        if stripped != authority:
+            authority = stripped
+            headers.set(":authority", authority)
     if cfg.strip_port_mode and ":" in authority and not authority.endswith("]") and not connect:
         # (a CONNECT keeps its port, as Envoy's strip_port_from_connect is off by default)
         host, _, port = authority.rpartition(":")
         if cfg.strip_port_mode == "any" or port == str(conn.local_address[1]):
             headers.set(":authority", host)
     return headers, None
+
+
+def without_trailing_dot(authority: str) -> str:
+    """``strip_trailing_host_dot``: one trailing dot off the host, before any port (Envoy's
+    ``HeaderUtility::stripTrailingHostDot``)."""
+    colon = authority.rfind(":")
+    if colon > 0 and authority.rfind("]") < colon:
+        if authority[colon - 1] == ".":
+            return authority[: colon - 1] + authority[colon:]
+        return authority
+    return authority[:-1] if authority.endswith(".") else authority
 
 
 def refuse_upgrade(cfg: HcmConfig, stream: HttpStream, upgrade: str) -> LocalReply | None:

@@ -209,8 +209,12 @@ class Redirect:
     regex: tuple[re.Pattern[str], str] | None
     strip_query: bool
     matched_prefix: str | None  # for prefix_rewrite: the route's prefix
+    #: a virtual host's ``require_tls``: the same authority and path, over https (as Envoy)
+    ssl: bool = False
 
     def location(self, headers: Headers) -> str:
+        if self.ssl:
+            return f"https://{headers.get(':authority') or ''}{headers.get(':path') or ''}"
         orig_scheme = headers.get("x-forwarded-proto") or headers.get(":scheme") or "http"
         scheme = self.scheme or orig_scheme
         authority = headers.get(":authority") or ""
@@ -308,6 +312,22 @@ class VirtualHost:
     include_request_attempt_count: bool = False
     include_attempt_count_in_response: bool = False
     rate_limits: tuple[RateLimit, ...] = ()
+    #: ``require_tls``: the redirect every request not forwarded as https gets (EXTERNAL_ONLY:
+    #: only external requests)
+    ssl_redirect: Route | None = None
+    tls_external_only: bool = False
+
+
+def _ssl_redirect(require_tls: str) -> Route | None:
+    if require_tls not in ("ALL", "EXTERNAL_ONLY"):
+        return None
+    rd = Redirect(301, None, None, None, None, None, None, False, None, ssl=True)
+    # not linked to its virtual host: Envoy's SSL redirect adds no configured headers
+    return Route(name="", match_fn=_match_all, redirect=rd, mutates_headers=False)
+
+
+def _match_all(path: str, headers: Headers) -> bool:
+    return True
 
 
 #: ``Route``'s attributes, in its ``__init__``'s order (for ``__slots__`` and ``__repr__``).
@@ -328,6 +348,7 @@ _ROUTE_FIELDS = (
     "regex_rewrite",
     "host_rewrite_literal",
     "host_rewrite_header",
+    "append_x_forwarded_host",
     "cluster_not_found_response_code",
     "decorator",
     "retry_policy",
@@ -375,6 +396,7 @@ class Route:
     regex_rewrite: tuple[re.Pattern[str], str] | None
     host_rewrite_literal: str | None
     host_rewrite_header: str | None
+    append_x_forwarded_host: bool
     cluster_not_found_response_code: int
     decorator: str | None
     #: The route's ``retry_policy``, else its virtual host's.
@@ -429,6 +451,7 @@ class Route:
         regex_rewrite: tuple[re.Pattern[str], str] | None = None,
         host_rewrite_literal: str | None = None,
         host_rewrite_header: str | None = None,
+        append_x_forwarded_host: bool = False,
         cluster_not_found_response_code: int = 503,
         decorator: str | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -466,6 +489,7 @@ class Route:
         object.__setattr__(self, "regex_rewrite", regex_rewrite)
         object.__setattr__(self, "host_rewrite_literal", host_rewrite_literal)
         object.__setattr__(self, "host_rewrite_header", host_rewrite_header)
+        object.__setattr__(self, "append_x_forwarded_host", append_x_forwarded_host)
         object.__setattr__(self, "cluster_not_found_response_code", cluster_not_found_response_code)
         object.__setattr__(self, "decorator", decorator)
         object.__setattr__(self, "retry_policy", retry_policy)
@@ -570,8 +594,10 @@ class Route:
             point -= w
         return None
 
-    def rewrite(self, headers: Headers) -> None:
-        """Apply path and host rewrites; keep the original path in x-envoy-original-path."""
+    def rewrite(self, headers: Headers, envoy_headers: bool = True) -> None:
+        """Apply path and host rewrites; with ``envoy_headers`` (the router's
+        ``suppress_envoy_headers`` off), keep the original path and host in
+        x-envoy-original-path and x-envoy-original-host, as Envoy does."""
         if self.prefix_rewrite is not None or self.regex_rewrite is not None:
             full = headers.get(":path") or "/"
             q = full.find("?")
@@ -584,14 +610,29 @@ class Route:
                 rx, sub = self.regex_rewrite
                 new = rx.sub(sub, path)
             if new != path:
-                headers.set("x-envoy-original-path", full)
+                if envoy_headers:
+                    headers.set("x-envoy-original-path", full)
                 headers.set(":path", new + query)
         if self.host_rewrite_literal is not None:
-            headers.set(":authority", self.host_rewrite_literal)
+            self._rewrite_host(headers, self.host_rewrite_literal, envoy_headers)
         elif self.host_rewrite_header is not None:
             value = headers.get(self.host_rewrite_header)
             if value:
-                headers.set(":authority", value)
+                self._rewrite_host(headers, value, envoy_headers)
+
+    def _rewrite_host(self, headers: Headers, host: str, envoy_headers: bool) -> None:
+        old = headers.get(":authority")
+        if envoy_headers and old:
+            headers.set("x-envoy-original-host", old)
+        if self.append_x_forwarded_host:
+            # the old host joins x-forwarded-host unless it is its last entry already
+            xfh = headers.get("x-forwarded-host")
+            if not xfh:
+                if old:
+                    headers.set("x-forwarded-host", old)
+            elif old and xfh.rsplit(",", 1)[-1].strip() != old:
+                headers.set("x-forwarded-host", f"{xfh},{old}")
+        headers.set(":authority", host)
 
     def _weighted_for(self, info: StreamInfo | None) -> WeightedCluster | None:
         if not self.weighted or info is None:
@@ -798,6 +839,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
         )
     kw["host_rewrite_literal"] = a.get("host_rewrite_literal")
     kw["host_rewrite_header"] = (a.get("host_rewrite_header") or "").lower() or None
+    kw["append_x_forwarded_host"] = bool(a.get("append_x_forwarded_host"))
     kw["cluster_not_found_response_code"] = _NOT_FOUND_CODES.get(
         a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503
     )
@@ -912,6 +954,8 @@ class RouteConfiguration:
                         vd.get("include_attempt_count_in_response")
                     ),
                     rate_limits=compile_rate_limits(vd.get("rate_limits", ())),
+                    ssl_redirect=_ssl_redirect(vd.get("require_tls", "NONE")),
+                    tls_external_only=vd.get("require_tls") == "EXTERNAL_ONLY",
                 )
             except ConfigError as exc:
                 raise exc.at(path) from None
@@ -972,6 +1016,12 @@ class RouteConfiguration:
         vh = self.find_virtual_host(headers)
         if vh is None:
             return None
+        if (
+            vh.ssl_redirect is not None
+            and headers.get("x-forwarded-proto") != "https"
+            and not (vh.tls_external_only and headers.get("x-envoy-internal") == "true")
+        ):
+            return vh.ssl_redirect
         full = headers.get(":path")
         if full is None:  # CONNECT: only connect_matcher routes (as Envoy)
             for r in vh.routes:
