@@ -294,6 +294,10 @@ class Router(TerminalFilter):
         info.upstream_host = host.address_str
         if headers.get(":method") == "CONNECT":
             return await self._connect(stream, route, cluster, host)
+        if route.auto_host_rewrite and host.hostname:
+            # the first host's name (DNS clusters, or an endpoint's hostname): a retry to
+            # another host keeps it
+            route.rewrite_host(headers, host.hostname, not self.config.suppress_envoy_headers)
         deadline = watchdog.now() + timeout if timeout else math.inf
         vh = route.virtual_host
         if vh is not None and vh.include_request_attempt_count:

@@ -120,3 +120,52 @@ async def test_host_and_path_rewrites_record_the_original(suppress: bool) -> Non
         )
     diffs = await differences(config, requests)
     assert diffs == [], "\n".join(diffs)
+
+
+@pytest.mark.parametrize("suppress", [False, True], ids=["envoy-headers", "suppressed"])
+async def test_auto_host_rewrite_uses_the_upstream_hosts_name(suppress: bool) -> None:
+    """A STRICT_DNS cluster's hosts are named by the DNS name, a STATIC endpoint by its
+    ``hostname``; a host without a name leaves the authority alone."""
+    routes = """
+- match: {prefix: "/named"}
+  route: {cluster: named, auto_host_rewrite: true}
+- match: {prefix: "/dns"}
+  route: {cluster: dns, auto_host_rewrite: true, append_x_forwarded_host: true}
+- match: {prefix: "/plain"}
+  route: {cluster: backend, auto_host_rewrite: true}
+"""
+    clusters = """
+- name: named
+  type: STATIC
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: named
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          hostname: up.example
+          address: {socket_address: {address: 127.0.0.1, port_value: {upstream_port}}}
+- name: dns
+  type: STRICT_DNS
+  dns_lookup_family: V4_ONLY
+  connect_timeout: 1s
+  load_assignment:
+    cluster_name: dns
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address: {socket_address: {address: localhost, port_value: {upstream_port}}}
+"""
+    config = http_config(routes, clusters=clusters)
+    if suppress:
+        config = config.replace(
+            f'"@type": {ROUTER_TYPE}',
+            f'"@type": {ROUTER_TYPE}\n              suppress_envoy_headers: true',
+        )
+    requests = [
+        build_request("GET", "/named"),
+        build_request("GET", "/dns", headers=[("x-forwarded-host", "a.example")]),
+        build_request("GET", "/plain"),
+    ]
+    diffs = await differences(config, requests)
+    assert diffs == [], "\n".join(diffs)

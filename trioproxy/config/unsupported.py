@@ -71,7 +71,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "inline_cluster_specifier_plugin": (),
         "path_rewrite_policy": (),
         "path_rewrite": (),
-        "auto_host_rewrite": (False,),
         "host_rewrite_path_regex": (),
         "host_rewrite": (),
         "flush_timeout": (),

@@ -349,6 +349,7 @@ _ROUTE_FIELDS = (
     "host_rewrite_literal",
     "host_rewrite_header",
     "append_x_forwarded_host",
+    "auto_host_rewrite",
     "cluster_not_found_response_code",
     "decorator",
     "retry_policy",
@@ -397,6 +398,7 @@ class Route:
     host_rewrite_literal: str | None
     host_rewrite_header: str | None
     append_x_forwarded_host: bool
+    auto_host_rewrite: bool
     cluster_not_found_response_code: int
     decorator: str | None
     #: The route's ``retry_policy``, else its virtual host's.
@@ -452,6 +454,7 @@ class Route:
         host_rewrite_literal: str | None = None,
         host_rewrite_header: str | None = None,
         append_x_forwarded_host: bool = False,
+        auto_host_rewrite: bool = False,
         cluster_not_found_response_code: int = 503,
         decorator: str | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -490,6 +493,7 @@ class Route:
         object.__setattr__(self, "host_rewrite_literal", host_rewrite_literal)
         object.__setattr__(self, "host_rewrite_header", host_rewrite_header)
         object.__setattr__(self, "append_x_forwarded_host", append_x_forwarded_host)
+        object.__setattr__(self, "auto_host_rewrite", auto_host_rewrite)
         object.__setattr__(self, "cluster_not_found_response_code", cluster_not_found_response_code)
         object.__setattr__(self, "decorator", decorator)
         object.__setattr__(self, "retry_policy", retry_policy)
@@ -614,13 +618,15 @@ class Route:
                     headers.set("x-envoy-original-path", full)
                 headers.set(":path", new + query)
         if self.host_rewrite_literal is not None:
-            self._rewrite_host(headers, self.host_rewrite_literal, envoy_headers)
+            self.rewrite_host(headers, self.host_rewrite_literal, envoy_headers)
         elif self.host_rewrite_header is not None:
             value = headers.get(self.host_rewrite_header)
             if value:
-                self._rewrite_host(headers, value, envoy_headers)
+                self.rewrite_host(headers, value, envoy_headers)
 
-    def _rewrite_host(self, headers: Headers, host: str, envoy_headers: bool) -> None:
+    def rewrite_host(self, headers: Headers, host: str, envoy_headers: bool) -> None:
+        """Forward with ``host`` as the authority (a rewrite, or ``auto_host_rewrite`` once the
+        router has picked an upstream host), noting the old one as Envoy does."""
         old = headers.get(":authority")
         if envoy_headers and old:
             headers.set("x-envoy-original-host", old)
@@ -840,6 +846,7 @@ def _route(d: Mapping[str, Any], conv: PerFilterConverter | None, base_dir: str)
     kw["host_rewrite_literal"] = a.get("host_rewrite_literal")
     kw["host_rewrite_header"] = (a.get("host_rewrite_header") or "").lower() or None
     kw["append_x_forwarded_host"] = bool(a.get("append_x_forwarded_host"))
+    kw["auto_host_rewrite"] = bool(a.get("auto_host_rewrite"))
     kw["cluster_not_found_response_code"] = _NOT_FOUND_CODES.get(
         a.get("cluster_not_found_response_code", "SERVICE_UNAVAILABLE"), 503
     )
