@@ -80,7 +80,7 @@ static_resources:
     "route_extra,action_extra,path",
     [
         ("virtual_clusters: [{name: a, headers: [{name: x}]}]", "", "virtual_clusters"),
-        ("", "auto_host_rewrite: true", "routes[0].route.auto_host_rewrite"),
+        ("", "hedge_policy: {initial_requests: 2}", "routes[0].route.hedge_policy"),
         ("", "host_rewrite_path_regex: {pattern: {regex: a}, substitution: b}", "routes[0]"),
     ],
 )
