@@ -85,12 +85,24 @@ class ProtocolError(TrioproxyError):
 class UpstreamError(TrioproxyError):
     """Talking to an upstream failed; ``flag`` is Envoy's response flag (UF, UC, URX …)."""
 
-    def __init__(self, reason: str, *, flag: str, unprocessed: bool = False) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        flag: str,
+        unprocessed: bool = False,
+        transport: str = "",
+        timeout: bool = False,
+    ) -> None:
         self.reason = reason
         self.flag = flag
         #: The upstream certainly did not act on the request (an HTTP/2 REFUSED_STREAM, a
         #: stream above a GOAWAY's last stream id): safe to send again (RFC 9113 §8.7).
         self.unprocessed = unprocessed
+        #: A connect that failed: Envoy's transport failure reason (``delayed connect error:
+        #: Connection refused``), or ``timeout`` when ``connect_timeout`` ran out first.
+        self.transport = transport
+        self.timeout = timeout
         super().__init__(f"{flag}: {reason}")
 
 

@@ -58,14 +58,9 @@ def transport_failure_reason(err: UpstreamError) -> str:
     """The transport failure reason Envoy reports for a connect that failed: ``delayed
     connect error: <strerror>`` for a refused (or unreachable) connect, ``connect timeout``
     after ``connect_timeout``, else our own reason."""
-    reason = err.reason
-    if reason.endswith("timed out"):
+    if err.timeout:
         return "connect timeout"
-    _, sep, cause = reason.partition(" failed: ")
-    if not sep or not cause:
-        return reason
-    # (trio's message names the address first: "Error connecting to (...): <strerror>")
-    return "delayed connect error: " + cause.rpartition(": ")[2]
+    return err.transport or err.reason
 
 
 async def terminate(

@@ -55,7 +55,6 @@ from .config import RouterConfig
 
 _RESET_BODY = b"upstream connect error or disconnect/reset before headers. reset reason: "
 _REASONS = {
-    "UF": ("connection failure", "upstream_reset_before_response_started{connection_failure}"),
     "UC": (
         "connection termination",
         "upstream_reset_before_response_started{connection_termination}",
@@ -164,13 +163,26 @@ def _reset_reply(err: UpstreamError) -> LocalReply:
         return OVERFLOW
     if err.flag == "UT":
         return UPSTREAM_TIMEOUT
+    if err.flag == "UF":
+        # as Envoy 1.40 answers a connect that failed (measured: test_connect_failures)
+        if err.timeout:
+            reason, details = "connection timeout", "{connection_timeout}"
+        else:
+            transport = (err.transport or err.reason).replace(" ", "_")
+            reason, details = "remote connection failure", "{remote_connection_failure|"
+            details += transport + "}"
+        return LocalReply(
+            503,
+            _RESET_BODY + reason.encode(),
+            details="upstream_reset_before_response_started" + details,
+            flag="UF",
+        )
     reason, details = _REASONS.get(
         err.flag, ("remote reset", "upstream_reset_before_response_started{remote_reset}")
     )
-    body = _RESET_BODY + reason.encode()
-    if err.flag == "UF":
-        body += b", transport failure reason: " + err.reason.encode()
-    return LocalReply(_reset_status(err), body, details=details, flag=err.flag)
+    return LocalReply(
+        _reset_status(err), _RESET_BODY + reason.encode(), details=details, flag=err.flag
+    )
 
 
 def _reset_status(err: UpstreamError) -> int:
@@ -495,9 +507,7 @@ class Router(TerminalFilter):
         headers = stream.request_headers
         method = headers.get(":method") or "GET"
         internal = headers.get("x-envoy-internal") == "true"
-        stats.upstream_rq_total.value += 1
         stats.upstream_rq_active.value += 1
-        host.rq_total += 1
         host.rq_active += 1
         started = _now()
         info.attempt_count += 1
@@ -508,6 +518,9 @@ class Router(TerminalFilter):
         done = False
         try:
             conn = await self._acquire(pool, deadline, body is not None)
+            # counted once a connection carries it, as Envoy (a connect that fails is not)
+            stats.upstream_rq_total.value += 1
+            host.rq_total += 1
             exchange = pool.exchange(conn, deadline)
             dog.add(exchange)
             info.first_upstream_tx = _now()
@@ -552,7 +565,7 @@ class Router(TerminalFilter):
                 host.rq_timeout += 1
                 self._finish(cluster, host, started, 504 if final else None, False, internal)
             else:
-                info.upstream_transport_failure_reason = err.reason
+                info.upstream_transport_failure_reason = err.transport
                 code = _reset_status(err)
                 self._finish(cluster, host, started, code if final else None, False, internal)
             done = True

@@ -1,6 +1,8 @@
 """Upstream connections that never open, through real Envoy and trioproxy: how each proxy
 counts them (``upstream_cx_connect_fail``/``_timeout``, ``upstream_cx_destroy{,_local,_remote}``
-and the cluster's ``ssl.*`` counters) and what the client gets.
+and the cluster's ``ssl.*`` counters), what the client gets (status and body) and what the
+access log says (response code details, transport failure reason). A TLS failure's reason
+is compared by its name (``WRONG_VERSION_NUMBER``): BoringSSL's numeric codes are its own.
 
 One cluster per way of failing, each routed by its path:
 
@@ -16,6 +18,7 @@ One cluster per way of failing, each routed by its path:
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 from collections.abc import Iterator
@@ -110,14 +113,46 @@ def _untrusted_server(tmp: Path) -> tuple[ssl.SSLContext, str]:
     return context, str(path)
 
 
-async def _outcomes(kind: str, template: str) -> dict[str, tuple[int, dict[str, int]]]:
+LOG = """
+access_log:
+- name: envoy.access_loggers.file
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+    path: ACCESS_LOG_PATH
+    log_format:
+      text_format_source:
+        inline_string: "%REQ(:path)% %RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\\n"
+"""
+_BORINGSSL = re.compile(r"TLS_error:\|\d+:[^:]*:OPENSSL_internal:([^:]*):[^ }]*?TLS_error_end")
+
+
+def _tls_named(text: str) -> str:
+    """``TLS_error:|268435703:SSL_routines:OPENSSL_internal:WRONG_VERSION_NUMBER:TLS_error_end``
+    (Envoy) and ``TLS_error:_WRONG_VERSION_NUMBER`` (ours) as ``TLS(WRONG_VERSION_NUMBER)``."""
+    text = _BORINGSSL.sub(r"TLS(\1)", text)
+    text = re.sub(r"TLS_error:_([A-Za-z_]+)", r"TLS(\1)", text)
+    # a server that closes at once: the ClientHello's write fails, or the read after it sees a
+    # reset or an end of file, as timing has it, in either proxy
+    return re.sub(
+        r"TLS\((Broken_pipe|Connection_reset_by_peer|UNEXPECTED_EOF_WHILE_READING)\)",
+        "TLS(closed)",
+        text,
+    )
+
+
+async def _outcomes(
+    kind: str, template: str, log: Path
+) -> tuple[dict[str, tuple[int, dict[str, int]]], list[tuple[int, bytes]], list[str]]:
+    template = template.replace("ACCESS_LOG_PATH", str(log))
     async with run_proxy(kind, template, free_port()) as proxy:
         statuses = {}
+        replies = []
         for name in CASES:
             resp = await send_raw(
                 proxy.listener_port, build_request("GET", f"/{name}", host="example.com")
             )
             statuses[name] = resp.status
+            replies.append((resp.status, resp.body))
         await trio.sleep(0.5)  # (nothing left to count; a margin for the slowest)
         resp = await send_raw(proxy.admin_port, build_request("GET", "/stats", host="a"))
     stats = dict(line.split(": ", 1) for line in resp.body.decode().splitlines() if ": " in line)
@@ -134,7 +169,8 @@ async def _outcomes(kind: str, template: str) -> dict[str, tuple[int, dict[str, 
             and not key.endswith(("_ms", "expiration_unix_time_seconds"))
         }
         out[name] = (statuses[name], counters)
-    return out
+    lines = [_tls_named(line) for line in (await trio.Path(log).read_text()).splitlines()]
+    return out, replies, lines
 
 
 async def test_connections_that_never_open_count_as_in_envoy(tmp_path: Path) -> None:
@@ -171,9 +207,11 @@ async def test_connections_that_never_open_count_as_in_envoy(tmp_path: Path) -> 
                 for name in CASES
             )
             clusters = "".join(_cluster(n, ports[n], tls.get(n, "")) for n in CASES)
-            template = http_config(routes, clusters=clusters)
-            envoy = await _outcomes("envoy", template)
-            ours = await _outcomes("trioproxy", template)
+            template = http_config(routes, clusters=clusters, hcm_extra=LOG)
+            envoy = await _outcomes("envoy", template, tmp_path / "envoy.log")
+            ours = await _outcomes("trioproxy", template, tmp_path / "trioproxy.log")
             nursery.cancel_scope.cancel()
-    assert all(status == 503 for status, _ in envoy.values()), envoy
-    assert ours == envoy
+    assert all(status == 503 for status, _ in envoy[0].values()), envoy
+    assert ours[0] == envoy[0]
+    assert ours[1] == envoy[1]
+    assert ours[2] == envoy[2]

@@ -14,7 +14,7 @@ import h11
 import pytest
 import trio
 
-from tests.support import Client, simple_config, start_proxy
+from tests.support import Client, file_access_log, simple_config, start_proxy
 from tests.tls.pki import CA, Leaf
 
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -150,17 +150,30 @@ async def test_untrusted_upstream_certificate_is_refused(
     nursery: trio.Nursery, pki: dict[str, object]
 ) -> None:
     port, seen = await https_backend(nursery, pki["server"], pki["tmp"])  # type: ignore[arg-type]
+    log = Path(str(pki["tmp"])) / "access.log"
     proxy = await start_proxy(
-        nursery, simple_config([port], cluster_extra=tls_socket(CA("another CA")))
+        nursery,
+        simple_config(
+            [port],
+            cluster_extra=tls_socket(CA("another CA")),
+            hcm_extra=file_access_log(log, "%RESPONSE_FLAGS% %UPSTREAM_TRANSPORT_FAILURE_REASON%"),
+        ),
     )
     status, body = await _get(proxy.port)
-    assert status == 503 and b"TLS handshake" in body
+    # Envoy's answer; the reason is in the access log
+    assert (status, body) == (
+        503,
+        b"upstream connect error or disconnect/reset before headers. reset reason: "
+        b"remote connection failure",
+    )
     assert seen == []
     # counted as Envoy 1.40 counts it (measured): a verification failure, and a connection
     # that ended, remotely
     assert proxy.stat("cluster.backend.ssl.fail_verify_error") == 1
     assert proxy.stat("cluster.backend.upstream_cx_destroy") == 1
     assert proxy.stat("cluster.backend.upstream_cx_destroy_remote") == 1
+    await trio.sleep(1.2)  # access log files are flushed every second, as Envoy's
+    assert log.read_text() == "UF TLS_error:_CERTIFICATE_VERIFY_FAILED\n"
 
 
 async def test_client_certificate_for_mtls_upstreams(

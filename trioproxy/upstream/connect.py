@@ -19,6 +19,7 @@ pools and tcp_proxy use of a plain socket stream (``socket``, ``closed``, ``clos
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import TYPE_CHECKING, Any
@@ -109,12 +110,17 @@ async def open_connection(
         if scope.cancelled_caught:
             stats.upstream_cx_connect_timeout.value += 1
             _connect_failed(host, stats, remote=False)
-            raise UpstreamError(f"connect to {address[0]}:{address[1]} timed out", flag="UF")
+            raise UpstreamError(
+                f"connect to {address[0]}:{address[1]} timed out", flag="UF", timeout=True
+            )
         ok = True
     except OSError as e:
         _connect_failed(host, stats, remote=True)
+        # (Envoy's words; a connect on this non-blocking socket fails once it is under way)
         raise UpstreamError(
-            f"connect to {address[0]}:{address[1]} failed: {e.strerror or e}", flag="UF"
+            f"connect to {address[0]}:{address[1]} failed: {e.strerror or e}",
+            flag="UF",
+            transport=f"delayed connect error: {os.strerror(e.errno) if e.errno else e}",
         ) from None
     finally:
         if not ok:
@@ -136,14 +142,16 @@ async def open_connection(
             stats.upstream_cx_connect_timeout.value += 1
             _connect_failed(host, stats, remote=False)
             raise UpstreamError(
-                f"TLS handshake with {address[0]}:{address[1]} timed out", flag="UF"
+                f"TLS handshake with {address[0]}:{address[1]} timed out", flag="UF", timeout=True
             ) from None
         except (trio.BrokenResourceError, OSError) as exc:
             _handshake_failed(exc, tls_stats)
             _connect_failed(host, stats, remote=True)
             reason = str(exc.__cause__ or exc) or type(exc).__name__
             raise UpstreamError(
-                f"TLS handshake with {address[0]}:{address[1]} failed: {reason}", flag="UF"
+                f"TLS handshake with {address[0]}:{address[1]} failed: {reason}",
+                flag="UF",
+                transport=_tls_failure(exc),
             ) from None
         finally:
             if not shaken:  # (cancelled too: the client left, the route timeout passed)
@@ -154,6 +162,20 @@ async def open_connection(
     now = trio.current_time()
     stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
     return stream, now
+
+
+def _tls_failure(exc: Exception) -> str:
+    """A failed handshake's transport failure reason: ``TLS error: `` and the TLS library's
+    reason name (``CERTIFICATE_VERIFY_FAILED``), or the socket error. (Envoy's BoringSSL
+    writes ``TLS_error:|<code>:SSL routines:OPENSSL_internal:<NAME>:TLS_error_end``; the
+    numeric codes are BoringSSL's own.)"""
+    cause = exc.__cause__ or exc
+    name = getattr(cause, "reason", None)
+    if isinstance(name, str) and name:
+        return f"TLS error: {name}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"TLS error: {cause.strerror}"
+    return f"TLS error: {cause or type(cause).__name__}"
 
 
 def _handshake_failed(exc: Exception, tls_stats: Any) -> None:
