@@ -136,9 +136,9 @@ NOT_YET = [
     (
         BASE.replace(
             "stat_prefix: ingress",
-            "stat_prefix: ingress\n          local_reply_config: {mappers: []}",
+            "stat_prefix: ingress\n          proxy_status_config: {}",
         ),
-        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.local_reply_config",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.proxy_status_config",
         "not supported by trioproxy yet",
         12,
         11,

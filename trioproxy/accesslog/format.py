@@ -31,7 +31,19 @@ from trioproxy.errors import ConfigError
 from trioproxy.http.headers import Headers
 from trioproxy.http.stream_info import StreamInfo
 
-Value = str | int | None
+
+class Blank:
+    """An empty value that is not missing: written as nothing, where an empty string is
+    written ``-`` (text) or ``null`` (JSON). Envoy's %LOCAL_REPLY_BODY% is one."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return ""
+
+
+BLANK = Blank()
+Value = str | int | Blank | None
 Getter = Callable[[StreamInfo], Value]
 
 DEFAULT_FORMAT = (
@@ -283,6 +295,7 @@ _NOARG: dict[str, Getter] = {
     "HOSTNAME": lambda i: _HOSTNAME,
     "CONNECTION_ID": lambda i: i.connection_id,
     "UPSTREAM_REQUEST_ATTEMPT_COUNT": lambda i: i.attempt_count,
+    "LOCAL_REPLY_BODY": lambda i: i.local_reply_body or BLANK,
 }
 
 # Commands whose single-command JSON value is a number.

@@ -33,7 +33,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "forward_client_cert_matcher": (),
         "represent_ipv4_remote_address_as_ipv4_mapped_ipv6": (),
         "request_id_extension": (),
-        "local_reply_config": (),
         "stream_error_on_invalid_http_message": (False,),
         "path_normalization_options": (),
         "proxy_status_config": (),

@@ -523,6 +523,7 @@ class Http1Connection:
             connection_id=conn_info.connection_id,
         )
         info.downstream_direct_remote_address = info.downstream_remote_address
+        reply = for_request(reply, None, info, self.cfg.local_reply)
         headers = reply_headers(reply, self.cfg.server_name, info.start_time)
         headers.add("connection", "close")
         if reply.flag:
@@ -721,7 +722,7 @@ class Http1Connection:
         filter failed: the reply must not run into the same failure)."""
         cfg = self.cfg
         info = stream.info
-        reply = for_request(reply, stream.request_headers)
+        reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
         if reply.flag:
             info.response_flags.add(reply.flag)

@@ -19,6 +19,7 @@ from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.http import h1, xfcc
 from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, implemented_phases
+from trioproxy.http.local_reply_config import LocalReplyConfig
 from trioproxy.http.path import EscapedSlashes
 from trioproxy.http.rds import RouteHolder
 from trioproxy.http.route_table import RouteConfiguration
@@ -218,6 +219,8 @@ class HcmConfig:
     escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
     strip_port_mode: str = ""  # "" | "matching" | "any"
     strip_trailing_host_dot: bool = False
+    #: ``local_reply_config``: None when absent (replies go out as made)
+    local_reply: LocalReplyConfig | None = None
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
     headers_with_underscores_action: str = "ALLOW"
@@ -317,6 +320,12 @@ class HcmConfig:
             except ConfigError as exc:
                 raise exc.at(f"access_log[{i}]") from None
 
+        local_reply = None
+        if "local_reply_config" in d:
+            try:
+                local_reply = LocalReplyConfig.from_proto(d["local_reply_config"], ctx.base_dir)
+            except ConfigError as exc:
+                raise exc.at("local_reply_config") from None
         common = d.get("common_http_protocol_options", {})
         h1opts = d.get("http_protocol_options", {})
         strip = ""
@@ -373,6 +382,7 @@ class HcmConfig:
             ),
             strip_port_mode=strip,
             strip_trailing_host_dot=bool(d.get("strip_trailing_host_dot")),
+            local_reply=local_reply,
             accept_http_10=h1opts.get("accept_http_10", False),
             default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),
             headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),

@@ -883,7 +883,7 @@ class Http2Connection(H2Handler):
     ) -> None:
         cfg = self.cfg
         info = stream.info
-        reply = for_request(reply, stream.request_headers)
+        reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
         if is_grpc_reply(reply):
             headers.remove("content-length")  # trailers-only, as Envoy sends it

@@ -8,9 +8,14 @@ healthy upstream``, ``upstream request timeout`` …), an empty body for 404 no-
 from __future__ import annotations
 
 from email.utils import formatdate
+from typing import TYPE_CHECKING
 
 from trioproxy.http.filter import LocalReply
 from trioproxy.http.headers import Headers
+from trioproxy.http.stream_info import StreamInfo
+
+if TYPE_CHECKING:
+    from trioproxy.http.local_reply_config import LocalReplyConfig
 
 NO_ROUTE = LocalReply(404, b"", details="route_not_found", flag="NR")
 NO_HEALTHY_UPSTREAM = LocalReply(
@@ -37,24 +42,43 @@ FILTER_ERROR = LocalReply(500, b"filter error", details="filter_raised_exception
 _GRPC_STATUS = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
-def for_request(reply: LocalReply, request_headers: Headers | None) -> LocalReply:
-    """A gRPC request gets its local reply as a trailers-only response: ``:status 200`` with
-    ``grpc-status`` (mapped from the HTTP status as Envoy maps it) and ``grpc-message``
-    (the reply's text, percent-encoded), and no body."""
+def for_request(
+    reply: LocalReply,
+    request_headers: Headers | None,
+    info: StreamInfo | None = None,
+    mapper: LocalReplyConfig | None = None,
+) -> LocalReply:
+    """``reply`` as sent for this request: rewritten by the connection manager's
+    ``local_reply_config`` (``mapper``) first; then, to a gRPC request, as a trailers-only
+    response: ``:status 200`` with ``grpc-status`` (mapped from the HTTP status as Envoy maps
+    it) and ``grpc-message`` (the reply's text, percent-encoded), and no body."""
+    if info is not None:
+        info.local_reply_body = reply.body.decode("utf-8", "replace")
+        if mapper is not None:
+            reply = mapper.rewrite(reply, info)
     if request_headers is None:
         return reply
     ctype = request_headers.get("content-type") or ""
     if not ctype.startswith("application/grpc") or reply.status == 200:
         return reply
-    headers = [
+    headers = [(k, v) for k, v in reply.headers if k != "content-type"]
+    json = ("content-type", "application/json") in reply.headers
+    headers += [
         ("content-type", "application/grpc"),
         ("grpc-status", str(_GRPC_STATUS.get(reply.status, 2))),
     ]
     if reply.body:
-        from urllib.parse import quote
-
-        headers.append(("grpc-message", quote(reply.body.decode("utf-8", "replace"), safe=" ")))
+        body = reply.body
+        if json and body.endswith(b"\n"):  # (as Envoy: a JSON body format's line end)
+            body = body[:-1]
+        headers.append(("grpc-message", grpc_percent_encode(body)))
     return LocalReply(200, b"", tuple(headers), details=reply.details, flag=reply.flag)
+
+
+def grpc_percent_encode(value: bytes) -> str:
+    """Envoy's ``PercentEncoding::encode`` of a grpc-message: bytes below space or from ``~``
+    up, and ``%``, as ``%XX``."""
+    return "".join(f"%{b:02X}" if b < 0x20 or b >= 0x7E or b == 0x25 else chr(b) for b in value)
 
 
 def is_grpc_reply(reply: LocalReply) -> bool:

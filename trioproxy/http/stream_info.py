@@ -59,6 +59,7 @@ _FIELDS = (
     "attempt_count",
     "health_check",
     "filter_state",
+    "local_reply_body",
 )
 
 
@@ -99,6 +100,7 @@ class StreamInfo:
         attempt_count: int = 0,
         health_check: bool = False,  # answered by/for a health check (not_health_check_filter)
         filter_state: dict[str, Any] | None = None,  # None: a new empty dict
+        local_reply_body: str = "",  # a local reply's own body (%LOCAL_REPLY_BODY%)
     ) -> None:
         self.start_time = start_time
         self.start_monotonic = start_monotonic
@@ -132,6 +134,7 @@ class StreamInfo:
         self.attempt_count = attempt_count
         self.health_check = health_check
         self.filter_state: dict[str, Any] = {} if filter_state is None else filter_state
+        self.local_reply_body = local_reply_body
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)
