@@ -23,7 +23,6 @@ _TLS = "envoy.extensions.transport_sockets.tls.v3."
 #: message full name -> {field name: accepted canonical values (Envoy's default spelt out)}
 NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
     _HCM: {
-        "add_user_agent": (False,),
         "http1_safe_max_connection_duration": (False,),
         "scheme_header_transformation": (),
         "stream_flush_timeout": (),
@@ -37,14 +36,12 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "path_normalization_options": (),
         "proxy_status_config": (),
         "typed_header_validation_config": (),
-        "append_x_forwarded_port": (),
     },
     "envoy.config.route.v3.RouteConfiguration": {
         # Envoy checks an inline route config's clusters unless this is false; trioproxy
         # never does (a route to an unknown cluster answers 503 NC): false is accepted
         "validate_clusters": (False,),
         "vhds": (),
-        "internal_only_headers": (),
         "cluster_specifier_plugins": (),
         "vhost_header": (),
         "ignore_path_parameters_in_path_matching": (),

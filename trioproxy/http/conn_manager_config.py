@@ -219,6 +219,10 @@ class HcmConfig:
     escaped_slashes: EscapedSlashes = EscapedSlashes.UNESCAPE_AND_REDIRECT
     strip_port_mode: str = ""  # "" | "matching" | "any"
     strip_trailing_host_dot: bool = False
+    #: ``add_user_agent``: the service cluster (None: off), and the node's name
+    user_agent: str | None = None
+    service_node: str = ""
+    append_x_forwarded_port: bool = False
     #: ``local_reply_config``: None when absent (replies go out as made)
     local_reply: LocalReplyConfig | None = None
     accept_http_10: bool = False
@@ -382,6 +386,9 @@ class HcmConfig:
             ),
             strip_port_mode=strip,
             strip_trailing_host_dot=bool(d.get("strip_trailing_host_dot")),
+            user_agent=ctx.service_cluster if d.get("add_user_agent") else None,
+            service_node=ctx.service_node,
+            append_x_forwarded_port=bool(d.get("append_x_forwarded_port")),
             local_reply=local_reply,
             accept_http_10=h1opts.get("accept_http_10", False),
             default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),

@@ -124,6 +124,7 @@ def request_headers(
     upgrade = head.upgrade
     if not upgrade and "connection" in headers and not _sanitize_connection(headers):
         return headers, LocalReply(400, b"Bad Request", details="http1.connection_header_rejected")
+    routes = cfg.routes.current
     mutate_request_headers(
         headers,
         remote_ip=conn.remote_address[0],
@@ -136,6 +137,10 @@ def request_headers(
         via=cfg.via,
         internal_networks=cfg.internal_networks,
         local_ip=local_ipv4(),
+        user_agent=cfg.user_agent,
+        service_node=cfg.service_node,
+        internal_only=routes.internal_only_headers if routes is not None else (),
+        forwarded_port=conn.local_address[1] if cfg.append_x_forwarded_port else 0,
     )
     if cfg.xfcc_mode != "SANITIZE" or _XFCC in headers:
         xfcc.apply(headers, cfg.xfcc_mode, cfg.xfcc_details, conn.peer_certificate)

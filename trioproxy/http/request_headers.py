@@ -99,6 +99,7 @@ _ACTED_ON: Final = (
         "x-envoy-internal",
         "x-forwarded-for",
         "x-forwarded-proto",
+        "x-forwarded-port",
         "x-envoy-external-address",
         "via",
         "x-request-id",
@@ -157,6 +158,10 @@ def mutate_request_headers(
     via: str,
     internal_networks: tuple[Network, ...] = (),
     local_ip: str = "127.0.0.1",
+    user_agent: str | None = None,
+    service_node: str = "",
+    internal_only: tuple[str, ...] = (),
+    forwarded_port: int = 0,
 ) -> str:
     """Apply Envoy 1.40's request header mutations; return the trusted client address.
 
@@ -168,7 +173,12 @@ def mutate_request_headers(
     ``x-envoy-decorator-operation`` and the downstream service headers, get
     ``x-envoy-external-address`` and, unless ``preserve_external_request_id``, a new
     ``x-request-id``. A loopback peer is recorded in ``x-forwarded-for`` as this host's own
-    address, as Envoy does."""
+    address, as Envoy does. ``x-forwarded-proto`` (and with ``forwarded_port``, the local
+    port, ``x-forwarded-port``) is added when absent, and replaced at the edge unless
+    ``xff_num_trusted_hops`` says a trusted proxy set it. Non-internal requests lose the
+    route configuration's ``internal_only`` headers. ``user_agent`` (``add_user_agent``: the
+    service cluster) names the downstream service cluster and node, and the user agent if
+    the request has none."""
     items = headers.items()
     # One pass in C over the names: most requests carry none of the headers acted on, and
     # each check below is then a set lookup instead of a scan of the map.
@@ -192,14 +202,21 @@ def mutate_request_headers(
                 items.append(("x-forwarded-for", appended))
             else:
                 headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
-        if "x-forwarded-proto" in present:
-            headers.set("x-forwarded-proto", scheme)
-        else:
+        if "x-forwarded-proto" not in present:
             items.append(("x-forwarded-proto", scheme))
+        elif xff_num_trusted_hops == 0:  # (else a trusted proxy set it: kept, as Envoy)
+            headers.set("x-forwarded-proto", scheme)
+        if forwarded_port:
+            if "x-forwarded-port" not in present:
+                items.append(("x-forwarded-port", str(forwarded_port)))
+            elif xff_num_trusted_hops == 0:
+                headers.set("x-forwarded-port", str(forwarded_port))
     else:
         final, single = _last_xff(xff, xff_num_trusted_hops)
         if "x-forwarded-proto" not in present:
             items.append(("x-forwarded-proto", scheme))
+        if forwarded_port and "x-forwarded-port" not in present:
+            items.append(("x-forwarded-port", str(forwarded_port)))
     internal = single and final is not None and _in(final, internal_networks)
     edge = not internal and use_remote_address
     if internal:
@@ -210,6 +227,15 @@ def mutate_request_headers(
         if edge:
             for name in _EDGE_STRIP_SET.intersection(present):
                 headers.remove(name)
+    if internal_only and not internal:
+        for name in internal_only:
+            headers.remove(name)
+    if user_agent is not None:
+        headers.set("x-envoy-downstream-service-cluster", user_agent)
+        if not headers.get("user-agent"):
+            headers.set("user-agent", user_agent)
+        if service_node:
+            headers.set("x-envoy-downstream-service-node", service_node)
     if edge and final is not None:
         if "x-envoy-external-address" in present:
             headers.set("x-envoy-external-address", final)

@@ -924,6 +924,8 @@ class RouteConfiguration:
     per_filter: Mapping[str, Any]
     most_specific_wins: bool
     ignore_port: bool
+    #: removed from every request that is not internal, before the filters see it
+    internal_only_headers: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(
@@ -998,6 +1000,7 @@ class RouteConfiguration:
             per_filter=_per_filter(d, per_filter_config),
             most_specific_wins=bool(d.get("most_specific_header_mutations_wins", False)),
             ignore_port=bool(d.get("ignore_port_in_host_matching", False)),
+            internal_only_headers=tuple(str(h).lower() for h in d.get("internal_only_headers", ())),
         )
         for vh in vhosts:
             for r in vh.routes:
