@@ -107,7 +107,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "alt_stat_name": (),
         "lb_subset_config": (),
         "round_robin_lb_config": (),
-        "upstream_connection_options": (),
         "close_connections_on_host_health_failure": (),
         "ignore_health_on_host_removal": (),
         "lrs_server": (),
@@ -115,6 +114,10 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "upstream_config": (),
         "track_cluster_stats": (),
         "connection_pool_per_downstream_connection": (),
+    },
+    "envoy.config.cluster.v3.UpstreamConnectionOptions": {
+        "set_local_interface_name_on_upstream_connections": (),
+        "happy_eyeballs_config": (),
     },
     "envoy.config.endpoint.v3.Endpoint": {"health_check_config": ()},
     "envoy.config.endpoint.v3.LocalityLbEndpoints": {"leds_cluster_locality_config": ()},

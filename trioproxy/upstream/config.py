@@ -526,6 +526,9 @@ class ClusterConfig:
     eds_config: Mapping[str, Any] | None = None
     #: ``upstream_bind_config.source_address``: the local address upstream sockets bind to.
     source_address: tuple[str, int] | None = None
+    #: ``upstream_connection_options.tcp_keepalive``: (probes, time, interval), each None
+    #: for the system's default; None: no keepalive
+    tcp_keepalive: tuple[int | None, int | None, int | None] | None = None
     original_dst: OriginalDstConfig | None = None
     hash_lb: HashLbSettings = HashLbSettings()
     #: ``outlier_detection`` (``trioproxy.upstream.outlier.OutlierConfig``), if configured.
@@ -674,12 +677,27 @@ class ClusterConfig:
             eds_service_name=str(eds.get("service_name", "")) or name,
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             source_address=_bind_config(d),
+            tcp_keepalive=_tcp_keepalive(d),
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
             hash_lb=_hash_settings(d, lb_policy, ctype),
             outlier=_outlier(d),
             health_check=_health_check(d),
             raw=d,
         )
+
+
+def _tcp_keepalive(d: Mapping[str, Any]) -> tuple[int | None, int | None, int | None] | None:
+    options = d.get("upstream_connection_options") or {}
+    if "tcp_keepalive" not in options:
+        return None
+    ka = options["tcp_keepalive"] or {}
+
+    def value(name: str) -> int | None:
+        v = ka.get(name)
+        v = v.get("value") if isinstance(v, Mapping) else v
+        return None if v is None else int(v)
+
+    return value("keepalive_probes"), value("keepalive_time"), value("keepalive_interval")
 
 
 def _overprovisioning(d: Mapping[str, Any]) -> int:

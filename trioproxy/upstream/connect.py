@@ -87,6 +87,7 @@ async def open_connection(
     the cluster's ``connect_timeout``, ``upstream_bind_config`` and TLS context."""
     connect_timeout = config.connect_timeout
     source_address = config.source_address
+    keepalive = config.tcp_keepalive
     tls: UpstreamTls | None = config.upstream_tls
     tls_stats = stats.scope
     breakers.connections.inc()
@@ -101,6 +102,8 @@ async def open_connection(
     ok = False
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if keepalive is not None:
+            _set_keepalive(raw, keepalive)
         if source_address is not None:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             raw.bind(source_address)
@@ -162,6 +165,21 @@ async def open_connection(
     now = trio.current_time()
     stats.upstream_cx_connect_ms.record((now - start) * 1000.0)
     return stream, now
+
+
+def _set_keepalive(
+    sock: socket.socket, keepalive: tuple[int | None, int | None, int | None]
+) -> None:
+    """``upstream_connection_options.tcp_keepalive``: on, with the probes, idle time and
+    interval given (the system's where not)."""
+    probes, idle, interval = keepalive
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if probes is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+    if idle is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    if interval is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
 
 
 def _tls_failure(exc: Exception) -> str:
