@@ -1,5 +1,6 @@
-"""The graceful close of an idle HTTP/2 connection through real Envoy and trioproxy: the
-connection ``idle_timeout`` fires, a GOAWAY announces the close (last stream id 2^31-1), the
+"""The graceful close of an HTTP/2 connection through real Envoy and trioproxy: the
+connection ``idle_timeout`` fires (or ``max_connection_duration`` passes), a GOAWAY
+announces the close (last stream id 2^31-1), the
 final GOAWAY follows ``drain_timeout`` later, and the connection closes once no stream is left
 — when the client closes, or 1 s later. Compared, per connection: the frames the client got
 (responses, GOAWAYs with their last stream ids, the close; not their times nor how DATA was
@@ -21,9 +22,11 @@ pytestmark = [
     pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
 ]
 
-HCM = "common_http_protocol_options: {idle_timeout: 0.5s}\ndrain_timeout: 1s"
+IDLE = "common_http_protocol_options: {idle_timeout: 0.5s}\ndrain_timeout: 1s"
+MAX_DURATION = "common_http_protocol_options: {max_connection_duration: 0.7s}\ndrain_timeout: 1s"
 COUNTERS = (
     "downstream_cx_idle_timeout",
+    "downstream_cx_max_duration_reached",
     "downstream_cx_drain_close",
     "downstream_cx_delayed_close_timeout",
 )
@@ -74,11 +77,11 @@ async def _connection(port: int, between: str | None, close_on_final: bool) -> l
     return seen
 
 
-async def _outcomes(kind: str) -> tuple[list[list[str]], dict[str, int]]:
+async def _outcomes(kind: str, hcm: str) -> tuple[list[list[str]], dict[str, int]]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     cfg = http_config(
-        '- match: {prefix: "/"}\n  route: {cluster: backend, timeout: 10s}', hcm_extra=HCM
+        '- match: {prefix: "/"}\n  route: {cluster: backend, timeout: 10s}', hcm_extra=hcm
     )
     cases = [
         (None, False),  # idle after one request; the proxy closes (the delayed close)
@@ -109,9 +112,10 @@ async def _outcomes(kind: str) -> tuple[list[list[str]], dict[str, int]]:
     return got, counters
 
 
-async def test_an_idle_http2_connection_closes_as_in_envoy() -> None:
-    envoy = await _outcomes("envoy")
-    ours = await _outcomes("trioproxy")
+@pytest.mark.parametrize("hcm", [IDLE, MAX_DURATION], ids=["idle", "max-duration"])
+async def test_an_http2_connection_closes_gracefully_as_in_envoy(hcm: str) -> None:
+    envoy = await _outcomes("envoy", hcm)
+    ours = await _outcomes("trioproxy", hcm)
     assert envoy[0][0] == ["stream 1: 200 ok", "GOAWAY 2147483647 0", "GOAWAY 1 0", "closed"]
     assert ours[0] == envoy[0]  # what each connection got
     assert ours[1] == envoy[1]  # the counters

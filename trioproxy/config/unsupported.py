@@ -77,7 +77,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "suppress_grpc_request_failure_code_stats": (),
     },
     "envoy.config.core.v3.HttpProtocolOptions": {
-        "max_connection_duration": (),
         "max_response_headers_kb": (),
     },
     "envoy.config.core.v3.Http1ProtocolOptions": {

@@ -84,6 +84,21 @@ class _Park(Exception):
 _PARKED_SCOPE = trio.CancelScope()
 
 
+class MaxDuration:
+    """A connection's ``max_connection_duration``, as a watchdog entry of its own (the
+    connection's ``deadline`` is its idle and stream timeouts')."""
+
+    __slots__ = ("conn", "deadline")
+
+    def __init__(self, conn: Any, seconds: float) -> None:
+        self.conn = conn
+        self.deadline = watchdog.now() + seconds
+        watchdog.current().add(self)
+
+    def expire(self) -> None:
+        self.conn.max_duration_reached()
+
+
 class Http1Connection:
     __slots__ = (
         "conn",
@@ -116,6 +131,8 @@ class Http1Connection:
         "_park_requested",
         "_parked",
         "_resumed",
+        "_closing",
+        "_max_duration",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -160,6 +177,12 @@ class Http1Connection:
         self._park_requested = False  # the watchdog asked the idle wait to end
         self._parked = False
         self._resumed = False  # the first read after parking: bytes are there
+        # ``max_connection_duration``: once it passes, the next response (or the one under
+        # way) says Connection: close and the connection closes after it
+        self._closing = False
+        self._max_duration: MaxDuration | None = None
+        if cfg.max_connection_duration is not None:
+            self._max_duration = MaxDuration(self, cfg.max_connection_duration)
 
     def expire(self) -> None:
         """A timeout fired (or a drain, between requests).
@@ -207,6 +230,14 @@ class Http1Connection:
         now = watchdog.now()
         self._expired = "request" if self._rq_deadline <= now else "idle"
         self._scope.cancel()
+
+    def max_duration_reached(self) -> None:
+        """``max_connection_duration`` passed. As Envoy 1.40 (measured), an idle connection
+        is not closed then: its next response says Connection: close. (Envoy then leaves the
+        connection to the client; this closes it after that response, as RFC 9112 §9.6
+        asks of a server that sends close.)"""
+        self.stats.downstream_cx_max_duration_reached.value += 1
+        self._closing = True
 
     def probe(self) -> None:
         """The watchdog's peek while a request is in flight: if the client closed (or half-
@@ -350,6 +381,8 @@ class Http1Connection:
     def _ended(self) -> None:
         st = self.stats
         self._dog.discard(self)
+        if self._max_duration is not None:
+            self._dog.discard(self._max_duration)
         self.conn.drain.idle.discard(self)
         st.downstream_cx_destroy.value += 1
         st.downstream_cx_active.value -= 1
@@ -736,6 +769,8 @@ class Http1Connection:
                 await phase(stream, headers)
         if not self._body_done:
             keep_alive = False
+        if keep_alive and self._closing:
+            keep_alive = False
         if keep_alive and self.conn.drain.draining:  # (as ``_write_response``)
             self.stats.downstream_cx_drain_close.value += 1
             keep_alive = False
@@ -887,9 +922,9 @@ class Http1Connection:
                 chunked = True
             else:
                 keep_alive = False
-        if not keep_alive or self.conn.drain.draining:
+        if not keep_alive or self._closing or self.conn.drain.draining:
             headers.set("connection", "close")
-            if keep_alive:
+            if keep_alive and not self._closing:
                 self.stats.downstream_cx_drain_close.value += 1
             keep_alive = False
         elif head.version == "1.0":

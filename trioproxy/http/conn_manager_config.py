@@ -46,6 +46,7 @@ class HcmStats(StatBlock):
     downstream_cx_protocol_error: Counter
     downstream_cx_delayed_close_timeout: Counter
     downstream_cx_idle_timeout: Counter
+    downstream_cx_max_duration_reached: Counter
     downstream_cx_drain_close: Counter
     downstream_cx_rx_bytes_total: Counter
     downstream_cx_tx_bytes_total: Counter
@@ -207,6 +208,8 @@ class HcmConfig:
     skip_xff_append: bool = False
     via: str = ""
     idle_timeout: float | None = 3600.0
+    #: ``common_http_protocol_options.max_connection_duration`` (None: unlimited)
+    max_connection_duration: float | None = None
     request_headers_timeout: float | None = 10.0
     delayed_close_timeout: float | None = 1.0
     stream_idle_timeout: float | None = 300.0
@@ -369,6 +372,7 @@ class HcmConfig:
             skip_xff_append=d.get("skip_xff_append", False),
             via=d.get("via", ""),
             idle_timeout=_timeout(common.get("idle_timeout"), 3600.0),
+            max_connection_duration=_timeout(common.get("max_connection_duration"), 0.0) or None,
             request_headers_timeout=_timeout(d.get("request_headers_timeout"), 10.0),
             delayed_close_timeout=_timeout(d.get("delayed_close_timeout"), 1.0),
             stream_idle_timeout=_timeout(d.get("stream_idle_timeout"), 300.0),

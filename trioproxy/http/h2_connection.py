@@ -61,6 +61,8 @@ Envoy 1.40 answers them (checked side by side):
 - ``common_http_protocol_options.idle_timeout``: no stream open for that long: the graceful
   close above, ``downstream_cx_idle_timeout``. The timeout runs on while draining, and firing
   again then only counts (as in Envoy).
+- ``common_http_protocol_options.max_connection_duration``: the same graceful close, once,
+  ``downstream_cx_max_duration_reached``.
 
 Not yet: extended CONNECT, the priority and WINDOW_UPDATE flood counters.
 """
@@ -316,6 +318,8 @@ class Http2Connection(H2Handler):
         self._idle_at = math.inf
         self._drain_at = math.inf
         self._close_at = math.inf
+        #: ``max_connection_duration`` (as Envoy: the same graceful close as the idle timeout)
+        self._max_duration_at = math.inf
         self.deadline = math.inf
         self._delayed_close_timeout = cfg.scope.counter("downstream_cx_delayed_close_timeout")
 
@@ -337,7 +341,7 @@ class Http2Connection(H2Handler):
         self._idle_at = (
             math.inf if timeout is None or self._goaway_sent else watchdog.now() + timeout
         )
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
 
     def expire(self) -> None:
         """A connection timer fired (the watchdog's): the idle timeout starts the graceful
@@ -352,9 +356,14 @@ class Http2Connection(H2Handler):
             self.stats.downstream_cx_idle_timeout.value += 1
             if not self._draining:
                 self._announce()
+        if self._max_duration_at <= now:
+            self._max_duration_at = math.inf
+            self.stats.downstream_cx_max_duration_reached.value += 1
+            if not self._draining:
+                self._announce()
         if self._drain_at <= now:
             self._final_goaway()
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
         self._dog.add(self)  # (the watchdog let go of it to call this)
 
     def _announce(self) -> None:
@@ -374,7 +383,7 @@ class Http2Connection(H2Handler):
     def _final_goaway(self) -> None:
         """The final GOAWAY (NO_ERROR, the last stream id seen): streams open finish, new ones
         are refused; then the delayed close. The caller updates ``deadline``."""
-        self._drain_at = self._idle_at = math.inf
+        self._drain_at = self._idle_at = self._max_duration_at = math.inf
         if self._goaway_sent or self.h2.closed:
             return
         self._goaway_sent = self._closing = True
@@ -410,6 +419,8 @@ class Http2Connection(H2Handler):
             st.downstream_cx_ssl_total.value += 1
             st.downstream_cx_ssl_active.value += 1
         writer = self._writer
+        if self.cfg.max_connection_duration is not None:
+            self._max_duration_at = watchdog.now() + self.cfg.max_connection_duration
         self._idle_from_now()
         self._dog.add(self)
         try:
@@ -471,7 +482,7 @@ class Http2Connection(H2Handler):
             self._final_goaway()
         elif not self._draining:  # (already announced by the idle timeout: that one holds)
             self._announce()
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at)
+        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
 
     def _feed(self, data: bytes) -> bool:
         """Give ``data`` to the framer (which calls the ``on_*`` methods below); ``False``

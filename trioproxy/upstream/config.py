@@ -513,6 +513,9 @@ class ClusterConfig:
     per_connection_buffer_limit_bytes: int = DEFAULT_BUFFER_LIMIT
     idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT  # None: never close idle connections
     max_requests_per_connection: int = 0  # 0: unlimited
+    #: ``common_http_protocol_options.max_connection_duration`` (None: unlimited): an older
+    #: connection takes no new request and closes once idle
+    max_connection_duration: float | None = None
     http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
     #: ``auto_config``: HTTP/2 or HTTP/1.1 as ALPN decides (HTTP/1.1 without TLS).
     auto_http: bool = False
@@ -625,6 +628,13 @@ class ClusterConfig:
         if "idle_timeout" in common:
             idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
             idle = idle or None  # 0 disables, as in Envoy
+        max_duration = None
+        if "max_connection_duration" in common:
+            max_duration = duration(
+                common["max_connection_duration"],
+                "common_http_protocol_options.max_connection_duration",
+            )
+            max_duration = max_duration or None  # 0 disables, as in Envoy
         max_rpc = 0
         if "max_requests_per_connection" in common:
             max_rpc = uint(
@@ -668,6 +678,7 @@ class ClusterConfig:
             per_connection_buffer_limit_bytes=buffer_limit,
             idle_timeout=idle,
             max_requests_per_connection=max_rpc,
+            max_connection_duration=max_duration,
             http2=http2,
             auto_http=auto,
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),

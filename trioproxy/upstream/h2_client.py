@@ -582,7 +582,10 @@ class H2Pool:
         if self._closed:
             raise UpstreamError("connection pool closed", flag="UF")
         stats = self.stats
+        limit = self.config.max_connection_duration
         while True:
+            if limit is not None:
+                self._retire_old(trio.current_time(), limit)
             for conn in self.connections:
                 if conn.has_capacity():
                     conn.active += 1
@@ -691,11 +694,24 @@ class H2Pool:
                 conn.close()  # (out of stream ids, it would hold a connection slot for ever)
         self._wake()
 
+    def _retire_old(self, now: float, limit: float) -> None:
+        """``max_connection_duration``: an older connection takes no new stream (counted once)
+        and closes when its last one ends (``release``)."""
+        for conn in list(self.connections):
+            if not conn.goaway and now - conn.created >= limit:
+                self.stats.upstream_cx_max_duration_reached.value += 1
+                conn.goaway = True  # (no new streams, as after the upstream's GOAWAY)
+                if conn.active == 0:
+                    conn.close()
+
     def sweep(self, now: float | None = None) -> None:
+        now = trio.current_time() if now is None else now
+        limit = self.config.max_connection_duration
+        if limit is not None:
+            self._retire_old(now, limit)
         idle = self.config.idle_timeout
         if idle is None:
             return
-        now = trio.current_time() if now is None else now
         for conn in list(self.connections):
             if conn.active == 0 and now - conn.idle_since >= idle:
                 self.stats.upstream_cx_idle_timeout.value += 1

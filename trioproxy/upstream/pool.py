@@ -186,6 +186,7 @@ class Http1Pool:
         "_config",
         "_idle",
         "_idle_timeout",
+        "_max_duration",
         "_max_requests",
         "_open",
         "breakers",
@@ -209,6 +210,7 @@ class Http1Pool:
         self._config = config
         self._idle_timeout = config.idle_timeout
         self._max_requests = config.max_requests_per_connection
+        self._max_duration = config.max_connection_duration
         self._idle: deque[UpstreamConnection] = deque()
         self._open = 0  # connections of this pool, idle or lent out
         self._closed = False
@@ -290,6 +292,8 @@ class Http1Pool:
             self.stats.upstream_cx_max_requests.value += 1
             self._destroy(conn, remote=False)
             return
+        if self._too_old(conn, watchdog.now()):
+            return
         if self.queue.hand_over(self, conn):
             return
         conn.idle_since = watchdog.now()
@@ -310,6 +314,8 @@ class Http1Pool:
                     self.stats.upstream_cx_idle_timeout.value += 1
                     self._destroy(idle.pop(), remote=False)
                 return None
+            if self._too_old(conn, now):
+                continue
             # The peek costs a syscall; a connection released moments ago cannot have hit an
             # upstream's keep-alive idle timeout (seconds), so under load it is skipped, unless
             # the request could not be sent again (an upstream may close right after a
@@ -334,6 +340,20 @@ class Http1Pool:
         for conn in [c for c in idle if not c.is_quiet()]:
             idle.remove(conn)
             self._destroy(conn, remote=True)
+        if self._max_duration is not None:
+            for conn in [c for c in idle if now - c.created >= self._max_duration]:
+                idle.remove(conn)
+                self._too_old(conn, now)
+
+    def _too_old(self, conn: UpstreamConnection, now: float) -> bool:
+        """``max_connection_duration``: past it, ``conn`` is closed (and counted) instead of
+        used again."""
+        limit = self._max_duration
+        if limit is None or now - conn.created < limit:
+            return False
+        self.stats.upstream_cx_max_duration_reached.value += 1
+        self._destroy(conn, remote=False)
+        return True
 
     # ---------------------------------------------------------------- connect / destroy
 

@@ -31,6 +31,7 @@ class ClusterStats(StatBlock):
     upstream_cx_destroy_remote_with_active_rq: Counter
     upstream_cx_idle_timeout: Counter
     upstream_cx_max_requests: Counter
+    upstream_cx_max_duration_reached: Counter
     upstream_cx_none_healthy: Counter
     upstream_cx_overflow: Counter
     upstream_cx_protocol_error: Counter

@@ -1,0 +1,77 @@
+"""An HTTP/1.1 connection's ``max_connection_duration`` through real Envoy and trioproxy
+(HTTP/2's is in test_h2_graceful_close): once it passes, an idle connection is not closed,
+but its next response says ``connection: close``; a response under way when it passes says
+so too. ``downstream_cx_max_duration_reached`` counts each connection once.
+
+Envoy 1.40 then leaves the connection open for the client to close; trioproxy closes it
+after that response, as RFC 9112 §9.6 asks of a server that sends ``close``."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from tests.support import RawRequests
+
+from .harness import build_request, find_envoy, http_config, nonzero_stats, run_proxy
+
+pytestmark = [
+    pytest.mark.envoy,
+    pytest.mark.skipif(find_envoy() is None, reason="envoy binary not found"),
+]
+
+HCM = "common_http_protocol_options: {max_connection_duration: 1s}"
+
+
+async def upstream(stream: trio.SocketStream) -> None:
+    """Answers each request "ok"; /slow after 1.5 s."""
+    requests = RawRequests(stream)
+    with trio.move_on_after(10):
+        while (head := await requests.next()) is not None:
+            if head.split(b" ", 2)[1] == b"/slow":
+                await trio.sleep(1.5)
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def _response(stream: trio.SocketStream) -> list[str]:
+    """One response's status line and headers, without the date (and its body, "ok")."""
+    data = b""
+    with trio.fail_after(5):
+        while not (b"\r\n\r\n" in data and data.endswith(b"ok")):
+            chunk = await stream.receive_some(65536)
+            assert chunk, data
+            data += chunk
+    head = data.split(b"\r\n\r\n", 1)[0].decode().lower().split("\r\n")
+    return [line for line in head if not line.startswith(("date:", "x-envoy-upstream-service"))]
+
+
+async def _outcomes(kind: str) -> tuple[list[list[str]], dict[str, str]]:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    cfg = http_config(
+        '- match: {prefix: "/"}\n  route: {cluster: backend, timeout: 5s}', hcm_extra=HCM
+    )
+    got = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, upstream, listeners)
+        async with run_proxy(kind, cfg, port) as proxy:
+            idle = await trio.open_tcp_stream("127.0.0.1", proxy.listener_port)
+            slow = await trio.open_tcp_stream("127.0.0.1", proxy.listener_port)
+            async with idle, slow:
+                await idle.send_all(build_request("GET", "/a").replace(b"close", b"keep-alive"))
+                got.append(await _response(idle))
+                await slow.send_all(build_request("GET", "/slow").replace(b"close", b"keep-alive"))
+                await trio.sleep(1.3)  # past the duration: the idle connection is still open
+                await idle.send_all(build_request("GET", "/b").replace(b"close", b"keep-alive"))
+                got.append(await _response(idle))
+                got.append(await _response(slow))
+            await trio.sleep(0.2)
+            stats = await nonzero_stats(proxy.admin_port, "http.ingress_http.downstream_cx_max")
+        nursery.cancel_scope.cancel()
+    return got, stats
+
+
+async def test_max_connection_duration_closes_http1_connections_as_envoy() -> None:
+    envoy = await _outcomes("envoy")
+    assert [r[-1] for r in envoy[0]] == ["server: envoy", "connection: close", "connection: close"]
+    assert await _outcomes("trioproxy") == envoy
