@@ -178,16 +178,9 @@ class FaultFilter(HttpFilter):
             if value is not None and value.isdecimal():
                 grpc_status = int(value)
         if grpc_status is not None:
+            # (a gRPC request gets it trailers-only, with this grpc-status: ``for_request``)
             return LocalReply(
-                200,
-                b"",
-                (
-                    ("content-type", "application/grpc"),
-                    ("grpc-status", str(grpc_status)),
-                    ("grpc-message", ABORT_BODY.decode()),
-                ),
-                details="fault_filter_abort",
-                flag="FI",
+                200, ABORT_BODY, details="fault_filter_abort", flag="FI", grpc_status=grpc_status
             )
         if status is not None:
             return LocalReply(status, ABORT_BODY, details="fault_filter_abort", flag="FI")

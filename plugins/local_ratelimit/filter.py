@@ -113,22 +113,14 @@ class LocalRateLimitFilter(HttpFilter):
             return None
         limiter.enforced.value += 1
         reply_headers = [(k, v) for k, v, _ in c.response_headers]
-        if (headers.get("content-type") or "").startswith("application/grpc"):
-            grpc_status = "8" if c.grpc_resource_exhausted else "14"
-            return LocalReply(
-                200,
-                b"",
-                (
-                    ("content-type", "application/grpc"),
-                    ("grpc-status", grpc_status),
-                    ("grpc-message", BODY.decode()),
-                    *reply_headers,
-                ),
-                details="local_rate_limited",
-                flag="RL",
-            )
+        # (a gRPC request gets it trailers-only: ``for_request``)
         return LocalReply(
-            c.status, BODY, tuple(reply_headers), details="local_rate_limited", flag="RL"
+            c.status,
+            BODY,
+            tuple(reply_headers),
+            details="local_rate_limited",
+            flag="RL",
+            grpc_status=8 if c.grpc_resource_exhausted else None,
         )
 
     @staticmethod

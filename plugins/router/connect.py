@@ -72,9 +72,7 @@ async def terminate(
     stats = cluster.stats
     breakers = cluster.breakers
     internal = stream.request_headers.get("x-envoy-internal") == "true"
-    stats.upstream_rq_total.value += 1
     stats.upstream_rq_active.value += 1
-    host.rq_total += 1
     host.rq_active += 1
     info.attempt_count += 1
     started = _now()
@@ -104,6 +102,8 @@ async def terminate(
     finally:
         breakers.pending.dec()
         stats.upstream_rq_pending_active.value -= 1
+    stats.upstream_rq_total.value += 1  # (once connected, as Envoy counts it)
+    host.rq_total += 1
     now = _now()
     if cluster.outlier is not None:
         cluster.outlier.report_local_success(host)

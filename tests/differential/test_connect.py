@@ -267,6 +267,7 @@ STATS = (
     "cluster.dead.upstream_rq_503",
     "cluster.dead.upstream_cx_connect_fail",
     "cluster.dead.upstream_rq_pending_failure_eject",
+    "cluster.dead.upstream_rq_total",
 )
 
 

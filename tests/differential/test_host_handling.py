@@ -50,6 +50,7 @@ async def test_require_tls_redirects_requests_not_forwarded_as_https(
         build_request("GET", "/api/a", headers=[("x-forwarded-proto", "https")]),
         build_request("GET", "/api/a", headers=[("x-forwarded-proto", "HTTPS")]),
         build_request("POST", "/api/b", body=b"x"),
+        build_request("OPTIONS", "*"),  # refused before routing (absolute_path_rejected)
     ]
     diffs = await differences(config, requests)
     assert diffs == [], "\n".join(diffs)
@@ -79,6 +80,7 @@ async def test_strip_trailing_host_dot_matches_envoy() -> None:
                 "other.example.",
                 "[::1]:80",
                 "127.0.0.1.:80",
+                "",  # an empty Host is routed (by the "*" domain)
             )
         ]
         diffs = await differences(config, requests)
@@ -107,6 +109,9 @@ async def test_host_and_path_rewrites_record_the_original(suppress: bool) -> Non
             "/literal",
             host="old.example",
             headers=[("x-forwarded-host", "old.example, b.example")],
+        ),
+        build_request(  # the last entry compared as it is, space and all (as Envoy)
+            "GET", "/literal", headers=[("x-forwarded-host", "a, example.com")]
         ),
         build_request("GET", "/header", headers=[("x-new-host", "h.example")]),
         build_request("GET", "/header"),  # no header: no rewrite, nothing appended

@@ -37,11 +37,22 @@ ROUTES = """
   redirect: {path_redirect: /new}
 - match: {prefix: "/odd"}
   direct_response: {status: 429, body: {inline_string: "a~b é 100% {x}"}}
+- match: {prefix: "/nocluster"}
+  route: {cluster_header: x-cluster}
+"""
+FAULT = """
+- name: envoy.filters.http.fault
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+    abort: {header_abort: {}, percentage: {numerator: 100}}
 """
 
 LOCAL_REPLY = """
 local_reply_config:
   mappers:
+  - filter: {response_flag_filter: {flags: [NC]}}
+    status_code: 502
+    body: {inline_string: "no such cluster"}
   - filter:
       status_code_filter:
         comparison: {op: EQ, value: {default_value: 503, runtime_key: lr.a}}
@@ -63,7 +74,7 @@ local_reply_config:
       text_format: "<%LOCAL_REPLY_BODY%>"
       content_type: "text/html; charset=UTF-8"
   body_format:
-    text_format: "%LOCAL_REPLY_BODY%:%RESPONSE_CODE%:%REQ(:path)%\\n"
+    text_format: "%LOCAL_REPLY_BODY%:%RESPONSE_CODE%:%REQ(:path)%:%RESPONSE_CODE_DETAILS%\\n"
 access_log:
 - name: envoy.access_loggers.file
   typed_config:
@@ -85,12 +96,22 @@ REQUESTS = [
     build_request("POST", "/nowhere", headers=GRPC, body=b"\0\0\0\0\0"),  # gRPC: 404 as 200
     build_request("POST", "/dead", headers=GRPC, body=b"\0\0\0\0\0"),
     build_request("POST", "/odd", headers=GRPC, body=b"\0\0\0\0\0"),  # grpc-message escapes
+    build_request("POST", "/direct", headers=GRPC, body=b"\0\0\0\0\0"),  # gRPC and a 200
+    build_request("GET", "/nocluster", headers=[("x-cluster", "nope")]),  # NC: by its flag
+    # a fault filter's gRPC abort (a grpc-status of its own), to gRPC and to plain HTTP
+    build_request(
+        "POST",
+        "/api/f",
+        headers=[*GRPC, ("x-envoy-fault-abort-grpc-request", "5")],
+        body=b"\0\0\0\0\0",
+    ),
+    build_request("GET", "/api/f", headers=[("x-envoy-fault-abort-grpc-request", "5")]),
     b"GET / HTTP/1.1\r\nHost: example.com\r\nBad Name: x\r\n\r\n",  # does not parse
     build_request("HEAD", "/nowhere"),
 ]
 
 
-async def run(kind: str, tmp: Path, dead_port: int) -> tuple[CaseResult, str]:
+async def run(kind: str, tmp: Path, dead_port: int, mapped: bool = True) -> tuple[CaseResult, str]:
     await trio.Path(tmp).mkdir()
     log = tmp / "access.log"
     dead = f"""
@@ -104,7 +125,10 @@ async def run(kind: str, tmp: Path, dead_port: int) -> tuple[CaseResult, str]:
       - endpoint:
           address: {{socket_address: {{address: 127.0.0.1, port_value: {dead_port}}}}}
 """
-    config = http_config(ROUTES, hcm_extra=LOCAL_REPLY.replace("LOG_PATH", str(log)), clusters=dead)
+    hcm = LOCAL_REPLY.replace("LOG_PATH", str(log))
+    if not mapped:  # the access log alone
+        hcm = "access_log:" + hcm.split("access_log:", 1)[1]
+    config = http_config(ROUTES, hcm_extra=hcm, clusters=dead, http_filters=FAULT)
     result = await run_case(kind, config, REQUESTS)
     return result, await trio.Path(log).read_text()
 
@@ -113,10 +137,19 @@ async def test_local_replies_are_mapped_as_envoy_maps_them(tmp_path: Path) -> No
     dead_port = free_port()
     envoy, envoy_log = await run("envoy", tmp_path / "envoy", dead_port)
     statuses = [r.status for r in envoy.responses]
-    assert statuses == [200, 404, 401, 200, 418, 301, 200, 200, 200, 400, 404]
+    assert statuses == [200, 404, 401, 200, 418, 301, 200, 200, 200, 200, 502, 200, 200, 400, 404]
     ours, our_log = await run("trioproxy", tmp_path / "trioproxy", dead_port)
     for i, (e, t) in enumerate(zip(envoy.responses, ours.responses, strict=True)):
         assert (t.status, t.body) == (e.status, e.body), i
+    diffs = compare(envoy, ours)
+    assert diffs == [], "\n".join(diffs)
+    assert our_log.splitlines() == envoy_log.splitlines()
+
+
+async def test_local_reply_body_is_empty_in_access_logs_without_a_mapper(tmp_path: Path) -> None:
+    dead_port = free_port()
+    envoy, envoy_log = await run("envoy", tmp_path / "envoy", dead_port, mapped=False)
+    ours, our_log = await run("trioproxy", tmp_path / "trioproxy", dead_port, mapped=False)
     diffs = compare(envoy, ours)
     assert diffs == [], "\n".join(diffs)
     assert our_log.splitlines() == envoy_log.splitlines()

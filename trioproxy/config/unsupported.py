@@ -19,10 +19,13 @@ from typing import Any, Final
 
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TLS = "envoy.extensions.transport_sockets.tls.v3."
+_LB = "envoy.extensions.load_balancing_policies."
 
 #: message full name -> {field name: accepted canonical values (Envoy's default spelt out)}
 NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
     _HCM: {
+        # 100-continue is answered by the proxy, as Envoy's default
+        "proxy_100_continue": (False,),
         "http1_safe_max_connection_duration": (False,),
         "scheme_header_transformation": (),
         "stream_flush_timeout": (),
@@ -77,7 +80,9 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "suppress_grpc_request_failure_code_stats": (),
     },
     "envoy.config.core.v3.HttpProtocolOptions": {
-        "max_response_headers_kb": (),
+        # (no limit on an upstream's response head yet: Envoy's default, spelt out, is
+        # accepted as leaving the field out is)
+        "max_response_headers_kb": (60,),
     },
     "envoy.config.core.v3.Http1ProtocolOptions": {
         "allow_absolute_url": (True,),
@@ -87,13 +92,21 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "send_fully_qualified_url": (),
         "allow_custom_methods": (),
         "ignore_http_11_upgrade": (),
+        # an invalid message closes the connection, as the connection manager's default
+        "override_stream_error_on_invalid_http_message": (False,),
     },
     "envoy.config.core.v3.Http2ProtocolOptions": {
         "hpack_table_size": (4096,),
         "allow_connect": (),
         "allow_metadata": (),
-        "max_inbound_priority_frames_per_stream": (),
-        "max_inbound_window_update_frames_per_data_frame_sent": (),
+        # Envoy's defaults, which are ours (the priority and WINDOW_UPDATE floods are not
+        # counted yet: the README says so)
+        "max_outbound_frames": (10000,),
+        "max_outbound_control_frames": (1000,),
+        "max_consecutive_inbound_frames_with_empty_payload": (1,),
+        "max_inbound_priority_frames_per_stream": (100,),
+        "max_inbound_window_update_frames_per_data_frame_sent": (10,),
+        "override_stream_error_on_invalid_http_message": (False,),
         "custom_settings_parameters": (),
         "connection_keepalive": (),
     },
@@ -102,6 +115,8 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "header_validation_config": (),
     },
     "envoy.config.cluster.v3.Cluster": {
+        # (a match could make a connection TLS that would go out in plaintext)
+        "transport_socket_matches": (),
         "transport_socket_matcher": (),
         "alt_stat_name": (),
         "lb_subset_config": (),
@@ -152,6 +167,7 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "default_config_source": (),
         "certificate_provider_instances": (),
         "xds_delegate_extension": (),
+        "listener_manager": (),
     },
     "envoy.config.bootstrap.v3.Admin": {
         "socket_options": (),
@@ -169,6 +185,7 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
     _TLS + "UpstreamTlsContext": {
         "auto_host_sni": (),
         "auto_sni_san_validation": (),
+        "allow_renegotiation": (False,),
     },
     _TLS + "DownstreamTlsContext": {"require_sni": (False,)},
     _TLS + "CommonTlsContext": {
@@ -186,6 +203,24 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "max_verify_depth": (),
     },
     "envoy.config.core.v3.ApiConfigSource": {"config_validators": ()},
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": {"named_endpoints": ()},
+    "envoy.extensions.filters.http.compressor.v3.Compressor": {"choose_first": (False,)},
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
+        "bootstrap_metadata_labels_key": (),
+        "max_denied_response_body_bytes": (),
+        "enforce_response_header_limits": (False,),
+    },
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {
+        "close_connection_on_client_hello_parsing_errors": (False,),
+        "max_client_hello_size": (),
+    },
+    _LB + "round_robin.v3.RoundRobin": {"slow_start_config": (), "locality_lb_config": ()},
+    _LB + "least_request.v3.LeastRequest": {
+        "slow_start_config": (),
+        "locality_lb_config": (),
+        "selection_method": (),
+    },
+    _LB + "random.v3.Random": {"locality_lb_config": ()},
 }
 
 
@@ -261,6 +296,21 @@ ACCEPTED_WITHOUT_EFFECT: Final[Mapping[str, Mapping[str, str]]] = {
             "prefer_client_ciphers",
         )
     },
+    "envoy.config.trace.v3.OpenTelemetryConfig": {
+        "max_cache_size": "spans are sent as they end (delivery, not content)",
+    },
+    "envoy.extensions.compression.gzip.compressor.v3.Gzip": {
+        "chunk_size": "how the compressor buffers; the bytes inflate to the same body",
+    },
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz": {
+        "transport_api_version": "v3 is the only version",
+    },
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {
+        "enable_ja3_fingerprinting": "no JA3 fingerprint is computed or logged",
+        "enable_ja4_fingerprinting": "no JA4 fingerprint is computed or logged",
+        "initial_read_buffer_size": "how the ClientHello is read (speed only)",
+    },
+    _TLS + "Secret": {"generic_secret": "no filter here reads generic secrets"},
     "envoy.config.core.v3.ApiConfigSource": {
         "transport_api_version": "v3 is the only version",
         "cluster_names": "the gRPC service names its cluster",

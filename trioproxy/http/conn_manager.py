@@ -559,10 +559,7 @@ class Http1Connection:
         reply = for_request(reply, None, info, self.cfg.local_reply)
         headers = reply_headers(reply, self.cfg.server_name, info.start_time)
         headers.add("connection", "close")
-        if reply.flag:
-            info.response_flags.add(reply.flag)
         info.response_code = reply.status
-        info.response_code_details = reply.details
         info.response_headers = headers
         info.bytes_sent = len(reply.body)
         self._count_status(reply.status)
@@ -757,9 +754,10 @@ class Http1Connection:
         info = stream.info
         reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
-        if reply.flag:
-            info.response_flags.add(reply.flag)
-        info.response_code_details = reply.details or "via_local_reply"
+        if head_only and not reply.body:
+            # (as Envoy 1.40's codec frames it: no length for a HEAD reply with no body)
+            headers.remove("content-length")
+            headers.add("transfer-encoding", "chunked")
         route = stream._route if stream._routed else None
         if route is not None and getattr(route, "mutates_headers", False):
             route.apply_response_headers(headers, info)

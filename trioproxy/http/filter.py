@@ -51,6 +51,9 @@ class LocalReply:
     headers: Sequence[tuple[str, str]] = ()
     details: str = ""
     flag: str = ""
+    #: The ``grpc-status`` a gRPC request gets (its reply is made trailers-only: status 200,
+    #: the body as ``grpc-message``); None: mapped from ``status`` as Envoy maps it.
+    grpc_status: int | None = None
 
 
 @attrs.define(eq=False)

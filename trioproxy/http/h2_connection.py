@@ -101,7 +101,6 @@ from trioproxy.http.local_reply import (
     NO_ROUTE,
     for_request,
     http_date,
-    is_grpc_reply,
     reply_headers,
 )
 from trioproxy.http.request_head import request_headers
@@ -896,11 +895,8 @@ class Http2Connection(H2Handler):
         info = stream.info
         reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
-        if is_grpc_reply(reply):
-            headers.remove("content-length")  # trailers-only, as Envoy sends it
-        if reply.flag:
-            info.response_flags.add(reply.flag)
-        info.response_code_details = reply.details or "via_local_reply"
+        if not reply.body:
+            headers.remove("content-length")  # (Envoy's HTTP/2 codec sends none then)
         route = stream._route if stream._routed else None
         if route is not None and getattr(route, "mutates_headers", False):
             route.apply_response_headers(headers, info)

@@ -48,31 +48,38 @@ def for_request(
     info: StreamInfo | None = None,
     mapper: LocalReplyConfig | None = None,
 ) -> LocalReply:
-    """``reply`` as sent for this request: rewritten by the connection manager's
-    ``local_reply_config`` (``mapper``) first; then, to a gRPC request, as a trailers-only
-    response: ``:status 200`` with ``grpc-status`` (mapped from the HTTP status as Envoy maps
-    it) and ``grpc-message`` (the reply's text, percent-encoded), and no body."""
+    """``reply`` as sent for this request, as Envoy's ``prepareLocalReply``: its flag and
+    details recorded; rewritten by the connection manager's ``local_reply_config``
+    (``mapper``); then, to a gRPC request, as a trailers-only response: ``:status 200`` with
+    ``grpc-status`` (the reply's ``grpc_status``, else mapped from the HTTP status as Envoy
+    maps it) and ``grpc-message`` (the reply's text, percent-encoded), and no body."""
     if info is not None:
-        info.local_reply_body = reply.body.decode("utf-8", "replace")
+        if reply.flag:
+            info.response_flags.add(reply.flag)
+        info.response_code_details = reply.details or "via_local_reply"
         if mapper is not None:
             reply = mapper.rewrite(reply, info)
     if request_headers is None:
         return reply
     ctype = request_headers.get("content-type") or ""
-    if not ctype.startswith("application/grpc") or reply.status == 200:
+    if not ctype.startswith("application/grpc"):
         return reply
     headers = [(k, v) for k, v in reply.headers if k != "content-type"]
     json = ("content-type", "application/json") in reply.headers
-    headers += [
-        ("content-type", "application/grpc"),
-        ("grpc-status", str(_GRPC_STATUS.get(reply.status, 2))),
-    ]
+    headers.append(("content-type", "application/grpc"))
+    if not any(k == "grpc-status" for k, _ in headers):
+        code = reply.grpc_status
+        headers.append(("grpc-status", str(code if code is not None else _grpc(reply.status))))
     if reply.body:
         body = reply.body
         if json and body.endswith(b"\n"):  # (as Envoy: a JSON body format's line end)
             body = body[:-1]
         headers.append(("grpc-message", grpc_percent_encode(body)))
     return LocalReply(200, b"", tuple(headers), details=reply.details, flag=reply.flag)
+
+
+def _grpc(status: int) -> int:
+    return _GRPC_STATUS.get(status, 2)
 
 
 def grpc_percent_encode(value: bytes) -> str:
@@ -97,9 +104,7 @@ def http_date(now: float) -> str:
     return _date_cache[1]
 
 
-def reply_headers(
-    reply: LocalReply, server_name: str, now: float, head_only: bool = False
-) -> Headers:
+def reply_headers(reply: LocalReply, server_name: str, now: float) -> Headers:
     h = Headers([(":status", str(reply.status))])
     items = h.items()
     if reply.body:

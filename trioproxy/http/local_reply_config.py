@@ -121,4 +121,6 @@ class LocalReplyConfig:
         elif "content-type" not in headers:
             headers.add("content-type", content_type)
         out = tuple((k, v) for k, v in headers.items() if k != ":status")
-        return LocalReply(status, body, out, details=reply.details, flag=reply.flag)
+        return LocalReply(
+            status, body, out, details=reply.details, flag=reply.flag, grpc_status=reply.grpc_status
+        )

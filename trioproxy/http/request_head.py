@@ -69,13 +69,15 @@ def request_headers(
     stats = cfg.stats
     target = head.target
     authority = ""
+    has_host = False  # (an empty Host is a host: Envoy 1.40 routes it, measured)
     reject: LocalReply | None = None
     items: list[tuple[str, str]] = []
     for name, value in head.headers:
         if name == "host":
-            if authority:
+            if has_host:
                 reject = LocalReply(400, b"", details="http1.multiple_host_headers")
             authority = value
+            has_host = True
         else:
             items.append((name, value))
     connect = head.method == "CONNECT"
@@ -85,9 +87,8 @@ def request_headers(
         authority = target
         items = [(n, v) for n, v in items if n != "content-length"]  # (only ever 0)
     elif target[:1] != "/":
-        if target == "*" and head.method == "OPTIONS":
-            pass
-        elif "://" in target:
+        # (``OPTIONS *`` too: Envoy 1.40 answers it 404 absolute_path_rejected, measured)
+        if "://" in target:
             # absolute-form: the authority in the target wins (RFC 9112 §3.2.2).
             rest = target.split("://", 1)[1]
             slash = rest.find("/")
@@ -99,7 +100,7 @@ def request_headers(
     if not authority:
         if head.version == "1.0" and cfg.default_host_for_http_10:
             authority = cfg.default_host_for_http_10
-        elif reject is None:
+        elif reject is None and not (has_host and not connect):
             reject = LocalReply(400, b"", details="missing_host_header")
     if connect:
         headers = Headers([(":authority", authority), (":method", "CONNECT"), (":scheme", scheme)])

@@ -636,7 +636,7 @@ class Route:
             if not xfh:
                 if old:
                     headers.set("x-forwarded-host", old)
-            elif old and xfh.rsplit(",", 1)[-1].strip() != old:
+            elif old and xfh.rsplit(",", 1)[-1] != old:  # (unstripped, as Envoy compares)
                 headers.set("x-forwarded-host", f"{xfh},{old}")
         headers.set(":authority", host)
 
@@ -1026,13 +1026,13 @@ class RouteConfiguration:
         vh = self.find_virtual_host(headers)
         if vh is None:
             return None
+        full = headers.get(":path")
         if (
             vh.ssl_redirect is not None
             and headers.get("x-forwarded-proto") != "https"
             and not (vh.tls_external_only and headers.get("x-envoy-internal") == "true")
         ):
             return vh.ssl_redirect
-        full = headers.get(":path")
         if full is None:  # CONNECT: only connect_matcher routes (as Envoy)
             for r in vh.routes:
                 if r.pathless and r.match_fn("", headers):

@@ -57,14 +57,14 @@ async def request(
             stats.upstream_cx_none_healthy.value += 1
             raise UpstreamError("no healthy upstream", flag="UH")
         pool = cluster.pool(host)
-        stats.upstream_rq_total.value += 1
         stats.upstream_rq_active.value += 1
-        host.rq_total += 1
         host.rq_active += 1
         status = 0
         try:
             with trio.fail_after(deadline_s):
                 conn: Any = await pool.acquire()
+                stats.upstream_rq_total.value += 1  # (once connected, as Envoy counts it)
+                host.rq_total += 1
                 exchange: Any = pool.exchange(conn, math.inf)
                 reusable = False
                 try:
