@@ -177,13 +177,13 @@ class FaultFilter(HttpFilter):
             value = headers.get("x-envoy-fault-abort-grpc-request")
             if value is not None and value.isdecimal():
                 grpc_status = int(value)
+        if status is not None:  # (both abort headers: the HTTP status wins, as in Envoy)
+            return LocalReply(status, ABORT_BODY, details="fault_filter_abort", flag="FI")
         if grpc_status is not None:
             # (a gRPC request gets it trailers-only, with this grpc-status: ``for_request``)
             return LocalReply(
                 200, ABORT_BODY, details="fault_filter_abort", flag="FI", grpc_status=grpc_status
             )
-        if status is not None:
-            return LocalReply(status, ABORT_BODY, details="fault_filter_abort", flag="FI")
         return None
 
     async def on_response_data(self, stream: HttpStream, data: bytes, end_stream: bool) -> bytes:

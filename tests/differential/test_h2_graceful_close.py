@@ -42,7 +42,9 @@ async def upstream(stream: trio.SocketStream) -> None:
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
-async def _connection(port: int, between: str | None, close_on_final: bool) -> list[str]:
+async def _connection(
+    port: int, between: str | None, close_on_final: bool, first: str = "/"
+) -> list[str]:
     """One connection: a request, then idle until the proxy closes it. ``between``: the path
     of a request sent once the first GOAWAY is in; ``close_on_final``: the client closes on
     the final GOAWAY instead of waiting for the proxy's close."""
@@ -50,7 +52,7 @@ async def _connection(port: int, between: str | None, close_on_final: bool) -> l
     seen: list[str] = []
     bodies: dict[int, bytes] = {}
     try:
-        await client.send(client.request_headers(1))
+        await client.send(client.request_headers(1, path=first))
         with trio.fail_after(8):
             while True:
                 f = await client.next_frame(timeout=8)
@@ -87,18 +89,22 @@ async def _outcomes(kind: str, hcm: str) -> tuple[list[list[str]], dict[str, int
         (None, False),  # idle after one request; the proxy closes (the delayed close)
         ("/", True),  # a stream opened between the GOAWAYs is served
         ("/slow", False),  # a stream still open at the final GOAWAY finishes first
+        # the first stream outlasts max_connection_duration (which does not wait for it)
+        (None, False, "/slow"),
     ]
     got: list[list[str]] = [[] for _ in cases]
     async with trio.open_nursery() as nursery:
         nursery.start_soon(trio.serve_listeners, upstream, listeners)
         async with run_proxy(kind, cfg, port) as proxy:
 
-            async def one(i: int, between: str | None, close_on_final: bool) -> None:
-                got[i] = await _connection(proxy.listener_port, between, close_on_final)
+            async def one(
+                i: int, between: str | None, close_on_final: bool, first: str = "/"
+            ) -> None:
+                got[i] = await _connection(proxy.listener_port, between, close_on_final, first)
 
             async with trio.open_nursery() as clients:
-                for i, (between, close_on_final) in enumerate(cases):
-                    clients.start_soon(one, i, between, close_on_final)
+                for i, case in enumerate(cases):
+                    clients.start_soon(one, i, *case)
             await trio.sleep(0.3)  # the last connection's end is counted
             page = await send_raw(proxy.admin_port, build_request("GET", "/stats", host="a"))
         nursery.cancel_scope.cancel()

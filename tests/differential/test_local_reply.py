@@ -106,6 +106,16 @@ REQUESTS = [
         body=b"\0\0\0\0\0",
     ),
     build_request("GET", "/api/f", headers=[("x-envoy-fault-abort-grpc-request", "5")]),
+    build_request(  # both abort headers: the HTTP status wins
+        "POST",
+        "/api/f",
+        headers=[
+            *GRPC,
+            ("x-envoy-fault-abort-request", "503"),
+            ("x-envoy-fault-abort-grpc-request", "5"),
+        ],
+        body=b"\0\0\0\0\0",
+    ),
     b"GET / HTTP/1.1\r\nHost: example.com\r\nBad Name: x\r\n\r\n",  # does not parse
     build_request("HEAD", "/nowhere"),
 ]
@@ -137,7 +147,24 @@ async def test_local_replies_are_mapped_as_envoy_maps_them(tmp_path: Path) -> No
     dead_port = free_port()
     envoy, envoy_log = await run("envoy", tmp_path / "envoy", dead_port)
     statuses = [r.status for r in envoy.responses]
-    assert statuses == [200, 404, 401, 200, 418, 301, 200, 200, 200, 200, 502, 200, 200, 400, 404]
+    assert statuses == [
+        200,
+        404,
+        401,
+        200,
+        418,
+        301,
+        200,
+        200,
+        200,
+        200,
+        502,
+        200,
+        200,
+        200,
+        400,
+        404,
+    ]
     ours, our_log = await run("trioproxy", tmp_path / "trioproxy", dead_port)
     for i, (e, t) in enumerate(zip(envoy.responses, ours.responses, strict=True)):
         assert (t.status, t.body) == (e.status, e.body), i

@@ -79,6 +79,11 @@ class _Park(Exception):
     """The connection, idle, parks (``Http1Connection.expire``)."""
 
 
+class _DrainClose(Exception):
+    """The connection, idle, is past its ``max_connection_duration`` and ``drain_timeout``:
+    it closes (``Http1Connection.max_duration_reached``)."""
+
+
 #: A parked connection's cancel scope: none of its own (``resume`` makes one), so that it
 #: keeps no spent scope. Never entered, and only a stream in flight is ever cancelled.
 _PARKED_SCOPE = trio.CancelScope()
@@ -133,6 +138,8 @@ class Http1Connection:
         "_resumed",
         "_closing",
         "_max_duration",
+        "_drain_close_at",
+        "_drain_close_requested",
     )
 
     def __init__(self, conn: DownstreamConnection, cfg: HcmConfig, lstats: ListenerHttpStats):
@@ -180,6 +187,8 @@ class Http1Connection:
         # ``max_connection_duration``: once it passes, the next response (or the one under
         # way) says Connection: close and the connection closes after it
         self._closing = False
+        self._drain_close_at = math.inf  # idle past it, the connection closes
+        self._drain_close_requested = False
         self._max_duration: MaxDuration | None = None
         if cfg.max_connection_duration is not None:
             self._max_duration = MaxDuration(self, cfg.max_connection_duration)
@@ -219,6 +228,18 @@ class Http1Connection:
                 if self.deadline != math.inf:
                     self._dog.add(self)
                 return
+            if self._drain_close_at <= now and self._plain is not None:
+                # past max_connection_duration and drain_timeout: the task closes it (with
+                # the delayed close) once woken, without the socket closed under it
+                self._drain_close_requested = True
+                if self._parked:
+                    self._parked = False
+                    parking = self.conn.parking
+                    assert parking is not None
+                    parking.wake(sock)
+                else:
+                    trio.lowlevel.notify_closing(sock)
+                return
             self._idle_expired = True
             if self._parked:
                 self._parked = False
@@ -232,12 +253,17 @@ class Http1Connection:
         self._scope.cancel()
 
     def max_duration_reached(self) -> None:
-        """``max_connection_duration`` passed. As Envoy 1.40 (measured), an idle connection
-        is not closed then: its next response says Connection: close. (Envoy then leaves the
-        connection to the client; this closes it after that response, as RFC 9112 §9.6
-        asks of a server that sends close.)"""
+        """``max_connection_duration`` passed: Envoy's drain (measured with 1.40). A
+        response from now on says Connection: close, and the connection closes after it
+        (RFC 9112 §9.6); idle until ``drain_timeout`` later, it closes then, with the
+        delayed close (``_delayed_close``)."""
         self.stats.downstream_cx_max_duration_reached.value += 1
         self._closing = True
+        self._drain_close_at = watchdog.now() + self.cfg.drain_timeout
+        if self._idle:
+            self._idle_deadline = min(self._idle_deadline, self._drain_close_at)
+            self.deadline = min(self.deadline, self._drain_close_at)
+            self._dog.add(self)
 
     def probe(self) -> None:
         """The watchdog's peek while a request is in flight: if the client closed (or half-
@@ -370,6 +396,8 @@ class Http1Connection:
         except _Park:
             self._scope = _PARKED_SCOPE
             return self
+        except _DrainClose:
+            await self._delayed_close()
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
         except BaseException:
@@ -484,6 +512,9 @@ class Http1Connection:
             # A new connection (nothing received yet) is served once: it was accepted
             # before the drain and its request may be on the way.
             return None
+        if self._drain_close_requested:  # (woken from parking to close)
+            self._idle_end(False)
+            raise _DrainClose()
         dog = self._dog
         timeout = self.cfg.idle_timeout
         self._idle = True
@@ -493,6 +524,8 @@ class Http1Connection:
                 idle = self._idle_deadline  # the idle time counts from the last request
             else:
                 idle = self._idle_deadline = math.inf if timeout is None else now + timeout
+            if self._drain_close_at < idle:
+                idle = self._idle_deadline = self._drain_close_at
             self.deadline = min(idle, now + self._park_after)
             dog.add(self)
         drain.idle.add(self)
@@ -504,6 +537,9 @@ class Http1Connection:
             else:
                 data = await plain.receive_some_after_wait(READ_SIZE)
         except trio.ClosedResourceError:
+            if self._drain_close_requested:
+                self._idle_end(False)
+                raise _DrainClose() from None
             if self._park_requested and not self._idle_expired:
                 self._park_requested = False
                 self._parked = True
@@ -755,9 +791,13 @@ class Http1Connection:
         reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
         if head_only and not reply.body:
-            # (as Envoy 1.40's codec frames it: no length for a HEAD reply with no body)
+            # (as Envoy 1.40's codec frames it: no length for a HEAD reply with no body;
+            # chunked to HTTP/1.1, and to HTTP/1.0 nothing, the connection then closing)
             headers.remove("content-length")
-            headers.add("transfer-encoding", "chunked")
+            if info.protocol == "HTTP/1.0":
+                keep_alive = False
+            else:
+                headers.add("transfer-encoding", "chunked")
         route = stream._route if stream._routed else None
         if route is not None and getattr(route, "mutates_headers", False):
             route.apply_response_headers(headers, info)

@@ -514,7 +514,7 @@ class Http2Connection(H2Handler):
         s = _Stream(sid, end_stream, pseudo, regular)
         self._streams[sid] = s
         self._idle_at = math.inf  # a stream is open: the connection is not idle
-        self.deadline = self._drain_at
+        self.deadline = min(self._drain_at, self._close_at, self._max_duration_at)
         if self._idle_workers:
             worker = self._idle_workers.pop()
             worker.stream = s

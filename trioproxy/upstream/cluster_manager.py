@@ -82,6 +82,7 @@ class Cluster:
                 lambda: self.stats.upstream_cx_total.value > 0,
                 connect_timeout=config.connect_timeout,
                 tls=config.upstream_tls,
+                keepalive=config.tcp_keepalive,
             )
         self.resolver: DnsResolver | None = None
         self._original_dst = config.original_dst
@@ -381,6 +382,11 @@ class ClusterManager:
                 c.config.original_dst.cleanup_interval
                 for c in self._clusters.values()
                 if c.config.original_dst is not None
+            ]
+            timeouts += [
+                c.config.max_connection_duration
+                for c in self._clusters.values()
+                if c.config.max_connection_duration is not None
             ]
             interval = min([SWEEP_INTERVAL, *(t / 2 for t in timeouts)])
             await trio.sleep(interval if interval > 0 and not math.isnan(interval) else 1.0)

@@ -103,7 +103,7 @@ async def open_connection(
     try:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if keepalive is not None:
-            _set_keepalive(raw, keepalive)
+            set_keepalive(raw, keepalive)
         if source_address is not None:
             raw.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             raw.bind(source_address)
@@ -167,9 +167,7 @@ async def open_connection(
     return stream, now
 
 
-def _set_keepalive(
-    sock: socket.socket, keepalive: tuple[int | None, int | None, int | None]
-) -> None:
+def set_keepalive(sock: Any, keepalive: tuple[int | None, int | None, int | None]) -> None:
     """``upstream_connection_options.tcp_keepalive``: on, with the probes, idle time and
     interval given (the system's where not)."""
     probes, idle, interval = keepalive

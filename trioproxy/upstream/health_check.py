@@ -45,6 +45,7 @@ from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
 from trioproxy.stats import Scope
 from trioproxy.stats.store import NEVER_IMPORT
+from trioproxy.upstream.connect import set_keepalive
 from trioproxy.upstream.host import Host
 
 USER_AGENT = "Envoy/HC"
@@ -453,6 +454,7 @@ class HealthChecker:
         *,
         connect_timeout: float,
         tls: Any = None,
+        keepalive: tuple[int | None, int | None, int | None] | None = None,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
@@ -470,6 +472,7 @@ class HealthChecker:
         self.has_traffic = has_traffic
         self.connect_timeout = connect_timeout
         self.tls = tls
+        self.keepalive = keepalive  # the cluster's upstream_connection_options.tcp_keepalive
         self.rng = rng
         self._sessions: dict[Host, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
@@ -481,7 +484,10 @@ class HealthChecker:
 
     async def connect(self, host: Host) -> trio.abc.Stream:
         with trio.fail_after(self.connect_timeout):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(*host.address)
+            plain = await trio.open_tcp_stream(*host.address)
+            if self.keepalive is not None:
+                set_keepalive(plain.socket, self.keepalive)
+            stream: trio.abc.Stream = plain
             if self.tls is not None:
                 tls_stream = trio.SSLStream(
                     stream, self.tls.context, server_hostname=self.tls.sni or None

@@ -29,6 +29,7 @@ import h2.exceptions
 import h2.settings
 import trio
 
+from trioproxy.upstream.connect import set_keepalive
 from trioproxy.upstream.tls import cluster_tls
 
 if TYPE_CHECKING:
@@ -216,7 +217,10 @@ async def open_stream(
         raise GrpcError(14, f"no healthy host in cluster {cluster_name}")
     tls = cluster_tls(cluster.config.transport_socket)
     with trio.fail_after(cluster.config.connect_timeout):
-        sock: trio.abc.Stream = await trio.open_tcp_stream(*host.address)
+        plain = await trio.open_tcp_stream(*host.address)
+    if cluster.config.tcp_keepalive is not None:
+        set_keepalive(plain.socket, cluster.config.tcp_keepalive)
+    sock: trio.abc.Stream = plain
     if tls is not None:
         sock = trio.SSLStream(
             sock, tls.context, server_hostname=tls.sni or None, https_compatible=False
