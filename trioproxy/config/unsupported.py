@@ -115,6 +115,8 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "header_validation_config": (),
     },
     "envoy.config.cluster.v3.Cluster": {
+        # (names are resolved by the system's resolver, not by resolvers named here)
+        "typed_dns_resolver_config": (),
         # (a match could make a connection TLS that would go out in plaintext)
         "transport_socket_matches": (),
         "transport_socket_matcher": (),
@@ -168,6 +170,7 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "certificate_provider_instances": (),
         "xds_delegate_extension": (),
         "listener_manager": (),
+        "typed_dns_resolver_config": (),
     },
     "envoy.config.bootstrap.v3.Admin": {
         "socket_options": (),
@@ -239,7 +242,6 @@ ACCEPTED_WITHOUT_EFFECT: Final[Mapping[str, Mapping[str, str]]] = {
         "max_metadata_size": "METADATA frames are not supported (allow_metadata is refused)",
     },
     "envoy.config.cluster.v3.Cluster": {
-        "typed_dns_resolver_config": "names are resolved by the system resolver",
         "wait_for_warm_on_init": "clusters are warmed before the listeners start",
         "preconnect_policy": "connections are opened on demand (speed only)",
     },
@@ -266,7 +268,6 @@ ACCEPTED_WITHOUT_EFFECT: Final[Mapping[str, Mapping[str, str]]] = {
             "stats_eviction_interval",
             "enable_dispatcher_stats",
             "stats_server_version_override",
-            "typed_dns_resolver_config",
             "fatal_actions",
             "default_socket_interface",
             "inline_headers",

@@ -88,10 +88,6 @@ def grpc_percent_encode(value: bytes) -> str:
     return "".join(f"%{b:02X}" if b < 0x20 or b >= 0x7E or b == 0x25 else chr(b) for b in value)
 
 
-def is_grpc_reply(reply: LocalReply) -> bool:
-    return reply.status == 200 and any(k == "grpc-status" for k, _ in reply.headers)
-
-
 _date_cache: tuple[int, str] = (0, "")
 
 
