@@ -84,7 +84,11 @@ static_resources:
     [
         ("virtual_clusters: [{name: a, headers: [{name: x}]}]", "", "virtual_clusters"),
         ("", "hedge_policy: {initial_requests: 2}", "routes[0].route.hedge_policy"),
-        ("", "host_rewrite_path_regex: {pattern: {regex: a}, substitution: b}", "routes[0]"),
+        (
+            "",
+            "host_rewrite_path_regex: {pattern: {regex: a}, substitution: b}",
+            "routes[0].route.host_rewrite_path_regex",
+        ),
     ],
 )
 def test_a_refused_field_is_named_with_its_line(
@@ -101,7 +105,18 @@ def test_a_refused_field_is_named_with_its_line(
 
 
 def test_envoy_defaults_spelt_out_are_accepted() -> None:
-    text = STATIC.replace("ROUTE_EXTRA", "require_tls: NONE").replace(
-        ", ACTION_EXTRA", ", auto_host_rewrite: false"
+    text = (
+        STATIC.replace("ROUTE_EXTRA", "")
+        .replace(", ACTION_EXTRA", "")
+        .replace(
+            "stat_prefix: x",
+            "stat_prefix: x\n          proxy_100_continue: false"
+            "\n          stream_error_on_invalid_http_message: false",
+        )
+        .replace("route_config:", "route_config:\n            validate_clusters: false")
     )
-    load_bootstrap(yaml_text=text)
+    hcm = load_bootstrap(yaml_text=text).canonical["static_resources"]["listeners"][0]
+    typed = hcm["filter_chains"][0]["filters"][0]["typed_config"]
+    assert typed.get("proxy_100_continue", False) is False  # (a plain bool: omitted)
+    assert typed["stream_error_on_invalid_http_message"] is False
+    assert typed["route_config"]["validate_clusters"] is False
