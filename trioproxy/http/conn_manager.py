@@ -627,8 +627,8 @@ class Http1Connection:
             try:
                 if isinstance(stream, trio.abc.HalfCloseableStream):
                     await stream.send_eof()
-                while data := await stream.receive_some(READ_SIZE):
-                    self.rx += len(data)
+                while await stream.receive_some(READ_SIZE):
+                    pass  # (dropped, and not counted in rx bytes: Envoy no longer reads)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             st.downstream_cx_destroy_remote.value += 1
