@@ -28,6 +28,8 @@ import pytest
 import trio
 import trustme
 
+from tests.support import file_access_log
+
 from .harness import build_request, find_envoy, free_port, http_config, run_proxy, send_raw
 
 pytestmark = [
@@ -113,16 +115,9 @@ def _untrusted_server(tmp: Path) -> tuple[ssl.SSLContext, str]:
     return context, str(path)
 
 
-LOG = """
-access_log:
-- name: envoy.access_loggers.file
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: ACCESS_LOG_PATH
-    log_format:
-      text_format_source:
-        inline_string: "%REQ(:path)% %RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%\\n"
-"""
+LOG = file_access_log(
+    "ACCESS_LOG_PATH", "%REQ(:path)% %RESPONSE_CODE_DETAILS% %UPSTREAM_TRANSPORT_FAILURE_REASON%"
+)
 _BORINGSSL = re.compile(r"TLS_error:\|\d+:[^:]*:OPENSSL_internal:([^:]*):[^ }]*?TLS_error_end")
 
 

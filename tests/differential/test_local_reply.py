@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.support import file_access_log
+
 from .harness import (
     CaseResult,
     build_request,
@@ -75,14 +77,6 @@ local_reply_config:
       content_type: "text/html; charset=UTF-8"
   body_format:
     text_format: "%LOCAL_REPLY_BODY%:%RESPONSE_CODE%:%REQ(:path)%:%RESPONSE_CODE_DETAILS%\\n"
-access_log:
-- name: envoy.access_loggers.file
-  typed_config:
-    "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
-    path: LOG_PATH
-    log_format:
-      text_format_source:
-        inline_string: "%REQ(:path)% %RESPONSE_CODE% %RESPONSE_FLAGS% [%LOCAL_REPLY_BODY%]\\n"
 """
 
 GRPC = [("content-type", "application/grpc"), ("te", "trailers")]
@@ -135,9 +129,10 @@ async def run(kind: str, tmp: Path, dead_port: int, mapped: bool = True) -> tupl
       - endpoint:
           address: {{socket_address: {{address: 127.0.0.1, port_value: {dead_port}}}}}
 """
-    hcm = LOCAL_REPLY.replace("LOG_PATH", str(log))
-    if not mapped:  # the access log alone
-        hcm = "access_log:" + hcm.split("access_log:", 1)[1]
+    log_config = file_access_log(
+        log, "%REQ(:path)% %RESPONSE_CODE% %RESPONSE_FLAGS% [%LOCAL_REPLY_BODY%]"
+    )
+    hcm = (LOCAL_REPLY if mapped else "") + log_config
     config = http_config(ROUTES, hcm_extra=hcm, clusters=dead, http_filters=FAULT)
     result = await run_case(kind, config, REQUESTS)
     return result, await trio.Path(log).read_text()

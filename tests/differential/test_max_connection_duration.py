@@ -15,9 +15,8 @@ import time
 import pytest
 import trio
 
-from tests.support import RawRequests
-
 from .harness import build_request, find_envoy, http_config, nonzero_stats, run_proxy
+from .test_h2_graceful_close import upstream  # answers "ok"; /slow after 1.5 s
 
 pytestmark = [
     pytest.mark.envoy,
@@ -25,16 +24,6 @@ pytestmark = [
 ]
 
 HCM = "common_http_protocol_options: {max_connection_duration: 1s}"
-
-
-async def upstream(stream: trio.SocketStream) -> None:
-    """Answers each request "ok"; /slow after 1.5 s."""
-    requests = RawRequests(stream)
-    with trio.move_on_after(10):
-        while (head := await requests.next()) is not None:
-            if head.split(b" ", 2)[1] == b"/slow":
-                await trio.sleep(1.5)
-            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
 async def _response(stream: trio.SocketStream) -> list[str]:
