@@ -232,25 +232,26 @@ class Http1Connection:
                 # past max_connection_duration and drain_timeout: the task closes it (with
                 # the delayed close) once woken, without the socket closed under it
                 self._drain_close_requested = True
-                if self._parked:
-                    self._parked = False
-                    parking = self.conn.parking
-                    assert parking is not None
-                    parking.wake(sock)
-                else:
+                if not self._unpark(sock):
                     trio.lowlevel.notify_closing(sock)
                 return
             self._idle_expired = True
-            if self._parked:
-                self._parked = False
-                parking = self.conn.parking
-                assert parking is not None
-                parking.wake(sock)
+            self._unpark(sock)
             self.conn.transport.close()
             return
         now = watchdog.now()
         self._expired = "request" if self._rq_deadline <= now else "idle"
         self._scope.cancel()
+
+    def _unpark(self, sock: Any) -> bool:
+        """Wake the connection's task if it is parked (``Parking.wake``); whether it was."""
+        if not self._parked:
+            return False
+        self._parked = False
+        parking = self.conn.parking
+        assert parking is not None
+        parking.wake(sock)
+        return True
 
     def max_duration_reached(self) -> None:
         """``max_connection_duration`` passed: Envoy's drain (measured with 1.40). A
