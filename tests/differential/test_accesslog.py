@@ -145,6 +145,10 @@ async def unparsed(kind: str, tmp: Path) -> tuple[list[tuple[int, bytes]], dict[
         "          stat_prefix: ingress_http\n          request_headers_timeout: 0.5s\n",
         1,
     )
+    # x-envoy-upstream-service-time would make the bytes sent depend on the upstream's timing.
+    router = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n"
+    config = config.replace(router, router + "              suppress_envoy_headers: true\n", 1)
+    assert "suppress_envoy_headers" in config
     upstream = RecordingUpstream(script=script)
     listeners = await upstream.listen()
     async with run_proxy(kind, config, upstream.port) as proxy, trio.open_nursery() as nursery:
