@@ -120,3 +120,19 @@ def test_envoy_defaults_spelt_out_are_accepted() -> None:
     assert typed.get("proxy_100_continue", False) is False  # (a plain bool: omitted)
     assert typed["stream_error_on_invalid_http_message"] is False
     assert typed["route_config"]["validate_clusters"] is False
+
+
+def test_the_preserve_case_header_formatter_is_refused() -> None:
+    text = STATIC.replace("ROUTE_EXTRA", "").replace(", ACTION_EXTRA", "")
+    text = text.replace(
+        "stat_prefix: x",
+        "stat_prefix: x\n          http_protocol_options:\n            header_key_format:"
+        "\n              stateful_formatter: {name: preserve_case, typed_config: "
+        '{"@type": type.googleapis.com/envoy.extensions.http.header_formatters.preserve_case.'
+        "v3.PreserveCaseFormatterConfig}}",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(yaml_text=text)
+    assert info.value.reason == "not supported by trioproxy yet"
+    assert "http_protocol_options.header_key_format.stateful_formatter" in (info.value.path or "")
+    assert info.value.line == 14

@@ -220,3 +220,39 @@ async def test_listener_warms_until_its_routes_arrive_then_removal_closes_it(
     dump = await admin_json(proxy.admin_port, "/config_dump")
     assert "dynamic_active_clusters" not in dump["configs"][1]
     assert "dynamic_listeners" not in dump["configs"][2]
+
+
+async def test_route_tables_naming_unknown_clusters_are_nacked_as_envoy_does(
+    nursery: trio.Nursery, ads: AdsServer
+) -> None:
+    """``validate_clusters``: off by default for RDS (a route to a missing cluster answers 503),
+    refused when the table asks for it; on by default for a listener's inline table."""
+    backend = Backend(name="service1")
+    bport = await nursery.start(backend.serve)
+    lport, inline_port = free_ports(2)
+    proxy = await start_proxy(nursery, bootstrap(ads.port))
+    serve_v(ads, "1", bport, lport)
+    await served(lport, b"service1")
+
+    checked = {**route("local_route", "missing"), "validate_clusters": True}
+    ads.set(RDS, "2", [checked])
+    await until(lambda: any("error_detail" in r for r in ads.requests_of(RDS)))
+    nack = next(r for r in ads.requests_of(RDS) if "error_detail" in r)
+    assert "route: unknown cluster 'missing'" in nack["error_detail"]["message"]
+    assert nack["version_info"] == "1"
+    assert b"service1" in await get(lport)
+
+    ads.set(RDS, "3", [route("local_route", "missing")])  # not checked: served, 503 NC
+    await until(lambda: any(r.get("version_info") == "3" for r in ads.requests_of(RDS)))
+    assert (await get(lport)).startswith(b"HTTP/1.1 503 ")
+
+    inline = listener("inline", inline_port)
+    hcm = inline["filter_chains"][0]["filters"][0]["typed_config"]
+    del hcm["rds"]
+    hcm["route_config"] = route("inline_route", "missing")
+    ads.set(LDS, "2", [listener("listener_0", lport), inline])
+    await until(lambda: any("error_detail" in r for r in ads.requests_of(LDS)))
+    nack = next(r for r in ads.requests_of(LDS) if "error_detail" in r)
+    assert "route: unknown cluster 'missing'" in nack["error_detail"]["message"]
+    assert await get(inline_port) == b"REFUSED"
+    assert proxy.stat("listener_manager.lds.update_rejected") == 1

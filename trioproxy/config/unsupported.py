@@ -41,9 +41,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "typed_header_validation_config": (),
     },
     "envoy.config.route.v3.RouteConfiguration": {
-        # Envoy checks an inline route config's clusters unless this is false; trioproxy
-        # never does (a route to an unknown cluster answers 503 NC): false is accepted
-        "validate_clusters": (False,),
         "vhds": (),
         "cluster_specifier_plugins": (),
         "vhost_header": (),
@@ -86,7 +83,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
     },
     "envoy.config.core.v3.Http1ProtocolOptions": {
         "allow_absolute_url": (True,),
-        "header_key_format": (),
         "enable_trailers": (),
         "allow_chunked_length": (),
         "send_fully_qualified_url": (),
@@ -94,6 +90,10 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "ignore_http_11_upgrade": (),
         # an invalid message closes the connection, as the connection manager's default
         "override_stream_error_on_invalid_http_message": (False,),
+    },
+    "envoy.config.core.v3.Http1ProtocolOptions.HeaderKeyFormat": {
+        # (the preserve-case formatter: names as the peer wrote them)
+        "stateful_formatter": (),
     },
     "envoy.config.core.v3.Http2ProtocolOptions": {
         "hpack_table_size": (4096,),

@@ -601,7 +601,7 @@ class Http1Connection:
         info.bytes_sent = len(reply.body)
         self._count_status(reply.status)
         try:
-            await self._send(_encode_head(headers) + reply.body)
+            await self._send(_encode_head(headers, self.cfg.proper_case_headers) + reply.body)
         except _Closed:
             st.downstream_cx_destroy_remote.value += 1
             return
@@ -820,7 +820,7 @@ class Http1Connection:
         info.response_headers = headers
         info.bytes_sent = len(body)
         self._count_status(reply.status)
-        await self._send(_encode_head(headers) + body)
+        await self._send(_encode_head(headers, self.cfg.proper_case_headers) + body)
         return keep_alive
 
     async def _write_response(
@@ -858,6 +858,8 @@ class Http1Connection:
             for phase in cfg.chain.response_headers:
                 await phase(stream, headers)
             upgrade = headers.get("upgrade") or ""
+            if "date" not in headers:
+                headers.add("date", http_date(info.start_time))
             mutate_response_headers(
                 headers,
                 server_name=cfg.server_name,
@@ -866,13 +868,14 @@ class Http1Connection:
             if status == 101:
                 headers.set("upgrade", upgrade)
                 headers.set("connection", "upgrade")
-            headers.set("date", http_date(info.start_time))
             info.response_code = status
             info.response_headers = headers
             self._count_status(status)
             st.downstream_cx_upgrades_active.value += 1
             try:
-                await self._send(_encode_head(headers) + tunnel.initial)
+                await self._send(
+                    _encode_head(headers, self.cfg.proper_case_headers) + tunnel.initial
+                )
                 info.bytes_sent += len(tunnel.initial)
                 info.first_downstream_tx = _now()
                 pending = self.parser.trailing_data()
@@ -934,10 +937,11 @@ class Http1Connection:
         stream.response_headers = headers
         for phase in chain.response_headers:
             await phase(stream, headers)
+        if "date" not in headers:  # (an upstream's date is kept, as Envoy keeps it)
+            headers.add("date", http_date(info.start_time))
         mutate_response_headers(
             headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
         )
-        headers.set("date", http_date(info.start_time))  # Envoy's date provider always sets it
         status = int(headers.get(":status") or 502)
         info.response_code = status
         info.response_headers = headers
@@ -970,7 +974,7 @@ class Http1Connection:
             headers.set("connection", "keep-alive")
         self._count_status(status)
         info.first_downstream_tx = _now()
-        out = _encode_head(headers)
+        out = _encode_head(headers, cfg.proper_case_headers)
         sent = 0
         try:
             if no_body:
@@ -1008,7 +1012,10 @@ class Http1Connection:
             for tphase in chain.response_trailers:
                 await tphase(stream, trailers)
         if chunked:
-            await self._send(h1.encode_last_chunk(list(trailers) if trailers else []))
+            last = h1.encode_last_chunk(
+                list(trailers) if trailers else [], self.cfg.proper_case_headers
+            )
+            await self._send(last)
         return sent
 
     def _log(self, stream: HttpStream) -> None:
@@ -1056,6 +1063,6 @@ class _RequestBody:
         closes when a response ends before its request.)"""
 
 
-def _encode_head(headers: Headers) -> bytes:
+def _encode_head(headers: Headers, proper: bool) -> bytes:
     status = int(headers.get(":status") or 0)
-    return h1.encode_response_head(status, "", list(headers.regular()))
+    return h1.encode_response_head(status, "", list(headers.regular()), proper=proper)

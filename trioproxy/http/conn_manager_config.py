@@ -22,6 +22,7 @@ from trioproxy.http.filter import FactoryContext, HttpFilter, TerminalFilter, im
 from trioproxy.http.local_reply_config import LocalReplyConfig
 from trioproxy.http.path import EscapedSlashes
 from trioproxy.http.rds import RouteHolder
+from trioproxy.http.route_clusters import check_clusters
 from trioproxy.http.route_table import RouteConfiguration
 from trioproxy.stats import Counter, Gauge, Histogram, Scope, StatBlock
 from trioproxy.tracing.config import build_tracing
@@ -230,6 +231,9 @@ class HcmConfig:
     local_reply: LocalReplyConfig | None = None
     accept_http_10: bool = False
     default_host_for_http_10: str = ""
+    #: ``http_protocol_options.header_key_format.proper_case_words``: HTTP/1.1 response
+    #: header names go out proper-cased (``Content-Type``)
+    proper_case_headers: bool = False
     headers_with_underscores_action: str = "ALLOW"
     h1_codec: str | None = None
     http2: Http2Options = Http2Options()
@@ -299,8 +303,13 @@ class HcmConfig:
             body = {k: v for k, v in raw.items() if k != "@type"}
             return conv(body)
 
-        def build_routes(raw: Mapping[str, Any]) -> RouteConfiguration:
-            return RouteConfiguration.from_proto(raw, per_filter_config=convert_per_filter)
+        def known(name: str) -> bool:
+            return ctx.cluster_manager.get(name) is not None
+
+        def build_routes(raw: Mapping[str, Any], inline: bool = False) -> RouteConfiguration:
+            routes = RouteConfiguration.from_proto(raw, per_filter_config=convert_per_filter)
+            check_clusters(raw, known, default=inline)  # (Envoy: on by default inline only)
+            return routes
 
         routes = RouteHolder(build_routes)
         if "rds" in d:
@@ -314,7 +323,7 @@ class HcmConfig:
                 raise exc.at("rds") from None
         elif "route_config" in d:
             try:
-                routes.current = build_routes(d["route_config"])
+                routes.current = build_routes(d["route_config"], inline=True)
             except ConfigError as exc:
                 raise exc.at("route_config") from None
         else:
@@ -396,6 +405,7 @@ class HcmConfig:
             local_reply=local_reply,
             accept_http_10=h1opts.get("accept_http_10", False),
             default_host_for_http_10=h1opts.get("default_host_for_http_10", ""),
+            proper_case_headers="proper_case_words" in (h1opts.get("header_key_format") or {}),
             headers_with_underscores_action=common.get("headers_with_underscores_action", "ALLOW"),
             h1_codec=ctx.h1_codec,
             http2=_http2_options(d),

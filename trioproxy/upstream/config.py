@@ -406,10 +406,14 @@ def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
     return (policy, *_least_request(lr, "least_request_lb_config"))
 
 
-def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool, bool]:
-    """The effective ``common_http_protocol_options``, whether HTTP/2 is asked for, and
-    whether the protocol is chosen per connection by ALPN (``auto_config``)."""
+def _http_options(
+    d: Mapping[str, Any],
+) -> tuple[Mapping[str, Any], Mapping[str, Any], bool, bool]:
+    """The effective ``common_http_protocol_options`` and HTTP/1.1 ``http_protocol_options``,
+    whether HTTP/2 is asked for, and whether the protocol is chosen per connection by ALPN
+    (``auto_config``)."""
     common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
+    http1: Mapping[str, Any] = d.get("http_protocol_options") or {}
     http2 = "http2_protocol_options" in d
     auto = False
     tepo = d.get("typed_extension_protocol_options") or {}
@@ -419,6 +423,8 @@ def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool, bool]:
         explicit = opts.get("explicit_http_config") or {}
         http2 = http2 or "http2_protocol_options" in explicit
         auto = "auto_config" in opts
+        chosen = opts.get("auto_config") or explicit
+        http1 = chosen.get("http_protocol_options") or http1
         if auto and "http3_protocol_options" in (opts.get("auto_config") or {}):
             raise ConfigError(
                 "HTTP/3 is not supported",
@@ -429,7 +435,7 @@ def _http_options(d: Mapping[str, Any]) -> tuple[Mapping[str, Any], bool, bool]:
                 "use_downstream_protocol_config is not supported yet",
                 path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}",
             )
-    return common, http2, auto
+    return common, http1, http2, auto
 
 
 @attrs.frozen
@@ -519,6 +525,9 @@ class ClusterConfig:
     http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
     #: ``auto_config``: HTTP/2 or HTTP/1.1 as ALPN decides (HTTP/1.1 without TLS).
     auto_http: bool = False
+    #: ``http_protocol_options.header_key_format.proper_case_words``: HTTP/1.1 request
+    #: header names go out proper-cased (``Content-Type``)
+    proper_case_headers: bool = False
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config
@@ -623,7 +632,7 @@ class ClusterConfig:
         except ConfigError as e:
             raise e.at("circuit_breakers") from None
 
-        common, http2, auto = _http_options(d)
+        common, http1, http2, auto = _http_options(d)
         idle: float | None = DEFAULT_IDLE_TIMEOUT
         if "idle_timeout" in common:
             idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
@@ -681,6 +690,7 @@ class ClusterConfig:
             max_connection_duration=max_duration,
             http2=http2,
             auto_http=auto,
+            proper_case_headers="proper_case_words" in (http1.get("header_key_format") or {}),
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,

@@ -46,9 +46,10 @@ class Exchange:
         "deadline",
         "timed_out",
         "in_body",
+        "proper",
     )
 
-    def __init__(self, conn: Any, deadline: float = math.inf) -> None:
+    def __init__(self, conn: Any, deadline: float = math.inf, proper: bool = False) -> None:
         self.conn = conn
         parser = conn.codec
         if parser is None:
@@ -64,6 +65,7 @@ class Exchange:
         self.deadline = deadline  # the route timeout, enforced by the watchdog
         self.timed_out = False
         self.in_body = False  # the final response head is in, its body is not
+        self.proper = proper  # header names proper-cased (``header_key_format``)
         conn.busy = True
 
     def expire(self) -> None:
@@ -96,7 +98,7 @@ class Exchange:
 
     async def end_body(self, trailers: Headers | None, chunked: bool) -> None:
         if chunked:
-            await self.send(h1.encode_last_chunk(list(trailers) if trailers else []))
+            await self.send(h1.encode_last_chunk(list(trailers) if trailers else [], self.proper))
 
     async def send_request_head(
         self, method: str, headers: Headers, body: bytes = b"", *, end_stream: bool = False
@@ -124,7 +126,7 @@ class Exchange:
             and not any(name == "content-length" for name, _ in items)
         ):
             items.append(("content-length", "0"))
-        await self.send(h1.encode_request_head(method, path, items) + body)
+        await self.send(h1.encode_request_head(method, path, items, self.proper) + body)
 
     async def _event(self) -> Any:
         parser = self.parser

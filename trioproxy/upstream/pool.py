@@ -219,7 +219,7 @@ class Http1Pool:
 
     def exchange(self, conn: UpstreamConnection, deadline: float) -> Exchange:
         """The request/response object the router drives on ``conn``."""
-        return Exchange(conn, deadline)
+        return Exchange(conn, deadline, self._config.proper_case_headers)
 
     def has_idle(self) -> bool:
         """Whether ``acquire`` can answer from the idle list without waiting (it may still
