@@ -19,6 +19,7 @@ import trio
 from trioproxy.config import loader
 from trioproxy.config.schema import canonicalize
 from trioproxy.errors import ConfigError
+from trioproxy.xds import resources as R
 from trioproxy.xds.manager import XdsManager
 from trioproxy.xds.sotw import Rejection, TypeState
 
@@ -63,6 +64,8 @@ class FileSource:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     async def run(self) -> None:
+        if self.type_url == R.LISTENER:
+            await self.manager.wait_clusters_initialized()
         while True:
             stamp = self._stamp()
             if stamp is not None and stamp != self._seen:

@@ -121,6 +121,8 @@ class GrpcMux:
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
+        if self.only_type == R.LISTENER:  # (an LDS stream of its own starts after CDS's)
+            await self.manager.wait_clusters_initialized()
         backoff = BACKOFF_BASE
         while True:
             received = False

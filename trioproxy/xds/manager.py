@@ -200,6 +200,26 @@ class XdsManager:
                 return False
         return not self.warming_clusters and not self.warming_listeners
 
+    async def wait_clusters_initialized(self) -> None:
+        """Envoy starts LDS once the cluster manager has initialised: the bootstrap's CDS has
+        answered once and what it brought has warmed (or its ``initial_fetch_timeout``
+        passed). A file or gRPC source of its own for LDS waits here before its first
+        fetch, so a listener naming a CDS cluster never meets an empty cluster manager. (Over
+        one ADS stream the control plane orders CDS before LDS itself: XDS.md rule 8.)"""
+        if R.CLUSTER not in self.initial:
+            return
+        timeout = self.initial[R.CLUSTER]
+        with trio.move_on_after(timeout if timeout > 0 else float("inf")):
+            while True:
+                mux = self.muxes.get(R.CLUSTER)
+                # (``versions``: applied, though the source has not acked it yet)
+                answered = R.CLUSTER in self.versions or (
+                    mux is not None and mux.received(R.CLUSTER)
+                )
+                if answered and not self.warming_clusters:
+                    return
+                await self._changed.wait()
+
     async def wait_initialized(self) -> None:
         """Envoy's init: the bootstrap's CDS and LDS have answered once and what they brought
         has warmed — or ``initial_fetch_timeout`` passed (counted in ``init_fetch_timeout``).
