@@ -266,6 +266,7 @@ class Router(TerminalFilter):
             code = getattr(route, "cluster_not_found_response_code", 503)
             return LocalReply(code, b"", details="cluster_not_found", flag="NC")
         info.upstream_cluster = cluster.name
+        info.upstream_cluster_observability = cluster.config.alt_stat_name
         route.rewrite(headers, not self.config.suppress_envoy_headers)
         if route.mutates_headers:
             route.apply_request_headers(headers, info)

@@ -136,6 +136,7 @@ class TcpProxy(TerminalNetworkFilter):
             info.response_flags.add("NC")
             return
         info.upstream_cluster = name
+        info.upstream_cluster_observability = cluster.config.alt_stat_name
         connected = await self._connect(conn, cluster, info)
         if connected is None:
             return

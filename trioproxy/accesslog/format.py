@@ -275,7 +275,9 @@ _NOARG: dict[str, Getter] = {
     "PROTOCOL": lambda i: i.protocol,
     "UPSTREAM_HOST": lambda i: i.upstream_host,
     "UPSTREAM_REMOTE_ADDRESS": lambda i: i.upstream_host,
-    "UPSTREAM_CLUSTER": lambda i: i.upstream_cluster,
+    # (a cluster's alt_stat_name where it has one, as Envoy 1.40; _RAW: its name)
+    "UPSTREAM_CLUSTER": lambda i: i.upstream_cluster_observability or i.upstream_cluster,
+    "UPSTREAM_CLUSTER_RAW": lambda i: i.upstream_cluster,
     "UPSTREAM_LOCAL_ADDRESS": lambda i: i.upstream_local_address,
     # (spaces as underscores, as Envoy's formatter writes it)
     "UPSTREAM_TRANSPORT_FAILURE_REASON": lambda i: i.upstream_transport_failure_reason.replace(

@@ -157,13 +157,17 @@ def _keep(cluster: ClusterView, pattern: re.Pattern[str] | None) -> bool:
     return pattern is None or pattern.search(cluster.name) is not None
 
 
+def _observed(cluster: ClusterView) -> str:
+    return str(getattr(cluster.info, "observability_name", "") or cluster.name)
+
+
 def clusters_text(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | None = None) -> str:
     out: list[str] = []
     for c in clusters:
         if not _keep(c, pattern):
             continue
         n = c.name
-        out.append(f"{n}::observability_name::{n}")
+        out.append(f"{n}::observability_name::{_observed(c)}")
         limits = _limits(c)
         for prio, lim in (("default_priority", limits), ("high_priority", _DEFAULT_LIMITS)):
             out.extend(f"{n}::{prio}::{k}::{lim[k]}" for k in _LIMITS)
@@ -246,7 +250,7 @@ def clusters_json(clusters: Sequence[ClusterView], pattern: re.Pattern[str] | No
         status["circuit_breakers"] = {
             "thresholds": [_limits(c), {"priority": "HIGH", **_DEFAULT_LIMITS}]
         }
-        status["observability_name"] = c.name
+        status["observability_name"] = _observed(c)
         statuses.append(status)
     return json.dumps({"cluster_statuses": statuses}, indent=1) + "\n"
 

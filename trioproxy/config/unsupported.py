@@ -120,7 +120,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         # (a match could make a connection TLS that would go out in plaintext)
         "transport_socket_matches": (),
         "transport_socket_matcher": (),
-        "alt_stat_name": (),
         "lb_subset_config": (),
         "round_robin_lb_config": (),
         "close_connections_on_host_health_failure": (),

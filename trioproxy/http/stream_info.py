@@ -60,6 +60,7 @@ _FIELDS = (
     "health_check",
     "filter_state",
     "local_reply_body",
+    "upstream_cluster_observability",
 )
 
 
@@ -101,6 +102,7 @@ class StreamInfo:
         health_check: bool = False,  # answered by/for a health check (not_health_check_filter)
         filter_state: dict[str, Any] | None = None,  # None: a new empty dict
         local_reply_body: str = "",  # a local reply's own body (%LOCAL_REPLY_BODY%)
+        upstream_cluster_observability: str = "",  # its alt_stat_name, if it has one
     ) -> None:
         self.start_time = start_time
         self.start_monotonic = start_monotonic
@@ -135,6 +137,7 @@ class StreamInfo:
         self.health_check = health_check
         self.filter_state: dict[str, Any] = {} if filter_state is None else filter_state
         self.local_reply_body = local_reply_body
+        self.upstream_cluster_observability = upstream_cluster_observability
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in _FIELDS)

@@ -221,7 +221,10 @@ class HttpTracing:
         if client_id is not None:
             tags["guid:x-client-trace-id"] = client_id
         if info.upstream_cluster:
-            tags["upstream_cluster"] = tags["upstream_cluster.name"] = info.upstream_cluster
+            tags["upstream_cluster"] = info.upstream_cluster
+            # (Envoy: the cluster's observability name, its alt_stat_name if set)
+            name = info.upstream_cluster_observability or info.upstream_cluster
+            tags["upstream_cluster.name"] = name
         if status == 0 or status >= 500:
             tags["error"] = "true"
         for name, tag_value in self.custom_tags:

@@ -49,17 +49,21 @@ class ClusterInfo:
 
     circuit_breakers: CircuitBreakerThresholds
     added_via_api: bool = False
+    #: ``alt_stat_name``, else the name: what the stats (``cluster.<it>.``) and access logs
+    #: call the cluster
+    observability_name: str = ""
 
 
 class Cluster:
     def __init__(self, config: ClusterConfig, store: Store, *, added_via_api: bool = False) -> None:
         self.name = config.name
         self.config = config
-        self.scope = store.scope(f"cluster.{config.name}.")
+        observed = config.alt_stat_name or config.name
+        self.scope = store.scope(f"cluster.{observed}.")
         self.stats = ClusterStats(self.scope)
         self._transport_socket_matches = self.scope.counter("default.total_match_count")
         self.breakers = CircuitBreakers(config.circuit_breakers, self.scope)
-        self.info = ClusterInfo(config.circuit_breakers, added_via_api)
+        self.info = ClusterInfo(config.circuit_breakers, added_via_api, observed)
         self.queue = PendingQueue()
         self.hosts: list[Host] = []
         self._pools: dict[Host, Http1Pool | H2Pool | AutoPool] = {}

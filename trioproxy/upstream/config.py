@@ -538,6 +538,8 @@ class ClusterConfig:
     eds_config: Mapping[str, Any] | None = None
     #: ``upstream_bind_config.source_address``: the local address upstream sockets bind to.
     source_address: tuple[str, int] | None = None
+    #: ``alt_stat_name``: the cluster's name in stats and access logs ("" : its name)
+    alt_stat_name: str = ""
     #: ``upstream_connection_options.tcp_keepalive``: (probes, time, interval), each None
     #: for the system's default; None: no keepalive
     tcp_keepalive: tuple[int | None, int | None, int | None] | None = None
@@ -698,6 +700,7 @@ class ClusterConfig:
             eds_service_name=str(eds.get("service_name", "")) or name,
             eds_config=eds.get("eds_config") if ctype == "EDS" else None,
             source_address=_bind_config(d),
+            alt_stat_name=str(d.get("alt_stat_name", "")),
             tcp_keepalive=_tcp_keepalive(d),
             original_dst=OriginalDstConfig.from_proto(d) if ctype == "ORIGINAL_DST" else None,
             hash_lb=_hash_settings(d, lb_policy, ctype),

@@ -35,6 +35,7 @@ def cluster_records(clusters: Iterable[Any]) -> list[dict[str, Any]]:
             {
                 "name": c.name,
                 "added_via_api": bool(c.info.added_via_api),
+                "observability_name": str(c.info.observability_name or c.name),
                 "limits": {k: int(getattr(cb, k)) for k in _LIMITS},
                 "hosts": [_host_record(h) for h in c.hosts],
             }
@@ -73,7 +74,11 @@ def merge_clusters(workers: Sequence[Sequence[Mapping[str, Any]]]) -> list[Merge
         for rec in records:
             cluster = clusters.get(rec["name"])
             if cluster is None:
-                info = ClusterInfo(_thresholds(rec["limits"]), bool(rec["added_via_api"]))
+                info = ClusterInfo(
+                    _thresholds(rec["limits"]),
+                    bool(rec["added_via_api"]),
+                    str(rec.get("observability_name") or rec["name"]),
+                )
                 cluster = clusters[rec["name"]] = MergedCluster(rec["name"], info)
             for h in rec["hosts"]:
                 address = (str(h["address"][0]), int(h["address"][1]))
