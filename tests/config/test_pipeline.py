@@ -144,8 +144,8 @@ NOT_YET = [
         11,
     ),
     (
-        BASE.replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    alt_stat_name: x"),
-        "static_resources.clusters[0].alt_stat_name",
+        BASE.replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    lb_subset_config: {}"),
+        "static_resources.clusters[0].lb_subset_config",
         "not supported by trioproxy yet",
         27,
         5,
@@ -183,7 +183,7 @@ def test_a_refused_field_spelt_with_its_default_is_accepted() -> None:
     text = BASE.replace(
         "stat_prefix: ingress",
         "stat_prefix: ingress\n          stream_error_on_invalid_http_message: false",
-    ).replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    alt_stat_name: ''")
+    ).replace("lb_policy: ROUND_ROBIN", "lb_policy: ROUND_ROBIN\n    transport_socket_matches: []")
     loaded = load_bootstrap(yaml_text=text)
     hcm = loaded.canonical["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     assert hcm["typed_config"]["stream_error_on_invalid_http_message"] is False

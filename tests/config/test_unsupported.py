@@ -136,3 +136,26 @@ def test_the_preserve_case_header_formatter_is_refused() -> None:
     assert info.value.reason == "not supported by trioproxy yet"
     assert "http_protocol_options.header_key_format.stateful_formatter" in (info.value.path or "")
     assert info.value.line == 14
+
+
+def test_http2_keepalive_on_a_cluster_is_refused() -> None:
+    """(Built for the connection manager only: a cluster's would be ignored.)"""
+    from trioproxy.upstream.config import ClusterConfig
+
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    raw = {
+        "name": "c",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            options: {
+                "@type": f"type.googleapis.com/{options}",
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": {"timeout": "1s"}}
+                },
+            }
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(raw)
+    assert info.value.reason == "connection_keepalive is not supported on clusters yet"
+    assert (info.value.path or "").endswith("http2_protocol_options.connection_keepalive")

@@ -154,7 +154,13 @@ async def unparsed(kind: str, tmp: Path) -> tuple[list[tuple[int, bytes]], dict[
     async with run_proxy(kind, config, upstream.port) as proxy, trio.open_nursery() as nursery:
         await nursery.start(upstream.serve, listeners)
         replies = [await send_raw(proxy.listener_port, raw) for raw in UNPARSED]
-        stats = await nonzero_stats(proxy.admin_port, "http.ingress_http.downstream_")
+        # every connection over (a delayed close ends when the proxy sees the client's
+        # close, later under load), so that the byte and destroy counters are final
+        with trio.fail_after(5):
+            while "downstream_cx_active" in str(  # noqa: ASYNC110 - polling the admin
+                stats := await nonzero_stats(proxy.admin_port, "http.ingress_http.downstream_")
+            ):
+                await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
     for histogram in ("downstream_rq_time", "downstream_cx_length_ms"):  # (timings)
         stats.pop(f"http.ingress_http.{histogram}", None)

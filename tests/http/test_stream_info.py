@@ -46,5 +46,5 @@ def test_identity_equality_and_repr() -> None:
     text = repr(StreamInfo(1.0, 2.0, upstream_cluster="svc"))
     assert text.startswith("StreamInfo(start_time=1.0, start_monotonic=2.0, protocol='HTTP/1.1'")
     assert "upstream_cluster='svc'" in text and text.endswith(
-        "filter_state={}, local_reply_body='')"
+        "local_reply_body='', upstream_cluster_observability='')"
     )

@@ -108,7 +108,6 @@ NOT_SUPPORTED: Final[Mapping[str, Mapping[str, tuple[Any, ...]]]] = {
         "max_inbound_window_update_frames_per_data_frame_sent": (10,),
         "override_stream_error_on_invalid_http_message": (False,),
         "custom_settings_parameters": (),
-        "connection_keepalive": (),
     },
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
         "upstream_http_protocol_options": (),

@@ -14,7 +14,8 @@ from typing import Any
 import attrs
 
 from trioproxy.accesslog.loggers import build_access_log
-from trioproxy.config.types import duration
+from trioproxy.config.types import duration, percent
+from trioproxy.config.unsupported import ACCEPTED_WITHOUT_EFFECT, NOT_SUPPORTED
 from trioproxy.context import BuildContext
 from trioproxy.errors import ConfigError
 from trioproxy.http import h1, xfcc
@@ -171,6 +172,13 @@ class Http2Options:
     max_concurrent_streams: int = 100
     initial_stream_window_size: int = 65536
     initial_connection_window_size: int = 1048576
+    #: ``connection_keepalive``: a PING every ``keepalive_interval`` seconds (0: none) plus up
+    #: to ``keepalive_jitter`` percent of it; no frame from the client ``keepalive_timeout``
+    #: after a PING closes the connection. (Its ``connection_idle_interval`` is for clients:
+    #: Envoy's server connections do not use it either.)
+    keepalive_interval: float = 0.0
+    keepalive_timeout: float = 0.0
+    keepalive_jitter: float = 15.0
 
     @classmethod
     def from_proto(cls, d: Mapping[str, Any]) -> Http2Options:
@@ -180,9 +188,21 @@ class Http2Options:
             "initial_connection_window_size",
         )
         for key in d:
-            if key not in known:
+            # (the schema walker has refused any other field set to more than its default)
+            if key not in known and key != "connection_keepalive" and key not in _HTTP2_DEFAULTS:
                 raise ConfigError(f"{key} is not supported yet", path=key)
         out = cls(**{k: int(d[k]) for k in known if k in d})
+        if "connection_keepalive" in d:
+            ka = d["connection_keepalive"]
+            try:
+                out = attrs.evolve(
+                    out,
+                    keepalive_timeout=duration(ka.get("timeout"), 0.0) or 0.0,
+                    keepalive_interval=duration(ka.get("interval"), 0.0) or 0.0,
+                    keepalive_jitter=percent(ka.get("interval_jitter"), 15.0),
+                )
+            except ConfigError as exc:
+                raise exc.at("connection_keepalive") from None
         if not 65535 <= out.initial_stream_window_size <= 2**31 - 1:
             raise ConfigError("must be in [65535, 2^31-1]", path="initial_stream_window_size")
         if not 65535 <= out.initial_connection_window_size <= 2**31 - 1:
@@ -425,6 +445,15 @@ def _upgrades(d: Mapping[str, Any]) -> frozenset[str]:
         if u.get("enabled", True):
             out.add(kind)
     return frozenset(out)
+
+
+#: Http2ProtocolOptions fields the schema accepts only at Envoy's default or without effect.
+_HTTP2_DEFAULTS: frozenset[str] = frozenset(
+    {
+        *NOT_SUPPORTED["envoy.config.core.v3.Http2ProtocolOptions"],
+        *ACCEPTED_WITHOUT_EFFECT["envoy.config.core.v3.Http2ProtocolOptions"],
+    }
+)
 
 
 def _http2_options(d: Mapping[str, Any]) -> Http2Options:

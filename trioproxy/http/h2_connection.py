@@ -72,6 +72,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import time
 from collections.abc import AsyncIterator
 
@@ -319,6 +320,10 @@ class Http2Connection(H2Handler):
         self._close_at = math.inf
         #: ``max_connection_duration`` (as Envoy: the same graceful close as the idle timeout)
         self._max_duration_at = math.inf
+        #: ``connection_keepalive``: when the next PING goes out, and by when something must
+        #: come back after it (any frame counts, as in Envoy)
+        self._ping_at = math.inf
+        self._pong_by = math.inf
         self.deadline = math.inf
         self._delayed_close_timeout = cfg.scope.counter("downstream_cx_delayed_close_timeout")
 
@@ -340,12 +345,48 @@ class Http2Connection(H2Handler):
         self._idle_at = (
             math.inf if timeout is None or self._goaway_sent else watchdog.now() + timeout
         )
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
+        self._rearm()
+
+    def _rearm(self) -> None:
+        """The watchdog's ``deadline``: the soonest of the connection's timers."""
+        self.deadline = min(
+            self._idle_at,
+            self._drain_at,
+            self._close_at,
+            self._max_duration_at,
+            self._ping_at,
+            self._pong_by,
+        )
+
+    def _next_ping(self, now: float) -> None:
+        """Arm the next keepalive PING: the interval plus Envoy's jitter (up to
+        ``keepalive_jitter`` percent of it). The caller updates ``deadline``."""
+        h2opts = self.cfg.http2
+        interval = h2opts.keepalive_interval
+        if interval > 0 and h2opts.keepalive_timeout > 0:
+            jitter = interval * h2opts.keepalive_jitter / 100
+            self._ping_at = now + interval + (random.random() * jitter if jitter > 0 else 0.0)
+
+    def on_ping_ack(self) -> None:
+        if self._pong_by != math.inf:
+            self._pong_by = math.inf
+            self._next_ping(watchdog.now())
+            self._rearm()
 
     def expire(self) -> None:
         """A connection timer fired (the watchdog's): the idle timeout starts the graceful
-        close, the drain timeout sends the final GOAWAY, the delayed close closes."""
+        close, the drain timeout sends the final GOAWAY, the delayed close closes; a
+        keepalive PING goes out, or one unanswered closes the connection."""
         now = watchdog.now()
+        if self._pong_by <= now:  # nothing from the client since our PING
+            self._pong_by = self._ping_at = math.inf
+            self._http2.counter("keepalive_timeout").value += 1
+            self._stop()
+        if self._ping_at <= now:
+            self._ping_at = math.inf
+            self.h2.ping(int(time.time() * 1000).to_bytes(8, "big"))  # (as Envoy: ms)
+            self._writer.wake()
+            self._pong_by = now + self.cfg.http2.keepalive_timeout
         if self._close_at <= now:  # the client did not close after the final GOAWAY
             self._close_at = math.inf
             self._delayed_close_timeout.value += 1
@@ -362,7 +403,7 @@ class Http2Connection(H2Handler):
                 self._announce()
         if self._drain_at <= now:
             self._final_goaway()
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
+        self._rearm()
         self._dog.add(self)  # (the watchdog let go of it to call this)
 
     def _announce(self) -> None:
@@ -404,7 +445,7 @@ class Http2Connection(H2Handler):
             elif not self._lingering:
                 self._lingering = True
                 self._close_at = watchdog.now() + delay
-                self.deadline = self._close_at
+                self._rearm()
         elif self._goaway_sent or self._peer_goaway:
             self._writer.close_when_sent()
 
@@ -420,6 +461,7 @@ class Http2Connection(H2Handler):
         writer = self._writer
         if self.cfg.max_connection_duration is not None:
             self._max_duration_at = watchdog.now() + self.cfg.max_connection_duration
+        self._next_ping(watchdog.now())
         self._idle_from_now()
         self._dog.add(self)
         try:
@@ -454,6 +496,9 @@ class Http2Connection(H2Handler):
             if not data:
                 self._client_gone = True
                 return
+            if self._pong_by != math.inf:  # a PING is out: anything read shows life
+                self._pong_by = watchdog.now() + self.cfg.http2.keepalive_timeout
+                self._rearm()
             if self._lingering:
                 continue  # (closing: only the client's close matters now, as in Envoy)
             if not self._feed(bytes(data)):
@@ -481,7 +526,7 @@ class Http2Connection(H2Handler):
             self._final_goaway()
         elif not self._draining:  # (already announced by the idle timeout: that one holds)
             self._announce()
-        self.deadline = min(self._idle_at, self._drain_at, self._close_at, self._max_duration_at)
+        self._rearm()
 
     def _feed(self, data: bytes) -> bool:
         """Give ``data`` to the framer (which calls the ``on_*`` methods below); ``False``
@@ -514,7 +559,7 @@ class Http2Connection(H2Handler):
         s = _Stream(sid, end_stream, pseudo, regular)
         self._streams[sid] = s
         self._idle_at = math.inf  # a stream is open: the connection is not idle
-        self.deadline = min(self._drain_at, self._close_at, self._max_duration_at)
+        self._rearm()
         if self._idle_workers:
             worker = self._idle_workers.pop()
             worker.stream = s

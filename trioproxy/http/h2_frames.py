@@ -268,7 +268,14 @@ class H2Framer:
         """The last stream id our GOAWAY names: the highest the peer opened."""
         raise NotImplementedError
 
+    def _ping_acked(self) -> None:
+        """The peer acknowledged a PING (``ping``): the connection is alive."""
+
     # ------------------------------------------------------------------ output
+
+    def ping(self, opaque: bytes) -> None:
+        """Queue a PING (keepalive) with 8 bytes of ``opaque`` data."""
+        self._emit(PING, 0, 0, opaque)
 
     def _emit(self, ftype: int, flags: int, sid: int, payload: bytes) -> None:
         n = len(payload)
@@ -719,6 +726,8 @@ class H2Framer:
         if not flags & ACK:
             self._control_frame()
             self._emit(PING, ACK, 0, payload)
+        else:
+            self._ping_acked()
 
     def _rst_stream(self, sid: int, payload: bytes) -> None:
         if not sid:

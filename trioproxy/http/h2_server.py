@@ -103,6 +103,9 @@ class H2Handler:
         """The client sent GOAWAY: it opens no more streams."""
         raise NotImplementedError
 
+    def on_ping_ack(self) -> None:
+        """The client acknowledged our PING (keepalive)."""
+
 
 class H2Server(H2Framer):
     """One server-side HTTP/2 connection's frames and stream states."""
@@ -175,6 +178,9 @@ class H2Server(H2Framer):
 
     def _peer_goaway(self, last_stream_id: int, code: int) -> None:
         self.handler.on_goaway()
+
+    def _ping_acked(self) -> None:
+        self.handler.on_ping_ack()
 
     def _peer_reset(self, sid: int, code: int) -> None:
         self.handler.on_reset(sid, True)

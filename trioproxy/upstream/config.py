@@ -415,6 +415,11 @@ def _http_options(
     common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
     http1: Mapping[str, Any] = d.get("http_protocol_options") or {}
     http2 = "http2_protocol_options" in d
+    if "connection_keepalive" in (d.get("http2_protocol_options") or {}):
+        raise ConfigError(
+            "connection_keepalive is not supported on clusters yet",
+            path="http2_protocol_options.connection_keepalive",
+        )
     auto = False
     tepo = d.get("typed_extension_protocol_options") or {}
     opts = tepo.get(HTTP_PROTOCOL_OPTIONS)
@@ -429,6 +434,14 @@ def _http_options(
             raise ConfigError(
                 "HTTP/3 is not supported",
                 path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.auto_config",
+            )
+        chosen_h2 = chosen.get("http2_protocol_options") or {}
+        if "connection_keepalive" in chosen_h2:
+            which = "auto_config" if auto else "explicit_http_config"
+            raise ConfigError(
+                "connection_keepalive is not supported on clusters yet",
+                path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.{which}"
+                ".http2_protocol_options.connection_keepalive",
             )
         if "use_downstream_protocol_config" in opts:
             raise ConfigError(
