@@ -670,3 +670,40 @@ async def test_empty_frames_in_a_row_close_the_connection(
     assert peer.connections == 2 and not peer.goaways
     assert proxy.stat("cluster.backend.http2.inbound_empty_frames_flood") == 1
     assert proxy.stat("cluster.backend.upstream_cx_protocol_error") == 1
+
+
+async def test_the_clusters_stream_limit_and_windows_apply(nursery: trio.Nursery) -> None:
+    """A cluster's ``http2_protocol_options``: at most ``max_concurrent_streams`` streams per
+    connection however many the server allows (six clients on one connection, two at a time),
+    and the receive window it sets announced in our SETTINGS."""
+    windows: list[int] = []
+
+    async def script(ctx: Ctx, sid: int, head: dict[bytes, bytes], body: bytes) -> None:
+        windows.append(ctx.conn.remote_settings.initial_window_size)
+        await trio.sleep(0.05)
+        await ctx.respond(sid, b"ok")
+
+    peer = Peer(script, max_concurrent_streams=100)
+    limits = ONE_CONNECTION + H2_OPTIONS.replace(
+        "http2_protocol_options: {}",
+        "http2_protocol_options: {max_concurrent_streams: 2, initial_stream_window_size: 65535}",
+    )
+    await nursery.start(peer.serve)
+    proxy = await start_proxy(nursery, simple_config([peer.port], cluster_extra=limits))
+    statuses: list[int] = []
+
+    async def user() -> None:
+        client = await Client.connect(proxy.port)
+        try:
+            resp, _ = await client.request("GET", "/")
+            statuses.append(resp.status_code)
+        finally:
+            await client.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as users:
+            for _ in range(6):
+                users.start_soon(user)
+    assert statuses == [200] * 6
+    assert peer.most_open == 2 and peer.connections == 1
+    assert set(windows) == {65535}

@@ -41,6 +41,10 @@ DEFAULT_DNS_REFRESH_RATE = 5.0
 DEFAULT_IDLE_TIMEOUT = 50.0  # Envoy: 1 h; shorter than typical upstream keep-alive
 DEFAULT_BUFFER_LIMIT = 32 * 1024
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+#: The receive windows our HTTP/2 client announces unless a cluster sets them (smaller than
+#: Envoy's 256 MiB: the reader holds back what the router has not taken)
+H2_STREAM_WINDOW = 256 * 1024
+H2_CONNECTION_WINDOW = 1024 * 1024
 
 _DURATION = re.compile(r"^(-?\d+(?:\.\d{0,9})?)s$")
 
@@ -408,40 +412,32 @@ def _lb_policy(d: Mapping[str, Any]) -> tuple[str, int, float]:
 
 def _http_options(
     d: Mapping[str, Any],
-) -> tuple[Mapping[str, Any], Mapping[str, Any], bool, bool]:
-    """The effective ``common_http_protocol_options`` and HTTP/1.1 ``http_protocol_options``,
-    whether HTTP/2 is asked for, and whether the protocol is chosen per connection by ALPN
-    (``auto_config``)."""
+) -> tuple[Mapping[str, Any], Mapping[str, Any], tuple[Mapping[str, Any], str] | None, bool]:
+    """The effective ``common_http_protocol_options`` and HTTP/1.1 ``http_protocol_options``;
+    the HTTP/2 ``http2_protocol_options`` with their path, if HTTP/2 is asked for; and whether
+    the protocol is chosen per connection by ALPN (``auto_config``)."""
     common: Mapping[str, Any] = d.get("common_http_protocol_options") or {}
     http1: Mapping[str, Any] = d.get("http_protocol_options") or {}
-    http2 = "http2_protocol_options" in d
-    if "connection_keepalive" in (d.get("http2_protocol_options") or {}):
-        raise ConfigError(
-            "connection_keepalive is not supported on clusters yet",
-            path="http2_protocol_options.connection_keepalive",
-        )
+    http2: tuple[Mapping[str, Any], str] | None = None
+    if "http2_protocol_options" in d:
+        http2 = (d["http2_protocol_options"] or {}, "http2_protocol_options")
     auto = False
     tepo = d.get("typed_extension_protocol_options") or {}
     opts = tepo.get(HTTP_PROTOCOL_OPTIONS)
     if opts is not None:
         common = opts.get("common_http_protocol_options") or common
         explicit = opts.get("explicit_http_config") or {}
-        http2 = http2 or "http2_protocol_options" in explicit
         auto = "auto_config" in opts
         chosen = opts.get("auto_config") or explicit
         http1 = chosen.get("http_protocol_options") or http1
+        if "http2_protocol_options" in explicit or (auto and "http2_protocol_options" in chosen):
+            which = "auto_config" if auto else "explicit_http_config"
+            path = f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.{which}"
+            http2 = (chosen.get("http2_protocol_options") or {}, f"{path}.http2_protocol_options")
         if auto and "http3_protocol_options" in (opts.get("auto_config") or {}):
             raise ConfigError(
                 "HTTP/3 is not supported",
                 path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.auto_config",
-            )
-        chosen_h2 = chosen.get("http2_protocol_options") or {}
-        if "connection_keepalive" in chosen_h2:
-            which = "auto_config" if auto else "explicit_http_config"
-            raise ConfigError(
-                "connection_keepalive is not supported on clusters yet",
-                path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.{which}"
-                ".http2_protocol_options.connection_keepalive",
             )
         if "use_downstream_protocol_config" in opts:
             raise ConfigError(
@@ -449,6 +445,33 @@ def _http_options(
                 path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}",
             )
     return common, http1, http2, auto
+
+
+def _http2_limits(opts: Mapping[str, Any], path: str) -> tuple[int, int, int]:
+    """A cluster's ``http2_protocol_options`` as its HTTP/2 client uses them: the most
+    streams per connection (the least of it and the upstream's SETTINGS, as Envoy's pool),
+    and the stream and connection receive windows (ours unless set)."""
+    if "connection_keepalive" in opts:
+        raise ConfigError(
+            "connection_keepalive is not supported on clusters yet",
+            path=f"{path}.connection_keepalive",
+        )
+    defaults = (
+        ("max_concurrent_streams", 2**31 - 1),
+        ("initial_stream_window_size", H2_STREAM_WINDOW),
+        ("initial_connection_window_size", H2_CONNECTION_WINDOW),
+    )
+    limits = [
+        uint(opts[name], f"{path}.{name}") if name in opts else default
+        for name, default in defaults
+    ]
+    for name, value in zip(("initial_stream_window_size", "initial_connection_window_size"),
+                           limits[1:], strict=True):  # fmt: skip
+        if not 65535 <= value <= 2**31 - 1:
+            raise ConfigError("must be in [65535, 2^31-1]", path=f"{path}.{name}")
+    if limits[0] < 1:
+        raise ConfigError("must be at least 1", path=f"{path}.max_concurrent_streams")
+    return limits[0], limits[1], limits[2]
 
 
 @attrs.frozen
@@ -541,6 +564,11 @@ class ClusterConfig:
     #: ``http_protocol_options.header_key_format.proper_case_words``: HTTP/1.1 request
     #: header names go out proper-cased (``Content-Type``)
     proper_case_headers: bool = False
+    #: ``http2_protocol_options``: streams per connection at most (with the upstream's own
+    #: limit), and the receive windows our client announces
+    http2_max_concurrent_streams: int = 2**31 - 1
+    http2_stream_window: int = H2_STREAM_WINDOW
+    http2_connection_window: int = H2_CONNECTION_WINDOW
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config
@@ -647,7 +675,11 @@ class ClusterConfig:
         except ConfigError as e:
             raise e.at("circuit_breakers") from None
 
-        common, http1, http2, auto = _http_options(d)
+        common, http1, http2_options, auto = _http_options(d)
+        http2 = http2_options is not None
+        h2_limits = (2**31 - 1, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW)
+        if http2_options is not None:
+            h2_limits = _http2_limits(*http2_options)
         idle: float | None = DEFAULT_IDLE_TIMEOUT
         if "idle_timeout" in common:
             idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
@@ -706,6 +738,9 @@ class ClusterConfig:
             http2=http2,
             auto_http=auto,
             proper_case_headers="proper_case_words" in (http1.get("header_key_format") or {}),
+            http2_max_concurrent_streams=h2_limits[0],
+            http2_stream_window=h2_limits[1],
+            http2_connection_window=h2_limits[2],
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,

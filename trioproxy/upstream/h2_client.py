@@ -66,6 +66,7 @@ from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Counter, Scope
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
+from trioproxy.upstream.config import H2_CONNECTION_WINDOW, H2_STREAM_WINDOW
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
@@ -76,8 +77,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
-STREAM_WINDOW = 256 * 1024
-CONNECTION_WINDOW = 1024 * 1024
 #: How long a connection closed on a protocol error has to send its GOAWAY.
 GOAWAY_FLUSH_S = 1.0
 
@@ -100,6 +99,7 @@ class H2Connection(H2ClientHandler):
         nursery: trio.Nursery,
         buffer_limit: int = 32 * 1024,
         *,
+        limits: tuple[int, int, int] = (2**31 - 1, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW),
         http2_stats: Scope,
         stats: ClusterStats,
         on_capacity: Callable[[], None],
@@ -108,9 +108,9 @@ class H2Connection(H2ClientHandler):
         self.nursery = nursery
         self.host = host
         self.created = created
-        self.h2 = H2Client(
-            self, initial_window_size=STREAM_WINDOW, connection_window_size=CONNECTION_WINDOW
-        )
+        #: ``limits``: the cluster's most streams per connection, and our receive windows
+        self.stream_limit = limits[0]
+        self.h2 = H2Client(self, initial_window_size=limits[1], connection_window_size=limits[2])
         self.exchanges: dict[int, H2Exchange] = {}
         self.active = 0
         self.requests = 0
@@ -134,14 +134,15 @@ class H2Connection(H2ClientHandler):
 
     @property
     def max_streams(self) -> int:
-        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS)."""
-        return self.h2.peer_max_concurrent_streams
+        """The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS), or the
+        cluster's ``max_concurrent_streams`` if lower."""
+        return min(self.h2.peer_max_concurrent_streams, self.stream_limit)
 
     def has_capacity(self) -> bool:
         return (
             not self.closed
             and not self.goaway
-            and self.active < self.h2.peer_max_concurrent_streams
+            and self.active < min(self.h2.peer_max_concurrent_streams, self.stream_limit)
             and self.h2.next_stream_id + 2 * self.active <= MAX_STREAM_ID
         )
 
@@ -641,6 +642,11 @@ class H2Pool:
             created,
             self.nursery,
             self.config.per_connection_buffer_limit_bytes,
+            limits=(
+                self.config.http2_max_concurrent_streams,
+                self.config.http2_stream_window,
+                self.config.http2_connection_window,
+            ),
             http2_stats=self._http2,
             stats=self.stats,
             on_capacity=self._wake,
