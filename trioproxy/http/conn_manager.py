@@ -820,7 +820,8 @@ class Http1Connection:
         info.response_headers = headers
         info.bytes_sent = len(body)
         self._count_status(reply.status)
-        await self._send(_encode_head(headers, self.cfg.proper_case_headers) + body)
+        head = _encode_head(headers, cfg.proper_case_headers, info.protocol)
+        await self._send(head + body)
         return keep_alive
 
     async def _write_response(
@@ -874,7 +875,7 @@ class Http1Connection:
             st.downstream_cx_upgrades_active.value += 1
             try:
                 await self._send(
-                    _encode_head(headers, self.cfg.proper_case_headers) + tunnel.initial
+                    _encode_head(headers, cfg.proper_case_headers, info.protocol) + tunnel.initial
                 )
                 info.bytes_sent += len(tunnel.initial)
                 info.first_downstream_tx = _now()
@@ -974,7 +975,7 @@ class Http1Connection:
             headers.set("connection", "keep-alive")
         self._count_status(status)
         info.first_downstream_tx = _now()
-        out = _encode_head(headers, cfg.proper_case_headers)
+        out = _encode_head(headers, cfg.proper_case_headers, info.protocol)
         sent = 0
         try:
             if no_body:
@@ -1063,6 +1064,9 @@ class _RequestBody:
         closes when a response ends before its request.)"""
 
 
-def _encode_head(headers: Headers, proper: bool) -> bytes:
+def _encode_head(headers: Headers, proper: bool, protocol: str = "HTTP/1.1") -> bytes:
+    """The response head, its status line in the request's HTTP version (as Envoy answers
+    an HTTP/1.0 request with ``HTTP/1.0``)."""
     status = int(headers.get(":status") or 0)
-    return h1.encode_response_head(status, "", list(headers.regular()), proper=proper)
+    version = "1.0" if protocol == "HTTP/1.0" else "1.1"
+    return h1.encode_response_head(status, "", list(headers.regular()), version, proper)
