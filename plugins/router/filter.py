@@ -80,8 +80,14 @@ UpstreamExchange = Any
 def _stale(err: UpstreamError, conn: Any, exchange: UpstreamExchange) -> bool:
     """The upstream closed a pooled connection before sending anything back (its keep-alive
     timeout raced our reuse), or said it never acted on the request (HTTP/2 REFUSED_STREAM,
-    GOAWAY). Only bodiless requests are sent again."""
-    return err.unprocessed or (err.flag == "UC" and conn.requests > 1 and exchange.rx == 0)
+    GOAWAY). Only bodiless requests are sent again. (Not after an HTTP/2 keepalive PING went
+    unanswered: that connection was closed here, and the request may be in the upstream's
+    hands, as Envoy takes it.)"""
+    if err.unprocessed:
+        return True
+    if getattr(conn, "keepalive_failed", False):
+        return False
+    return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
 
 
 #: Read (where built) and never forwarded, as Envoy's router does. They only reach the router

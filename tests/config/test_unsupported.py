@@ -138,11 +138,12 @@ def test_the_preserve_case_header_formatter_is_refused() -> None:
     assert info.value.line == 14
 
 
-def test_http2_keepalive_on_a_cluster_is_refused() -> None:
-    """(Built for the connection manager only: a cluster's would be ignored.)"""
-    from trioproxy.upstream.config import ClusterConfig
+def test_a_clusters_http2_keepalive_is_read() -> None:
+    """(The behaviour: tests/differential/test_h2_upstream_keepalive.py.)"""
+    from trioproxy.upstream.config import ClusterConfig, H2Keepalive
 
     options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    keepalive = {"timeout": "1s", "interval": "10s", "connection_idle_interval": "0.5s"}
     raw = {
         "name": "c",
         "connect_timeout": "1s",
@@ -150,12 +151,12 @@ def test_http2_keepalive_on_a_cluster_is_refused() -> None:
             options: {
                 "@type": f"type.googleapis.com/{options}",
                 "explicit_http_config": {
-                    "http2_protocol_options": {"connection_keepalive": {"timeout": "1s"}}
+                    "http2_protocol_options": {"connection_keepalive": keepalive}
                 },
             }
         },
     }
-    with pytest.raises(ConfigError) as info:
-        ClusterConfig.from_proto(raw)
-    assert info.value.reason == "connection_keepalive is not supported on clusters yet"
-    assert (info.value.path or "").endswith("http2_protocol_options.connection_keepalive")
+    config = ClusterConfig.from_proto(raw)
+    assert config.http2_keepalive == H2Keepalive(
+        timeout=1.0, interval=10.0, jitter=15.0, idle_interval=0.5
+    )

@@ -103,6 +103,7 @@ class Peer:
         self.most_open = 0
         self.resets: list[int] = []
         self.goaways: list[int] = []  # error codes of the GOAWAY frames the proxy sent
+        self.events: list[str] = []  # "PING" and "HEADERS <path>", in arrival order
         self.sent = 0  # response body bytes handed to h2
         self.changed = trio.Event()
 
@@ -141,7 +142,10 @@ class Peer:
             async with trio.open_nursery() as nursery:
                 while data := await stream.receive_some(65536):
                     for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.PingReceived):
+                            self.events.append("PING")
                         if isinstance(ev, h2.events.RequestReceived):
+                            self.events.append("HEADERS " + dict(ev.headers)[b":path"].decode())
                             heads[ev.stream_id] = dict(ev.headers)
                             bodies[ev.stream_id] = b""
                             self.requests.append(heads[ev.stream_id])
@@ -707,3 +711,28 @@ async def test_the_clusters_stream_limit_and_windows_apply(nursery: trio.Nursery
     assert statuses == [200] * 6
     assert peer.most_open == 2 and peer.connections == 1
     assert set(windows) == {65535}
+
+
+async def test_a_stream_on_a_connection_idle_past_the_idle_interval_is_preceded_by_a_ping(
+    nursery: trio.Nursery,
+) -> None:
+    """``connection_keepalive.connection_idle_interval`` (no interval PINGs here): a request
+    on a connection that has read nothing for that long sends a PING first; one soon after
+    the last answer does not."""
+    peer = Peer()
+    keepalive = H2_OPTIONS.replace(
+        "http2_protocol_options: {}",
+        "http2_protocol_options: {connection_keepalive: {timeout: 1s, "
+        "connection_idle_interval: 0.3s}}",
+    )
+    await nursery.start(peer.serve)
+    proxy = await start_proxy(nursery, simple_config([peer.port], cluster_extra=keepalive))
+    client = await Client.connect(proxy.port)
+    try:
+        for path, pause in (("/one", 0.0), ("/two", 0.05), ("/three", 0.6)):
+            await trio.sleep(pause)
+            resp, _ = await client.request("GET", path)
+            assert resp.status_code == 200
+    finally:
+        await client.aclose()
+    assert peer.events == ["HEADERS /one", "HEADERS /two", "PING", "HEADERS /three"]

@@ -104,6 +104,9 @@ class H2ClientHandler:
         never processed), no stream opens any more."""
         raise NotImplementedError
 
+    def on_ping_ack(self) -> None:
+        """The server acknowledged our PING (keepalive)."""
+
 
 class H2Client(H2Framer):
     """One client-side HTTP/2 connection's frames and stream states."""
@@ -202,6 +205,9 @@ class H2Client(H2Framer):
 
     def _on_stream_limit(self) -> None:
         self.handler.on_stream_limit()
+
+    def _ping_acked(self) -> None:
+        self.handler.on_ping_ack()
 
     def _peer_goaway(self, last_stream_id: int, code: int) -> None:
         self.goaway_received = True

@@ -451,11 +451,6 @@ def _http2_limits(opts: Mapping[str, Any], path: str) -> tuple[int, int, int]:
     """A cluster's ``http2_protocol_options`` as its HTTP/2 client uses them: the most
     streams per connection (the least of it and the upstream's SETTINGS, as Envoy's pool),
     and the stream and connection receive windows (ours unless set)."""
-    if "connection_keepalive" in opts:
-        raise ConfigError(
-            "connection_keepalive is not supported on clusters yet",
-            path=f"{path}.connection_keepalive",
-        )
     defaults = (
         ("max_concurrent_streams", 2**31 - 1),
         ("initial_stream_window_size", H2_STREAM_WINDOW),
@@ -472,6 +467,37 @@ def _http2_limits(opts: Mapping[str, Any], path: str) -> tuple[int, int, int]:
     if limits[0] < 1:
         raise ConfigError("must be at least 1", path=f"{path}.max_concurrent_streams")
     return limits[0], limits[1], limits[2]
+
+
+@attrs.frozen
+class H2Keepalive:
+    """``connection_keepalive`` on a cluster: a PING every ``interval`` seconds (0: none) plus
+    up to ``jitter`` percent of it, and one before a new stream on a connection that has
+    read nothing for ``idle_interval`` (0: never); nothing read ``timeout`` after a PING
+    closes the connection."""
+
+    timeout: float
+    interval: float = 0.0
+    jitter: float = 15.0
+    idle_interval: float = 0.0
+
+
+def _keepalive(opts: Mapping[str, Any], path: str) -> H2Keepalive | None:
+    d = opts.get("connection_keepalive")
+    if d is None:
+        return None
+    path = f"{path}.connection_keepalive"
+
+    def seconds(name: str) -> float:
+        return duration(d[name], f"{path}.{name}") if name in d else 0.0
+
+    jitter = d.get("interval_jitter")
+    return H2Keepalive(
+        timeout=seconds("timeout"),
+        interval=seconds("interval"),
+        jitter=15.0 if jitter is None else float(jitter.get("value", 0.0)),
+        idle_interval=seconds("connection_idle_interval"),
+    )
 
 
 @attrs.frozen
@@ -569,6 +595,8 @@ class ClusterConfig:
     http2_max_concurrent_streams: int = 2**31 - 1
     http2_stream_window: int = H2_STREAM_WINDOW
     http2_connection_window: int = H2_CONNECTION_WINDOW
+    #: ``http2_protocol_options.connection_keepalive``, None when absent
+    http2_keepalive: H2Keepalive | None = None
     typed_extension_protocol_options: Mapping[str, Any] = attrs.field(factory=dict)
     transport_socket: Mapping[str, Any] | None = None
     tls: Mapping[str, Any] | None = None  # UpstreamTlsContext typed_config
@@ -678,8 +706,10 @@ class ClusterConfig:
         common, http1, http2_options, auto = _http_options(d)
         http2 = http2_options is not None
         h2_limits = (2**31 - 1, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW)
+        keepalive = None
         if http2_options is not None:
             h2_limits = _http2_limits(*http2_options)
+            keepalive = _keepalive(*http2_options)
         idle: float | None = DEFAULT_IDLE_TIMEOUT
         if "idle_timeout" in common:
             idle = duration(common["idle_timeout"], "common_http_protocol_options.idle_timeout")
@@ -741,6 +771,7 @@ class ClusterConfig:
             http2_max_concurrent_streams=h2_limits[0],
             http2_stream_window=h2_limits[1],
             http2_connection_window=h2_limits[2],
+            http2_keepalive=keepalive,
             typed_extension_protocol_options=dict(d.get("typed_extension_protocol_options") or {}),
             transport_socket=ts,
             tls=tls,

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import logging
 import math
+import random
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -66,7 +68,7 @@ from trioproxy.http.h2_writer import FrameWriter, Wakeup
 from trioproxy.http.headers import Headers
 from trioproxy.stats import Counter, Scope
 from trioproxy.upstream.circuit_breaker import CircuitBreakers
-from trioproxy.upstream.config import H2_CONNECTION_WINDOW, H2_STREAM_WINDOW
+from trioproxy.upstream.config import H2_CONNECTION_WINDOW, H2_STREAM_WINDOW, H2Keepalive
 from trioproxy.upstream.connect import UpstreamStream, close_connection, open_connection
 from trioproxy.upstream.host import Host
 from trioproxy.upstream.stats import ClusterStats
@@ -100,6 +102,7 @@ class H2Connection(H2ClientHandler):
         buffer_limit: int = 32 * 1024,
         *,
         limits: tuple[int, int, int] = (2**31 - 1, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW),
+        keepalive: H2Keepalive | None = None,
         http2_stats: Scope,
         stats: ClusterStats,
         on_capacity: Callable[[], None],
@@ -131,6 +134,15 @@ class H2Connection(H2ClientHandler):
         self.stats = stats
         #: the pool's: streams waiting for room look again
         self._on_capacity = on_capacity
+        #: ``connection_keepalive``: the PING task's wake-up (a new stream on a connection
+        #: idle past ``idle_interval``), the ack, the deadline of an unanswered PING (any
+        #: bytes read extend it, as in Envoy), and when bytes were last read
+        self.keepalive = keepalive
+        self._ping_now = trio.Event()
+        self._pong = trio.Event()
+        self._pong_by = math.inf
+        self.last_read = created
+        self.keepalive_failed = False  # closed for an unanswered PING (not sent again)
 
     @property
     def max_streams(self) -> int:
@@ -159,9 +171,12 @@ class H2Connection(H2ClientHandler):
         self.close()
 
     async def run(self) -> None:
-        """The connection's reader and writer: run until the connection closes."""
+        """The connection's reader and writer (and keepalive PINGs): run until the
+        connection closes."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.writer.run)
+            if self.keepalive is not None:
+                nursery.start_soon(self._keepalive, self.keepalive)
             await self.read_loop()
             if self.h2.closed and not self.writer.done:
                 # a protocol error: the GOAWAY saying so goes out before the close
@@ -182,6 +197,10 @@ class H2Connection(H2ClientHandler):
                 if not data:
                     self.remote_closed = not self.closed
                     break
+                if self.keepalive is not None:
+                    self.last_read = now = trio.current_time()
+                    if self._pong_by != math.inf:  # a PING is out: anything read shows life
+                        self._pong_by = now + self.keepalive.timeout
                 try:
                     h.receive(bytes(data))
                 except H2ConnectionError:
@@ -208,6 +227,53 @@ class H2Connection(H2ClientHandler):
         finally:
             self._fail_all("connection termination")
             self.closed = True
+
+    async def _keepalive(self, ka: H2Keepalive) -> None:
+        """Envoy's HTTP/2 keepalive: a PING every ``interval`` (plus jitter) after the last
+        answer, or the one ``ping_if_idle`` sent; nothing read ``timeout`` after it closes
+        the connection (``http2.keepalive_timeout``), failing its streams."""
+        while not self.closed:
+            wait = math.inf
+            if ka.interval > 0:
+                wait = ka.interval * (1 + random.random() * ka.jitter / 100)
+            with trio.move_on_after(wait):
+                await self._ping_now.wait()
+            self._ping_now = trio.Event()
+            if self._pong_by == math.inf:  # (else ping_if_idle sent it)
+                self._send_ping(ka)
+            while not self._pong.is_set():
+                with trio.move_on_at(self._pong_by):
+                    await self._pong.wait()
+                if not self._pong.is_set() and trio.current_time() >= self._pong_by:
+                    log.debug("upstream HTTP/2 %s: keepalive timeout", self.host.address_str)
+                    self._http2.counter("keepalive_timeout").value += 1
+                    self.keepalive_failed = True
+                    self.close()  # the reader ends and fails the streams
+                    return
+            self._pong_by = math.inf
+
+    def _send_ping(self, ka: H2Keepalive) -> None:
+        self._pong = trio.Event()
+        self.h2.ping(int(time.time() * 1000).to_bytes(8, "big"))  # (as Envoy: ms)
+        self.writer.wake()
+        self._pong_by = trio.current_time() + ka.timeout
+
+    def ping_if_idle(self, now: float) -> None:
+        """A new stream is about to open: with ``connection_idle_interval``, a connection
+        that has read nothing for that long sends a PING ahead of it (unless one is out),
+        which the keepalive task then waits on."""
+        ka = self.keepalive
+        if (
+            ka is not None
+            and ka.idle_interval > 0
+            and now - self.last_read >= ka.idle_interval
+            and self._pong_by == math.inf
+        ):
+            self._send_ping(ka)
+            self._ping_now.set()
+
+    def on_ping_ack(self) -> None:
+        self._pong.set()
 
     def _protocol_error(self) -> None:
         """The upstream broke HTTP/2 (we close the connection): its streams fail with
@@ -591,6 +657,8 @@ class H2Pool:
                 if conn.has_capacity():
                     conn.active += 1
                     conn.requests += 1
+                    if conn.keepalive is not None:
+                        conn.ping_if_idle(trio.current_time())
                     return conn
             if self._connecting == 0 and self.breakers.connections.can_create():
                 try:
@@ -647,6 +715,7 @@ class H2Pool:
                 self.config.http2_stream_window,
                 self.config.http2_connection_window,
             ),
+            keepalive=self.config.http2_keepalive,
             http2_stats=self._http2,
             stats=self.stats,
             on_capacity=self._wake,
