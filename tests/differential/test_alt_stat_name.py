@@ -1,7 +1,8 @@
 """A cluster's ``alt_stat_name`` through real Envoy and trioproxy: its stats are
 ``cluster.<alt_stat_name>.*`` (none under its name), ``/clusters`` shows it as the
 ``observability_name``, ``%UPSTREAM_CLUSTER%`` logs it and ``%UPSTREAM_CLUSTER_RAW%`` the
-cluster's own name. (tcp_proxy sets the same two names; not compared here.)"""
+cluster's own name (for a proxied request and for an upgrade refused with 403). (tcp_proxy
+sets the same two names; not compared here.)"""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ async def _outcome(kind: str, tmp: Path) -> tuple[int, dict[str, str], list[str]
         nursery.start_soon(trio.serve_listeners, _upstream, listeners)
         async with run_proxy(kind, cfg, port) as proxy:
             response = await send_raw(proxy.listener_port, build_request("GET", "/"))
+            # an upgrade the route does not enable: 403, logged with the cluster's names too
+            upgrade = [("Upgrade", "websocket"), ("Connection", "Upgrade")]
+            refused = await send_raw(proxy.listener_port, build_request("GET", "/ws", upgrade))
+            assert refused.status == 403
             stats = await nonzero_stats(proxy.admin_port, "cluster.")
             text = await _admin(proxy.admin_port, "/clusters")
             js = json.loads(await _admin(proxy.admin_port, "/clusters?format=json"))
@@ -75,7 +80,7 @@ async def test_alt_stat_name_names_the_cluster_in_stats_admin_and_logs_as_envoy(
     assert stats["cluster.alt.upstream_rq_200"] == "1"
     assert not [name for name in stats if name.startswith("cluster.backend.")]
     assert names == ["backend::observability_name::alt"]
-    assert (observability, log) == ("alt", "alt backend\n")
+    assert (observability, log) == ("alt", "alt backend\nalt backend\n")
     ours = await _outcome("trioproxy", tmp_path)
     assert ours[0] == status
     assert ours[1]["cluster.alt.upstream_rq_200"] == "1"

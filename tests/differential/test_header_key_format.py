@@ -130,3 +130,50 @@ async def test_proper_case_header_names_as_envoy(hcm: bool, cluster: bool) -> No
         assert "Transfer-Encoding: chunked" in upstream_seen[1]
         assert "content-type: text/plain" in client_seen
     assert await _exchange("trioproxy", hcm, cluster) == envoy
+
+
+HEALTH_CHECK = """
+health_checks:
+- timeout: 1s
+  interval: 0.3s
+  unhealthy_threshold: 1
+  healthy_threshold: 1
+  http_health_check:
+    path: /hc
+    request_headers_to_add: [{header: {key: x-hc-thing, value: v}}]
+"""
+
+
+async def _first_check(kind: str) -> list[str]:
+    """The first health-check request head a proper-casing cluster's host receives."""
+    heads: list[bytes] = []
+    got = trio.Event()
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        buf = bytearray()
+        async with stream:
+            with trio.move_on_after(5):
+                heads.append(await _head(stream, buf))
+                got.set()
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    cfg = http_config('- match: {prefix: "/"}\n  route: {cluster: backend}')
+    block = "".join(
+        "    " + line + "\n" for line in (HEALTH_CHECK + CLUSTER_OPTIONS).strip().splitlines()
+    )
+    cfg = cfg.replace("    connect_timeout: 1s\n", "    connect_timeout: 1s\n" + block, 1)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.serve_listeners, upstream, listeners)
+        async with run_proxy(kind, cfg, port):
+            with trio.fail_after(5):
+                await got.wait()
+        nursery.cancel_scope.cancel()
+    return _lines(heads[0])
+
+
+async def test_health_check_requests_are_proper_cased_as_envoy() -> None:
+    envoy = await _first_check("envoy")
+    assert "X-Hc-Thing: v" in envoy
+    assert await _first_check("trioproxy") == envoy

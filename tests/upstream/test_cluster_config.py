@@ -321,3 +321,21 @@ def test_consistent_hashing_settings() -> None:
     h = ClusterConfig.from_proto(d).hash_lb
     assert (h.table_size, h.use_hostname_for_hashing) == (13, True)
     assert ClusterConfig.from_proto(cluster(lb_policy="MAGLEV")).hash_lb.hash_function == "XX_HASH"
+
+
+def test_auto_config_without_tls_is_refused_as_envoy_refuses_it() -> None:
+    """Without TLS there is no ALPN to pick HTTP/2 or HTTP/1.1 with: Envoy 1.40 refuses the
+    cluster ("ALPN configured for cluster backend which has a non-ALPN transport socket")."""
+    options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    raw = {
+        "name": "backend",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            options: {"@type": f"type.googleapis.com/{options}", "auto_config": {}}
+        },
+    }
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig.from_proto(raw)
+    assert info.value.reason == (
+        "ALPN configured for cluster backend which has a non-ALPN transport socket"
+    )

@@ -268,6 +268,9 @@ class HcmConfig:
     #: connection manager enables; a route's own ``upgrade_configs`` override it.
     upgrades: frozenset[str] = frozenset()
     canonical: Mapping[str, Any] = attrs.field(factory=dict)
+    #: A cluster's name -> its ``alt_stat_name`` ("" if none, or no such cluster): what
+    #: ``%UPSTREAM_CLUSTER%`` logs for a stream the router never saw
+    alt_stat_name: Callable[[str], str] = attrs.field(default=lambda name: "", eq=False)
     #: Parsers of its HTTP/1.1 connections' requests, held only while a request is read.
     parsers: h1.ServerParserPool = attrs.field(init=False, eq=False, repr=False)
 
@@ -325,6 +328,10 @@ class HcmConfig:
 
         def known(name: str) -> bool:
             return ctx.cluster_manager.get(name) is not None
+
+        def alt_stat_name(name: str) -> str:
+            cluster = ctx.cluster_manager.get(name)
+            return "" if cluster is None else cluster.config.alt_stat_name
 
         def build_routes(raw: Mapping[str, Any], inline: bool = False) -> RouteConfiguration:
             routes = RouteConfiguration.from_proto(raw, per_filter_config=convert_per_filter)
@@ -431,6 +438,7 @@ class HcmConfig:
             http2=_http2_options(d),
             upgrades=_upgrades(d),
             canonical=d,
+            alt_stat_name=alt_stat_name,
         )
 
 

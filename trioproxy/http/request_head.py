@@ -213,4 +213,5 @@ def refuse_upgrade(cfg: HcmConfig, stream: HttpStream, upgrade: str) -> LocalRep
     info.route_name = route.name
     if route.cluster is not None:
         info.upstream_cluster = route.cluster
+        info.upstream_cluster_observability = cfg.alt_stat_name(route.cluster)
     return LocalReply(403, b"", details="upgrade_failed")

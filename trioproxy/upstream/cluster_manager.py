@@ -87,6 +87,7 @@ class Cluster:
                 connect_timeout=config.connect_timeout,
                 tls=config.upstream_tls,
                 keepalive=config.tcp_keepalive,
+                proper_case_headers=config.proper_case_headers,
             )
         self.resolver: DnsResolver | None = None
         self._original_dst = config.original_dst
@@ -141,7 +142,7 @@ class Cluster:
         pool = self._pools.get(host)
         if pool is None:
             config = self.config
-            auto = config.auto_http and config.upstream_tls is not None
+            auto = config.auto_http  # (refused without TLS, as Envoy refuses it)
             if (config.http2 or auto) and self.nursery is None:
                 raise UpstreamError("the cluster manager is not running", flag="UF")
             if auto:
@@ -151,7 +152,7 @@ class Cluster:
             elif config.http2:
                 assert self.nursery is not None
                 pool = H2Pool(host, config, self.stats, self.breakers, self.nursery)
-            else:  # auto_config without TLS has no ALPN: HTTP/1.1, as in Envoy
+            else:
                 pool = Http1Pool(host, config, self.stats, self.breakers, self.queue)
             self._pools[host] = pool
         return pool

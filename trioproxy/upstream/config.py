@@ -585,7 +585,7 @@ class ClusterConfig:
     #: connection takes no new request and closes once idle
     max_connection_duration: float | None = None
     http2: bool = False  # HTTP/2 to the hosts (H2Pool), from the protocol options
-    #: ``auto_config``: HTTP/2 or HTTP/1.1 as ALPN decides (HTTP/1.1 without TLS).
+    #: ``auto_config``: HTTP/2 or HTTP/1.1 as ALPN decides (only over TLS, as in Envoy).
     auto_http: bool = False
     #: ``http_protocol_options.header_key_format.proper_case_words``: HTTP/1.1 request
     #: header names go out proper-cased (``Content-Type``)
@@ -704,7 +704,8 @@ class ClusterConfig:
             raise e.at("circuit_breakers") from None
 
         common, http1, http2_options, auto = _http_options(d)
-        http2 = http2_options is not None
+        # HTTP/2 always; under auto_config, only where ALPN picks it (AutoPool)
+        http2 = http2_options is not None and not auto
         h2_limits = (2**31 - 1, H2_STREAM_WINDOW, H2_CONNECTION_WINDOW)
         keepalive = None
         if http2_options is not None:
@@ -746,6 +747,12 @@ class ClusterConfig:
             alpn = ("h2", "http/1.1") if auto else ("h2",) if http2 else ("http/1.1",)
             upstream_tls = cluster_tls(ts, default_alpn=alpn)
             tls = ts.get("typed_config") or {}
+        if auto and upstream_tls is None:
+            # (Envoy 1.40 refuses it the same way: without TLS there is no ALPN to choose)
+            raise ConfigError(
+                f"ALPN configured for cluster {name} which has a non-ALPN transport socket",
+                path=f"typed_extension_protocol_options.{HTTP_PROTOCOL_OPTIONS}.auto_config",
+            )
         return cls(
             name=name,
             type=ctype,

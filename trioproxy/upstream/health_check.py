@@ -43,6 +43,7 @@ import trio
 
 from trioproxy.config.types import duration
 from trioproxy.errors import ConfigError
+from trioproxy.http.h1.serialize import proper_case
 from trioproxy.stats import Scope
 from trioproxy.stats.store import NEVER_IMPORT
 from trioproxy.upstream.connect import set_keepalive
@@ -324,6 +325,8 @@ class _Session:
         headers = [(k, v) for k, v in headers if k not in c.headers_to_remove]
         if not c.reuse_connection:
             headers.append(("connection", "close"))
+        if self.checker.proper_case_headers:  # (h11 writes names as given)
+            headers = [(proper_case(k), v) for k, v in headers]
         await stream.send_all(
             conn.send(h11.Request(method=c.method, target=c.path, headers=headers))
             + (conn.send(h11.EndOfMessage()) or b"")
@@ -455,6 +458,7 @@ class HealthChecker:
         connect_timeout: float,
         tls: Any = None,
         keepalive: tuple[int | None, int | None, int | None] | None = None,
+        proper_case_headers: bool = False,
         rng: Callable[[], float] = random.random,
     ) -> None:
         self.config = config
@@ -473,6 +477,8 @@ class HealthChecker:
         self.connect_timeout = connect_timeout
         self.tls = tls
         self.keepalive = keepalive  # the cluster's upstream_connection_options.tcp_keepalive
+        #: the cluster's ``header_key_format.proper_case_words``: check requests say so too
+        self.proper_case_headers = proper_case_headers
         self.rng = rng
         self._sessions: dict[Host, trio.CancelScope] = {}
         self._nursery: trio.Nursery | None = None
