@@ -29,6 +29,8 @@ COUNTERS = (
     "downstream_cx_max_duration_reached",
     "downstream_cx_drain_close",
     "downstream_cx_delayed_close_timeout",
+    "downstream_cx_destroy_local",
+    "downstream_cx_destroy_remote",
 )
 
 

@@ -27,9 +27,9 @@ KEEPALIVE = (
 )
 
 
-async def _watch(kind: str, answer: bool) -> tuple[list[tuple[float, str]], int]:
+async def _watch(kind: str, answer: bool) -> tuple[list[tuple[float, str]], tuple[int, int]]:
     """The PINGs and the close a client sees in 2.2 s (seconds since it connected), and the
-    keepalive_timeout counter."""
+    keepalive_timeout and downstream_cx_destroy_local counters."""
     cfg = http_config('- match: {prefix: "/"}\n  route: {cluster: backend}', hcm_extra=KEEPALIVE)
     async with run_proxy(kind, cfg, 1) as proxy:
         client = await Raw.connect(proxy.listener_port)
@@ -51,7 +51,8 @@ async def _watch(kind: str, answer: bool) -> tuple[list[tuple[float, str]], int]
             await client.aclose()
         stats = await nonzero_stats(proxy.admin_port, "http")
     timeouts = sum(int(v) for k, v in stats.items() if k.endswith("http2.keepalive_timeout"))
-    return seen, timeouts
+    local = int(stats.get("http.ingress_http.downstream_cx_destroy_local", 0))
+    return seen, (timeouts, local)
 
 
 def _within(seen: list[tuple[float, str]], expected: list[tuple[float, str]]) -> bool:
@@ -68,7 +69,7 @@ async def test_keepalive_pings_and_closes_as_envoy(answer: bool) -> None:
         expected = [(0.5, "PING"), (0.8, "closed")]
     envoy, envoy_timeouts = await _watch("envoy", answer)
     assert _within(envoy, expected), envoy
-    assert envoy_timeouts == (0 if answer else 1)
+    assert envoy_timeouts == ((0, 0) if answer else (1, 1))
     ours, our_timeouts = await _watch("trioproxy", answer)
     assert _within(ours, expected), ours
     assert our_timeouts == envoy_timeouts

@@ -479,6 +479,12 @@ class Http2Connection(H2Handler):
         finally:
             self._dog.discard(self)
             st.downstream_cx_destroy.value += 1
+            # (who closed first: the client, or this side — a timeout, GOAWAY's delayed close,
+            # a protocol error or flood)
+            if self._client_gone:
+                st.downstream_cx_destroy_remote.value += 1
+            else:
+                st.downstream_cx_destroy_local.value += 1
             st.downstream_cx_active.value -= 1
             st.downstream_cx_http2_active.value -= 1
             if self.conn.info.tls:
