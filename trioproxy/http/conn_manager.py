@@ -813,6 +813,13 @@ class Http1Connection:
         if keep_alive and self.conn.drain.draining:  # (as ``_write_response``)
             self.stats.downstream_cx_drain_close.value += 1
             keep_alive = False
+        if info.protocol == "HTTP/1.0" and keep_alive:
+            # (measured with Envoy 1.40: a reply with a body says keep-alive back; one without
+            # has no length the codec can frame HTTP/1.0 by, and closes)
+            if reply.body:
+                headers.set("connection", "keep-alive")
+            else:
+                keep_alive = False
         if not keep_alive:
             headers.set("connection", "close")
         body = b"" if head_only else reply.body
