@@ -6,6 +6,8 @@ not mocks of trioproxy's own code.
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 import textwrap
 import time
@@ -372,22 +374,47 @@ async def until(pred: Callable[[], object], timeout: float = 10.0) -> None:
             await trio.sleep(0.01)
 
 
+def _port_range() -> range:
+    """Where this test process picks the ports it writes into configs: below the kernel's
+    ephemeral range (so no outgoing connection, ours or another process's, can take one
+    between the pick and the bind), a slice of its own per pytest-xdist worker (so parallel
+    workers never pick the same one). Empty when the ephemeral range leaves no room."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    first = 20000  # (above the fixed ports the demos and examples use)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+    span = (low - first) // count
+    if span < 100:
+        return range(0)
+    return range(first + index * span, first + (index + 1) * span)
+
+
+_PORTS = _port_range()
+
+
 def free_ports(n: int) -> list[int]:
     """Ports that were free a moment ago (for configs and processes that need them written);
-    distinct, and none handed out by a recent call."""
-    socks = []
+    distinct, none handed out by a recent call, and out of the way of the kernel's own
+    picks and of other test workers (``_port_range``)."""
     ports: list[int] = []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
+    tries = 0
+    while len(ports) < n:
+        tries += 1
+        # (no room below the ephemeral range, or no luck: the kernel picks)
+        port = random.choice(_PORTS) if _PORTS and tries < 1000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
             port = s.getsockname()[1]
-            if port not in _handed_out:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
+        if port not in _handed_out and port not in ports:
+            ports.append(port)
     _handed_out.extend(ports)
     del _handed_out[:-256]
     return ports

@@ -298,10 +298,16 @@ def _stat_sinks(boot: Mapping[str, Any], ctx: BuildContext, loaded: LoadedConfig
     return sinks
 
 
-async def shutdown_on_signal(request_shutdown: Callable[[], None]) -> None:
+async def shutdown_on_signal(
+    request_shutdown: Callable[[], None],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Call ``request_shutdown`` at the first SIGTERM or SIGINT (a server's, or the main
-    process's of ``--concurrency N``)."""
+    process's of ``--concurrency N``). Started (``nursery.start``) once the handlers are
+    installed: a signal from then on drains instead of killing the process."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s: shutting down", signal.Signals(signum).name)
             request_shutdown()
@@ -379,6 +385,8 @@ class Server:
                 self.admin_port = await root.start(
                     serve_admin, ServerAdminBackend(self), host, port
                 )
+            # before any listener accepts: a SIGTERM from then on drains, never kills
+            await root.start(shutdown_on_signal, self.request_shutdown)
             await root.start(self.listener_manager.run)
             ports = await self.listener_manager.add_static(
                 built.listeners, self.options.static_ports
@@ -389,7 +397,6 @@ class Server:
             await root.start(built.sources.run)
             root.start_soon(self._housekeeping)
             await root.start(run_flusher)
-            root.start_soon(shutdown_on_signal, self.request_shutdown)
             task_status.started(ports)
             # Static listeners already accept (Envoy waits for init before starting any);
             # the server is LIVE — /ready answers 200 — once xDS has initialised. A shutdown

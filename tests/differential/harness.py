@@ -27,7 +27,6 @@ import contextlib
 import fnmatch
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -87,21 +86,12 @@ def find_envoy() -> str | None:
     return None
 
 
-_handed_out: list[int] = []  # recent answers of free_port, never given twice in a row
-
-
 def free_port() -> int:
-    """A port that was free a moment ago (the proxies need ports written into their config).
-    The kernel may offer a just-released port again: one handed out lately is skipped, so a
-    proxy's listener and admin ports never collide."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.append(port)
-            del _handed_out[:-256]
-            return port
+    """A port that was free a moment ago (the proxies need ports written into their config);
+    see ``tests.support.free_ports``."""
+    from tests.support import free_ports
+
+    return free_ports(1)[0]
 
 
 # -- recording upstream ----------------------------------------------------------------------

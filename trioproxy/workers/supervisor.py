@@ -182,13 +182,14 @@ class Supervisor:
             async with trio.open_nursery() as root:
                 self.state = "INITIALIZING"
                 self.stats.state.set(2)
+                # (before the workers accept: a SIGTERM from then on drains them)
+                await root.start(shutdown_on_signal, self.request_shutdown)
                 ports = await self._start_all(root)
                 if self.built.admin_address is not None:
                     host, port = self.built.admin_address
                     self.admin_port = await root.start(
                         serve_main_admin, MainAdmin(self), host, port
                     )
-                root.start_soon(shutdown_on_signal, self.request_shutdown)
                 root.start_soon(self._housekeeping)
                 root.start_soon(self._wait_live)
                 task_status.started(ports)
