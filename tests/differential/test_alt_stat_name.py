@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from .harness import build_request, find_envoy, http_config, nonzero_stats, run_proxy, send_raw
+from .test_h2_graceful_close import upstream  # answers "ok"
 
 pytestmark = [
     pytest.mark.envoy,
@@ -27,17 +28,6 @@ LOG = """access_log:
     log_format:
       text_format_source: {{inline_string: "%UPSTREAM_CLUSTER% %UPSTREAM_CLUSTER_RAW%\\n"}}
 """
-
-
-async def _upstream(stream: trio.SocketStream) -> None:
-    buf = b""
-    with trio.move_on_after(5):
-        while b"\r\n\r\n" not in buf:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            buf += chunk
-        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 
 
 async def _admin(port: int, path: str) -> str:
@@ -55,7 +45,7 @@ async def _outcome(kind: str, tmp: Path) -> tuple[int, dict[str, str], list[str]
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, _upstream, listeners)
+        nursery.start_soon(trio.serve_listeners, upstream, listeners)
         async with run_proxy(kind, cfg, port) as proxy:
             response = await send_raw(proxy.listener_port, build_request("GET", "/"))
             # an upgrade the route does not enable: 403, logged with the cluster's names too

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from .harness import find_envoy, http_config, run_proxy
+from .test_h2_graceful_close import upstream  # answers "ok"
 
 pytestmark = [
     pytest.mark.envoy,
@@ -37,24 +38,13 @@ REQUESTS = [
 VARYING = ("date:", "x-envoy-upstream-service-time:")
 
 
-async def _upstream(stream: trio.SocketStream) -> None:
-    buf = b""
-    with trio.move_on_after(5):
-        while b"\r\n\r\n" not in buf:
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                return
-            buf += chunk
-        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-
-
 async def _responses(kind: str) -> list[tuple[str, list[str], bytes]]:
     cfg = http_config(ROUTES, hcm_extra="http_protocol_options: {accept_http_10: true}")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     out = []
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, _upstream, listeners)
+        nursery.start_soon(trio.serve_listeners, upstream, listeners)
         async with run_proxy(kind, cfg, port) as proxy:
             for raw in REQUESTS:
                 client = await trio.open_tcp_stream("127.0.0.1", proxy.listener_port)
