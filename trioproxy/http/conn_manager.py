@@ -596,6 +596,8 @@ class Http1Connection:
         reply = for_request(reply, None, info, self.cfg.local_reply)
         headers = reply_headers(reply, self.cfg.server_name, info.start_time)
         headers.add("connection", "close")
+        if not reply.body:
+            headers.add("content-length", "0")
         info.response_code = reply.status
         info.response_headers = headers
         info.bytes_sent = len(reply.body)
@@ -794,7 +796,6 @@ class Http1Connection:
         if head_only and not reply.body:
             # (as Envoy 1.40's codec frames it: no length for a HEAD reply with no body;
             # chunked to HTTP/1.1, and to HTTP/1.0 nothing, the connection then closing)
-            headers.remove("content-length")
             if info.protocol == "HTTP/1.0":
                 keep_alive = False
             else:
@@ -822,6 +823,8 @@ class Http1Connection:
                 keep_alive = False
         if not keep_alive:
             headers.set("connection", "close")
+        if not reply.body and not head_only and "content-length" not in headers:
+            headers.add("content-length", "0")  # (last, as Envoy's codec adds it)
         body = b"" if head_only else reply.body
         info.response_code = reply.status
         info.response_headers = headers

@@ -946,8 +946,6 @@ class Http2Connection(H2Handler):
         info = stream.info
         reply = for_request(reply, stream.request_headers, info, cfg.local_reply)
         headers = reply_headers(reply, cfg.server_name, info.start_time)
-        if not reply.body:
-            headers.remove("content-length")  # (Envoy's HTTP/2 codec sends none then)
         route = stream._route if stream._routed else None
         if route is not None and getattr(route, "mutates_headers", False):
             route.apply_response_headers(headers, info)

@@ -103,11 +103,10 @@ def http_date(now: float) -> str:
 def reply_headers(reply: LocalReply, server_name: str, now: float) -> Headers:
     h = Headers([(":status", str(reply.status))])
     items = h.items()
-    if reply.body:
+    if reply.body:  # (an empty reply has no length here: the HTTP/1.1 codec adds
+        # ``content-length: 0`` last, as Envoy's does, and HTTP/2 sends none)
         items.append(("content-length", str(len(reply.body))))
         items.append(("content-type", "text/plain"))
-    else:
-        items.append(("content-length", "0"))
     for name, value in reply.headers:
         h.set(name.lower(), value)
     items.append(("date", http_date(now)))
