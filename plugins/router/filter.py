@@ -49,6 +49,7 @@ from trioproxy.http.route_table import Route
 from trioproxy.http.stream_info import StreamInfo
 from trioproxy.upstream import client
 from trioproxy.upstream.cluster_manager import Cluster
+from trioproxy.upstream.pool import UpstreamConnection
 
 from . import connect
 from .config import RouterConfig
@@ -78,16 +79,18 @@ UpstreamExchange = Any
 
 
 def _stale(err: UpstreamError, conn: Any, exchange: UpstreamExchange) -> bool:
-    """The upstream closed a pooled connection before sending anything back (its keep-alive
-    timeout raced our reuse), or said it never acted on the request (HTTP/2 REFUSED_STREAM,
-    GOAWAY). Only bodiless requests are sent again. (Not after an HTTP/2 keepalive PING went
-    unanswered: that connection was closed here, and the request may be in the upstream's
-    hands, as Envoy takes it.)"""
+    """The upstream said it never acted on the request (HTTP/2 REFUSED_STREAM, GOAWAY), or
+    closed a pooled HTTP/1.1 connection before sending anything back (its keep-alive timeout
+    raced our reuse). Only bodiless requests are sent again. An HTTP/2 connection that ends
+    under a request without saying so is not such a race: as in Envoy, the request fails."""
     if err.unprocessed:
         return True
-    if getattr(conn, "keepalive_failed", False):
-        return False
-    return err.flag == "UC" and conn.requests > 1 and exchange.rx == 0
+    return (
+        isinstance(conn, UpstreamConnection)
+        and err.flag == "UC"
+        and conn.requests > 1
+        and exchange.rx == 0
+    )
 
 
 #: Read (where built) and never forwarded, as Envoy's router does. They only reach the router

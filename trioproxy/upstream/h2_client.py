@@ -142,7 +142,6 @@ class H2Connection(H2ClientHandler):
         self._pong = trio.Event()
         self._pong_by = math.inf
         self.last_read = created
-        self.keepalive_failed = False  # closed for an unanswered PING (not sent again)
 
     @property
     def max_streams(self) -> int:
@@ -247,7 +246,6 @@ class H2Connection(H2ClientHandler):
                 if not self._pong.is_set() and trio.current_time() >= self._pong_by:
                     log.debug("upstream HTTP/2 %s: keepalive timeout", self.host.address_str)
                     self._http2.counter("keepalive_timeout").value += 1
-                    self.keepalive_failed = True
                     self.close()  # the reader ends and fails the streams
                     return
             self._pong_by = math.inf
