@@ -153,7 +153,7 @@ class H2Connection(H2ClientHandler):
         return (
             not self.closed
             and not self.goaway
-            and self.active < min(self.h2.peer_max_concurrent_streams, self.stream_limit)
+            and self.active < self.max_streams
             and self.h2.next_stream_id + 2 * self.active <= MAX_STREAM_ID
         )
 
