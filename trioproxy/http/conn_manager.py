@@ -869,12 +869,11 @@ class Http1Connection:
             for phase in cfg.chain.response_headers:
                 await phase(stream, headers)
             upgrade = headers.get("upgrade") or ""
-            if "date" not in headers:
-                headers.add("date", http_date(info.start_time))
             mutate_response_headers(
                 headers,
                 server_name=cfg.server_name,
                 transformation=cfg.server_header_transformation,
+                date=http_date(info.start_time),
             )
             if status == 101:
                 headers.set("upgrade", upgrade)
@@ -948,10 +947,11 @@ class Http1Connection:
         stream.response_headers = headers
         for phase in chain.response_headers:
             await phase(stream, headers)
-        if "date" not in headers:  # (an upstream's date is kept, as Envoy keeps it)
-            headers.add("date", http_date(info.start_time))
         mutate_response_headers(
-            headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
+            headers,
+            server_name=cfg.server_name,
+            transformation=cfg.server_header_transformation,
+            date=http_date(info.start_time),
         )
         status = int(headers.get(":status") or 502)
         info.response_code = status

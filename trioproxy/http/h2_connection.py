@@ -984,10 +984,11 @@ class Http2Connection(H2Handler):
         stream.response_headers = headers
         for phase in chain.response_headers:
             await phase(stream, headers)
-        if "date" not in headers:  # (an upstream's date is kept, as Envoy keeps it)
-            headers.add("date", http_date(info.start_time))
         mutate_response_headers(
-            headers, server_name=cfg.server_name, transformation=cfg.server_header_transformation
+            headers,
+            server_name=cfg.server_name,
+            transformation=cfg.server_header_transformation,
+            date=http_date(info.start_time),
         )
         status = int(headers.get(":status") or 502)
         info.response_code = status

@@ -252,7 +252,14 @@ def mutate_request_headers(
     return final or remote_ip
 
 
-def mutate_response_headers(headers: Headers, *, server_name: str, transformation: str) -> None:
+def mutate_response_headers(
+    headers: Headers, *, server_name: str, transformation: str, date: str
+) -> None:
+    """Envoy's response header mutations: ``date`` added unless the upstream sent one (Envoy
+    keeps it), then ``server`` by ``server_header_transformation``, and the connection-specific
+    headers removed."""
+    if "date" not in headers:
+        headers.add("date", date)
     strip_hop_by_hop(headers, keep_te_trailers=False)
     if transformation == "OVERWRITE":
         headers.set("server", server_name)
